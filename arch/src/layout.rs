@@ -1,0 +1,238 @@
+//! The guest physical memory map.
+//!
+//! ```text
+//!   0x0000_0000 ..0x0800_0000   unused (no flash: the kernel is loaded directly)
+//!   0x0800_0000 ..0x0801_0000   GICv3 distributor
+//!   0x0802_0000 ..0x0803_0000   GICv2m-style MSI frame (Hypervisor.framework GIC)
+//!   0x0808_0000 ..0x080a_0000   GICv3 ITS (KVM)
+//!   0x080a_0000 ..0x0900_0000   GICv3 redistributors, 128 KiB per vCPU (up to 123)
+//!   0x0900_0000 ..0x0900_1000   PL011 UART                 SPI 1
+//!   0x0901_0000 ..0x0901_1000   PL031 RTC                  SPI 2
+//!   0x0902_0000 ..0x0902_1000   test-exit device
+//!   0x1000_0000 ..0x3000_0000   PCIe 32-bit MMIO window (512 MiB)
+//!   0x3000_0000 ..0x4000_0000   PCIe ECAM, buses 0..=255 (256 MiB)
+//!   0x4000_0000 ..RAM end       guest RAM
+//!   2^(ipa-1)   ..2^ipa         PCIe 64-bit prefetchable window (upper half of the IPA space)
+//! ```
+//!
+//! The low part follows QEMU's `virt` machine so that addresses look familiar in guest logs.
+//! The 64-bit window takes the upper half of the guest physical address space, so it is
+//! naturally aligned for the largest BAR that fits in it (a 16 GiB GPU BAR with a 36-bit IPA).
+
+/// 1 KiB.
+pub const KIB: u64 = 1 << 10;
+/// 1 MiB.
+pub const MIB: u64 = 1 << 20;
+/// 1 GiB.
+pub const GIB: u64 = 1 << 30;
+
+/// GICv3 distributor.
+pub const GIC_DIST_BASE: u64 = 0x0800_0000;
+/// Size of the GICv3 distributor frame.
+pub const GIC_DIST_SIZE: u64 = 0x1_0000;
+/// GICv2m-style MSI frame used by Hypervisor.framework's in-kernel GIC.
+pub const GIC_MSI_FRAME_BASE: u64 = 0x0802_0000;
+/// Size of the MSI frame.
+pub const GIC_MSI_FRAME_SIZE: u64 = 0x1_0000;
+/// GICv3 ITS (KVM).
+pub const GIC_ITS_BASE: u64 = 0x0808_0000;
+/// Size of the ITS frames (control + translation).
+pub const GIC_ITS_SIZE: u64 = 0x2_0000;
+/// First GICv3 redistributor.
+pub const GIC_REDIST_BASE: u64 = 0x080a_0000;
+/// One redistributor (RD_base + SGI_base frames) per vCPU.
+pub const GIC_REDIST_SIZE_PER_CPU: u64 = 0x2_0000;
+/// End of the redistributor region.
+pub const GIC_REDIST_END: u64 = 0x0900_0000;
+/// The most vCPUs whose redistributors fit below [`GIC_REDIST_END`].
+pub const MAX_VCPUS: u32 = ((GIC_REDIST_END - GIC_REDIST_BASE) / GIC_REDIST_SIZE_PER_CPU) as u32;
+
+/// PL011 UART.
+pub const UART_BASE: u64 = 0x0900_0000;
+/// Size of the UART frame.
+pub const UART_SIZE: u64 = 0x1000;
+/// PL031 RTC.
+pub const RTC_BASE: u64 = 0x0901_0000;
+/// Size of the RTC frame.
+pub const RTC_SIZE: u64 = 0x1000;
+/// Aperture's test-exit device (see `devices::test_exit`).
+pub const TEST_EXIT_BASE: u64 = 0x0902_0000;
+/// Size of the test-exit frame.
+pub const TEST_EXIT_SIZE: u64 = 0x1000;
+
+/// GIC interrupt numbering: SPI n is INTID 32 + n; the device tree uses n.
+pub const UART_SPI: u32 = 1;
+/// PL031 interrupt (SPI number, not INTID).
+pub const RTC_SPI: u32 = 2;
+/// First SPI handed out to PCI INTx and other devices that come later.
+pub const FIRST_FREE_SPI: u32 = 16;
+/// SPIs the GIC is created with (multiple of 32, includes the 32 private INTIDs).
+pub const GIC_NR_IRQS: u32 = 256;
+
+/// Arch timer PPIs (device tree numbering: INTID - 16).
+pub const TIMER_PPI_SECURE_PHYS: u32 = 13;
+/// Non-secure EL1 physical timer PPI.
+pub const TIMER_PPI_NONSECURE_PHYS: u32 = 14;
+/// EL1 virtual timer PPI.
+pub const TIMER_PPI_VIRT: u32 = 11;
+/// EL2 (hypervisor) physical timer PPI.
+pub const TIMER_PPI_HYP: u32 = 10;
+
+/// PCIe 32-bit MMIO window.
+pub const PCI_MMIO32_BASE: u64 = 0x1000_0000;
+/// Size of the 32-bit window.
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCIe enhanced configuration access mechanism (ECAM) region.
+pub const PCI_ECAM_BASE: u64 = 0x3000_0000;
+/// Size of ECAM: 1 MiB per bus, 256 buses.
+pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+
+/// Guest RAM starts here.
+pub const RAM_BASE: u64 = 0x4000_0000;
+
+/// Smallest guest physical address size (bits) Aperture runs with (Hypervisor.framework's default).
+pub const MIN_IPA_BITS: u32 = 36;
+/// Guest physical address size Aperture asks for when the host allows more. 40 bits is the
+/// most macOS 15 offers, so both backends see the same map.
+pub const PREFERRED_IPA_BITS: u32 = 40;
+
+/// A range of guest physical addresses, `[base, base + size)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestRegion {
+    /// First address.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl GuestRegion {
+    /// One past the last address.
+    pub fn end(&self) -> u64 {
+        self.base + self.size
+    }
+}
+
+/// Errors about the memory map.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    /// The guest physical address space is too small for the RAM asked for.
+    #[error(
+        "{ram_mib} MiB of guest RAM does not fit below the PCIe 64-bit window at {window_base:#x} \
+         with a {ipa_bits}-bit guest physical address space; use at most {max_mib} MiB of --memory"
+    )]
+    RamTooLarge {
+        /// RAM asked for.
+        ram_mib: u64,
+        /// Where the 64-bit window starts.
+        window_base: u64,
+        /// IPA size in bits.
+        ipa_bits: u32,
+        /// The largest RAM that fits.
+        max_mib: u64,
+    },
+    /// The IPA size is outside what Aperture supports.
+    #[error("a {0}-bit guest physical address space is not supported (need {MIN_IPA_BITS} to 52)")]
+    BadIpaBits(u32),
+    /// Too many vCPUs for the redistributor region.
+    #[error("{0} vCPUs asked for; the GIC redistributor region holds at most {MAX_VCPUS}")]
+    TooManyVcpus(u32),
+}
+
+/// The memory map of one VM: fixed regions above, plus RAM and the 64-bit window that depend
+/// on the RAM size and the host's guest physical address size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLayout {
+    /// Guest RAM.
+    pub ram: GuestRegion,
+    /// The GICv3 redistributors for all vCPUs.
+    pub gic_redists: GuestRegion,
+    /// PCIe 64-bit prefetchable MMIO window.
+    pub pci_mmio64: GuestRegion,
+    /// Guest physical address size in bits.
+    pub ipa_bits: u32,
+}
+
+impl MemoryLayout {
+    /// Lays out `ram_size` bytes of RAM for `vcpus` vCPUs in an `ipa_bits` address space.
+    pub fn new(ram_size: u64, vcpus: u32, ipa_bits: u32) -> Result<Self, LayoutError> {
+        if !(MIN_IPA_BITS..=52).contains(&ipa_bits) {
+            return Err(LayoutError::BadIpaBits(ipa_bits));
+        }
+        if vcpus > MAX_VCPUS {
+            return Err(LayoutError::TooManyVcpus(vcpus));
+        }
+        let window_base = 1u64 << (ipa_bits - 1);
+        let window_size = 1u64 << (ipa_bits - 1);
+        let ram = GuestRegion { base: RAM_BASE, size: ram_size };
+        if ram.end() > window_base {
+            return Err(LayoutError::RamTooLarge {
+                ram_mib: ram_size / MIB,
+                window_base,
+                ipa_bits,
+                max_mib: (window_base - RAM_BASE) / MIB,
+            });
+        }
+        Ok(Self {
+            ram,
+            gic_redists: GuestRegion {
+                base: GIC_REDIST_BASE,
+                size: u64::from(vcpus) * GIC_REDIST_SIZE_PER_CPU,
+            },
+            pci_mmio64: GuestRegion { base: window_base, size: window_size },
+            ipa_bits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_regions_do_not_overlap() {
+        let mut regions = [
+            (GIC_DIST_BASE, GIC_DIST_SIZE),
+            (GIC_MSI_FRAME_BASE, GIC_MSI_FRAME_SIZE),
+            (GIC_ITS_BASE, GIC_ITS_SIZE),
+            (GIC_REDIST_BASE, GIC_REDIST_END - GIC_REDIST_BASE),
+            (UART_BASE, UART_SIZE),
+            (RTC_BASE, RTC_SIZE),
+            (TEST_EXIT_BASE, TEST_EXIT_SIZE),
+            (PCI_MMIO32_BASE, PCI_MMIO32_SIZE),
+            (PCI_ECAM_BASE, PCI_ECAM_SIZE),
+        ];
+        regions.sort();
+        for pair in regions.windows(2) {
+            assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?} overlap");
+        }
+        let last = regions[regions.len() - 1];
+        assert!(last.0 + last.1 <= RAM_BASE);
+    }
+
+    #[test]
+    fn window_is_upper_half_of_ipa_space() {
+        let l = MemoryLayout::new(GIB, 2, 36).unwrap();
+        assert_eq!(l.pci_mmio64, GuestRegion { base: 32 * GIB, size: 32 * GIB });
+        assert_eq!(l.gic_redists.size, 2 * GIC_REDIST_SIZE_PER_CPU);
+        let l = MemoryLayout::new(GIB, 1, 40).unwrap();
+        assert_eq!(l.pci_mmio64.base, 512 * GIB);
+        // A 16 GiB BAR fits naturally aligned in the smallest window.
+        assert_eq!(l.pci_mmio64.base % (16 * GIB), 0);
+    }
+
+    #[test]
+    fn ram_must_end_below_window() {
+        assert!(MemoryLayout::new(31 * GIB, 1, 36).is_ok());
+        let err = MemoryLayout::new(32 * GIB, 1, 36).unwrap_err();
+        assert!(matches!(err, LayoutError::RamTooLarge { max_mib: 31744, .. }), "{err}");
+        assert!(err.to_string().contains("--memory"));
+    }
+
+    #[test]
+    fn limits_on_vcpus_and_ipa() {
+        assert_eq!(MAX_VCPUS, 123);
+        assert!(MemoryLayout::new(GIB, 124, 40).is_err());
+        assert!(MemoryLayout::new(GIB, 1, 35).is_err());
+        assert!(MemoryLayout::new(GIB, 1, 53).is_err());
+    }
+}

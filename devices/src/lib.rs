@@ -1,0 +1,1 @@
+//! Aperture's emulated devices.

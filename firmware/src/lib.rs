@@ -1,0 +1,1 @@
+//! What the guest is handed at boot: the flattened device tree.

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every host package Aperture's builds and its emulated arm64 test rig need,
+# on a fresh Debian bookworm (x86_64 or arm64) machine. Idempotent: a second run is quick.
+set -euo pipefail
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then sudo "$@"; else
+            echo "host-deps: need root to run: $*" >&2; exit 1; fi
+    else "$@"; fi
+}
+
+stamp=/var/lib/aperture-host-deps.v1
+if [ -f "$stamp" ] && [ "${APERTURE_FORCE_DEPS:-0}" != 1 ]; then
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+arch=$(dpkg --print-architecture)
+. /etc/os-release
+codename=${VERSION_CODENAME:-bookworm}
+
+# QEMU 10 (for the rig) comes from backports: bookworm's 7.2 conflicts with qemu-utils 10.
+if ! grep -rqs "${codename}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    need_root tee /etc/apt/sources.list.d/aperture-backports.sources >/dev/null <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: ${codename}-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+if [ "$arch" != arm64 ]; then
+    need_root dpkg --add-architecture arm64
+fi
+need_root apt-get update -qq
+
+pkgs=(rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file)
+if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64); fi
+need_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+need_root apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \
+    qemu-system-arm qemu-user-static
+need_root touch "$stamp"

@@ -1,0 +1,1 @@
+//! Support for Aperture's end-to-end tests (see `tests/e2e.rs`).

@@ -1,0 +1,2 @@
+//! `aperture`: boot an arm64 Linux guest with an assigned PCI device.
+fn main() {}
