@@ -10,8 +10,10 @@ need_root() {
     else "$@"; fi
 }
 
-stamp=/var/lib/aperture-host-deps.v1
-if [ -f "$stamp" ] && [ "${APERTURE_FORCE_DEPS:-0}" != 1 ]; then
+# The stamp records this script's own contents, so adding a package re-runs the install.
+stamp=/var/lib/aperture-host-deps.stamp
+want=$(sha256sum "$0" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && [ "${APERTURE_FORCE_DEPS:-0}" != 1 ]; then
     exit 0
 fi
 
@@ -35,10 +37,10 @@ if [ "$arch" != arm64 ]; then
 fi
 need_root apt-get update -qq
 
-pkgs=(rustc-web cargo-web rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+pkgs=(rustc-web cargo-web rust-web-clippy rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
       busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file)
 if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64); fi
 need_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 need_root apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \
     qemu-system-arm qemu-user-static
-need_root touch "$stamp"
+echo "$want" | need_root tee "$stamp" >/dev/null

@@ -2,4 +2,7 @@
 //!
 //! Everything here is portable (no OS or hypervisor calls) so it is unit-tested on any host.
 
+pub mod image;
 pub mod layout;
+pub mod loader;
+pub mod regs;

@@ -1,1 +1,23 @@
-//! Aperture's emulated devices.
+//! Aperture's emulated devices: portable MMIO models with no OS calls.
+//!
+//! The VMM maps each device at a guest physical address, forwards trapped accesses through
+//! [`MmioDevice`] and gives each device its interrupt line ([`IrqLine`]), output sink and
+//! clock.
+//!
+//! - [`Pl011`]: ARM PL011 UART, the guest console.
+//! - [`Pl031`]: ARM PL031 real-time clock.
+//! - [`TestExit`]: Aperture's test-exit device, which lets a guest end the VM with an exit
+//!   status (see [`test_exit`] for the guest-side usage).
+
+pub mod bus;
+pub mod pl011;
+pub mod pl031;
+mod primecell;
+pub mod test_exit;
+#[cfg(test)]
+mod testing;
+
+pub use bus::{IrqLine, MmioDevice};
+pub use pl011::Pl011;
+pub use pl031::Pl031;
+pub use test_exit::{ExitRequest, TestExit};

@@ -1,2 +1,85 @@
-//! `aperture`: boot an arm64 Linux guest with an assigned PCI device.
-fn main() {}
+//! `aperture`: boot an arm64 Linux guest on KVM or Hypervisor.framework, with a physical PCI
+//! device (an eGPU) assigned to it.
+
+mod bus;
+mod cli;
+mod config;
+mod console;
+mod control;
+mod hypervisor;
+mod memory;
+mod signals;
+mod vcpu_thread;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info};
+
+use crate::cli::{Cli, Command};
+use crate::config::VmConfig;
+use crate::control::{exit_status, StopReason};
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+}
+
+/// Prints the one-line reason Aperture stopped with and returns the exit status.
+fn report(reason: &StopReason) -> i32 {
+    match reason {
+        StopReason::PowerOff => info!("the guest powered off"),
+        StopReason::ConsoleQuit => info!("quit from the console"),
+        StopReason::Reset => {
+            eprintln!("aperture: the guest reset (exit status {})", exit_status::RESET)
+        }
+        StopReason::TestExit(code) => info!("the guest asked to exit with status {code}"),
+        StopReason::Timeout(limit) => eprintln!(
+            "aperture: the guest timed out: still running after {} s (--timeout); stopped it",
+            limit.as_secs()
+        ),
+        StopReason::Signal(signal) => eprintln!("aperture: stopped by signal {signal}"),
+        StopReason::Error(message) => eprintln!("aperture: error: {message}"),
+    }
+    reason.exit_status()
+}
+
+fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let status = if e.use_stderr() { exit_status::VMM_ERROR } else { 0 };
+            let _ = e.print();
+            return status;
+        }
+    };
+    init_logging(cli.verbose);
+    if let Err(e) = signals::install() {
+        error!("could not install signal handlers: {e}");
+    }
+    match cli.command {
+        Command::Run(args) => {
+            let outcome = VmConfig::from_run_args(&args)
+                .map_err(|e| e.to_string())
+                .and_then(|config| vm::run(&config).map_err(|e| e.to_string()));
+            match outcome {
+                Ok(reason) => report(&reason),
+                Err(message) => report(&StopReason::Error(message)),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let status = run();
+    console::restore_terminal();
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}

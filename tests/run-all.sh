@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every test Aperture has, as CI runs them: formatting, lints for each target we build, unit
+# tests on this host, and the end-to-end tests in the emulated arm64 KVM host.
+# Installs what it needs on a fresh Debian machine. Usage: tests/run-all.sh [--no-e2e]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "host packages"
+bash images/host-deps.sh
+# rustup's toolchain: fmt and clippy for the host build.
+if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (host)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit tests (host)"
+cargo test --workspace --locked
+
+# Debian's 1.96 toolchain cross-builds for arm64 Linux. Its own target dir keeps the two
+# toolchains from rebuilding each other's host artifacts.
+cross() {
+    PATH=/usr/bin:$PATH RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$repo/target/aarch64-cross" \
+        /usr/bin/cargo "$@"
+}
+
+step "clippy (aarch64-unknown-linux-gnu)"
+cross clippy --workspace --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
+
+step "unit tests (aarch64-unknown-linux-gnu, under qemu-aarch64)"
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu" \
+    cross test --workspace --locked --target aarch64-unknown-linux-gnu --exclude aperture-e2e
+
+if [ "${1:-}" != "--no-e2e" ]; then
+    step "end-to-end tests (emulated arm64 KVM host)"
+    bash tests/run-e2e.sh
+fi

@@ -1,0 +1,175 @@
+//! The MMIO bus: routes guest physical addresses to emulated devices.
+
+use std::sync::{Arc, Mutex};
+
+use devices::MmioDevice;
+use log::warn;
+
+use crate::hypervisor::MmioHandler;
+
+/// Errors when building the bus.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    /// Two devices claim overlapping ranges.
+    #[error("MMIO range of {new} at {base:#x}+{size:#x} overlaps {existing}")]
+    Overlap {
+        /// The device being added.
+        new: String,
+        /// The device already there.
+        existing: String,
+        /// Start of the new range.
+        base: u64,
+        /// Size of the new range.
+        size: u64,
+    },
+    /// An empty or wrapping range.
+    #[error("MMIO range of {0} is empty or wraps around")]
+    BadRange(String),
+}
+
+struct BusEntry {
+    base: u64,
+    size: u64,
+    name: String,
+    device: Arc<Mutex<dyn MmioDevice>>,
+}
+
+/// Devices by guest physical address range, sorted by base.
+#[derive(Default)]
+pub struct MmioBus {
+    entries: Vec<BusEntry>,
+    /// Stray accesses are logged once per address page so a guest loop cannot flood the log.
+    stray_pages: Mutex<std::collections::HashSet<u64>>,
+}
+
+impl std::fmt::Debug for MmioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.entries.iter().map(|e| (&e.name, e.base, e.size)).collect();
+        f.debug_struct("MmioBus").field("devices", &names).finish()
+    }
+}
+
+impl MmioBus {
+    /// Adds `device` at `base..base + size`.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        base: u64,
+        size: u64,
+        device: Arc<Mutex<dyn MmioDevice>>,
+    ) -> Result<(), BusError> {
+        let end = base
+            .checked_add(size)
+            .filter(|_| size > 0)
+            .ok_or_else(|| BusError::BadRange(name.into()))?;
+        if let Some(existing) = self.entries.iter().find(|e| base < e.base + e.size && e.base < end)
+        {
+            return Err(BusError::Overlap {
+                new: name.into(),
+                existing: existing.name.clone(),
+                base,
+                size,
+            });
+        }
+        let at = self.entries.partition_point(|e| e.base < base);
+        self.entries.insert(at, BusEntry { base, size, name: name.into(), device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Option<(&BusEntry, u64)> {
+        let at = self.entries.partition_point(|e| e.base <= addr);
+        let entry = self.entries.get(at.checked_sub(1)?)?;
+        let offset = addr - entry.base;
+        (offset + len as u64 <= entry.size).then_some((entry, offset))
+    }
+
+    fn stray(&self, kind: &str, addr: u64, len: usize) {
+        let mut pages = self.stray_pages.lock().unwrap_or_else(|e| e.into_inner());
+        if pages.len() < 1024 && pages.insert(addr >> 12) {
+            warn!("guest {kind} of {len} bytes at {addr:#x}: no device there (reads as zero, writes ignored)");
+        }
+    }
+}
+
+impl MmioHandler for MmioBus {
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr, data.len()) {
+            Some((entry, offset)) => {
+                entry.device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data)
+            }
+            None => {
+                data.fill(0);
+                self.stray("read", addr, data.len());
+            }
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        match self.find(addr, data.len()) {
+            Some((entry, offset)) => {
+                entry.device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data)
+            }
+            None => self.stray("write", addr, data.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl MmioDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.writes.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn routes_by_range_and_offset() {
+        let a = Arc::new(Mutex::new(Recorder::default()));
+        let b = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = MmioBus::default();
+        bus.insert("b", 0x2000, 0x1000, b.clone()).unwrap();
+        bus.insert("a", 0x1000, 0x1000, a.clone()).unwrap();
+        bus.mmio_write(0x1004, &[1, 2, 3, 4]);
+        bus.mmio_write(0x2ff8, &[9; 8]);
+        assert_eq!(a.lock().unwrap().writes, vec![(4, vec![1, 2, 3, 4])]);
+        assert_eq!(b.lock().unwrap().writes, vec![(0xff8, vec![9; 8])]);
+        let mut data = [0xffu8; 4];
+        bus.mmio_read(0x1010, &mut data);
+        assert_eq!(data, [0x10; 4]);
+    }
+
+    #[test]
+    fn stray_and_straddling_accesses_read_zero() {
+        let a = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = MmioBus::default();
+        bus.insert("a", 0x1000, 0x1000, a.clone()).unwrap();
+        let mut data = [0xffu8; 8];
+        bus.mmio_read(0x1ffc, &mut data); // crosses the end
+        assert_eq!(data, [0; 8]);
+        bus.mmio_read(0x500, &mut data);
+        assert_eq!(data, [0; 8]);
+        bus.mmio_write(0x3000, &[1]);
+        assert!(a.lock().unwrap().writes.is_empty());
+    }
+
+    #[test]
+    fn rejects_overlaps_and_empty_ranges() {
+        let mut bus = MmioBus::default();
+        bus.insert("a", 0x1000, 0x1000, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        let err =
+            bus.insert("b", 0x1800, 0x1000, Arc::new(Mutex::new(Recorder::default()))).unwrap_err();
+        assert!(err.to_string().contains("overlaps a"), "{err}");
+        assert!(bus.insert("c", 0x5000, 0, Arc::new(Mutex::new(Recorder::default()))).is_err());
+        assert!(bus.insert("d", u64::MAX, 2, Arc::new(Mutex::new(Recorder::default()))).is_err());
+    }
+}

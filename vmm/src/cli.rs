@@ -1,0 +1,98 @@
+//! The command line, parsed with clap into [`Cli`]; [`crate::config`] turns it into typed
+//! configuration once.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Default kernel command line: console on the PL011, and a panic resets at once so a test
+/// run ends (exit status 3) instead of hanging.
+pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # Boot a kernel with an initramfs; the guest console is this terminal (Ctrl-A x quits).
+  aperture run --kernel Image --initrd rootfs.cpio.gz
+
+  # A scripted test: 2 vCPUs, 512 MiB, give up after 60 s; the exit status tells the outcome.
+  aperture run --kernel Image --initrd test.cpio --cpus 2 --memory 512M --timeout 60 \\
+      --cmdline 'console=ttyAMA0 panic=-1 rdinit=/init'
+
+Exit statuses:
+  0    the guest powered off (or Ctrl-A x)
+  N    the guest wrote N to the test-exit device (devmem 0x09020000 32 N)
+  1    Aperture failed; the reason is on stderr
+  3    the guest reset (for example a kernel panic with panic=-1)
+  124  --timeout elapsed
+  128+N  signal N (SIGINT, SIGTERM, SIGHUP) stopped the VM";
+
+/// Aperture: boot an arm64 Linux guest on KVM or Hypervisor.framework, with a PCI device
+/// (an eGPU) assigned to it.
+#[derive(Debug, Parser)]
+#[command(name = "aperture", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides it.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest and attach its console to this terminal.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+}
+
+/// `aperture run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The guest kernel: an arm64 Image, raw (Debian), gzip-compressed (Ubuntu) or EFI zboot (Fedora).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// An initramfs (cpio, optionally compressed: the guest kernel unpacks it).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// The kernel command line; replaces the default.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+
+    /// Guest RAM: a number with a K, M or G suffix (MiB when there is none), e.g. 512M, 2G.
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = Cli::try_parse_from(["aperture", "run", "--kernel", "Image"]).unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.cpus, 1);
+        assert_eq!(args.memory, "512M");
+        assert_eq!(args.cmdline, DEFAULT_CMDLINE);
+        assert!(args.initrd.is_none() && args.timeout.is_none());
+    }
+}

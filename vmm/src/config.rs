@@ -1,0 +1,193 @@
+//! Typed VM configuration, validated once from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arch::layout::{MAX_VCPUS, MIB};
+
+use crate::cli::RunArgs;
+
+/// Bad command-line values.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--cpus` out of range.
+    #[error("--cpus {0}: a VM needs 1 to {MAX_VCPUS} vCPUs")]
+    Cpus(u32),
+    /// `--memory` not understood.
+    #[error("--memory {0}: not a size; write a number with an optional K, M or G suffix, e.g. 512M or 2G")]
+    MemorySyntax(String),
+    /// `--memory` too small to be useful.
+    #[error("--memory {0}: too small; a Linux guest needs at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall(String),
+    /// `--timeout 0`.
+    #[error("--timeout 0: give the guest at least one second")]
+    ZeroTimeout,
+    /// An input file that is not there.
+    #[error("{what} {path}: {reason}")]
+    File {
+        /// Which option.
+        what: &'static str,
+        /// The path given.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+/// Below this Linux cannot boot at all; the loader checks the real need against the kernel.
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// Everything `aperture run` needs, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image path.
+    pub kernel: PathBuf,
+    /// Initramfs path.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count.
+    pub vcpus: u32,
+    /// Guest RAM in bytes, a multiple of 2 MiB.
+    pub memory_bytes: u64,
+    /// When to give up on the guest.
+    pub timeout: Option<Duration>,
+}
+
+/// Parses a size: a number with an optional K/M/G/T suffix (optionally followed by "iB" or
+/// "B"), in MiB when there is no suffix.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let trimmed = text.trim();
+    let digits_end = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, suffix) = trimmed.split_at(digits_end);
+    let number: u64 = number.parse().ok()?;
+    let shift = match suffix.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" if suffix.is_empty() => 20,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1u64 << shift)
+}
+
+fn check_file(what: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
+    let error =
+        |reason: String| ConfigError::File { what, path: path.display().to_string(), reason };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(error("not a regular file".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(error("no such file; check the path".into()))
+        }
+        Err(e) => Err(error(e.to_string())),
+    }
+}
+
+impl VmConfig {
+    /// Validates `aperture run` arguments.
+    pub fn from_run_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        if args.cpus == 0 || args.cpus > MAX_VCPUS {
+            return Err(ConfigError::Cpus(args.cpus));
+        }
+        let memory = parse_size(&args.memory)
+            .ok_or_else(|| ConfigError::MemorySyntax(args.memory.clone()))?;
+        if memory < MIN_MEMORY_MIB * MIB {
+            return Err(ConfigError::MemoryTooSmall(args.memory.clone()));
+        }
+        // Huge-page friendly, and the 16 KiB granule Hypervisor.framework needs.
+        let memory_bytes = memory.div_ceil(2 * MIB) * 2 * MIB;
+        if args.timeout == Some(0) {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        check_file("--kernel", &args.kernel)?;
+        if let Some(initrd) = &args.initrd {
+            check_file("--initrd", initrd)?;
+        }
+        Ok(Self {
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args.cmdline.clone(),
+            vcpus: args.cpus,
+            memory_bytes,
+            timeout: args.timeout.map(Duration::from_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(kernel: &str) -> RunArgs {
+        RunArgs {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: "console=ttyAMA0".into(),
+            cpus: 1,
+            memory: "256M".into(),
+            timeout: None,
+        }
+    }
+
+    fn existing_file() -> String {
+        std::env::current_exe().unwrap().display().to_string()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Some(512 * MIB));
+        assert_eq!(parse_size("512M"), Some(512 * MIB));
+        assert_eq!(parse_size("512MiB"), Some(512 * MIB));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("2gb"), Some(2 << 30));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        for bad in ["", "M", "12X", "-1", "1.5G", "99999999999999999999G", "12 M"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn valid_config() {
+        let mut a = args(&existing_file());
+        a.memory = "255M".into();
+        a.timeout = Some(5);
+        let c = VmConfig::from_run_args(&a).unwrap();
+        assert_eq!(c.memory_bytes, 256 * MIB);
+        assert_eq!(c.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let file = existing_file();
+        let mut a = args(&file);
+        a.cpus = 0;
+        assert!(VmConfig::from_run_args(&a).unwrap_err().to_string().starts_with("--cpus 0"));
+        a.cpus = MAX_VCPUS + 1;
+        assert!(matches!(VmConfig::from_run_args(&a), Err(ConfigError::Cpus(_))));
+        let mut a = args(&file);
+        a.memory = "lots".into();
+        assert!(VmConfig::from_run_args(&a).unwrap_err().to_string().contains("--memory lots"));
+        a.memory = "8M".into();
+        assert!(matches!(VmConfig::from_run_args(&a), Err(ConfigError::MemoryTooSmall(_))));
+        let mut a = args(&file);
+        a.timeout = Some(0);
+        assert_eq!(VmConfig::from_run_args(&a), Err(ConfigError::ZeroTimeout));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let err = VmConfig::from_run_args(&args("/nonexistent/Image")).unwrap_err();
+        assert_eq!(err.to_string(), "--kernel /nonexistent/Image: no such file; check the path");
+        let mut a = args(&existing_file());
+        a.initrd = Some("/nonexistent/initrd".into());
+        assert!(VmConfig::from_run_args(&a)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--initrd /nonexistent/initrd"));
+        let err = VmConfig::from_run_args(&args("/")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"));
+    }
+}

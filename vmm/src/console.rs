@@ -1,0 +1,236 @@
+//! The host side of the guest console: raw terminal mode and the stdin reader.
+//!
+//! When stdin is a terminal it is put in raw mode, so keys (Ctrl-C included) go to the
+//! guest. The escape key is Ctrl-A: `Ctrl-A x` quits Aperture, `Ctrl-A Ctrl-A` sends one
+//! Ctrl-A to the guest, `Ctrl-A h` prints help. The terminal is restored on every exit path:
+//! normal return, error, signal and panic.
+
+use std::io::Read;
+use std::sync::Mutex;
+
+use log::{debug, warn};
+
+/// Ctrl-A.
+const ESCAPE: u8 = 0x01;
+
+/// What the escape parser makes of the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConsoleInput {
+    /// Bytes for the guest.
+    Guest(Vec<u8>),
+    /// The user asked to quit.
+    Quit,
+    /// The user asked for help.
+    Help,
+}
+
+/// Splits terminal input into guest bytes and escape commands.
+#[derive(Debug, Default)]
+pub struct EscapeParser {
+    after_escape: bool,
+}
+
+impl EscapeParser {
+    /// Parses one chunk of input.
+    pub fn feed(&mut self, input: &[u8]) -> Vec<ConsoleInput> {
+        let mut out = Vec::new();
+        let mut guest = Vec::new();
+        for &byte in input {
+            if !self.after_escape {
+                if byte == ESCAPE {
+                    self.after_escape = true;
+                } else {
+                    guest.push(byte);
+                }
+                continue;
+            }
+            self.after_escape = false;
+            match byte {
+                b'x' | b'X' => {
+                    if !guest.is_empty() {
+                        out.push(ConsoleInput::Guest(std::mem::take(&mut guest)));
+                    }
+                    out.push(ConsoleInput::Quit);
+                    return out;
+                }
+                b'h' | b'H' | b'?' => {
+                    if !guest.is_empty() {
+                        out.push(ConsoleInput::Guest(std::mem::take(&mut guest)));
+                    }
+                    out.push(ConsoleInput::Help);
+                }
+                ESCAPE => guest.push(ESCAPE),
+                other => guest.extend_from_slice(&[ESCAPE, other]),
+            }
+        }
+        if !guest.is_empty() {
+            out.push(ConsoleInput::Guest(guest));
+        }
+        out
+    }
+}
+
+/// Help for the escape key, printed on `Ctrl-A h`.
+pub const ESCAPE_HELP: &str =
+    "\r\n[aperture] Ctrl-A x: quit   Ctrl-A Ctrl-A: send Ctrl-A   Ctrl-A h: this help\r\n";
+
+/// The terminal settings to put back, for the panic hook and signal paths.
+static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// Whether fd 0 is a terminal.
+pub fn stdin_is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+}
+
+/// Puts the terminal back as it was, if Aperture changed it. Safe to call more than once.
+pub fn restore_terminal() {
+    let saved = SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(termios) = saved {
+        // SAFETY: `termios` is a value read by tcgetattr from the same descriptor.
+        let rc = unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+        if rc != 0 {
+            warn!("could not restore the terminal: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// Raw mode for the life of the guard.
+#[derive(Debug)]
+pub struct RawTerminal(());
+
+impl RawTerminal {
+    /// Switches stdin to raw mode (keys go to the guest) and installs a panic hook that
+    /// restores it. Returns None when stdin is not a terminal.
+    pub fn enable() -> Option<Self> {
+        if !stdin_is_tty() {
+            return None;
+        }
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 is a terminal and `termios` is a valid out pointer.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } != 0 {
+            warn!("stdin is a terminal but tcgetattr failed; leaving it in cooked mode");
+            return None;
+        }
+        *SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()) = Some(termios);
+        let mut raw = termios;
+        // Raw input, but keep output post-processing so host log lines still start a new line.
+        raw.c_iflag &= !(libc::IGNBRK
+            | libc::BRKINT
+            | libc::PARMRK
+            | libc::ISTRIP
+            | libc::INLCR
+            | libc::IGNCR
+            | libc::ICRNL
+            | libc::IXON);
+        raw.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ICANON | libc::ISIG | libc::IEXTEN);
+        raw.c_cflag &= !(libc::CSIZE | libc::PARENB);
+        raw.c_cflag |= libc::CS8;
+        raw.c_cc[libc::VMIN] = 1;
+        raw.c_cc[libc::VTIME] = 0;
+        // SAFETY: `raw` is a valid termios derived from the current settings.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+            warn!("could not switch the terminal to raw mode: {}", std::io::Error::last_os_error());
+            SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return None;
+        }
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous_hook(info);
+        }));
+        debug!("terminal in raw mode; Ctrl-A x quits");
+        Some(Self(()))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Reads host stdin on its own thread and hands it to `deliver`; escape sequences are
+/// interpreted only when stdin is a terminal. The thread ends at EOF; it is not joined
+/// (a blocked read cannot be interrupted portably), which is fine as it owns nothing.
+pub fn spawn_stdin_reader(
+    interactive: bool,
+    deliver: impl Fn(&[u8]) + Send + 'static,
+    on_quit: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut parser = EscapeParser::default();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) => {
+                    debug!("stdin closed");
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("stdin read failed: {e}");
+                    return;
+                }
+            };
+            if !interactive {
+                deliver(&buf[..n]);
+                continue;
+            }
+            for event in parser.feed(&buf[..n]) {
+                match event {
+                    ConsoleInput::Guest(bytes) => deliver(&bytes),
+                    ConsoleInput::Help => {
+                        use std::io::Write;
+                        let mut err = std::io::stderr();
+                        let _ = err.write_all(ESCAPE_HELP.as_bytes());
+                    }
+                    ConsoleInput::Quit => {
+                        on_quit();
+                        return;
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_bytes_pass_through() {
+        let mut p = EscapeParser::default();
+        assert_eq!(p.feed(b"ls\r"), vec![ConsoleInput::Guest(b"ls\r".to_vec())]);
+        assert_eq!(p.feed(b""), vec![]);
+    }
+
+    #[test]
+    fn ctrl_a_x_quits_after_flushing_earlier_bytes() {
+        let mut p = EscapeParser::default();
+        assert_eq!(
+            p.feed(b"ab\x01xcd"),
+            vec![ConsoleInput::Guest(b"ab".to_vec()), ConsoleInput::Quit]
+        );
+    }
+
+    #[test]
+    fn escape_split_across_reads() {
+        let mut p = EscapeParser::default();
+        assert_eq!(p.feed(b"a\x01"), vec![ConsoleInput::Guest(b"a".to_vec())]);
+        assert_eq!(p.feed(b"x"), vec![ConsoleInput::Quit]);
+    }
+
+    #[test]
+    fn double_escape_sends_one_and_unknown_sends_both() {
+        let mut p = EscapeParser::default();
+        assert_eq!(p.feed(b"\x01\x01"), vec![ConsoleInput::Guest(vec![1])]);
+        assert_eq!(p.feed(b"\x01q"), vec![ConsoleInput::Guest(vec![1, b'q'])]);
+        assert_eq!(p.feed(b"\x01h"), vec![ConsoleInput::Help]);
+    }
+}

@@ -1,0 +1,126 @@
+//! How a running VM ends: the first reason wins, and everyone waiting is told.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered off (PSCI SYSTEM_OFF).
+    PowerOff,
+    /// The guest reset (PSCI SYSTEM_RESET), e.g. a panic with `panic=-1`.
+    Reset,
+    /// The guest wrote its exit status to the test-exit device.
+    TestExit(u8),
+    /// `--timeout` elapsed.
+    Timeout(Duration),
+    /// The user typed the console escape sequence.
+    ConsoleQuit,
+    /// SIGINT, SIGTERM or SIGHUP.
+    Signal(i32),
+    /// A vCPU or device failed.
+    Error(String),
+}
+
+/// Exit statuses, documented in README.md.
+pub mod exit_status {
+    /// The guest powered off, or the user quit from the console.
+    pub const POWER_OFF: i32 = 0;
+    /// Aperture failed (bad input, host problem, unhandled guest exit).
+    pub const VMM_ERROR: i32 = 1;
+    /// The guest reset.
+    pub const RESET: i32 = 3;
+    /// `--timeout` elapsed.
+    pub const TIMEOUT: i32 = 124;
+    /// A signal ended the VM: 128 + the signal number, as shells report it.
+    pub const SIGNAL_BASE: i32 = 128;
+}
+
+impl StopReason {
+    /// The process exit status for this reason.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Self::PowerOff | Self::ConsoleQuit => exit_status::POWER_OFF,
+            Self::Reset => exit_status::RESET,
+            Self::TestExit(code) => i32::from(*code),
+            Self::Timeout(_) => exit_status::TIMEOUT,
+            Self::Signal(signal) => exit_status::SIGNAL_BASE + signal,
+            Self::Error(_) => exit_status::VMM_ERROR,
+        }
+    }
+}
+
+/// Shared between the vCPU threads, devices and the main thread.
+#[derive(Debug, Default)]
+pub struct VmControl {
+    reason: Mutex<Option<StopReason>>,
+    stopping: AtomicBool,
+    changed: Condvar,
+}
+
+impl VmControl {
+    /// Records why the VM should stop, unless a reason is already recorded.
+    pub fn request_stop(&self, reason: StopReason) {
+        let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            log::debug!("stop requested: {reason:?}");
+            *current = Some(reason);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Stops the vCPUs without recording a reason (teardown after a setup error).
+    pub fn halt(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Whether the VM is stopping; vCPU loops check it between runs.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits up to `timeout` for a stop request; returns the reason if there is one.
+    pub fn wait(&self, timeout: Duration) -> Option<StopReason> {
+        let guard = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |reason| reason.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        guard.clone()
+    }
+}
+
+impl devices::ExitRequest for VmControl {
+    fn request_exit(&self, status: u8) {
+        self.request_stop(StopReason::TestExit(status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let control = VmControl::default();
+        assert!(!control.is_stopping());
+        assert_eq!(control.wait(Duration::from_millis(1)), None);
+        control.request_stop(StopReason::TestExit(7));
+        control.request_stop(StopReason::PowerOff);
+        assert!(control.is_stopping());
+        assert_eq!(control.wait(Duration::from_millis(1)), Some(StopReason::TestExit(7)));
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(StopReason::PowerOff.exit_status(), 0);
+        assert_eq!(StopReason::Reset.exit_status(), 3);
+        assert_eq!(StopReason::TestExit(42).exit_status(), 42);
+        assert_eq!(StopReason::Timeout(Duration::from_secs(1)).exit_status(), 124);
+        assert_eq!(StopReason::Signal(15).exit_status(), 143);
+        assert_eq!(StopReason::Error("x".into()).exit_status(), 1);
+    }
+}

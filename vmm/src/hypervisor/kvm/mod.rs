@@ -1,0 +1,118 @@
+//! The KVM backend (arm64 Linux hosts).
+//!
+//! KVM does most of the work in the kernel: PSCI (with `KVM_ARM_VCPU_PSCI_0_2`), WFI, the
+//! timers and the GICv3 with its ITS. Userspace sees MMIO exits, already decoded, and system
+//! events for power-off and reset.
+
+mod gic;
+mod regs;
+mod vcpu;
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI};
+use kvm_ioctls::VmFd;
+use log::{debug, info};
+
+use super::{GicSpec, Hypervisor, HypervisorError, Result, Vcpu, Vm, VmSpec};
+
+/// An open `/dev/kvm`.
+#[derive(Debug)]
+pub struct Kvm {
+    kvm: kvm_ioctls::Kvm,
+}
+
+impl Kvm {
+    /// Opens `/dev/kvm`, explaining what to do when that fails.
+    pub fn open() -> Result<Self> {
+        let kvm = kvm_ioctls::Kvm::new().map_err(|e| {
+            let fix = match e.errno() {
+                libc::ENOENT => {
+                    "the host has no /dev/kvm: boot an arm64 Linux host with virtualization \
+                     (EL2) available and the kvm module loaded"
+                }
+                libc::EACCES | libc::EPERM => {
+                    "permission denied on /dev/kvm: add your user to the kvm group \
+                     (sudo usermod -aG kvm $USER, then log in again) or run as root"
+                }
+                _ => "could not open /dev/kvm",
+            };
+            HypervisorError::Unavailable(format!("{fix} ({e})"))
+        })?;
+        Ok(Self { kvm })
+    }
+}
+
+impl Hypervisor for Kvm {
+    fn name(&self) -> &'static str {
+        "KVM"
+    }
+
+    fn max_ipa_bits(&self) -> u32 {
+        // 0 means the host predates KVM_CAP_ARM_VM_IPA_SIZE and gives every VM 40 bits.
+        match self.kvm.get_host_ipa_limit() {
+            bits if bits > 0 => bits.unsigned_abs(),
+            _ => 40,
+        }
+    }
+
+    fn create_vm(&self, spec: &VmSpec) -> Result<Arc<dyn Vm>> {
+        let fd = self.kvm.create_vm_with_ipa_size(spec.ipa_bits).map_err(|e| {
+            HypervisorError::call(
+                format!("KVM_CREATE_VM with a {}-bit IPA space", spec.ipa_bits),
+                e,
+            )
+        })?;
+        info!("KVM VM created with a {}-bit guest physical address space", spec.ipa_bits);
+        Ok(Arc::new(KvmVm { fd, gic: std::sync::Mutex::new(None), next_slot: Default::default() }))
+    }
+}
+
+/// A KVM VM.
+#[derive(Debug)]
+pub struct KvmVm {
+    fd: VmFd,
+    /// Keeps the GIC device fds open for the VM's life.
+    gic: std::sync::Mutex<Option<gic::KvmGic>>,
+    next_slot: std::sync::atomic::AtomicU32,
+}
+
+impl Vm for KvmVm {
+    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<()> {
+        let slot = self.next_slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr as u64,
+        };
+        debug!("KVM memory slot {slot}: guest {guest_addr:#x}+{size:#x} at host {host_addr:p}");
+        // SAFETY: the caller guarantees the host range stays valid while the VM exists; the
+        // region does not overlap another slot because the VMM maps disjoint ranges.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| {
+            HypervisorError::call(
+                format!("KVM_SET_USER_MEMORY_REGION {guest_addr:#x}+{size:#x}"),
+                e,
+            )
+        })
+    }
+
+    fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>> {
+        Ok(Box::new(vcpu::KvmVcpu::new(&self.fd, index)?))
+    }
+
+    fn create_gic(&self, spec: &GicSpec) -> Result<()> {
+        let gic = gic::KvmGic::new(&self.fd, spec)?;
+        *self.gic.lock().unwrap_or_else(|e| e.into_inner()) = Some(gic);
+        Ok(())
+    }
+
+    fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()> {
+        // KVM_IRQ_LINE on arm64: type in bits 24..31, vCPU (unused for SPIs), INTID in 0..15.
+        let irq = (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | (32 + spi);
+        self.fd
+            .set_irq_line(irq, asserted)
+            .map_err(|e| HypervisorError::call(format!("KVM_IRQ_LINE for SPI {spi}"), e))
+    }
+}

@@ -1,0 +1,147 @@
+//! The hypervisor abstraction: a [`Hypervisor`] makes a [`Vm`], a `Vm` makes [`Vcpu`]s.
+//!
+//! Backends differ in how much they do for us. KVM decodes MMIO data aborts and runs PSCI in
+//! the kernel; Hypervisor.framework hands back raw exception syndromes and HVC/SMC calls that
+//! the backend must decode (with `arch`'s portable code) and complete itself. So the contract
+//! is: a backend's [`Vcpu::run`] completes MMIO accesses in place through the [`MmioHandler`]
+//! it is given, and returns only the events the VMM itself must act on ([`VcpuExit`]).
+
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+pub mod kvm;
+
+use std::sync::Arc;
+
+use arch::regs::BootRegs;
+
+/// Errors from a hypervisor backend.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// The host has no usable hypervisor, with the reason and fix.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A hypervisor call failed.
+    #[error("{what}: {source}")]
+    Call {
+        /// What was being done, e.g. "KVM_CREATE_VCPU for vCPU 1".
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The guest did something the VMM cannot emulate.
+    #[error("{0}")]
+    Guest(String),
+}
+
+impl HypervisorError {
+    /// Wraps an OS error with what was being done.
+    pub fn call(what: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
+        Self::Call { what: what.into(), source: source.into() }
+    }
+}
+
+/// Result type of hypervisor operations.
+pub type Result<T> = std::result::Result<T, HypervisorError>;
+
+/// What a VM needs from the host before it is created.
+#[derive(Debug, Clone, Copy)]
+pub struct VmSpec {
+    /// Guest physical address size, in bits.
+    pub ipa_bits: u32,
+}
+
+/// A host hypervisor.
+pub trait Hypervisor {
+    /// A short name for logs ("KVM", "Hypervisor.framework").
+    fn name(&self) -> &'static str;
+    /// The largest guest physical address size the host supports, in bits.
+    fn max_ipa_bits(&self) -> u32;
+    /// Creates an empty VM.
+    fn create_vm(&self, spec: &VmSpec) -> Result<Arc<dyn Vm>>;
+}
+
+/// Where the interrupt controller's frames live in guest physical memory.
+#[derive(Debug, Clone, Copy)]
+pub struct GicSpec {
+    /// Distributor base.
+    pub dist_base: u64,
+    /// First redistributor; one per vCPU follows.
+    pub redist_base: u64,
+    /// Size of all redistributors.
+    pub redist_size: u64,
+    /// ITS base, where the backend has one.
+    pub its_base: Option<u64>,
+    /// Interrupt lines (INTIDs) the distributor implements, including the 32 private ones.
+    pub nr_irqs: u32,
+}
+
+/// A VM: guest memory, vCPUs and the interrupt controller.
+pub trait Vm: Send + Sync {
+    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr + size` must stay mapped and valid for as long as the VM exists.
+    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<()>;
+    /// Creates vCPU `index`. vCPU 0 boots; the others wait for PSCI CPU_ON.
+    fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>>;
+    /// Creates the in-kernel GICv3 once all vCPUs exist.
+    fn create_gic(&self, spec: &GicSpec) -> Result<()>;
+    /// Drives shared peripheral interrupt `spi` (0-based SPI number, INTID 32 + spi).
+    fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()>;
+}
+
+/// Completes guest MMIO accesses; implemented by the device bus.
+pub trait MmioHandler: Sync {
+    /// A guest load of `data.len()` bytes at guest physical `addr`.
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    /// A guest store of `data` at guest physical `addr`.
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}
+
+/// Why [`Vcpu::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuExit {
+    /// Something was handled in place (MMIO, a benign exit): call `run` again.
+    Handled,
+    /// The run was interrupted by [`VcpuKick::kick`] or a signal.
+    Interrupted,
+    /// The guest asked to power off (PSCI SYSTEM_OFF).
+    PowerOff,
+    /// The guest asked to reset (PSCI SYSTEM_RESET), e.g. after a panic with `panic=-1`.
+    Reset,
+}
+
+/// Interrupts a running vCPU from another thread.
+pub trait VcpuKick: Send + Sync {
+    /// Makes the vCPU's current or next `run` return [`VcpuExit::Interrupted`] soon.
+    fn kick(&self);
+}
+
+/// A virtual CPU, owned by one thread.
+pub trait Vcpu: Send {
+    /// The vCPU's MPIDR_EL1 (its affinity, which the device tree must match).
+    fn mpidr(&self) -> Result<u64>;
+    /// Sets the registers the boot CPU starts with.
+    fn set_boot_regs(&mut self, regs: &BootRegs) -> Result<()>;
+    /// Returns a handle that interrupts this vCPU; call it on the thread that will run it.
+    fn kicker(&self) -> Result<Arc<dyn VcpuKick>>;
+    /// Runs the guest until something needs the VMM.
+    fn run(&mut self, mmio: &dyn MmioHandler) -> Result<VcpuExit>;
+}
+
+/// The hypervisor of this host, or why there is none.
+pub fn host_hypervisor() -> Result<Box<dyn Hypervisor>> {
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    {
+        Ok(Box::new(kvm::Kvm::open()?))
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
+    {
+        Err(HypervisorError::Unavailable(format!(
+            "no hypervisor backend for {}-{}: Aperture runs arm64 guests on arm64 Linux hosts \
+             (KVM) and Apple Silicon Macs (Hypervisor.framework); on other machines use the \
+             emulated arm64 host of images/boot-demo.sh",
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        )))
+    }
+}

@@ -1,0 +1,335 @@
+//! The VM's life: build it from a [`VmConfig`], run it, and tear it down.
+
+use std::io::Read;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arch::image::KernelImage;
+use arch::layout::{self, MemoryLayout};
+use arch::loader::{plan_boot, BootPlan};
+use arch::regs::{boot_cpu_regs, mpidr_to_fdt_reg};
+use devices::{IrqLine, Pl011, Pl031, TestExit};
+use firmware::{FdtConfig, GicConfig, MmioDeviceNode};
+use log::{debug, info, warn};
+
+use crate::bus::{BusError, MmioBus};
+use crate::config::VmConfig;
+use crate::console::{self, RawTerminal};
+use crate::control::{StopReason, VmControl};
+use crate::hypervisor::{self, GicSpec, HypervisorError, VcpuKick, Vm, VmSpec};
+use crate::memory::{GuestRam, MemoryError};
+use crate::signals;
+use crate::vcpu_thread::{vcpu_thread, VcpuReady, VcpuStart};
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A file could not be read.
+    #[error("{what} {path}: {source}")]
+    Read {
+        /// Which option.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The kernel is not a bootable arm64 Image.
+    #[error("--kernel {path}: {source}")]
+    Kernel {
+        /// The path.
+        path: String,
+        /// What is wrong with it.
+        source: arch::image::ImageError,
+    },
+    /// The memory map cannot be built.
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
+    /// Kernel, initrd and device tree do not fit.
+    #[error(transparent)]
+    Loader(#[from] arch::loader::LoaderError),
+    /// The host hypervisor failed or is missing.
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The device tree could not be built.
+    #[error("building the device tree: {0}")]
+    Fdt(#[from] firmware::FdtError),
+    /// The device bus could not be built.
+    #[error("building the device bus: {0}")]
+    Bus(#[from] BusError),
+    /// A thread could not be started.
+    #[error("could not start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A vCPU thread ended before reporting in.
+    #[error("vCPU thread {0} ended during setup")]
+    VcpuLost(u32),
+}
+
+/// Drives one SPI of the VM's interrupt controller.
+struct SpiLine {
+    vm: Arc<dyn Vm>,
+    spi: u32,
+}
+
+impl IrqLine for SpiLine {
+    fn set_level(&self, asserted: bool) {
+        if let Err(e) = self.vm.set_spi_level(self.spi, asserted) {
+            warn!("SPI {}: {e}", self.spi);
+        }
+    }
+}
+
+fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, VmError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|source| VmError::Read { what, path: path.display().to_string(), source })?;
+    Ok(bytes)
+}
+
+/// Random bytes from the host for the guest's RNG and KASLR seeds.
+fn host_random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        warn!("no host randomness for the guest's seeds ({e}); the guest seeds itself");
+    }
+    bytes
+}
+
+/// The running parts of a VM, joined on drop order by [`Vm::shutdown`].
+struct RunningVcpus {
+    threads: Vec<JoinHandle<()>>,
+    kicks: Vec<Arc<dyn VcpuKick>>,
+}
+
+impl RunningVcpus {
+    /// Kicks every vCPU until its thread has finished, then joins it. Kicks repeat because a
+    /// signal that lands outside `KVM_RUN` is lost.
+    fn stop(self, control: &VmControl) {
+        control.halt();
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !thread.is_finished() && Instant::now() < deadline {
+                if let Some(kick) = self.kicks.get(index) {
+                    kick.kick();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                if thread.join().is_err() {
+                    warn!("vCPU thread {index} panicked");
+                }
+            } else {
+                warn!("vCPU thread {index} did not stop within 10 s; leaving it");
+            }
+        }
+    }
+}
+
+/// Builds the VM described by `config`, runs it until it stops, and returns why it stopped.
+pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
+    let kernel_bytes = read_file("--kernel", &config.kernel)?;
+    let kernel = KernelImage::from_bytes(kernel_bytes)
+        .map_err(|source| VmError::Kernel { path: config.kernel.display().to_string(), source })?;
+    info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
+    let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
+
+    let hypervisor = hypervisor::host_hypervisor()?;
+    let ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
+    let memory_layout = MemoryLayout::new(config.memory_bytes, config.vcpus, ipa_bits)?;
+    let plan = plan_boot(memory_layout.ram, &kernel, initrd.as_ref().map(|i| i.len() as u64))?;
+    debug!("memory layout {memory_layout:x?}, boot plan {plan:x?}");
+
+    let vm = hypervisor.create_vm(&VmSpec { ipa_bits })?;
+    let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
+    ram.write("kernel", plan.kernel_load, &kernel.image)?;
+    drop(kernel);
+    if let (Some(region), Some(bytes)) = (plan.initrd, &initrd) {
+        ram.write("initrd", region.base, bytes)?;
+    }
+    drop(initrd);
+
+    let control = Arc::new(VmControl::default());
+    let devices = build_devices(&vm, &control)?;
+    let (vcpus, mpidrs, start_senders) = spawn_vcpus(config.vcpus, &vm, &control, &devices.bus)?;
+    let setup = (|| -> Result<(), VmError> {
+        vm.create_gic(&GicSpec {
+            dist_base: layout::GIC_DIST_BASE,
+            redist_base: memory_layout.gic_redists.base,
+            redist_size: memory_layout.gic_redists.size,
+            its_base: Some(layout::GIC_ITS_BASE),
+            nr_irqs: layout::GIC_NR_IRQS,
+        })?;
+        let fdt = firmware::create_fdt(&fdt_config(config, &memory_layout, &plan, &mpidrs))?;
+        ram.write("device tree", plan.fdt.base, &fdt)?;
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        for sender in &start_senders {
+            let _ = sender.send(VcpuStart::Abort);
+        }
+        vcpus.stop(&control);
+        return Err(e);
+    }
+
+    let terminal = RawTerminal::enable();
+    let uart = devices.uart.clone();
+    let quit_control = control.clone();
+    if let Err(source) = console::spawn_stdin_reader(
+        terminal.is_some(),
+        move |bytes| uart.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
+        move || quit_control.request_stop(StopReason::ConsoleQuit),
+    ) {
+        warn!("no console input: could not start the stdin thread: {source}");
+    }
+
+    let boot_regs = boot_cpu_regs(&plan);
+    for (index, sender) in start_senders.iter().enumerate() {
+        let regs = (index == 0).then_some(boot_regs);
+        let _ = sender.send(VcpuStart::Run(regs));
+    }
+    info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
+
+    let reason = wait_for_stop(&control, config.timeout);
+    vcpus.stop(&control);
+    drop(terminal);
+    Ok(reason)
+}
+
+/// Waits until the guest, a device, a signal or the timeout stops the VM.
+fn wait_for_stop(control: &VmControl, timeout: Option<Duration>) -> StopReason {
+    let started = Instant::now();
+    loop {
+        if let Some(reason) = control.wait(Duration::from_millis(50)) {
+            return reason;
+        }
+        if let Some(signal) = signals::pending() {
+            return StopReason::Signal(signal);
+        }
+        if let Some(limit) = timeout {
+            if started.elapsed() >= limit {
+                return StopReason::Timeout(limit);
+            }
+        }
+    }
+}
+
+type SpawnedVcpus = (RunningVcpus, Vec<u64>, Vec<mpsc::Sender<VcpuStart>>);
+
+/// Starts one thread per vCPU; each creates its vCPU and reports its MPIDR, then waits.
+fn spawn_vcpus(
+    count: u32,
+    vm: &Arc<dyn Vm>,
+    control: &Arc<VmControl>,
+    bus: &Arc<MmioBus>,
+) -> Result<SpawnedVcpus, VmError> {
+    let (ready_tx, ready_rx) = mpsc::channel::<VcpuReady>();
+    let mut threads = Vec::new();
+    let mut start_senders = Vec::new();
+    for index in 0..count {
+        let (start_tx, start_rx) = mpsc::channel();
+        let (vm, control, bus, ready) =
+            (vm.clone(), control.clone(), bus.clone(), ready_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu_thread(index, vm, bus, control, ready, start_rx))
+            .map_err(|source| VmError::Thread { what: format!("vcpu{index}"), source })?;
+        threads.push(thread);
+        start_senders.push(start_tx);
+    }
+    drop(ready_tx);
+    let mut mpidrs = vec![0u64; count as usize];
+    let mut kicks: Vec<Option<Arc<dyn VcpuKick>>> = (0..count).map(|_| None).collect();
+    let mut failure = None;
+    for _ in 0..count {
+        let Ok(report) = ready_rx.recv() else {
+            failure.get_or_insert(VmError::VcpuLost(
+                kicks.iter().position(Option::is_none).unwrap_or(0) as u32,
+            ));
+            break;
+        };
+        match report.result {
+            Ok((mpidr, kick)) => {
+                mpidrs[report.index as usize] = mpidr;
+                kicks[report.index as usize] = Some(kick);
+            }
+            Err(e) => {
+                failure.get_or_insert(VmError::Hypervisor(e));
+            }
+        }
+    }
+    let running = RunningVcpus { threads, kicks: kicks.into_iter().flatten().collect() };
+    if let Some(e) = failure {
+        for s in &start_senders {
+            let _ = s.send(VcpuStart::Abort);
+        }
+        running.stop(control);
+        return Err(e);
+    }
+    Ok((running, mpidrs, start_senders))
+}
+
+/// The emulated platform devices and the bus that routes to them.
+struct Devices {
+    bus: Arc<MmioBus>,
+    uart: Arc<Mutex<Pl011>>,
+}
+
+fn build_devices(vm: &Arc<dyn Vm>, control: &Arc<VmControl>) -> Result<Devices, VmError> {
+    let spi = |spi| -> Arc<dyn IrqLine> { Arc::new(SpiLine { vm: vm.clone(), spi }) };
+    let uart = Arc::new(Mutex::new(Pl011::new(spi(layout::UART_SPI), Box::new(std::io::stdout()))));
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let rtc = Arc::new(Mutex::new(Pl031::new(Box::new(clock), spi(layout::RTC_SPI))));
+    let test_exit = Arc::new(Mutex::new(TestExit::new(control.clone())));
+    let mut bus = MmioBus::default();
+    bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
+    bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
+    bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
+    Ok(Devices { bus: Arc::new(bus), uart })
+}
+
+fn fdt_config(
+    config: &VmConfig,
+    memory: &MemoryLayout,
+    plan: &BootPlan,
+    mpidrs: &[u64],
+) -> FdtConfig {
+    let node = |base, size, spi| MmioDeviceNode { base, size, spi };
+    FdtConfig {
+        cpu_mpidrs: mpidrs.iter().map(|&m| mpidr_to_fdt_reg(m)).collect(),
+        ram: (memory.ram.base, memory.ram.size),
+        cmdline: config.cmdline.clone(),
+        initrd: plan.initrd.map(|r| (r.base, r.size)),
+        rng_seed: host_random::<64>(),
+        kaslr_seed: u64::from_le_bytes(host_random::<8>()),
+        gic: GicConfig {
+            dist: (layout::GIC_DIST_BASE, layout::GIC_DIST_SIZE),
+            redists: (memory.gic_redists.base, memory.gic_redists.size),
+            its: Some((layout::GIC_ITS_BASE, layout::GIC_ITS_SIZE)),
+            msi_frame: None,
+        },
+        timer_ppis: [
+            layout::TIMER_PPI_SECURE_PHYS,
+            layout::TIMER_PPI_NONSECURE_PHYS,
+            layout::TIMER_PPI_VIRT,
+            layout::TIMER_PPI_HYP,
+        ],
+        uart: node(layout::UART_BASE, layout::UART_SIZE, Some(layout::UART_SPI)),
+        rtc: node(layout::RTC_BASE, layout::RTC_SIZE, Some(layout::RTC_SPI)),
+        test_exit: node(layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, None),
+    }
+}
