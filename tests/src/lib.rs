@@ -1,1 +1,23 @@
 //! Support for Aperture's end-to-end tests (see `tests/e2e.rs`).
+//!
+//! The rig boots an emulated arm64 KVM host (L1) in QEMU from `build/rig/l1-base.cpio`
+//! (made by `tests/rig/build-rig.sh`) with a second small cpio appended that holds
+//! `/cases.sh`. Each [`Case`] is a shell snippet run inside L1 (usually an
+//! `/aperture run ...` of the nested guest); its console output, exit status and
+//! per-line host timestamps come back as a [`CaseOutput`]. All cases share one L1 boot.
+
+mod case;
+mod cases_script;
+mod console_log;
+mod error;
+mod newc;
+mod paths;
+mod qemu;
+mod rig;
+
+pub use case::{Case, CaseOutput};
+pub use console_log::{CASE_BEGIN, CASE_END, CASE_WATCHDOG, L1_DONE, L1_READY};
+pub use error::RigError;
+pub use newc::NewcWriter;
+pub use paths::RigPaths;
+pub use rig::{run_cases, run_cases_with, RigOptions, RigRun};

@@ -1,25 +1,16 @@
 //! `aperture`: boot an arm64 Linux guest on KVM or Hypervisor.framework, with a physical PCI
 //! device (an eGPU) assigned to it.
 
-mod bus;
-mod cli;
-mod config;
-mod console;
-mod control;
-mod hypervisor;
-mod memory;
-mod signals;
-mod vcpu_thread;
-mod vm;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info};
 
-use crate::cli::{Cli, Command};
-use crate::config::VmConfig;
-use crate::control::{exit_status, StopReason};
+use vmm::cli::{Cli, Command};
+use vmm::config::VmConfig;
+use vmm::control::{exit_status, StopReason};
+use vmm::{console, signals, vm};
 
 fn init_logging(verbose: u8) {
     let level = match verbose {

@@ -10,6 +10,7 @@ use crate::control::{StopReason, VmControl};
 use crate::hypervisor::{HypervisorError, MmioHandler, Vcpu, VcpuExit, VcpuKick, Vm};
 
 /// What a vCPU thread reports once its vCPU exists.
+#[derive(Debug)]
 pub struct VcpuReady {
     /// vCPU index.
     pub index: u32,

@@ -111,7 +111,7 @@ pub enum VcpuExit {
 }
 
 /// Interrupts a running vCPU from another thread.
-pub trait VcpuKick: Send + Sync {
+pub trait VcpuKick: Send + Sync + std::fmt::Debug {
     /// Makes the vCPU's current or next `run` return [`VcpuExit::Interrupted`] soon.
     fn kick(&self);
 }

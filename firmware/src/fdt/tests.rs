@@ -1,0 +1,161 @@
+use super::*;
+use ::fdt::Fdt;
+
+fn config(cpus: usize) -> FdtConfig {
+    FdtConfig {
+        cpu_mpidrs: (0..cpus as u64).map(|i| ((i / 16) << 8) | (i % 16)).collect(),
+        ram: (0x4000_0000, 0x1000_0000),
+        cmdline: "console=ttyAMA0 panic=-1".into(),
+        initrd: Some((0x4f00_0000, 0x20_0000)),
+        rng_seed: [7; 64],
+        kaslr_seed: 0x1234_5678_9abc_def0,
+        gic: GicConfig {
+            dist: (0x0800_0000, 0x1_0000),
+            redists: (0x080a_0000, 0x2_0000 * cpus as u64),
+            its: Some((0x0808_0000, 0x2_0000)),
+            msi_frame: None,
+        },
+        timer_ppis: [13, 14, 11, 10],
+        uart: MmioDeviceNode { base: 0x0900_0000, size: 0x1000, spi: Some(1) },
+        rtc: MmioDeviceNode { base: 0x0901_0000, size: 0x1000, spi: Some(2) },
+        test_exit: MmioDeviceNode { base: 0x0902_0000, size: 0x1000, spi: None },
+    }
+}
+
+fn u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect()
+}
+
+fn u64s(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect()
+}
+
+fn prop<'a>(fdt: &'a Fdt, path: &str, name: &str) -> &'a [u8] {
+    fdt.find_node(path)
+        .unwrap_or_else(|| panic!("no node {path}"))
+        .property(name)
+        .unwrap_or_else(|| panic!("no {name} in {path}"))
+        .value
+}
+
+#[test]
+fn memory_and_chosen() {
+    let blob = create_fdt(&config(1)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let regions: Vec<_> = fdt.memory().regions().collect();
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].starting_address as u64, 0x4000_0000);
+    assert_eq!(regions[0].size, Some(0x1000_0000));
+    assert_eq!(fdt.chosen().bootargs(), Some("console=ttyAMA0 panic=-1"));
+    assert_eq!(u64s(prop(&fdt, "/chosen", "linux,initrd-start")), [0x4f00_0000]);
+    assert_eq!(u64s(prop(&fdt, "/chosen", "linux,initrd-end")), [0x4f20_0000]);
+    assert_eq!(prop(&fdt, "/chosen", "rng-seed"), &[7u8; 64]);
+    assert_eq!(u64s(prop(&fdt, "/chosen", "kaslr-seed")), [0x1234_5678_9abc_def0]);
+    // stdout-path names a node that exists and is the UART.
+    let stdout = fdt.chosen().stdout().unwrap();
+    assert_eq!(stdout.name, "pl011@9000000");
+    assert!(fdt.find_node("/pl011@9000000").is_some());
+}
+
+#[test]
+fn no_initrd_no_initrd_properties() {
+    let mut cfg = config(1);
+    cfg.initrd = None;
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert!(fdt.find_node("/chosen").unwrap().property("linux,initrd-start").is_none());
+}
+
+#[test]
+fn cpus_match_mpidrs() {
+    for count in [1usize, 4, 17] {
+        let blob = create_fdt(&config(count)).unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let regs: Vec<u64> = fdt
+            .find_all_nodes("/cpus/cpu")
+            .map(|cpu| u64s(cpu.property("reg").unwrap().value)[0])
+            .collect();
+        assert_eq!(regs.len(), count);
+        assert_eq!(regs, config(count).cpu_mpidrs);
+        let cpu = fdt.find_node("/cpus/cpu@0").unwrap();
+        assert_eq!(cpu.property("enable-method").unwrap().as_str(), Some("psci"));
+    }
+    // vCPU 16 sits in Aff1 cluster 1.
+    let blob = create_fdt(&config(17)).unwrap();
+    assert!(Fdt::new(&blob).unwrap().find_node("/cpus/cpu@100").is_some());
+}
+
+#[test]
+fn psci_uses_hvc() {
+    let blob = create_fdt(&config(2)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let psci = fdt.find_node("/psci").unwrap();
+    assert_eq!(psci.property("method").unwrap().as_str(), Some("hvc"));
+    assert!(psci.compatible().unwrap().all().any(|c| c == "arm,psci-0.2"));
+}
+
+#[test]
+fn gic_and_its() {
+    let blob = create_fdt(&config(2)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let gic = fdt.find_node("/intc@8000000").unwrap();
+    assert_eq!(gic.compatible().unwrap().first(), "arm,gic-v3");
+    assert_eq!(u64s(prop(&fdt, "/intc@8000000", "reg")), [0x0800_0000, 0x1_0000, 0x080a_0000, 0x4_0000]);
+    assert_eq!(u32s(prop(&fdt, "/", "interrupt-parent")), [PHANDLE_GIC]);
+    assert_eq!(fdt.find_phandle(PHANDLE_GIC).unwrap().name, "intc@8000000");
+    let its = fdt.find_phandle(PHANDLE_ITS).unwrap();
+    assert_eq!(its.compatible().unwrap().first(), "arm,gic-v3-its");
+    assert!(its.property("msi-controller").is_some());
+
+    let mut cfg = config(1);
+    cfg.gic.its = None;
+    cfg.gic.msi_frame = Some((0x0802_0000, 0x1_0000, 64, 64));
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert!(fdt.find_phandle(PHANDLE_ITS).is_none());
+    let v2m = fdt.find_phandle(PHANDLE_MSI_FRAME).unwrap();
+    assert_eq!(v2m.compatible().unwrap().first(), "arm,gic-v2m-frame");
+    assert_eq!(u32s(v2m.property("arm,msi-base-spi").unwrap().value), [64]);
+}
+
+#[test]
+fn timer_interrupts() {
+    let blob = create_fdt(&config(1)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert_eq!(
+        u32s(prop(&fdt, "/timer", "interrupts")),
+        [1, 13, 8, 1, 14, 8, 1, 11, 8, 1, 10, 8]
+    );
+}
+
+#[test]
+fn primecell_devices_and_clock() {
+    let blob = create_fdt(&config(1)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert_eq!(u64s(prop(&fdt, "/pl011@9000000", "reg")), [0x0900_0000, 0x1000]);
+    assert_eq!(u32s(prop(&fdt, "/pl011@9000000", "interrupts")), [0, 1, 4]);
+    let clocks = u32s(prop(&fdt, "/pl011@9000000", "clocks"));
+    assert_eq!(clocks, [PHANDLE_CLOCK, PHANDLE_CLOCK]);
+    let clock = fdt.find_phandle(clocks[0]).unwrap();
+    assert_eq!(clock.compatible().unwrap().first(), "fixed-clock");
+    assert_eq!(u32s(clock.property("clock-frequency").unwrap().value), [24_000_000]);
+    assert_eq!(u32s(prop(&fdt, "/pl031@9010000", "interrupts")), [0, 2, 4]);
+    let rtc = fdt.find_node("/pl031@9010000").unwrap();
+    assert!(rtc.compatible().unwrap().all().any(|c| c == "arm,primecell"));
+    let exit = fdt.find_node("/test-exit@9020000").unwrap();
+    assert_eq!(exit.compatible().unwrap().first(), "aperture,test-exit");
+    assert!(exit.property("interrupts").is_none());
+}
+
+#[test]
+fn rejects_bad_input() {
+    let mut cfg = config(1);
+    cfg.cpu_mpidrs.clear();
+    assert!(matches!(create_fdt(&cfg), Err(FdtError::NoCpus)));
+    let mut cfg = config(1);
+    cfg.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
+    let err = create_fdt(&cfg).unwrap_err();
+    assert!(err.to_string().contains("--cmdline"), "{err}");
+    cfg.cmdline = "x".repeat(CMDLINE_MAX_SIZE - 1);
+    assert!(create_fdt(&cfg).is_ok());
+}

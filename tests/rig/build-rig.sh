@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds the emulated arm64 KVM host (L1) of Aperture's end-to-end rig:
+#   target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture   static arm64 binary
+#   build/rig/l1-base.cpio   uncompressed newc initramfs for L1: busybox, /aperture,
+#                            /guest/{Image,Image.gz,guest.cpio}, the kernel modules the rig
+#                            needs (vfio, nvme, virtio + dependencies), and /init
+#                            (tests/rig/l1-init.sh)
+# The test harness appends a second small cpio holding /cases.sh to pick what runs.
+# Needs images/build-guest.sh first. APERTURE_BIN=<path> packs a prebuilt arm64 binary
+# instead of building one; APERTURE_L1_MODULES overrides the module list.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+images=$repo/build/images
+rig=$repo/build/rig
+say() { echo "build-rig: $*"; }
+die() { echo "build-rig: error: $*" >&2; exit 1; }
+
+for f in Image Image.gz busybox guest.cpio kernel-version; do
+    [ -s "$images/$f" ] || die "$images/$f is missing: run images/build-guest.sh first"
+done
+kver=$(cat "$images/kernel-version")
+mkdir -p "$rig"
+
+# --- the arm64 aperture binary -------------------------------------------------------------
+if [ -n "${APERTURE_BIN:-}" ]; then
+    bin=$APERTURE_BIN
+    [ -x "$bin" ] || die "APERTURE_BIN=$bin is not an executable file"
+    say "using prebuilt $bin"
+else
+    [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] \
+        || die "Debian's cargo-web/rustc-web are missing: run images/host-deps.sh"
+    say "cross-building aperture for aarch64 (static)"
+    start=$(date +%s)
+    (cd "$repo" && RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$repo/target/aarch64-cross" \
+        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+        /usr/bin/cargo build --release --target aarch64-unknown-linux-gnu -p vmm) \
+        || die "cross-build of vmm failed (see above)"
+    say "cross-build took $(( $(date +%s) - start )) s"
+    bin=$repo/target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture
+fi
+if command -v file >/dev/null; then
+    desc=$(file -b "$bin")
+    case "$desc" in
+        *aarch64*static*|*aarch64*"static-pie"*) ;;
+        *) die "$bin is not a static arm64 executable ($desc): busybox L1 has no libc" ;;
+    esac
+fi
+
+# --- l1-base.cpio --------------------------------------------------------------------------
+root=$(mktemp -d "$rig/.l1-root.XXXXXX")
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,etc,guest}
+install -m 0755 "$images/busybox" "$root/bin/busybox"
+install -m 0755 "$repo/tests/rig/l1-init.sh" "$root/init"
+install -m 0755 "$bin" "$root/aperture"
+cp "$images/Image" "$images/Image.gz" "$images/guest.cpio" "$root/guest/"
+
+# Only the modules the rig uses (the whole tree is ~300 MB), plus what they depend on.
+mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk}
+msrc=$images/modules/lib/modules/$kver
+mdst=$root/lib/modules/$kver
+mkdir -p "$mdst"
+cp "$msrc"/modules.order "$msrc"/modules.builtin "$msrc"/modules.builtin.modinfo "$mdst/"
+for m in $mods; do
+    modprobe -d "$images/modules" -S "$kver" --show-depends "$m" \
+        || die "module $m not found for $kver"
+done | sed -n 's/^insmod \([^ ]*\).*/\1/p' | sort -u | while read -r ko; do
+    rel=${ko#"$msrc"/}
+    mkdir -p "$mdst/$(dirname "$rel")"
+    cp "$ko" "$mdst/$rel"
+done
+depmod -b "$root" "$kver"
+
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
+    | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$rig/l1-base.cpio.tmp"
+mv "$rig/l1-base.cpio.tmp" "$rig/l1-base.cpio"
+say "aperture   $(du -h "$bin" | cut -f1)  $bin"
+say "modules    $(find "$mdst" -name '*.ko' | wc -l) for $kver: $mods"
+say "l1-base    $(du -h "$rig/l1-base.cpio" | cut -f1)  $rig/l1-base.cpio"

@@ -1,0 +1,28 @@
+#!/bin/busybox sh
+# /init of the emulated arm64 KVM host (L1) of Aperture's end-to-end rig.
+# Prints a ready marker, runs /cases.sh (appended to the initramfs by the test harness or
+# images/boot-demo.sh) if there is one, then powers off.
+
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+exec 0<>/dev/console 1>&0 2>&0
+
+kvm=absent
+[ -c /dev/kvm ] && kvm=present
+read -r up _ < /proc/uptime
+echo "APERTURE-RIG-L1-READY kernel=$(uname -r) cpus=$(nproc) kvm=$kvm uptime=$up"
+
+if [ -f /cases.sh ]; then
+    sh /cases.sh
+fi
+
+read -r up _ < /proc/uptime
+echo "APERTURE-RIG-L1-DONE uptime=$up"
+poweroff -f

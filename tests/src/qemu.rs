@@ -1,0 +1,157 @@
+//! Running QEMU as the emulated arm64 KVM host and reading its console.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::console_log::{clean_line, TimedLine};
+use crate::error::RigError;
+use crate::rig::RigOptions;
+
+/// Exit status of `timeout` when it stopped QEMU.
+pub(crate) const TIMEOUT_STATUS: i32 = 124;
+/// Grace time between `timeout`'s SIGTERM and its SIGKILL.
+const KILL_AFTER_SECS: u64 = 10;
+
+/// What one QEMU run printed and how it ended.
+#[derive(Debug)]
+pub(crate) struct QemuRun {
+    pub lines: Vec<TimedLine>,
+    pub status: Option<i32>,
+    pub stderr: String,
+    pub total: Duration,
+}
+
+/// `timeout ... qemu-system-aarch64 ...` for L1, as docs/testing.md describes the machine.
+pub(crate) fn command_line(options: &RigOptions, kernel: &Path, initrd: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        format!("--kill-after={KILL_AFTER_SECS}").into(),
+        options.qemu_timeout.as_secs().max(1).to_string().into(),
+        options.qemu.clone().into(),
+    ];
+    let fixed = [
+        "-M",
+        "virt,virtualization=on,gic-version=3,iommu=smmuv3",
+        "-cpu",
+        "max,sve=off,sme=off,pauth=off",
+        "-accel",
+        "tcg,thread=multi",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ];
+    args.extend(fixed.iter().map(OsString::from));
+    args.push("-smp".into());
+    args.push(options.cpus.to_string().into());
+    args.push("-m".into());
+    args.push(options.memory_mib.to_string().into());
+    args.push("-kernel".into());
+    args.push(kernel.into());
+    args.push("-initrd".into());
+    args.push(initrd.into());
+    args.push("-append".into());
+    args.push(options.cmdline.clone().into());
+    args.extend(options.extra_qemu_args.iter().map(OsString::from));
+    args
+}
+
+/// Runs QEMU under `timeout`, copying each console line to `log` with its host time.
+pub(crate) fn run(
+    options: &RigOptions,
+    kernel: &Path,
+    initrd: &Path,
+    log: &mut dyn Write,
+) -> Result<QemuRun, RigError> {
+    let args = command_line(options, kernel, initrd);
+    let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    log::info!("starting: timeout {}", shown.join(" "));
+    // The log is for people debugging: failing to write it must not fail the run.
+    let _ = writeln!(log, "# timeout {}", shown.join(" "));
+
+    let start = Instant::now();
+    let mut child = Command::new("timeout")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RigError::Spawn {
+            program: format!("timeout {}", options.qemu),
+            source,
+        })?;
+
+    let stderr_reader = child.stderr.take().map(|mut stderr| {
+        thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    });
+
+    let mut lines = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let mut reader = BufReader::new(stdout);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let line = TimedLine { at: start.elapsed(), text: clean_line(&raw) };
+                    let _ = writeln!(log, "{:9.3} {}", line.at.as_secs_f64(), line.text);
+                    let _ = log.flush();
+                    lines.push(line);
+                }
+                Err(error) => {
+                    log::warn!("reading QEMU's console failed: {error}");
+                    break;
+                }
+            }
+        }
+    }
+
+    let status = child
+        .wait()
+        .map_err(|source| RigError::Spawn {
+            program: format!("timeout {} (wait)", options.qemu),
+            source,
+        })?
+        .code();
+    let stderr = stderr_reader.and_then(|handle| handle.join().ok()).unwrap_or_default();
+    let total = start.elapsed();
+    let _ = writeln!(
+        log,
+        "# QEMU exit status {status:?} after {:.3} s{}",
+        total.as_secs_f64(),
+        if status == Some(TIMEOUT_STATUS) { " (killed by timeout)" } else { "" }
+    );
+    if !stderr.is_empty() {
+        let _ = writeln!(log, "# QEMU stderr:\n{stderr}");
+    }
+    Ok(QemuRun { lines, status, stderr, total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_rig_machine_and_timeout() {
+        let options = RigOptions::new(Duration::from_secs(300));
+        let args: Vec<String> = command_line(&options, Path::new("/k/Image"), Path::new("/i.cpio"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[0], "--kill-after=10");
+        assert_eq!(args[1], "300");
+        assert!(args.iter().any(|a| a == "virt,virtualization=on,gic-version=3,iommu=smmuv3"));
+        let append = args.iter().position(|a| a == "-append").unwrap();
+        assert!(args[append + 1].starts_with("console=ttyAMA0 panic=-1"));
+        assert!(args.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/k/Image"));
+        assert!(args.windows(2).any(|w| w[0] == "-nic" && w[1] == "none"));
+    }
+}

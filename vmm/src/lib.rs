@@ -1,0 +1,13 @@
+//! Aperture's VMM: command line, VM lifecycle, hypervisor backends, vCPU loop and device bus.
+//! The `aperture` binary (`main.rs`) is a thin shell around it.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod control;
+pub mod hypervisor;
+pub mod memory;
+pub mod signals;
+pub mod vcpu_thread;
+pub mod vm;
