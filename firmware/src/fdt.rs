@@ -106,7 +106,10 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     }
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
-    fdt.property_string_list("compatible", vec!["aperture,virt".into(), "linux,dummy-virt".into()])?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["aperture,virt".into(), "linux,dummy-virt".into()],
+    )?;
     fdt.property_string("model", "Aperture")?;
     fdt.property_u32("#address-cells", 2)?;
     fdt.property_u32("#size-cells", 2)?;
@@ -227,8 +230,7 @@ fn timer_node(fdt: &mut FdtWriter, ppis: &[u32; 4]) -> FdtWriterResult<()> {
     let timer = fdt.begin_node("timer")?;
     fdt.property_string("compatible", "arm,armv8-timer")?;
     fdt.property_null("always-on")?;
-    let cells: Vec<u32> =
-        ppis.iter().flat_map(|&ppi| [GIC_PPI, ppi, IRQ_TYPE_LEVEL_LOW]).collect();
+    let cells: Vec<u32> = ppis.iter().flat_map(|&ppi| [GIC_PPI, ppi, IRQ_TYPE_LEVEL_LOW]).collect();
     fdt.property_array_u32("interrupts", &cells)?;
     fdt.end_node(timer)
 }

@@ -1,7 +1,6 @@
 //! `aperture`: boot an arm64 Linux guest on KVM or Hypervisor.framework, with a physical PCI
 //! device (an eGPU) assigned to it.
 
-
 use std::process::ExitCode;
 
 use clap::Parser;

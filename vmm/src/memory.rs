@@ -1,7 +1,8 @@
 //! Guest RAM: allocation, registration with the hypervisor, and loading boot payloads.
 
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
 };
 
 use crate::hypervisor::{HypervisorError, Vm};

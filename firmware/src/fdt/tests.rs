@@ -100,7 +100,10 @@ fn gic_and_its() {
     let fdt = Fdt::new(&blob).unwrap();
     let gic = fdt.find_node("/intc@8000000").unwrap();
     assert_eq!(gic.compatible().unwrap().first(), "arm,gic-v3");
-    assert_eq!(u64s(prop(&fdt, "/intc@8000000", "reg")), [0x0800_0000, 0x1_0000, 0x080a_0000, 0x4_0000]);
+    assert_eq!(
+        u64s(prop(&fdt, "/intc@8000000", "reg")),
+        [0x0800_0000, 0x1_0000, 0x080a_0000, 0x4_0000]
+    );
     assert_eq!(u32s(prop(&fdt, "/", "interrupt-parent")), [PHANDLE_GIC]);
     assert_eq!(fdt.find_phandle(PHANDLE_GIC).unwrap().name, "intc@8000000");
     let its = fdt.find_phandle(PHANDLE_ITS).unwrap();
@@ -122,10 +125,7 @@ fn gic_and_its() {
 fn timer_interrupts() {
     let blob = create_fdt(&config(1)).unwrap();
     let fdt = Fdt::new(&blob).unwrap();
-    assert_eq!(
-        u32s(prop(&fdt, "/timer", "interrupts")),
-        [1, 13, 8, 1, 14, 8, 1, 11, 8, 1, 10, 8]
-    );
+    assert_eq!(u32s(prop(&fdt, "/timer", "interrupts")), [1, 13, 8, 1, 14, 8, 1, 11, 8, 1, 10, 8]);
 }
 
 #[test]
