@@ -10,10 +10,12 @@
 //!   status (see [`test_exit`] for the guest-side usage).
 
 pub mod bus;
+pub mod pci;
 pub mod pl011;
 pub mod pl031;
 mod primecell;
 pub mod test_exit;
+pub mod virtio;
 #[cfg(test)]
 mod testing;
 

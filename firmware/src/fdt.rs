@@ -69,6 +69,17 @@ pub struct MmioDeviceNode {
     pub spi: Option<u32>,
 }
 
+/// The PCIe host bridge (`pci-host-ecam-generic`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciHostNode {
+    /// ECAM region `(base, size)`; its size sets the bus range (1 MiB per bus).
+    pub ecam: (u64, u64),
+    /// 32-bit non-prefetchable memory window `(base, size)`.
+    pub mmio32: (u64, u64),
+    /// 64-bit prefetchable memory window `(base, size)`.
+    pub mmio64: (u64, u64),
+}
+
 /// Everything the device tree describes.
 #[derive(Debug, Clone)]
 pub struct FdtConfig {
@@ -94,6 +105,8 @@ pub struct FdtConfig {
     pub rtc: MmioDeviceNode,
     /// Aperture's test-exit device.
     pub test_exit: MmioDeviceNode,
+    /// The PCIe host bridge, if the VM has PCI.
+    pub pci: Option<PciHostNode>,
 }
 
 /// Builds the device tree blob.
@@ -125,6 +138,9 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     pl011_node(&mut fdt, &cfg.uart)?;
     pl031_node(&mut fdt, &cfg.rtc)?;
     test_exit_node(&mut fdt, &cfg.test_exit)?;
+    if let Some(pci) = &cfg.pci {
+        pci_node(&mut fdt, pci, cfg.gic.its.is_some())?;
+    }
 
     fdt.end_node(root)?;
     let blob = fdt.finish()?;
@@ -269,6 +285,41 @@ fn test_exit_node(fdt: &mut FdtWriter, dev: &MmioDeviceNode) -> FdtWriterResult<
     let node = fdt.begin_node(&format!("test-exit@{:x}", dev.base))?;
     fdt.property_string("compatible", "aperture,test-exit")?;
     reg(fdt, dev.base, dev.size)?;
+    fdt.end_node(node)
+}
+
+/// `ranges` space codes (the phys.hi cell of a PCI address).
+const PCI_SPACE_MEM32: u32 = 0x0200_0000;
+const PCI_SPACE_MEM64_PREFETCH: u32 = 0x4300_0000;
+
+fn pci_node(fdt: &mut FdtWriter, pci: &PciHostNode, has_its: bool) -> FdtWriterResult<()> {
+    let (ecam_base, ecam_size) = pci.ecam;
+    let last_bus = u32::try_from((ecam_size >> 20).saturating_sub(1)).unwrap_or(255).min(255);
+    let node = fdt.begin_node(&format!("pcie@{ecam_base:x}"))?;
+    fdt.property_string("compatible", "pci-host-ecam-generic")?;
+    fdt.property_string("device_type", "pci")?;
+    reg(fdt, ecam_base, ecam_size)?;
+    fdt.property_array_u32("bus-range", &[0, last_bus])?;
+    fdt.property_u32("linux,pci-domain", 0)?;
+    fdt.property_u32("#address-cells", 3)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    fdt.property_null("dma-coherent")?;
+    // Windows are identity-mapped: PCI bus address = CPU physical address.
+    let mut ranges = Vec::new();
+    for (space, (base, size)) in
+        [(PCI_SPACE_MEM32, pci.mmio32), (PCI_SPACE_MEM64_PREFETCH, pci.mmio64)]
+    {
+        let (hi, lo) = ((base >> 32) as u32, base as u32);
+        let (size_hi, size_lo) = ((size >> 32) as u32, size as u32);
+        ranges.extend_from_slice(&[space, hi, lo, hi, lo, size_hi, size_lo]);
+    }
+    fdt.property_array_u32("ranges", &ranges)?;
+    if has_its {
+        // Requester id (bus << 8 | devfn) is the ITS device id, one to one.
+        fdt.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
+        fdt.property_u32("msi-parent", PHANDLE_ITS)?;
+    }
     fdt.end_node(node)
 }
 

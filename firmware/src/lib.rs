@@ -4,6 +4,6 @@
 mod fdt;
 
 pub use fdt::{
-    create_fdt, FdtConfig, FdtError, GicConfig, MmioDeviceNode, CMDLINE_MAX_SIZE, FDT_MAX_SIZE,
-    PHANDLE_CLOCK, PHANDLE_GIC, PHANDLE_ITS,
+    create_fdt, FdtConfig, FdtError, GicConfig, MmioDeviceNode, PciHostNode, CMDLINE_MAX_SIZE,
+    FDT_MAX_SIZE, PHANDLE_CLOCK, PHANDLE_GIC, PHANDLE_ITS,
 };

@@ -68,8 +68,18 @@ fn run() -> i32 {
     }
 }
 
+/// Peak resident memory of this process, for the exit log line (Linux only).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn main() -> ExitCode {
     let status = run();
+    if let Some(kib) = peak_rss_kib() {
+        info!("peak RSS {} KiB, exit status {status}", kib);
+    }
     console::restore_terminal();
     ExitCode::from(u8::try_from(status).unwrap_or(1))
 }

@@ -331,5 +331,6 @@ fn fdt_config(
         uart: node(layout::UART_BASE, layout::UART_SIZE, Some(layout::UART_SPI)),
         rtc: node(layout::RTC_BASE, layout::RTC_SIZE, Some(layout::RTC_SPI)),
         test_exit: node(layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, None),
+        pci: None,
     }
 }

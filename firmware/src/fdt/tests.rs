@@ -19,6 +19,11 @@ fn config(cpus: usize) -> FdtConfig {
         uart: MmioDeviceNode { base: 0x0900_0000, size: 0x1000, spi: Some(1) },
         rtc: MmioDeviceNode { base: 0x0901_0000, size: 0x1000, spi: Some(2) },
         test_exit: MmioDeviceNode { base: 0x0902_0000, size: 0x1000, spi: None },
+        pci: Some(PciHostNode {
+            ecam: (0x3000_0000, 0x1000_0000),
+            mmio32: (0x1000_0000, 0x2000_0000),
+            mmio64: (0x80_0000_0000, 0x80_0000_0000),
+        }),
     }
 }
 
@@ -158,4 +163,44 @@ fn rejects_bad_input() {
     assert!(err.to_string().contains("--cmdline"), "{err}");
     cfg.cmdline = "x".repeat(CMDLINE_MAX_SIZE - 1);
     assert!(create_fdt(&cfg).is_ok());
+}
+
+#[test]
+fn pci_host_bridge() {
+    let blob = create_fdt(&config(1)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let pci = fdt.find_node("/pcie@30000000").unwrap();
+    assert_eq!(pci.compatible().unwrap().first(), "pci-host-ecam-generic");
+    assert_eq!(u64s(prop(&fdt, "/pcie@30000000", "reg")), [0x3000_0000, 0x1000_0000]);
+    assert_eq!(u32s(prop(&fdt, "/pcie@30000000", "bus-range")), [0, 255]);
+    assert_eq!(
+        u32s(prop(&fdt, "/pcie@30000000", "ranges")),
+        [
+            0x0200_0000,
+            0,
+            0x1000_0000,
+            0,
+            0x1000_0000,
+            0,
+            0x2000_0000, //
+            0x4300_0000,
+            0x80,
+            0,
+            0x80,
+            0,
+            0x80,
+            0,
+        ]
+    );
+    assert_eq!(u32s(prop(&fdt, "/pcie@30000000", "msi-map")), [0, PHANDLE_ITS, 0, 0x1_0000]);
+    assert!(pci.property("dma-coherent").is_some());
+
+    let mut cfg = config(1);
+    cfg.gic.its = None;
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert!(fdt.find_node("/pcie@30000000").unwrap().property("msi-map").is_none());
+    cfg.pci = None;
+    let blob = create_fdt(&cfg).unwrap();
+    assert!(Fdt::new(&blob).unwrap().find_node("/pcie@30000000").is_none());
 }

@@ -1,7 +1,9 @@
-//! `rig-bench [N]`: boots the nested test guest N times (default 5, 1 vCPU) in one boot of
-//! the emulated arm64 host and prints, per run, the host wall time from the case's begin
-//! marker to the guest's `APERTURE-GUEST-INIT-OK`, and the median. Figures for notes,
-//! not a pass/fail test. Needs the rig built (tests/rig/build-rig.sh).
+//! `rig-bench [RUNS] [--cmdline STR]`: boots the nested test guest RUNS times (default 5,
+//! 1 vCPU) in one boot of the emulated arm64 host and prints, per run, the host wall time
+//! from the case's begin marker to the guest's `APERTURE-GUEST-INIT-OK`, and the median.
+//! `--cmdline` replaces aperture's default guest command line (e.g. add `quiet`: console
+//! output is most of a nested boot). Figures for notes, not a pass/fail test.
+//! Needs the rig built (tests/rig/build-rig.sh).
 
 // The figures on stdout are this tool's output.
 #![allow(clippy::print_stdout)]
@@ -24,23 +26,41 @@ fn median(mut times: Vec<Duration>) -> Option<Duration> {
     }
 }
 
+const USAGE: &str = "usage: rig-bench [RUNS] [--cmdline STR]   (RUNS 1..=50, default 5)";
+
+/// Runs and the guest command line, from the arguments.
+fn parse_args() -> Option<(usize, Option<String>)> {
+    let mut runs = DEFAULT_RUNS;
+    let mut cmdline = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--cmdline" {
+            cmdline = Some(args.next()?);
+        } else {
+            runs = arg.parse().ok().filter(|n| (1..=50).contains(n))?;
+        }
+    }
+    Some((runs, cmdline))
+}
+
 fn main() -> ExitCode {
-    let runs = match std::env::args().nth(1).map(|arg| arg.parse::<usize>()) {
-        None => DEFAULT_RUNS,
-        Some(Ok(n)) if (1..=50).contains(&n) => n,
-        Some(_) => {
-            eprintln!("usage: rig-bench [RUNS]   (RUNS 1..=50, default {DEFAULT_RUNS})");
+    let Some((runs, cmdline)) = parse_args() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let mut script =
+        "/aperture run --kernel /guest/Image --initrd /guest/guest.cpio --cpus 1 --timeout 120"
+            .to_string();
+    if let Some(cmdline) = &cmdline {
+        if cmdline.contains('\'') {
+            eprintln!("rig-bench: --cmdline must not contain a single quote");
             return ExitCode::from(2);
         }
-    };
-    let cases: Vec<Case> = (1..=runs)
-        .map(|i| {
-            Case::new(
-                format!("bench-{i}"),
-                "/aperture run --kernel /guest/Image --initrd /guest/guest.cpio --cpus 1 --timeout 120",
-            )
-        })
-        .collect();
+        script.push_str(&format!(" --cmdline '{cmdline}'"));
+    }
+    println!("each run: {script}");
+    let cases: Vec<Case> =
+        (1..=runs).map(|i| Case::new(format!("bench-{i}"), script.clone())).collect();
     let mut options = RigOptions::new(Duration::from_secs(120 + 150 * runs as u64));
     options.log_name = "bench-last-run.log".into();
     let run = match run_cases_with(&cases, &options) {

@@ -87,6 +87,9 @@ pub trait Vm: Send + Sync {
     fn create_gic(&self, spec: &GicSpec) -> Result<()>;
     /// Drives shared peripheral interrupt `spi` (0-based SPI number, INTID 32 + spi).
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()>;
+    /// Injects an MSI: a write of `data` to doorbell `address` by PCI requester `devid`
+    /// (the ITS device id, through the host bridge's `msi-map`).
+    fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()>;
 }
 
 /// Completes guest MMIO accesses; implemented by the device bus.

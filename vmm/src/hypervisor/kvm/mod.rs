@@ -10,7 +10,10 @@ mod vcpu;
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI};
+use kvm_bindings::{
+    kvm_msi, kvm_userspace_memory_region, KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI,
+    KVM_MSI_VALID_DEVID,
+};
 use kvm_ioctls::VmFd;
 use log::{debug, info};
 
@@ -114,5 +117,21 @@ impl Vm for KvmVm {
         self.fd
             .set_irq_line(irq, asserted)
             .map_err(|e| HypervisorError::call(format!("KVM_IRQ_LINE for SPI {spi}"), e))
+    }
+
+    fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            flags: KVM_MSI_VALID_DEVID,
+            devid,
+            ..Default::default()
+        };
+        // 0 means the guest has the vector masked or not mapped in the ITS yet: not an error.
+        self.fd
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| HypervisorError::call(format!("KVM_SIGNAL_MSI devid {devid:#x}"), e))
     }
 }

@@ -1,0 +1,90 @@
+//! virtio devices, independent of the transport (the PCI transport is in `pci`).
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Raises a device's interrupts; the transport maps them to MSI-X vectors.
+pub trait VirtioInterrupt: Send + Sync {
+    /// Signals that queue `queue_index` has new used buffers.
+    fn signal_queue(&self, queue_index: u16);
+    /// Signals that the device configuration changed.
+    fn signal_config(&self);
+}
+
+/// Errors a device reports when the driver activates it.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up the device in a way it cannot run with.
+    #[error("{0}")]
+    BadSetup(String),
+    /// The worker thread could not start.
+    #[error("could not start the device worker: {0}")]
+    Worker(#[from] std::io::Error),
+}
+
+/// The driver's queues, as it configured them, handed over at activation.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// Queue index.
+    pub index: u16,
+    /// The queue (virtio-queue), with sizes and ring addresses set by the driver.
+    pub queue: Queue,
+    /// Rung by the transport when the driver notifies this queue.
+    pub notify: Arc<QueueNotifier>,
+}
+
+/// Wakes a device worker when the driver notifies a queue. Portable: a counter under a
+/// mutex with a condition variable (the vCPU thread that trapped the notify write kicks it).
+#[derive(Debug, Default)]
+pub struct QueueNotifier {
+    pending: std::sync::Mutex<u64>,
+    wake: std::sync::Condvar,
+}
+
+impl QueueNotifier {
+    /// Called by the transport on a notify write.
+    pub fn notify(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending += 1;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `timeout` for notifications; returns how many arrived (0 on timeout).
+    pub fn wait(&self, timeout: std::time::Duration) -> u64 {
+        let guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut pending, _) = self
+            .wake
+            .wait_timeout_while(guard, timeout, |p| *p == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *pending)
+    }
+}
+
+/// A virtio device (virtio 1.x, modern only).
+pub trait VirtioDevice: Send {
+    /// Device type id (2 = block, 4 = entropy, 3 = console).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers (must include VIRTIO_F_VERSION_1).
+    fn device_features(&self) -> u64;
+    /// The features the driver accepted (a subset of `device_features`).
+    fn ack_features(&mut self, features: u64);
+    /// Reads device-specific configuration at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device-specific configuration at `offset` (most fields are read-only).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK: start serving `queues` (work runs on a device thread, not
+    /// on the vCPU thread that made the call).
+    fn activate(
+        &mut self,
+        memory: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError>;
+    /// The driver reset the device: stop the worker and forget the queues. Returns once the
+    /// worker no longer touches guest memory.
+    fn reset(&mut self);
+}
