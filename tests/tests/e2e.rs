@@ -23,7 +23,7 @@ const BAD_INPUT_LIMIT: Duration = Duration::from_secs(60);
 const RUN: &str = "/aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 60";
 
 /// A guest command line running `check`. `quiet`: in the nested rig each console byte
-/// costs an emulated exit, and the ~230 boot lines take ~10 s; quiet boots in ~3 s.
+/// costs an emulated exit: the ~230 boot lines make a boot ~11 s; quiet, ~5 s.
 /// (Kernel panics print at emergency level, so they still show.)
 fn with_check(check: &str) -> String {
     format!("--cmdline 'console=ttyAMA0 panic=-1 quiet aperture.check={check}'")

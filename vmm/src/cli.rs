@@ -14,6 +14,10 @@ Examples:
   # Boot a kernel with an initramfs; the guest console is this terminal (Ctrl-A x quits).
   aperture run --kernel Image --initrd rootfs.cpio.gz
 
+  # A root disk (virtio-blk, /dev/vda) and a read-only data disk (/dev/vdb).
+  aperture run --kernel Image --disk rootfs.img --disk data.img,readonly \\
+      --cmdline 'console=ttyAMA0 root=/dev/vda rw'
+
   # A scripted test: 2 vCPUs, 512 MiB, give up after 60 s; the exit status tells the outcome.
   aperture run --kernel Image --initrd test.cpio --cpus 2 --memory 512M --timeout 60 \\
       --cmdline 'console=ttyAMA0 panic=-1 rdinit=/init'
@@ -74,6 +78,20 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+
+    /// A raw disk image as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in order);
+    /// add `,readonly` to refuse guest writes. Repeat for more disks.
+    #[arg(long, value_name = "PATH[,readonly]")]
+    pub disk: Vec<String>,
+
+    /// Do not give the guest a virtio-rng device (it gets one by default).
+    #[arg(long)]
+    pub no_rng: bool,
+
+    /// Log every PCI configuration-space access and trapped BAR access, with device names
+    /// and timestamps, to this file (`-` for stderr).
+    #[arg(long, value_name = "FILE")]
+    pub trace_pci: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -94,5 +112,6 @@ mod tests {
         assert_eq!(args.memory, "512M");
         assert_eq!(args.cmdline, DEFAULT_CMDLINE);
         assert!(args.initrd.is_none() && args.timeout.is_none());
+        assert!(args.disk.is_empty() && !args.no_rng && args.trace_pci.is_none());
     }
 }

@@ -1,5 +1,6 @@
 //! Typed VM configuration, validated once from the command line.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub enum ConfigError {
     /// `--memory` too small to be useful.
     #[error("--memory {0}: too small; a Linux guest needs at least {MIN_MEMORY_MIB} MiB")]
     MemoryTooSmall(String),
+    /// `--disk` with an option we do not know.
+    #[error("--disk {0}: unknown option {1:?}; the form is PATH or PATH,readonly")]
+    DiskOption(String, String),
     /// `--timeout 0`.
     #[error("--timeout 0: give the guest at least one second")]
     ZeroTimeout,
@@ -37,6 +41,33 @@ pub enum ConfigError {
 /// Below this Linux cannot boot at all; the loader checks the real need against the kernel.
 pub const MIN_MEMORY_MIB: u64 = 16;
 
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    pub readonly: bool,
+}
+
+impl DiskConfig {
+    /// Parses `PATH[,readonly]` (`ro` is accepted for `readonly`).
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut parts = text.split(',');
+        let path = PathBuf::from(parts.next().unwrap_or_default());
+        let mut readonly = false;
+        for option in parts {
+            match option {
+                "readonly" | "ro" | "readonly=on" => readonly = true,
+                "readonly=off" | "rw" => readonly = false,
+                other => return Err(ConfigError::DiskOption(text.into(), other.into())),
+            }
+        }
+        check_file("--disk", &path)?;
+        Ok(Self { path, readonly })
+    }
+}
+
 /// Everything `aperture run` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -52,6 +83,12 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// When to give up on the guest.
     pub timeout: Option<Duration>,
+    /// virtio-blk disks, in guest order.
+    pub disks: Vec<DiskConfig>,
+    /// Whether the guest gets a virtio-rng device.
+    pub rng: bool,
+    /// Where to write the PCI access trace, if anywhere.
+    pub trace_pci: Option<PathBuf>,
 }
 
 /// Parses a size: a number with an optional K/M/G/T suffix (optionally followed by "iB" or
@@ -76,8 +113,8 @@ fn check_file(what: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
     let error =
         |reason: String| ConfigError::File { what, path: path.display().to_string(), reason };
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(error("not a regular file".into())),
+        Ok(meta) if meta.is_file() || meta.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(error("not a regular file or block device".into())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(error("no such file; check the path".into()))
         }
@@ -112,6 +149,9 @@ impl VmConfig {
             vcpus: args.cpus,
             memory_bytes,
             timeout: args.timeout.map(Duration::from_secs),
+            disks: args.disk.iter().map(|d| DiskConfig::parse(d)).collect::<Result<_, _>>()?,
+            rng: !args.no_rng,
+            trace_pci: args.trace_pci.clone(),
         })
     }
 }
@@ -128,6 +168,9 @@ mod tests {
             cpus: 1,
             memory: "256M".into(),
             timeout: None,
+            disk: Vec::new(),
+            no_rng: false,
+            trace_pci: None,
         }
     }
 
@@ -175,6 +218,23 @@ mod tests {
         let mut a = args(&file);
         a.timeout = Some(0);
         assert_eq!(VmConfig::from_run_args(&a), Err(ConfigError::ZeroTimeout));
+    }
+
+    #[test]
+    fn disks() {
+        let file = existing_file();
+        let mut a = args(&file);
+        a.disk = vec![file.clone(), format!("{file},readonly"), format!("{file},ro")];
+        let c = VmConfig::from_run_args(&a).unwrap();
+        let ro: Vec<bool> = c.disks.iter().map(|d| d.readonly).collect();
+        assert_eq!(ro, [false, true, true]);
+        assert_eq!(c.disks[0].path, PathBuf::from(&file));
+        a.disk = vec![format!("{file},cache=none")];
+        let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
+        assert!(err.contains("unknown option \"cache=none\""), "{err}");
+        a.disk = vec!["/nonexistent.img,readonly".into()];
+        let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
+        assert!(err.starts_with("--disk /nonexistent.img: no such file"), "{err}");
     }
 
     #[test]
