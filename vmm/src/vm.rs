@@ -18,7 +18,7 @@ use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::control::{StopReason, VmControl};
-use crate::hypervisor::{self, GicSpec, HypervisorError, VcpuKick, Vm, VmSpec};
+use crate::hypervisor::{self, GicSpec, Hypervisor, HypervisorError, VcpuKick, Vm, VmSpec};
 use crate::memory::{GuestRam, MemoryError};
 use crate::signals;
 use crate::vcpu_thread::{vcpu_thread, VcpuReady, VcpuStart};
@@ -136,15 +136,42 @@ impl RunningVcpus {
     }
 }
 
-/// Builds the VM described by `config`, runs it until it stops, and returns why it stopped.
+/// Where the guest console goes.
+pub enum Console {
+    /// This process's stdout and stdin (raw mode when stdin is a terminal).
+    Host,
+    /// Output into a writer, no input (tests).
+    Capture(Box<dyn std::io::Write + Send>),
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Host => "Console::Host",
+            Self::Capture(_) => "Console::Capture",
+        })
+    }
+}
+
+/// Builds the VM described by `config` on this host's hypervisor, runs it until it stops,
+/// and returns why it stopped.
 pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
+    let hypervisor = hypervisor::host_hypervisor()?;
+    run_on(hypervisor.as_ref(), config, Console::Host)
+}
+
+/// [`run`] on a given hypervisor and console.
+pub fn run_on(
+    hypervisor: &dyn Hypervisor,
+    config: &VmConfig,
+    console: Console,
+) -> Result<StopReason, VmError> {
     let kernel_bytes = read_file("--kernel", &config.kernel)?;
     let kernel = KernelImage::from_bytes(kernel_bytes)
         .map_err(|source| VmError::Kernel { path: config.kernel.display().to_string(), source })?;
     info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
     let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
 
-    let hypervisor = hypervisor::host_hypervisor()?;
     let ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
     let memory_layout = MemoryLayout::new(config.memory_bytes, config.vcpus, ipa_bits)?;
     let plan = plan_boot(memory_layout.ram, &kernel, initrd.as_ref().map(|i| i.len() as u64))?;
@@ -160,7 +187,11 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
     drop(initrd);
 
     let control = Arc::new(VmControl::default());
-    let devices = build_devices(&vm, &control)?;
+    let (output, host_console): (Box<dyn std::io::Write + Send>, bool) = match console {
+        Console::Host => (Box::new(std::io::stdout()), true),
+        Console::Capture(writer) => (writer, false),
+    };
+    let devices = build_devices(&vm, &control, output)?;
     let (vcpus, mpidrs, start_senders) = spawn_vcpus(config.vcpus, &vm, &control, &devices.bus)?;
     let setup = (|| -> Result<(), VmError> {
         vm.create_gic(&GicSpec {
@@ -182,16 +213,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
         return Err(e);
     }
 
-    let terminal = RawTerminal::enable();
-    let uart = devices.uart.clone();
-    let quit_control = control.clone();
-    if let Err(source) = console::spawn_stdin_reader(
-        terminal.is_some(),
-        move |bytes| uart.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
-        move || quit_control.request_stop(StopReason::ConsoleQuit),
-    ) {
-        warn!("no console input: could not start the stdin thread: {source}");
-    }
+    let terminal = if host_console { attach_host_console(&devices, &control) } else { None };
 
     let boot_regs = boot_cpu_regs(&plan);
     for (index, sender) in start_senders.iter().enumerate() {
@@ -204,6 +226,21 @@ pub fn run(config: &VmConfig) -> Result<StopReason, VmError> {
     vcpus.stop(&control);
     drop(terminal);
     Ok(reason)
+}
+
+/// Connects stdin to the UART; returns the raw-mode guard when stdin is a terminal.
+fn attach_host_console(devices: &Devices, control: &Arc<VmControl>) -> Option<RawTerminal> {
+    let terminal = RawTerminal::enable();
+    let uart = devices.uart.clone();
+    let quit_control = control.clone();
+    if let Err(source) = console::spawn_stdin_reader(
+        terminal.is_some(),
+        move |bytes| uart.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
+        move || quit_control.request_stop(StopReason::ConsoleQuit),
+    ) {
+        warn!("no console input: could not start the stdin thread: {source}");
+    }
+    terminal
 }
 
 /// Waits until the guest, a device, a signal or the timeout stops the VM.
@@ -285,9 +322,13 @@ struct Devices {
     uart: Arc<Mutex<Pl011>>,
 }
 
-fn build_devices(vm: &Arc<dyn Vm>, control: &Arc<VmControl>) -> Result<Devices, VmError> {
+fn build_devices(
+    vm: &Arc<dyn Vm>,
+    control: &Arc<VmControl>,
+    console_output: Box<dyn std::io::Write + Send>,
+) -> Result<Devices, VmError> {
     let spi = |spi| -> Arc<dyn IrqLine> { Arc::new(SpiLine { vm: vm.clone(), spi }) };
-    let uart = Arc::new(Mutex::new(Pl011::new(spi(layout::UART_SPI), Box::new(std::io::stdout()))));
+    let uart = Arc::new(Mutex::new(Pl011::new(spi(layout::UART_SPI), console_output)));
     let clock = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -334,3 +375,6 @@ fn fdt_config(
         pci: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

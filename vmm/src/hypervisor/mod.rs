@@ -6,6 +6,8 @@
 //! is: a backend's [`Vcpu::run`] completes MMIO accesses in place through the [`MmioHandler`]
 //! it is given, and returns only the events the VMM itself must act on ([`VcpuExit`]).
 
+#[cfg(test)]
+pub mod fake;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
 
