@@ -1,2 +1,8 @@
 //! Device passthrough for Aperture: VFIO on Linux, a PCIDriverKit client on macOS, and the DMA
-//! window manager that fits guest DMA into the host IOMMU's limits. Filled in by later work.
+//! window manager that fits guest DMA into the host IOMMU's limits.
+
+pub mod pci_address;
+pub mod sysfs;
+
+pub use pci_address::{PciAddress, PciAddressError};
+pub use sysfs::{HostDevice, HostDeviceError, HostSysfs};
