@@ -2,7 +2,12 @@
 //!
 //! Everything here is portable (no OS or hypervisor calls) so it is unit-tested on any host.
 
+pub mod esr;
 pub mod image;
 pub mod layout;
 pub mod loader;
+pub mod mmio;
+pub mod psci;
 pub mod regs;
+pub mod sysreg;
+pub mod vcpu_regs;

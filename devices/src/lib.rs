@@ -15,9 +15,9 @@ pub mod pl011;
 pub mod pl031;
 mod primecell;
 pub mod test_exit;
-pub mod virtio;
 #[cfg(test)]
 mod testing;
+pub mod virtio;
 
 pub use bus::{IrqLine, MmioDevice};
 pub use pl011::Pl011;

@@ -1,9 +1,19 @@
 //! virtio devices, independent of the transport (the PCI transport is in `pci`).
 
+pub mod block;
+mod queue_service;
+pub mod rng;
+#[cfg(test)]
+mod test_ring;
+mod worker;
+
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+
+pub use block::Block;
+pub use rng::Rng;
 
 /// Raises a device's interrupts; the transport maps them to MSI-X vectors.
 pub trait VirtioInterrupt: Send + Sync {

@@ -1,0 +1,133 @@
+//! The thread that serves one virtqueue: it waits for the driver's notifications, runs the
+//! device's queue handler and raises the queue's interrupt.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use log::error;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::queue_service::has_pending;
+use super::{ActivateError, ActiveQueue, QueueNotifier, VirtioInterrupt};
+
+/// How long the worker sleeps without a notification before it looks at the ring and the stop
+/// flag again (a missed notification costs at most this much latency).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Serves the chains of one queue.
+pub(crate) trait QueueHandler: Send + 'static {
+    /// Serves every available chain; returns whether the driver needs an interrupt.
+    fn process_queue(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+}
+
+/// A running queue worker; stopping (or dropping) it joins the thread.
+#[derive(Debug)]
+pub(crate) struct QueueWorker {
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    notify: Arc<QueueNotifier>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl QueueWorker {
+    /// Starts a thread called `name` that serves `active` with `handler`. The handler stays
+    /// shared so that it survives a failed spawn and a reset.
+    pub(crate) fn spawn<H: QueueHandler>(
+        name: &'static str,
+        handler: Arc<Mutex<H>>,
+        memory: GuestMemoryMmap,
+        active: ActiveQueue,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let notify = Arc::clone(&active.notify);
+        let thread_stop = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            serve_until_stopped(&handler, &memory, active, interrupt.as_ref(), &thread_stop)
+        })?;
+        Ok(Self { name, stop, notify, thread: Some(thread) })
+    }
+
+    /// Stops the thread and waits for it; afterwards it no longer touches guest memory.
+    pub(crate) fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.notify.notify();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!(
+                    "the {} worker thread panicked; the device stopped serving its queue \
+                     (this is a bug in Aperture; restart the VM)",
+                    self.name
+                );
+            }
+        }
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn serve_until_stopped<H: QueueHandler>(
+    handler: &Mutex<H>,
+    memory: &GuestMemoryMmap,
+    active: ActiveQueue,
+    interrupt: &dyn VirtioInterrupt,
+    stop: &AtomicBool,
+) {
+    let ActiveQueue { index, mut queue, notify } = active;
+    // Serve first: the driver may have queued requests before the device went live.
+    while !stop.load(Ordering::Acquire) {
+        let before = queue.next_avail();
+        let needs_interrupt =
+            handler.lock().unwrap_or_else(|e| e.into_inner()).process_queue(&mut queue, memory);
+        if needs_interrupt {
+            interrupt.signal_queue(index);
+        }
+        // A pass stops early on a full ring; go on without waiting for a notification.
+        if queue.next_avail() != before && has_pending(&queue, memory) {
+            continue;
+        }
+        notify.wait(POLL_INTERVAL);
+    }
+}
+
+/// Takes the one queue of a single-queue device, checked against guest memory, with
+/// EVENT_IDX set as negotiated.
+pub(crate) fn single_queue(
+    device: &str,
+    queues: Vec<ActiveQueue>,
+    memory: &GuestMemoryMmap,
+    event_idx: bool,
+) -> Result<ActiveQueue, ActivateError> {
+    let count = queues.len();
+    let mut queues = queues.into_iter();
+    let (Some(mut active), None) = (queues.next(), queues.next()) else {
+        return Err(ActivateError::BadSetup(format!(
+            "{device} has one queue but the driver set up {count}; the guest driver is broken"
+        )));
+    };
+    if active.index != 0 {
+        return Err(ActivateError::BadSetup(format!(
+            "{device} has only queue 0 but the driver set up queue {}; the guest driver is broken",
+            active.index
+        )));
+    }
+    active.queue.set_event_idx(event_idx);
+    if !active.queue.is_valid(memory) {
+        return Err(ActivateError::BadSetup(format!(
+            "{device} queue 0 is not usable: it is not enabled or its rings lie outside guest \
+             RAM; the guest driver set it up wrong"
+        )));
+    }
+    Ok(active)
+}
