@@ -47,7 +47,7 @@ say "booting the emulated arm64 host (about 5 s), then the demo guest inside it"
 set +e
 timeout --foreground --kill-after=10 "${APERTURE_DEMO_TIMEOUT:-3600}" \
     "${APERTURE_QEMU:-qemu-system-aarch64}" \
-    -M virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu max,sve=off,sme=off,pauth=off \
+    -M virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu neoverse-n1 \
     -smp 2 -m 2048 -accel tcg,thread=multi -nographic -no-reboot -nic none \
     -kernel build/images/Image -initrd "$work/initrd.cpio" \
     -append "console=ttyAMA0 panic=-1 loglevel=1"

@@ -101,6 +101,8 @@ if [ "$(cat "$out/.busybox-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -s "$out/bu
 fi
 
 # --- guest.cpio ----------------------------------------------------------------------------
+# Loaded by the guest's /init when present: virtio-pci devices, NVMe for passthrough.
+guest_modules="virtio_pci virtio_blk virtio_rng virtio_console nvme"
 init=$repo/images/guest-init.sh
 if [ ! -s "$out/guest.cpio" ] || [ "$init" -nt "$out/guest.cpio" ] \
     || [ "$out/busybox" -nt "$out/guest.cpio" ] || [ "$0" -nt "$out/guest.cpio" ]; then
@@ -109,6 +111,20 @@ if [ ! -s "$out/guest.cpio" ] || [ "$init" -nt "$out/guest.cpio" ] \
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
     install -m 0755 "$out/busybox" "$root/bin/busybox"
     install -m 0755 "$init" "$root/init"
+    # Drivers for Aperture's devices (Debian builds them as modules), with what they need.
+    kmods=$out/modules/lib/modules/$kver
+    mkdir -p "$root/lib/modules/$kver"
+    cp "$kmods"/modules.order "$kmods"/modules.builtin "$kmods"/modules.builtin.modinfo \
+        "$root/lib/modules/$kver/"
+    for m in $guest_modules; do
+        modprobe -d "$out/modules" -S "$kver" --show-depends "$m" \
+            || die "module $m not found for $kver"
+    done | sed -n 's/^insmod \([^ ]*\).*/\1/p' | sort -u | while read -r ko; do
+        rel=${ko#"$kmods"/}
+        mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
+        cp "$ko" "$root/lib/modules/$kver/$rel"
+    done
+    depmod -b "$root" "$kver"
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
         | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$out/guest.cpio.tmp"
     mv "$out/guest.cpio.tmp" "$out/guest.cpio"

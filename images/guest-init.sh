@@ -15,16 +15,70 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec 0<>/dev/console 1>&0 2>&0
 
 echo "APERTURE-GUEST-INIT-OK"
+# Drivers for whatever PCI devices the VMM gave us (quietly: absent devices are fine).
+modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme 2>/dev/null
 
-check=
+checks=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
-        aperture.check=*) check=${arg#aperture.check=} ;;
+        aperture.check=*) checks=${arg#aperture.check=} ;;
     esac
 done
 
+# Waits up to 10 s for a device node the drivers create asynchronously.
+wait_for() {
+    n=0
+    while [ ! -e "$1" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+}
+
+# Checks are comma-separated and run in order: aperture.check=pci,blk,rng
+for check in $(echo "$checks" | tr ',' ' '); do
 case "$check" in
-    "") ;;
+    pci)
+        for dev in /sys/bus/pci/devices/*; do
+            [ -e "$dev" ] || continue
+            drv=none
+            [ -e "$dev/driver" ] && drv=$(basename "$(readlink "$dev/driver")")
+            echo "CHECK pci: $(basename "$dev") $(cat "$dev/vendor"):$(cat "$dev/device") class=$(cat "$dev/class") driver=$drv"
+        done
+        echo "CHECK pci: done"
+        ;;
+    blk)
+        # vda: the host wrote a pattern in its first MiB; read it back, then write our own
+        # pattern at 1 MiB and sync it to the host file. vdb is read-only: a write must fail.
+        wait_for /dev/vda
+        echo "CHECK blk: vda-sectors=$(cat /sys/block/vda/size) vda-ro=$(cat /sys/block/vda/ro)"
+        echo "CHECK blk: vda-head=$(dd if=/dev/vda bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+        dd if=/dev/zero bs=1M count=1 2>/dev/null | tr '\000' 'G' \
+            | dd of=/dev/vda bs=1M seek=1 conv=fsync 2>/dev/null
+        echo "CHECK blk: vda-write=$?"
+        sync
+        if [ -e /dev/vdb ]; then
+            echo "CHECK blk: vdb-ro=$(cat /sys/block/vdb/ro)"
+            if echo x | dd of=/dev/vdb bs=512 count=1 conv=fsync oflag=direct 2>/dev/null; then
+                echo "CHECK blk: vdb-write=accepted"
+            else
+                echo "CHECK blk: vdb-write=refused"
+            fi
+        fi
+        ;;
+    ddbench)
+        wait_for /dev/vda
+        start=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/vda of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null
+        end=$(cut -d' ' -f1 /proc/uptime)
+        echo "CHECK ddbench: 64MiB start=$start end=$end"
+        ;;
+    rng)
+        wait_for /dev/hwrng
+        echo "CHECK rng: current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+        echo "CHECK rng: bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)"
+        ;;
+    irqs)
+        grep -i -e virtio -e nvme /proc/interrupts | while read -r line; do
+            echo "CHECK irqs: $line"
+        done
+        ;;
     cpus)
         echo "CHECK cpus: online=$(cat /sys/devices/system/cpu/online) nproc=$(nproc)"
         ;;
@@ -59,5 +113,6 @@ case "$check" in
         echo "CHECK $check: unknown check"
         ;;
 esac
+done
 
 poweroff -f

@@ -82,6 +82,11 @@ impl VmControl {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// The recorded stop reason, if any.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Waits up to `timeout` for a stop request; returns the reason if there is one.
     pub fn wait(&self, timeout: Duration) -> Option<StopReason> {
         let guard = self.reason.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,7 +4,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
 use arch::regs::BootRegs;
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 
 use crate::control::{StopReason, VmControl};
 use crate::hypervisor::{HypervisorError, MmioHandler, Vcpu, VcpuExit, VcpuKick, Vm};
@@ -85,6 +85,13 @@ fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &Vm
                 error!("vCPU {index}: {e}");
                 control.request_stop(StopReason::Error(format!("vCPU {index}: {e}")));
             }
+        }
+    }
+    // Where a guest that had to be stopped was stuck is the first clue to why.
+    if matches!(control.reason(), Some(StopReason::Timeout(_) | StopReason::Signal(_))) {
+        match vcpu.pc() {
+            Ok(pc) => warn!("vCPU {index} was at PC {pc:#x} when stopped"),
+            Err(e) => debug!("vCPU {index}: {e}"),
         }
     }
     debug!("vCPU {index}: stopped");

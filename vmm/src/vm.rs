@@ -243,7 +243,8 @@ fn attach_host_console(devices: &Devices, control: &Arc<VmControl>) -> Option<Ra
     terminal
 }
 
-/// Waits until the guest, a device, a signal or the timeout stops the VM.
+/// Waits until the guest, a device, a signal or the timeout stops the VM. Signals and the
+/// timeout are recorded as the stop reason too, so vCPU threads can see why they stop.
 fn wait_for_stop(control: &VmControl, timeout: Option<Duration>) -> StopReason {
     let started = Instant::now();
     loop {
@@ -251,12 +252,9 @@ fn wait_for_stop(control: &VmControl, timeout: Option<Duration>) -> StopReason {
             return reason;
         }
         if let Some(signal) = signals::pending() {
-            return StopReason::Signal(signal);
-        }
-        if let Some(limit) = timeout {
-            if started.elapsed() >= limit {
-                return StopReason::Timeout(limit);
-            }
+            control.request_stop(StopReason::Signal(signal));
+        } else if let Some(limit) = timeout.filter(|limit| started.elapsed() >= *limit) {
+            control.request_stop(StopReason::Timeout(limit));
         }
     }
 }

@@ -140,6 +140,9 @@ impl Vcpu for FakeVcpu {
     fn mpidr(&self) -> Result<u64> {
         Ok(0x8000_0000 | u64::from(self.index))
     }
+    fn pc(&self) -> Result<u64> {
+        Ok(self.boot.map_or(0, |b| b.pc))
+    }
     fn set_boot_regs(&mut self, regs: &BootRegs) -> Result<()> {
         self.boot = Some(*regs);
         let mut observed = self.observed.lock().unwrap();

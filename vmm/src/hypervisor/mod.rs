@@ -125,6 +125,8 @@ pub trait VcpuKick: Send + Sync + std::fmt::Debug {
 pub trait Vcpu: Send {
     /// The vCPU's MPIDR_EL1 (its affinity, which the device tree must match).
     fn mpidr(&self) -> Result<u64>;
+    /// The program counter, for reports about a stuck or failed guest.
+    fn pc(&self) -> Result<u64>;
     /// Sets the registers the boot CPU starts with.
     fn set_boot_regs(&mut self, regs: &BootRegs) -> Result<()>;
     /// Returns a handle that interrupts this vCPU; call it on the thread that will run it.

@@ -94,6 +94,14 @@ impl Vcpu for KvmVcpu {
         Ok(u64::from_le_bytes(bytes))
     }
 
+    fn pc(&self) -> Result<u64> {
+        let mut bytes = [0u8; 8];
+        self.fd
+            .get_one_reg(regs::PC, &mut bytes)
+            .map_err(|e| HypervisorError::call(format!("reading PC of vCPU {}", self.index), e))?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
     fn set_boot_regs(&mut self, boot: &BootRegs) -> Result<()> {
         self.set_reg(regs::PSTATE, boot.pstate, "PSTATE")?;
         self.set_reg(regs::PC, boot.pc, "PC")?;
