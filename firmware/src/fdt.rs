@@ -2,6 +2,10 @@
 
 use vm_fdt::{FdtWriter, FdtWriterResult};
 
+mod pci;
+
+pub use pci::PciHostNode;
+
 /// Largest blob the boot protocol allows (arm64 booting.rst).
 pub const FDT_MAX_SIZE: usize = 2 << 20;
 /// arm64's COMMAND_LINE_SIZE, including the terminating NUL.
@@ -9,14 +13,14 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 
 /// Phandle of the GIC (the root's interrupt-parent).
 pub const PHANDLE_GIC: u32 = 1;
-/// Phandle of the GICv3 ITS: PCIe `msi-map`/`msi-parent` point at it.
+/// Phandle of the GICv3 ITS: the PCIe host bridge's `msi-map` points at it.
 pub const PHANDLE_ITS: u32 = 2;
 /// Phandle of the 24 MHz APB clock of the PrimeCell devices.
 pub const PHANDLE_CLOCK: u32 = 3;
-/// Phandle of the GICv2m-style MSI frame (Hypervisor.framework).
+/// Phandle of the GICv2m-style MSI frame (Hypervisor.framework); `msi-map` target without an ITS.
 pub const PHANDLE_MSI_FRAME: u32 = 4;
 
-// GIC interrupt specifier cells.
+// GIC interrupt specifier cells (`<type number flags>`).
 const GIC_SPI: u32 = 0;
 const GIC_PPI: u32 = 1;
 const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
@@ -27,11 +31,11 @@ const GIC_MAINTENANCE_PPI: u32 = 9;
 /// Errors building the device tree.
 #[derive(Debug, thiserror::Error)]
 pub enum FdtError {
-    /// vm-fdt refused a node or property.
-    #[error("device tree: {0}")]
+    /// vm-fdt refused a node or property: a bug in how Aperture builds the tree.
+    #[error("building the device tree failed: {0} (a bug in Aperture; please report it)")]
     Writer(#[from] vm_fdt::Error),
     /// No vCPUs.
-    #[error("device tree: a VM needs at least one CPU")]
+    #[error("the device tree needs at least one CPU; pass --cpus 1 or more")]
     NoCpus,
     /// The command line does not fit the guest's buffer.
     #[error(
@@ -40,8 +44,25 @@ pub enum FdtError {
         max = CMDLINE_MAX_SIZE - 1
     )]
     CmdlineTooLong(usize),
+    /// The command line holds a NUL byte, which would cut it short in the guest.
+    #[error("kernel command line contains a NUL byte at offset {0}; remove it from --cmdline")]
+    CmdlineHasNul(usize),
+    /// The initrd's end does not fit in a 64-bit address.
+    #[error(
+        "initrd at {start:#x} of {size:#x} bytes ends beyond the 64-bit address space \
+         (a bug in the boot loader; please report it)"
+    )]
+    InitrdOutOfRange {
+        /// First byte.
+        start: u64,
+        /// Length in bytes.
+        size: u64,
+    },
     /// The blob is larger than the boot protocol allows.
-    #[error("device tree is {0} bytes, more than the {FDT_MAX_SIZE} bytes arm64 Linux accepts")]
+    #[error(
+        "device tree is {0} bytes, more than the {FDT_MAX_SIZE} bytes arm64 Linux accepts; \
+         use fewer --cpus"
+    )]
     TooLarge(usize),
 }
 
@@ -67,17 +88,6 @@ pub struct MmioDeviceNode {
     pub size: u64,
     /// SPI number (INTID - 32).
     pub spi: Option<u32>,
-}
-
-/// The PCIe host bridge (`pci-host-ecam-generic`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PciHostNode {
-    /// ECAM region `(base, size)`; its size sets the bus range (1 MiB per bus).
-    pub ecam: (u64, u64),
-    /// 32-bit non-prefetchable memory window `(base, size)`.
-    pub mmio32: (u64, u64),
-    /// 64-bit prefetchable memory window `(base, size)`.
-    pub mmio64: (u64, u64),
 }
 
 /// Everything the device tree describes.
@@ -111,12 +121,7 @@ pub struct FdtConfig {
 
 /// Builds the device tree blob.
 pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
-    if cfg.cpu_mpidrs.is_empty() {
-        return Err(FdtError::NoCpus);
-    }
-    if cfg.cmdline.len() >= CMDLINE_MAX_SIZE {
-        return Err(FdtError::CmdlineTooLong(cfg.cmdline.len()));
-    }
+    let initrd = validate(cfg)?;
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
     fdt.property_string_list(
@@ -128,7 +133,7 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     fdt.property_u32("#size-cells", 2)?;
     fdt.property_u32("interrupt-parent", PHANDLE_GIC)?;
 
-    chosen_node(&mut fdt, cfg)?;
+    chosen_node(&mut fdt, cfg, initrd)?;
     memory_node(&mut fdt, cfg.ram)?;
     cpus_node(&mut fdt, &cfg.cpu_mpidrs)?;
     psci_node(&mut fdt)?;
@@ -139,7 +144,7 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     pl031_node(&mut fdt, &cfg.rtc)?;
     test_exit_node(&mut fdt, &cfg.test_exit)?;
     if let Some(pci) = &cfg.pci {
-        pci_node(&mut fdt, pci, cfg.gic.its.is_some())?;
+        pci::pci_node(&mut fdt, pci, msi_controller(&cfg.gic))?;
     }
 
     fdt.end_node(root)?;
@@ -150,10 +155,44 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     Ok(blob)
 }
 
-fn uart_path(uart: &MmioDeviceNode) -> String {
-    format!("/pl011@{:x}", uart.base)
+/// Checks what the guest would otherwise choke on; returns the initrd as `(start, end)`.
+fn validate(cfg: &FdtConfig) -> Result<Option<(u64, u64)>, FdtError> {
+    if cfg.cpu_mpidrs.is_empty() {
+        return Err(FdtError::NoCpus);
+    }
+    // The kernel copies bootargs into a COMMAND_LINE_SIZE buffer, NUL included.
+    if cfg.cmdline.len() >= CMDLINE_MAX_SIZE {
+        return Err(FdtError::CmdlineTooLong(cfg.cmdline.len()));
+    }
+    if let Some(offset) = cfg.cmdline.find('\0') {
+        return Err(FdtError::CmdlineHasNul(offset));
+    }
+    cfg.initrd
+        .map(|(start, size)| {
+            start
+                .checked_add(size)
+                .map(|end| (start, end))
+                .ok_or(FdtError::InitrdOutOfRange { start, size })
+        })
+        .transpose()
 }
 
+/// The MSI controller PCI devices signal to: the ITS (KVM) or the MSI frame (HVF).
+fn msi_controller(gic: &GicConfig) -> Option<u32> {
+    if gic.its.is_some() {
+        Some(PHANDLE_ITS)
+    } else if gic.msi_frame.is_some() {
+        Some(PHANDLE_MSI_FRAME)
+    } else {
+        None
+    }
+}
+
+fn uart_name(uart: &MmioDeviceNode) -> String {
+    format!("pl011@{:x}", uart.base)
+}
+
+/// `reg` of a node whose parent has two address and two size cells.
 fn reg(fdt: &mut FdtWriter, base: u64, size: u64) -> FdtWriterResult<()> {
     fdt.property_array_u64("reg", &[base, size])
 }
@@ -165,13 +204,18 @@ fn spi_interrupt(fdt: &mut FdtWriter, spi: Option<u32>) -> FdtWriterResult<()> {
     }
 }
 
-fn chosen_node(fdt: &mut FdtWriter, cfg: &FdtConfig) -> FdtWriterResult<()> {
+fn chosen_node(
+    fdt: &mut FdtWriter,
+    cfg: &FdtConfig,
+    initrd: Option<(u64, u64)>,
+) -> FdtWriterResult<()> {
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", &cfg.cmdline)?;
-    fdt.property_string("stdout-path", &uart_path(&cfg.uart))?;
-    if let Some((start, size)) = cfg.initrd {
+    // The UART is a child of the root, so its path is its name under "/".
+    fdt.property_string("stdout-path", &format!("/{}", uart_name(&cfg.uart)))?;
+    if let Some((start, end)) = initrd {
         fdt.property_u64("linux,initrd-start", start)?;
-        fdt.property_u64("linux,initrd-end", start + size)?;
+        fdt.property_u64("linux,initrd-end", end)?;
     }
     fdt.property("rng-seed", &cfg.rng_seed)?;
     fdt.property_u64("kaslr-seed", cfg.kaslr_seed)?;
@@ -262,7 +306,7 @@ fn clock_node(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
 }
 
 fn pl011_node(fdt: &mut FdtWriter, uart: &MmioDeviceNode) -> FdtWriterResult<()> {
-    let node = fdt.begin_node(&uart_path(uart)[1..])?;
+    let node = fdt.begin_node(&uart_name(uart))?;
     fdt.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()])?;
     reg(fdt, uart.base, uart.size)?;
     spi_interrupt(fdt, uart.spi)?;
@@ -285,41 +329,6 @@ fn test_exit_node(fdt: &mut FdtWriter, dev: &MmioDeviceNode) -> FdtWriterResult<
     let node = fdt.begin_node(&format!("test-exit@{:x}", dev.base))?;
     fdt.property_string("compatible", "aperture,test-exit")?;
     reg(fdt, dev.base, dev.size)?;
-    fdt.end_node(node)
-}
-
-/// `ranges` space codes (the phys.hi cell of a PCI address).
-const PCI_SPACE_MEM32: u32 = 0x0200_0000;
-const PCI_SPACE_MEM64_PREFETCH: u32 = 0x4300_0000;
-
-fn pci_node(fdt: &mut FdtWriter, pci: &PciHostNode, has_its: bool) -> FdtWriterResult<()> {
-    let (ecam_base, ecam_size) = pci.ecam;
-    let last_bus = u32::try_from((ecam_size >> 20).saturating_sub(1)).unwrap_or(255).min(255);
-    let node = fdt.begin_node(&format!("pcie@{ecam_base:x}"))?;
-    fdt.property_string("compatible", "pci-host-ecam-generic")?;
-    fdt.property_string("device_type", "pci")?;
-    reg(fdt, ecam_base, ecam_size)?;
-    fdt.property_array_u32("bus-range", &[0, last_bus])?;
-    fdt.property_u32("linux,pci-domain", 0)?;
-    fdt.property_u32("#address-cells", 3)?;
-    fdt.property_u32("#size-cells", 2)?;
-    fdt.property_u32("#interrupt-cells", 1)?;
-    fdt.property_null("dma-coherent")?;
-    // Windows are identity-mapped: PCI bus address = CPU physical address.
-    let mut ranges = Vec::new();
-    for (space, (base, size)) in
-        [(PCI_SPACE_MEM32, pci.mmio32), (PCI_SPACE_MEM64_PREFETCH, pci.mmio64)]
-    {
-        let (hi, lo) = ((base >> 32) as u32, base as u32);
-        let (size_hi, size_lo) = ((size >> 32) as u32, size as u32);
-        ranges.extend_from_slice(&[space, hi, lo, hi, lo, size_hi, size_lo]);
-    }
-    fdt.property_array_u32("ranges", &ranges)?;
-    if has_its {
-        // Requester id (bus << 8 | devfn) is the ITS device id, one to one.
-        fdt.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
-        fdt.property_u32("msi-parent", PHANDLE_ITS)?;
-    }
     fdt.end_node(node)
 }
 

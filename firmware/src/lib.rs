@@ -5,5 +5,5 @@ mod fdt;
 
 pub use fdt::{
     create_fdt, FdtConfig, FdtError, GicConfig, MmioDeviceNode, PciHostNode, CMDLINE_MAX_SIZE,
-    FDT_MAX_SIZE, PHANDLE_CLOCK, PHANDLE_GIC, PHANDLE_ITS,
+    FDT_MAX_SIZE, PHANDLE_CLOCK, PHANDLE_GIC, PHANDLE_ITS, PHANDLE_MSI_FRAME,
 };

@@ -23,6 +23,7 @@ fn config(cpus: usize) -> FdtConfig {
             ecam: (0x3000_0000, 0x1000_0000),
             mmio32: (0x1000_0000, 0x2000_0000),
             mmio64: (0x80_0000_0000, 0x80_0000_0000),
+            intx_spis: None,
         }),
     }
 }
@@ -91,12 +92,42 @@ fn cpus_match_mpidrs() {
 }
 
 #[test]
+fn cpus_with_aff1_and_aff3() {
+    let mut cfg = config(4);
+    cfg.cpu_mpidrs = vec![0, 1, 0x100, 0x1_0000_0101];
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let cpus = fdt.find_node("/cpus").unwrap();
+    assert_eq!(u32s(cpus.property("#address-cells").unwrap().value), [2]);
+    assert_eq!(u32s(cpus.property("#size-cells").unwrap().value), [0]);
+    assert_eq!(fdt.cpus().count(), 4);
+    for (name, mpidr) in [("cpu@100", 0x100u64), ("cpu@100000101", 0x1_0000_0101)] {
+        let cpu = fdt.find_node(&format!("/cpus/{name}")).unwrap();
+        assert_eq!(u64s(cpu.property("reg").unwrap().value), [mpidr]);
+        assert_eq!(cpu.compatible().unwrap().first(), "arm,arm-v8");
+        assert_eq!(cpu.property("device_type").unwrap().as_str(), Some("cpu"));
+    }
+}
+
+#[test]
 fn psci_uses_hvc() {
     let blob = create_fdt(&config(2)).unwrap();
     let fdt = Fdt::new(&blob).unwrap();
     let psci = fdt.find_node("/psci").unwrap();
     assert_eq!(psci.property("method").unwrap().as_str(), Some("hvc"));
-    assert!(psci.compatible().unwrap().all().any(|c| c == "arm,psci-0.2"));
+    let compatible: Vec<_> = psci.compatible().unwrap().all().collect();
+    assert_eq!(compatible, ["arm,psci-1.0", "arm,psci-0.2"]);
+}
+
+#[test]
+fn root_node() {
+    let blob = create_fdt(&config(1)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let root = fdt.root();
+    assert!(root.compatible().all().any(|c| c == "linux,dummy-virt"));
+    assert_eq!(root.model(), "Aperture");
+    assert_eq!(u32s(prop(&fdt, "/", "#address-cells")), [2]);
+    assert_eq!(u32s(prop(&fdt, "/", "#size-cells")), [2]);
 }
 
 #[test]
@@ -114,6 +145,11 @@ fn gic_and_its() {
     let its = fdt.find_phandle(PHANDLE_ITS).unwrap();
     assert_eq!(its.compatible().unwrap().first(), "arm,gic-v3-its");
     assert!(its.property("msi-controller").is_some());
+    assert_eq!(u32s(its.property("#msi-cells").unwrap().value), [1]);
+    assert_eq!(u64s(its.property("reg").unwrap().value), [0x0808_0000, 0x2_0000]);
+    assert_eq!(u32s(prop(&fdt, "/intc@8000000", "interrupts")), [1, 9, 4]);
+    assert_eq!(u32s(prop(&fdt, "/intc@8000000", "#interrupt-cells")), [3]);
+    assert!(gic.property("interrupt-controller").is_some());
 
     let mut cfg = config(1);
     cfg.gic.its = None;
@@ -124,6 +160,14 @@ fn gic_and_its() {
     let v2m = fdt.find_phandle(PHANDLE_MSI_FRAME).unwrap();
     assert_eq!(v2m.compatible().unwrap().first(), "arm,gic-v2m-frame");
     assert_eq!(u32s(v2m.property("arm,msi-base-spi").unwrap().value), [64]);
+    assert_eq!(u32s(v2m.property("arm,msi-num-spis").unwrap().value), [64]);
+    assert!(v2m.property("msi-controller").is_some());
+
+    cfg.gic.msi_frame = None;
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let gic = fdt.find_node("/intc@8000000").unwrap();
+    assert_eq!(gic.children().count(), 0);
 }
 
 #[test]
@@ -161,8 +205,25 @@ fn rejects_bad_input() {
     cfg.cmdline = "x".repeat(CMDLINE_MAX_SIZE);
     let err = create_fdt(&cfg).unwrap_err();
     assert!(err.to_string().contains("--cmdline"), "{err}");
+    assert!(err.to_string().contains("COMMAND_LINE_SIZE"), "{err}");
     cfg.cmdline = "x".repeat(CMDLINE_MAX_SIZE - 1);
     assert!(create_fdt(&cfg).is_ok());
+    cfg.cmdline = "console=ttyAMA0\0 quiet".into();
+    assert!(matches!(create_fdt(&cfg), Err(FdtError::CmdlineHasNul(15))));
+
+    let mut cfg = config(1);
+    cfg.initrd = Some((u64::MAX - 0xfff, 0x2000));
+    assert!(matches!(create_fdt(&cfg), Err(FdtError::InitrdOutOfRange { .. })));
+}
+
+#[test]
+fn rejects_blob_over_2mib() {
+    // About 100 bytes per cpu node: 30000 of them cannot fit in 2 MiB.
+    let mut cfg = config(1);
+    cfg.cpu_mpidrs = (0..30_000).collect();
+    let err = create_fdt(&cfg).unwrap_err();
+    assert!(matches!(err, FdtError::TooLarge(len) if len > FDT_MAX_SIZE), "{err}");
+    assert!(err.to_string().contains("--cpus"), "{err}");
 }
 
 #[test]
@@ -193,14 +254,60 @@ fn pci_host_bridge() {
         ]
     );
     assert_eq!(u32s(prop(&fdt, "/pcie@30000000", "msi-map")), [0, PHANDLE_ITS, 0, 0x1_0000]);
+    // The ITS takes a device-id cell, so a bare msi-parent to it would be malformed.
+    assert!(pci.property("msi-parent").is_none());
     assert!(pci.property("dma-coherent").is_some());
+    assert!(pci.property("interrupt-map").is_none());
 
+    // Hypervisor.framework: MSIs go to the v2m frame.
     let mut cfg = config(1);
     cfg.gic.its = None;
+    cfg.gic.msi_frame = Some((0x0802_0000, 0x1_0000, 64, 64));
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let msi_map = u32s(prop(&fdt, "/pcie@30000000", "msi-map"));
+    assert_eq!(msi_map, [0, PHANDLE_MSI_FRAME, 0, 0x1_0000]);
+    assert!(fdt.find_phandle(msi_map[1]).is_some());
+
+    cfg.gic.msi_frame = None;
     let blob = create_fdt(&cfg).unwrap();
     let fdt = Fdt::new(&blob).unwrap();
     assert!(fdt.find_node("/pcie@30000000").unwrap().property("msi-map").is_none());
     cfg.pci = None;
     let blob = create_fdt(&cfg).unwrap();
     assert!(Fdt::new(&blob).unwrap().find_node("/pcie@30000000").is_none());
+}
+
+#[test]
+fn pci_bus_range_follows_ecam_size() {
+    let mut cfg = config(1);
+    cfg.pci = cfg.pci.map(|pci| PciHostNode { ecam: (0x3000_0000, 16 << 20), ..pci });
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert_eq!(u32s(prop(&fdt, "/pcie@30000000", "bus-range")), [0, 15]);
+}
+
+#[test]
+fn pci_intx_routing() {
+    let mut cfg = config(1);
+    cfg.pci = cfg.pci.map(|pci| PciHostNode { intx_spis: Some([16, 17, 18, 19]), ..pci });
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let mask = u32s(prop(&fdt, "/pcie@30000000", "interrupt-map-mask"));
+    assert_eq!(mask, [0x1800, 0, 0, 7]);
+    let map = u32s(prop(&fdt, "/pcie@30000000", "interrupt-map"));
+    // 3 address + 1 pin + phandle + 2 GIC address + 3 GIC specifier cells per entry.
+    let entries: Vec<&[u32]> = map.chunks_exact(10).collect();
+    assert_eq!(entries.len(), 16);
+    let spi_of = |slot: u32, pin: u32| {
+        let entry = entries.iter().find(|e| e[0] == slot << 11 && e[3] == pin).unwrap();
+        assert_eq!(entry[4], PHANDLE_GIC);
+        assert_eq!([entry[5], entry[6], entry[7], entry[9]], [0, 0, 0, 4]);
+        entry[8]
+    };
+    assert_eq!(spi_of(0, 1), 16);
+    assert_eq!(spi_of(0, 4), 19);
+    assert_eq!(spi_of(1, 1), 17);
+    assert_eq!(spi_of(3, 2), 16);
+    assert_eq!(u32s(prop(&fdt, "/intc@8000000", "#address-cells")), [2]);
 }
