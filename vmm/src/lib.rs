@@ -8,6 +8,7 @@ pub mod console;
 pub mod control;
 pub mod hypervisor;
 pub mod memory;
+pub mod pci;
 pub mod signals;
 pub mod vcpu_thread;
 pub mod vm;

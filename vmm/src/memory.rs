@@ -59,6 +59,11 @@ impl GuestRam {
         Ok(Self { memory })
     }
 
+    /// The guest memory map, for devices that do DMA into it.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
     /// Copies `bytes` into guest RAM at `addr`.
     pub fn write(&self, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         self.memory.write_slice(bytes, GuestAddress(addr)).map_err(|source| MemoryError::Write {

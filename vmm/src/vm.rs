@@ -11,7 +11,7 @@ use arch::layout::{self, MemoryLayout};
 use arch::loader::{plan_boot, BootPlan};
 use arch::regs::{boot_cpu_regs, mpidr_to_fdt_reg};
 use devices::{IrqLine, Pl011, Pl031, TestExit};
-use firmware::{FdtConfig, GicConfig, MmioDeviceNode};
+use firmware::{FdtConfig, GicConfig, MmioDeviceNode, PciHostNode};
 use log::{debug, info, warn};
 
 use crate::bus::{BusError, MmioBus};
@@ -62,6 +62,9 @@ pub enum VmError {
     /// The device bus could not be built.
     #[error("building the device bus: {0}")]
     Bus(#[from] BusError),
+    /// The PCI hierarchy could not be built.
+    #[error(transparent)]
+    Pci(#[from] crate::pci::PciSetupError),
     /// A thread could not be started.
     #[error("could not start the {what} thread: {source}")]
     Thread {
@@ -191,7 +194,7 @@ pub fn run_on(
         Console::Host => (Box::new(std::io::stdout()), true),
         Console::Capture(writer) => (writer, false),
     };
-    let devices = build_devices(&vm, &control, output)?;
+    let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config)?;
     let (vcpus, mpidrs, start_senders) = spawn_vcpus(config.vcpus, &vm, &control, &devices.bus)?;
     let setup = (|| -> Result<(), VmError> {
         vm.create_gic(&GicSpec {
@@ -324,6 +327,9 @@ fn build_devices(
     vm: &Arc<dyn Vm>,
     control: &Arc<VmControl>,
     console_output: Box<dyn std::io::Write + Send>,
+    ram: &GuestRam,
+    memory_layout: &MemoryLayout,
+    config: &VmConfig,
 ) -> Result<Devices, VmError> {
     let spi = |spi| -> Arc<dyn IrqLine> { Arc::new(SpiLine { vm: vm.clone(), spi }) };
     let uart = Arc::new(Mutex::new(Pl011::new(spi(layout::UART_SPI), console_output)));
@@ -338,6 +344,7 @@ fn build_devices(
     bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
+    crate::pci::build_pci(vm, ram.memory(), memory_layout, config, &mut bus)?;
     Ok(Devices { bus: Arc::new(bus), uart })
 }
 
@@ -370,7 +377,12 @@ fn fdt_config(
         uart: node(layout::UART_BASE, layout::UART_SIZE, Some(layout::UART_SPI)),
         rtc: node(layout::RTC_BASE, layout::RTC_SIZE, Some(layout::RTC_SPI)),
         test_exit: node(layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, None),
-        pci: None,
+        pci: Some(PciHostNode {
+            ecam: (layout::PCI_ECAM_BASE, layout::PCI_ECAM_SIZE),
+            mmio32: (layout::PCI_MMIO32_BASE, layout::PCI_MMIO32_SIZE),
+            mmio64: (memory.pci_mmio64.base, memory.pci_mmio64.size),
+            intx_spis: None,
+        }),
     }
 }
 

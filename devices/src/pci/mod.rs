@@ -1,6 +1,33 @@
 //! PCI Express: configuration space model, host bridge, root ports, ECAM and BAR routing.
 //!
-//! Interfaces shared by every PCI function Aperture emulates or passes through.
+//! - [`config`]: a 4 KiB configuration space with per-byte read-only / read-write /
+//!   write-1-to-clear masks, BARs, expansion ROM and capability lists.
+//! - [`msix`]: MSI-X capability, table and pending-bit array.
+//! - [`root_port`], [`host_bridge`]: the bridge functions Aperture emulates.
+//! - [`root`]: [`PciRoot`], which owns every function, decodes ECAM and routes BAR accesses;
+//!   [`PciEcam`] and [`PciMmioWindow`] are its views for the MMIO bus.
+//! - [`virtio_pci`]: the virtio 1.x modern PCI transport for the devices in `crate::virtio`.
+//!
+//! Interfaces shared by every PCI function Aperture emulates or passes through are below.
+
+pub mod config;
+pub mod host_bridge;
+pub mod msix;
+pub mod root;
+pub mod root_port;
+#[cfg(test)]
+mod testing;
+pub mod virtio_pci;
+
+pub use config::{BarKind, BarRegion, ConfigSpace, PciIds};
+pub use host_bridge::HostBridge;
+pub use msix::{MsixCapability, MsixState};
+pub use root::{
+    format_bdf, BarChange, BarChangeHook, FunctionId, FunctionInfo, PciEcam, PciMmioWindow,
+    PciRoot, PciRootError, TraceEvent, TraceHook, TraceKind, ECAM_SIZE,
+};
+pub use root_port::RootPort;
+pub use virtio_pci::{VirtioPci, VirtioPciError};
 
 /// An MSI/MSI-X message as the guest programmed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -14,6 +41,9 @@ pub struct MsiMessage {
 /// Delivers MSIs into the guest's interrupt controller. `requester_id` is the function's
 /// bus/device/function (`bus << 8 | devfn`), which the ITS uses as the device id through
 /// the host bridge's `msi-map`.
+///
+/// Called from vCPU threads (while the PCI root is locked) and from device worker threads;
+/// an implementation must not lock the PCI root.
 pub trait MsiSink: Send + Sync {
     /// Sends one message.
     fn signal_msi(&self, message: MsiMessage, requester_id: u16);
@@ -31,4 +61,11 @@ pub trait PciFunction: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// A write of memory BAR `bar` at `offset` from its start.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// The memory BARs the function decodes now: empty while memory space is disabled, and
+    /// without BARs the guest has not placed yet. [`PciRoot`] asks after every configuration
+    /// write to route BAR accesses; [`ConfigSpace::bar_regions`] computes it.
+    fn bar_regions(&self) -> Vec<BarRegion>;
+    /// The function's requester id (`bus << 8 | devfn`) changed because the guest numbered
+    /// the buses; functions that send MSIs keep it for [`MsiSink::signal_msi`].
+    fn set_requester_id(&mut self, _requester_id: u16) {}
 }

@@ -1,0 +1,198 @@
+//! A PCI Express root port: a type 1 header the guest programs with bus numbers and memory
+//! windows, and a PCI Express capability that reports a trained link.
+//!
+//! The port has no I/O window, no hot-plug slot and no interrupts. [`super::PciRoot`] routes
+//! configuration accesses to the (at most one) function behind it through the bus numbers the
+//! guest programmed.
+
+use std::ops::RangeInclusive;
+
+use log::debug;
+
+use super::config::{
+    BarRegion, ConfigSpace, PciIds, MEMORY_BASE, MEMORY_LIMIT, PREF_BASE_UPPER, PREF_LIMIT_UPPER,
+    PREF_MEMORY_BASE, PREF_MEMORY_LIMIT, SECONDARY_BUS, SUBORDINATE_BUS,
+};
+use super::PciFunction;
+
+/// Red Hat's PCI vendor id (QEMU's generic devices).
+pub const REDHAT_VENDOR_ID: u16 = 0x1b36;
+/// QEMU's generic PCIe root port device id, which Linux knows.
+pub const ROOT_PORT_DEVICE_ID: u16 = 0x000c;
+/// Class code: bridge, PCI-to-PCI.
+pub const CLASS_PCI_BRIDGE: u32 = 0x06_04_00;
+
+/// PCI Express capability id.
+pub const PCIE_CAPABILITY_ID: u8 = 0x10;
+/// Capability version 2, device/port type 4 (root port); no slot.
+const PCIE_CAPS_ROOT_PORT: u16 = 2 | 4 << 4;
+/// Device capabilities: 128-byte max payload, role-based error reporting.
+const DEVICE_CAPS: u32 = 1 << 15;
+/// Link speed code for 16 GT/s (PCIe 4.0).
+const LINK_SPEED_16GT: u32 = 4;
+/// Link width x16.
+const LINK_WIDTH_X16: u32 = 16;
+/// Link capabilities: data link layer active reporting capable.
+const LINK_CAPS_DLL_ACTIVE_REPORTING: u32 = 1 << 20;
+/// Link status: slot clock configuration, data link layer link active.
+const LINK_STATUS_FLAGS: u16 = 1 << 12 | 1 << 13;
+/// Link capabilities 2: 2.5, 5, 8 and 16 GT/s supported.
+const LINK_CAPS2_SPEEDS: u32 = 0b1_1110;
+
+// Register offsets inside the PCI Express capability.
+const PCIE_DEVICE_CONTROL: u16 = 0x08;
+const PCIE_DEVICE_STATUS: u16 = 0x0a;
+const PCIE_LINK_CONTROL: u16 = 0x10;
+const PCIE_ROOT_CONTROL: u16 = 0x1c;
+const PCIE_ROOT_STATUS: u16 = 0x20;
+const PCIE_DEVICE_CONTROL2: u16 = 0x28;
+const PCIE_LINK_CONTROL2: u16 = 0x30;
+/// Bytes of a version 2 PCI Express capability after the id/next header.
+const PCIE_CAPABILITY_BODY: usize = 0x3c - 2;
+
+/// A PCIe root port on bus 0.
+#[derive(Debug)]
+pub struct RootPort {
+    name: String,
+    config: ConfigSpace,
+    pcie_capability: u16,
+}
+
+impl RootPort {
+    /// A root port called `name` whose link reports port number `port_number`.
+    pub fn new(name: impl Into<String>, port_number: u8) -> Self {
+        let ids = PciIds {
+            vendor_id: REDHAT_VENDOR_ID,
+            device_id: ROOT_PORT_DEVICE_ID,
+            revision: 0,
+            class_code: CLASS_PCI_BRIDGE,
+            ..PciIds::default()
+        };
+        let mut config = ConfigSpace::new_bridge(&ids);
+        let pcie_capability = add_pcie_capability(&mut config, port_number);
+        Self { name: name.into(), config, pcie_capability }
+    }
+
+    /// The configuration space (for inspection).
+    pub fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    /// Offset of the PCI Express capability.
+    pub fn pcie_capability(&self) -> u16 {
+        self.pcie_capability
+    }
+
+    /// The secondary bus number.
+    pub fn secondary_bus(&self) -> u8 {
+        self.config.read_u8(SECONDARY_BUS)
+    }
+
+    /// The subordinate bus number.
+    pub fn subordinate_bus(&self) -> u8 {
+        self.config.read_u8(SUBORDINATE_BUS)
+    }
+
+    /// The buses behind the port, or `None` until the guest numbers them (secondary bus 0
+    /// or a subordinate below the secondary).
+    pub fn bus_range(&self) -> Option<RangeInclusive<u8>> {
+        let secondary = self.secondary_bus();
+        let subordinate = self.subordinate_bus();
+        (secondary != 0 && secondary <= subordinate).then_some(secondary..=subordinate)
+    }
+
+    /// Sets the bus numbers as firmware would.
+    pub fn set_buses(&mut self, primary: u8, secondary: u8, subordinate: u8) {
+        self.config.set_bytes(super::config::PRIMARY_BUS, &[primary, secondary, subordinate]);
+    }
+
+    /// The non-prefetchable memory window as `[base, end)`, if open (base <= limit).
+    pub fn memory_window(&self) -> Option<(u64, u64)> {
+        let base = u64::from(self.config.read_u16(MEMORY_BASE) & 0xfff0) << 16;
+        let limit = u64::from(self.config.read_u16(MEMORY_LIMIT) & 0xfff0) << 16 | 0xf_ffff;
+        (base <= limit).then_some((base, limit + 1))
+    }
+
+    /// The 64-bit prefetchable memory window as `[base, end)`, if open.
+    pub fn prefetchable_window(&self) -> Option<(u64, u64)> {
+        let base = u64::from(self.config.read_u16(PREF_MEMORY_BASE) & 0xfff0) << 16
+            | u64::from(self.config.read_u32(PREF_BASE_UPPER)) << 32;
+        let limit = u64::from(self.config.read_u16(PREF_MEMORY_LIMIT) & 0xfff0) << 16
+            | u64::from(self.config.read_u32(PREF_LIMIT_UPPER)) << 32
+            | 0xf_ffff;
+        (base <= limit).then(|| (base, limit.saturating_add(1)))
+    }
+
+    /// Whether the port forwards memory accesses downstream (memory space enabled).
+    pub fn forwards_memory(&self) -> bool {
+        self.config.memory_enabled()
+    }
+}
+
+/// Adds a version 2 PCI Express capability for a root port with a trained x16 16 GT/s link.
+fn add_pcie_capability(config: &mut ConfigSpace, port_number: u8) -> u16 {
+    let mut body = [0u8; PCIE_CAPABILITY_BODY];
+    // Body offsets are capability offsets minus the 2-byte header.
+    let mut put = |at: u16, bytes: &[u8]| {
+        let start = usize::from(at - 2);
+        body[start..start + bytes.len()].copy_from_slice(bytes);
+    };
+    put(0x02, &PCIE_CAPS_ROOT_PORT.to_le_bytes());
+    put(0x04, &DEVICE_CAPS.to_le_bytes());
+    let link_caps = LINK_SPEED_16GT
+        | LINK_WIDTH_X16 << 4
+        | LINK_CAPS_DLL_ACTIVE_REPORTING
+        | u32::from(port_number) << 24;
+    put(0x0c, &link_caps.to_le_bytes());
+    let link_status = LINK_SPEED_16GT as u16 | (LINK_WIDTH_X16 as u16) << 4 | LINK_STATUS_FLAGS;
+    put(0x12, &link_status.to_le_bytes());
+    put(0x2c, &LINK_CAPS2_SPEEDS.to_le_bytes());
+    put(0x30, &(LINK_SPEED_16GT as u16).to_le_bytes());
+    let Ok(at) = config.add_capability(PCIE_CAPABILITY_ID, &body) else {
+        // A fresh header always has room; keep the port usable without the capability.
+        debug!("no room for the root port's PCI Express capability");
+        return 0;
+    };
+    // Error reporting, relaxed ordering, payload and read request sizes, extended tags,
+    // no snoop.
+    config.set_rw_u16(at + PCIE_DEVICE_CONTROL, 0x7fff);
+    config.set_w1c_u16(at + PCIE_DEVICE_STATUS, 0x000f);
+    // ASPM control, common clock, extended synch, clock PM; retrain reads as 0.
+    config.set_rw_u16(at + PCIE_LINK_CONTROL, 0x01c3);
+    // System error enables and PME interrupt enable.
+    config.set_rw_u16(at + PCIE_ROOT_CONTROL, 0x000f);
+    config.set_w1c_u32(at + PCIE_ROOT_STATUS, 1 << 16);
+    config.set_rw_u16(at + PCIE_DEVICE_CONTROL2, 0x001f);
+    config.set_rw_u16(at + PCIE_LINK_CONTROL2, 0x000f);
+    at
+}
+
+impl PciFunction for RootPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        debug!("{}: read of BAR {bar} at {offset:#x}: the port has no BARs", self.name);
+        data.fill(0xff);
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, _data: &[u8]) {
+        debug!("{}: write of BAR {bar} at {offset:#x}: the port has no BARs", self.name);
+    }
+
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests;

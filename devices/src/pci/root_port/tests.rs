@@ -1,0 +1,119 @@
+use super::*;
+use crate::pci::config::{COMMAND, HEADER_TYPE};
+use crate::pci::testing::{read_le, XorShift, FUZZ_SIZES};
+
+fn read32(port: &mut RootPort, offset: u16) -> u32 {
+    read_le(4, |d| port.config_read(offset, d)) as u32
+}
+
+fn write32(port: &mut RootPort, offset: u16, value: u32) {
+    port.config_write(offset, &value.to_le_bytes());
+}
+
+#[test]
+fn identity_and_header() {
+    let mut port = RootPort::new("root-port1", 1);
+    assert_eq!(port.name(), "root-port1");
+    assert_eq!(read32(&mut port, 0), 0x000c_1b36);
+    assert_eq!(read32(&mut port, 8) >> 8, 0x06_04_00);
+    assert_eq!(port.config().read_u8(HEADER_TYPE), 1);
+    assert!(port.bar_regions().is_empty());
+    let mut data = [0u8; 4];
+    port.bar_read(0, 0, &mut data);
+    assert_eq!(data, [0xff; 4]);
+}
+
+#[test]
+fn bus_numbers_are_programmable() {
+    let mut port = RootPort::new("rp", 1);
+    assert_eq!(port.bus_range(), None);
+    write32(&mut port, 0x18, 0x0003_0100);
+    assert_eq!(port.secondary_bus(), 1);
+    assert_eq!(port.subordinate_bus(), 3);
+    assert_eq!(port.bus_range(), Some(1..=3));
+    // Subordinate below secondary: nothing is routed.
+    port.config_write(0x1a, &[0]);
+    assert_eq!(port.bus_range(), None);
+    port.set_buses(0, 5, 5);
+    assert_eq!(port.bus_range(), Some(5..=5));
+}
+
+#[test]
+fn memory_windows_decode() {
+    let mut port = RootPort::new("rp", 1);
+    // Memory: 0x1000_0000..0x1020_0000.
+    write32(&mut port, 0x20, 0x1010_1000);
+    assert_eq!(port.memory_window(), Some((0x1000_0000, 0x1020_0000)));
+    // Closed window: base above limit.
+    write32(&mut port, 0x20, 0x0000_1010);
+    assert_eq!(port.memory_window(), None);
+    // Prefetchable: 0x80_0000_0000..0x84_0000_0000.
+    write32(&mut port, 0x24, 0xfff0_0000);
+    write32(&mut port, 0x28, 0x80);
+    write32(&mut port, 0x2c, 0x83);
+    assert_eq!(read32(&mut port, 0x24), 0xfff1_0001, "64-bit window type bits");
+    assert_eq!(port.prefetchable_window(), Some((0x80_0000_0000, 0x84_0000_0000)));
+    assert!(!port.forwards_memory());
+    port.config_write(COMMAND, &[0x06]);
+    assert!(port.forwards_memory());
+}
+
+#[test]
+fn io_window_is_absent() {
+    let mut port = RootPort::new("rp", 1);
+    write32(&mut port, 0x1c, 0xffff_ffff);
+    assert_eq!(read32(&mut port, 0x1c) & 0xffff, 0);
+    write32(&mut port, 0x30, 0xffff_ffff);
+    assert_eq!(read32(&mut port, 0x30), 0);
+}
+
+#[test]
+fn pcie_capability_reports_root_port_with_trained_link() {
+    let mut port = RootPort::new("rp", 3);
+    let caps = port.config().capabilities();
+    assert_eq!(caps.len(), 1);
+    assert_eq!(caps[0].id, PCIE_CAPABILITY_ID);
+    let at = port.pcie_capability();
+    assert_eq!(caps[0].offset, at);
+    let pcie_caps = read32(&mut port, at) >> 16;
+    assert_eq!(pcie_caps & 0xf, 2, "version 2");
+    assert_eq!(pcie_caps >> 4 & 0xf, 4, "root port");
+    assert_eq!(pcie_caps & 1 << 8, 0, "no slot");
+    let link_caps = read32(&mut port, at + 0x0c);
+    assert_eq!(link_caps >> 24, 3, "port number");
+    let link_status = read32(&mut port, at + 0x10) >> 16;
+    assert_eq!(link_status & 0xf, 4);
+    assert_eq!(link_status >> 4 & 0x3f, 16);
+    assert_ne!(link_status & 1 << 13, 0, "data link layer active");
+    assert_eq!(link_status & 1 << 11, 0, "not training");
+    // Link status is read-only; link control takes the ASPM bits.
+    write32(&mut port, at + 0x10, 0xffff_ffff);
+    assert_eq!(read32(&mut port, at + 0x10) >> 16, link_status);
+    assert_eq!(read32(&mut port, at + 0x10) & 0xffff, 0x01c3);
+    assert_eq!(read32(&mut port, at + 0x2c), 0b1_1110);
+}
+
+#[test]
+fn random_accesses_keep_read_only_fields() {
+    let mut rng = XorShift::new(0xfeed);
+    let mut port = RootPort::new("rp", 1);
+    let at = port.pcie_capability();
+    let link_status = read32(&mut port, at + 0x10) >> 16;
+    for _ in 0..4 {
+        for offset in 0..=0x1003u16 {
+            for len in FUZZ_SIZES {
+                port.config_write(offset, &rng.bytes(len));
+                let mut data = vec![0; len];
+                port.config_read(offset, &mut data);
+            }
+            let len = [1, 2, 4, 8][rng.below(4) as usize];
+            port.bar_write(rng.below(6) as usize, rng.next(), &rng.bytes(len));
+        }
+    }
+    assert_eq!(read32(&mut port, 0), 0x000c_1b36);
+    assert_eq!(port.config().read_u8(HEADER_TYPE), 1);
+    assert_eq!(read32(&mut port, 0x1c) & 0xffff, 0);
+    assert_eq!(read32(&mut port, 0x24) & 0x000f_000f, 0x0001_0001);
+    assert_eq!(port.config().capabilities().len(), 1);
+    assert_eq!(read32(&mut port, at + 0x10) >> 16, link_status);
+}
