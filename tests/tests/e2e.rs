@@ -92,7 +92,41 @@ fn cases(token: &str) -> Vec<Case> {
         Case::new("bad-small-memory", format!("{RUN} --memory 32M"))
             .with_limit(BAD_INPUT_LIMIT),
         Case::new("bad-zero-cpus", format!("{RUN} --cpus 0")).with_limit(BAD_INPUT_LIMIT),
+        Case::new("pci-virtio", PCI_VIRTIO_SCRIPT),
+        Case::new("bad-missing-disk", format!("{RUN} --disk /tmp/no-such-disk.img"))
+            .with_limit(BAD_INPUT_LIMIT),
+        Case::new("bad-disk-option", format!("{RUN} --disk /guest/guest.cpio,cache=none"))
+            .with_limit(BAD_INPUT_LIMIT),
     ]
+}
+
+/// PCI and virtio in one boot: the host writes patterns into two disk images (`A`s in a
+/// read-write one, `R`s in a read-only one); the guest lists PCI, reads `vda`'s first MiB,
+/// writes `G`s at 1 MiB, tries to write `vdb`, reads the RNG and lists its interrupts. Then
+/// the host checks the images. `md5sum` lines let the test compare both sides.
+const PCI_VIRTIO_SCRIPT: &str = r#"
+dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\000' A > /tmp/rw.img
+dd if=/dev/zero bs=1M count=2 2>/dev/null | tr '\000' R > /tmp/ro.img
+echo "host: head=$(dd if=/tmp/rw.img bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+echo "host: ro-before=$(md5sum < /tmp/ro.img | cut -d' ' -f1)"
+/aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 60 \
+    --disk /tmp/rw.img --disk /tmp/ro.img,readonly --trace-pci /tmp/pci-trace.log \
+    --cmdline 'console=ttyAMA0 panic=-1 quiet aperture.check=pci,blk,rng,irqs'
+status=$?
+echo "host: written=$(dd if=/tmp/rw.img bs=1M skip=1 count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+echo "host: expected=$(dd if=/dev/zero bs=1M count=1 2>/dev/null | tr '\000' G | md5sum | cut -d' ' -f1)"
+echo "host: ro-after=$(md5sum < /tmp/ro.img | cut -d' ' -f1)"
+echo "host: trace-lines=$(wc -l < /tmp/pci-trace.log)"
+grep -m1 'virtio-blk0 .*cfg-write' /tmp/pci-trace.log | sed 's/^/host: trace: /'
+grep -m1 'virtio-blk0 .*bar0-write' /tmp/pci-trace.log | sed 's/^/host: trace: /'
+exit $status
+"#;
+
+/// The value after `prefix` on the line that contains it.
+fn value_after<'a>(output: &'a CaseOutput, prefix: &str) -> Option<&'a str> {
+    let line = output.line_with(prefix)?;
+    let start = line.find(prefix)? + prefix.len();
+    line[start..].split_whitespace().next()
 }
 
 fn shared() -> &'static Shared {
@@ -267,4 +301,115 @@ fn rejects_memory_too_small_for_kernel_and_initrd() {
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn rejects_zero_vcpus() {
     assert_rejected("bad-zero-cpus");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn guest_lists_host_bridge_root_port_and_virtio_devices() {
+    let (run, output) = case("pci-virtio");
+    assert_status(run, output, 0);
+    for device in [
+        "CHECK pci: 0000:00:00.0 0x1b36:0x0008 class=0x060000",
+        "CHECK pci: 0000:00:01.0 0x1b36:0x000c class=0x060400",
+        "0x1af4:0x1042 class=0x018000 driver=virtio-pci",
+        "0x1af4:0x1044 class=0xff0000 driver=virtio-pci",
+    ] {
+        assert_contains(run, output, device);
+    }
+    let blk = output.output.matches("0x1af4:0x1042").count();
+    assert_eq!(blk, 2, "two virtio-blk functions expected\n{}", context(run, output));
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn virtio_blk_reads_what_the_host_wrote() {
+    let (run, output) = case("pci-virtio");
+    let host = value_after(output, "host: head=");
+    let guest = value_after(output, "CHECK blk: vda-head=");
+    assert!(host.is_some() && host == guest, "{host:?} != {guest:?}\n{}", context(run, output));
+    assert_contains(run, output, "CHECK blk: vda-sectors=8192 vda-ro=0");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn virtio_blk_synced_write_lands_in_the_host_file() {
+    let (run, output) = case("pci-virtio");
+    assert_contains(run, output, "CHECK blk: vda-write=0");
+    let written = value_after(output, "host: written=");
+    let expected = value_after(output, "host: expected=");
+    assert!(
+        written.is_some() && written == expected,
+        "{written:?} != {expected:?}\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn readonly_disk_refuses_writes() {
+    let (run, output) = case("pci-virtio");
+    assert_contains(run, output, "CHECK blk: vdb-ro=1");
+    assert_contains(run, output, "CHECK blk: vdb-write=refused");
+    let before = value_after(output, "host: ro-before=");
+    let after = value_after(output, "host: ro-after=");
+    assert!(before.is_some() && before == after, "image changed\n{}", context(run, output));
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn virtio_rng_supplies_bytes() {
+    let (run, output) = case("pci-virtio");
+    assert_contains(run, output, "CHECK rng: current=virtio_rng.0");
+    assert_contains(run, output, "CHECK rng: bytes=64");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn virtio_interrupts_are_its_msis() {
+    let (run, output) = case("pci-virtio");
+    // Each virtio device has a config vector and a queue vector on the ITS, and the queue
+    // vectors fired (a count above zero in the first CPU column).
+    for queue in ["virtio0-req.0", "virtio1-req.0", "virtio2-input"] {
+        let line = output.line_with(queue).unwrap_or("");
+        assert!(line.contains("ITS-MSI"), "{queue} not on an ITS MSI\n{}", context(run, output));
+        let count: u64 = line
+            .split_whitespace()
+            .skip_while(|w| !w.ends_with(':'))
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        assert!(count > 0, "{queue} never fired\n{}", context(run, output));
+    }
+    assert_contains(run, output, "virtio0-config");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn pci_trace_records_config_and_bar_accesses() {
+    let (run, output) = case("pci-virtio");
+    let lines: u64 =
+        value_after(output, "host: trace-lines=").and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(lines > 100, "too few trace lines: {lines}\n{}", context(run, output));
+    assert_contains(run, output, "host: trace: ");
+    let trace: Vec<&str> = output.output.lines().filter(|l| l.contains("host: trace: ")).collect();
+    assert!(
+        trace.iter().any(|l| l.contains("cfg-write"))
+            && trace.iter().any(|l| l.contains("bar0-write")),
+        "trace lacks config or BAR writes: {trace:?}\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rejects_a_missing_disk_naming_it() {
+    let (run, output) = assert_rejected("bad-missing-disk");
+    assert_contains(run, output, "--disk /tmp/no-such-disk.img: no such file");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rejects_an_unknown_disk_option() {
+    let (run, output) = assert_rejected("bad-disk-option");
+    assert_contains(run, output, "unknown option \"cache=none\"");
 }
