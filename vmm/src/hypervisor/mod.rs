@@ -92,6 +92,34 @@ pub trait Vm: Send + Sync {
     /// Injects an MSI: a write of `data` to doorbell `address` by PCI requester `devid`
     /// (the ITS device id, through the host bridge's `msi-map`).
     fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()>;
+    /// An MSI the host raises by signalling an eventfd, injected by the hypervisor without a
+    /// trip through the VMM (KVM irqfd with an MSI route). For passed-through devices.
+    #[cfg(target_os = "linux")]
+    fn create_irqfd_msi(&self) -> Result<Arc<dyn IrqfdMsi>> {
+        Err(HypervisorError::Unavailable("this hypervisor has no irqfd".into()))
+    }
+}
+
+/// A guest MSI route: doorbell address, payload and requester (ITS device) id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiRoute {
+    /// Doorbell address.
+    pub address: u64,
+    /// Payload.
+    pub data: u32,
+    /// PCI requester id (ITS device id).
+    pub devid: u32,
+}
+
+/// An eventfd wired to a guest MSI.
+#[cfg(target_os = "linux")]
+pub trait IrqfdMsi: Send + Sync + std::fmt::Debug {
+    /// The eventfd a host device (VFIO) signals; valid while `self` lives.
+    fn eventfd(&self) -> std::os::fd::RawFd;
+    /// Points the eventfd at `route`, or disconnects it (`None`: masked or not programmed).
+    /// Signals that arrive while disconnected stay counted in the eventfd and are delivered
+    /// when it is connected again, which is MSI-X pending-bit behaviour.
+    fn set_route(&self, route: Option<MsiRoute>) -> Result<()>;
 }
 
 /// Completes guest MMIO accesses; implemented by the device bus.

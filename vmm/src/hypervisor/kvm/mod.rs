@@ -5,6 +5,7 @@
 //! events for power-off and reset.
 
 mod gic;
+mod irqfd;
 mod regs;
 mod vcpu;
 
@@ -67,14 +68,21 @@ impl Hypervisor for Kvm {
             )
         })?;
         info!("KVM VM created with a {}-bit guest physical address space", spec.ipa_bits);
-        Ok(Arc::new(KvmVm { fd, gic: std::sync::Mutex::new(None), next_slot: Default::default() }))
+        let irqfd = Arc::new(irqfd::IrqfdContext { vm: Arc::new(fd), routes: Default::default() });
+        Ok(Arc::new(KvmVm {
+            fd: irqfd.vm.clone(),
+            irqfd,
+            gic: std::sync::Mutex::new(None),
+            next_slot: Default::default(),
+        }))
     }
 }
 
 /// A KVM VM.
 #[derive(Debug)]
 pub struct KvmVm {
-    fd: VmFd,
+    fd: Arc<VmFd>,
+    irqfd: Arc<irqfd::IrqfdContext>,
     /// Keeps the GIC device fds open for the VM's life.
     gic: std::sync::Mutex<Option<gic::KvmGic>>,
     next_slot: std::sync::atomic::AtomicU32,
@@ -117,6 +125,10 @@ impl Vm for KvmVm {
         self.fd
             .set_irq_line(irq, asserted)
             .map_err(|e| HypervisorError::call(format!("KVM_IRQ_LINE for SPI {spi}"), e))
+    }
+
+    fn create_irqfd_msi(&self) -> Result<Arc<dyn super::IrqfdMsi>> {
+        Ok(Arc::new(irqfd::KvmIrqfdMsi::new(&self.irqfd)?))
     }
 
     fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()> {

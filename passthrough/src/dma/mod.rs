@@ -1,0 +1,73 @@
+//! DMA windows: fitting a passed-through device's DMA into a host IOMMU's limits.
+//!
+//! On macOS the DART lets a device reach only ~1.5 GB of memory in at most ~64k mappings,
+//! 16 KiB aligned, at device addresses the host picks. The guest's DMA mapping requests
+//! ("map guest-physical `[gpa, gpa+len)`", "unmap") therefore go to the [`WindowManager`],
+//! which keeps host mappings within a [`HostMapper`]'s [`MapperLimits`]. The same code runs on
+//! Linux against a VFIO mapper imposing the same limits, and in tests against
+//! [`testing::FakeMapper`].
+//!
+//! # Design
+//!
+//! - **Windows.** A small request (under `window_size`, 256 KiB by default) maps the aligned
+//!   window around it (two if it straddles a boundary), clipped to its guest RAM region and
+//!   shrunk away from neighbouring mappings it does not touch. Later small requests in the
+//!   same window share it: one host mapping, a user count. A large request maps exactly its
+//!   pages (aligned to the mapper's granule): its neighbours are rarely related to it, and
+//!   widening it would only spend budget. If widening is why a map would not fit, the manager
+//!   retries with just the pages, so coalescing never causes a failure.
+//! - **Device addresses.** The device address of `gpa` is the window's device base plus the
+//!   offset of `gpa` in the window. A request is always served by one host mapping when the
+//!   host picks addresses (so the range is device-contiguous); with identity mapping any set
+//!   of mappings covering it will do, so existing windows are reused and only the holes are
+//!   mapped.
+//! - **Unmap by device address.** `unmap(device_addr, len)` takes what Linux's `dma_unmap_*`
+//!   gets: the returned address and the mapped length. Live requests are recorded under that
+//!   key, so an unmap that matches no live map is refused without touching any count.
+//! - **Cache and eviction.** A window whose last user leaves stays mapped (cached); a later
+//!   request for the same guest pages reuses it without a host call. When a map needs bytes
+//!   or mapping slots, cached windows are unmapped least recently released first. A window
+//!   in use is never evicted.
+//! - **Budget first.** Zero length, wrapping, addresses outside guest RAM, requests larger
+//!   than the budget, or requests that would not fit even after evicting every cached window
+//!   get a typed [`DmaError`] saying what is pinned, before any host call.
+//! - **Straddling with host-picked addresses.** A request that touches a window in use and
+//!   memory outside it needs one device-contiguous mapping, which the old window cannot give.
+//!   The new mapping then takes over ("shadows") the overlapping addresses; the old window
+//!   stays mapped for its current users (the same guest pages are briefly mapped twice, which
+//!   the DART and VFIO allow) and is unmapped, not cached, when they leave. Cached windows in
+//!   the way are simply evicted. This is the only way guest ranges of live mappings overlap.
+//! - **Fragmentation.** Windows sit on a fixed, aligned grid of guest addresses and large
+//!   mappings are exactly their pages, so guest-side bookkeeping never fragments; budget is
+//!   counted in bytes and mappings, so freeing any cached window makes room for any request
+//!   (`tests::property` checks the manager never refuses a map that fits after eviction).
+//!   Device-address fragmentation is the host's when it picks addresses; the
+//!   [`HostPicksAllocator`] that the VFIO host-picks mapper uses keeps it low with best fit
+//!   and coalescing of freed ranges.
+//! - **Host failures.** A failed host map leaves the state as it was (mappings made for the
+//!   same request become cached windows); a failed host unmap leaves the window mapped,
+//!   counted and first in line for eviction.
+
+mod config;
+mod extent;
+mod guest_ram;
+mod host_picks;
+mod lru;
+mod mapper;
+mod runs;
+mod stats;
+pub mod testing;
+mod units;
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{ConfigError, WindowConfig, DEFAULT_WINDOW_SIZE};
+pub use extent::WindowInfo;
+pub use guest_ram::{GuestRam, GuestRamError, GuestRamRange};
+pub use host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
+pub use mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+pub use stats::{DmaStats, FailureCounts, FailureReason};
+pub use units::Bytes;
+pub use window::{DmaError, WindowManager};
