@@ -57,6 +57,8 @@ pub struct VmControl {
     reason: Mutex<Option<StopReason>>,
     stopping: AtomicBool,
     changed: Condvar,
+    /// vCPU exits the VMM handled (MMIO and the like), summed over vCPUs when they stop.
+    vmm_exits: std::sync::atomic::AtomicU64,
 }
 
 impl VmControl {
@@ -75,6 +77,16 @@ impl VmControl {
     pub fn halt(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+    }
+
+    /// Adds a stopped vCPU's count of exits handled in the VMM.
+    pub fn add_vmm_exits(&self, count: u64) {
+        self.vmm_exits.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Exits handled in the VMM so far (complete once all vCPUs stopped).
+    pub fn vmm_exits(&self) -> u64 {
+        self.vmm_exits.load(Ordering::Relaxed)
     }
 
     /// Whether the VM is stopping; vCPU loops check it between runs.

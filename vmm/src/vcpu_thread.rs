@@ -70,9 +70,11 @@ pub fn vcpu_thread(
 }
 
 fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &VmControl) {
+    let mut handled: u64 = 0;
     while !control.is_stopping() {
         match vcpu.run(bus) {
-            Ok(VcpuExit::Handled) | Ok(VcpuExit::Interrupted) => {}
+            Ok(VcpuExit::Handled) => handled += 1,
+            Ok(VcpuExit::Interrupted) => {}
             Ok(VcpuExit::PowerOff) => {
                 info!("vCPU {index}: the guest powered off");
                 control.request_stop(StopReason::PowerOff);
@@ -87,6 +89,7 @@ fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &Vm
             }
         }
     }
+    control.add_vmm_exits(handled);
     // Where a guest that had to be stopped was stuck is the first clue to why.
     if matches!(control.reason(), Some(StopReason::Timeout(_) | StopReason::Signal(_))) {
         match vcpu.pc() {

@@ -227,6 +227,7 @@ pub fn run_on(
 
     let reason = wait_for_stop(&control, config.timeout);
     vcpus.stop(&control);
+    info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
     drop(terminal);
     Ok(reason)
 }
