@@ -42,8 +42,8 @@ pub enum MemoryError {
 /// Guest RAM, mapped into the VM.
 /// Host memory behind guest RAM: anonymous, and aligned to 2 MiB so the host can back it
 /// with transparent huge pages. KVM maps a 2 MiB block at stage 2 only when the host and
-/// guest addresses agree modulo 2 MiB; with 4 KiB mappings every first touch is a separate
-/// fault, which is what made nested boots ~60% slower than kvmtool's aligned RAM.
+/// guest addresses agree modulo 2 MiB; with 4 KiB mappings every first touch of a page is a
+/// separate stage-2 fault (kvmtool aligns its RAM the same way).
 #[derive(Debug)]
 struct AlignedMapping {
     addr: *mut u8,
