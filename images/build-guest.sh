@@ -11,6 +11,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$repo/images/lib.sh"
 out=$repo/build/images
 cache=$repo/build/cache
 mkdir -p "$out" "$cache"
@@ -112,22 +113,9 @@ if [ ! -s "$out/guest.cpio" ] || [ "$init" -nt "$out/guest.cpio" ] \
     install -m 0755 "$out/busybox" "$root/bin/busybox"
     install -m 0755 "$init" "$root/init"
     # Drivers for Aperture's devices (Debian builds them as modules), with what they need.
-    kmods=$out/modules/lib/modules/$kver
-    mkdir -p "$root/lib/modules/$kver"
-    cp "$kmods"/modules.order "$kmods"/modules.builtin "$kmods"/modules.builtin.modinfo \
-        "$root/lib/modules/$kver/"
-    for m in $guest_modules; do
-        modprobe -d "$out/modules" -S "$kver" --show-depends "$m" \
-            || die "module $m not found for $kver"
-    done | sed -n 's/^insmod \([^ ]*\).*/\1/p' | sort -u | while read -r ko; do
-        rel=${ko#"$kmods"/}
-        mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
-        cp "$ko" "$root/lib/modules/$kver/$rel"
-    done
-    depmod -b "$root" "$kver"
-    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
-        | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$out/guest.cpio.tmp"
-    mv "$out/guest.cpio.tmp" "$out/guest.cpio"
+    copy_modules "$out/modules" "$kver" "$root" $guest_modules \
+        || die "could not copy the guest's kernel modules"
+    pack_cpio "$root" "$out/guest.cpio"
     rm -rf "$root"
 fi
 

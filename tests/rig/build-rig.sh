@@ -11,6 +11,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$repo/images/lib.sh"
 images=$repo/build/images
 rig=$repo/build/rig
 say() { echo "build-rig: $*"; }
@@ -58,23 +59,8 @@ cp "$images/Image" "$images/Image.gz" "$images/guest.cpio" "$root/guest/"
 
 # Only the modules the rig uses (the whole tree is ~300 MB), plus what they depend on.
 mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk}
-msrc=$images/modules/lib/modules/$kver
-mdst=$root/lib/modules/$kver
-mkdir -p "$mdst"
-cp "$msrc"/modules.order "$msrc"/modules.builtin "$msrc"/modules.builtin.modinfo "$mdst/"
-for m in $mods; do
-    modprobe -d "$images/modules" -S "$kver" --show-depends "$m" \
-        || die "module $m not found for $kver"
-done | sed -n 's/^insmod \([^ ]*\).*/\1/p' | sort -u | while read -r ko; do
-    rel=${ko#"$msrc"/}
-    mkdir -p "$mdst/$(dirname "$rel")"
-    cp "$ko" "$mdst/$rel"
-done
-depmod -b "$root" "$kver"
-
-(cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
-    | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$rig/l1-base.cpio.tmp"
-mv "$rig/l1-base.cpio.tmp" "$rig/l1-base.cpio"
+copy_modules "$images/modules" "$kver" "$root" $mods || die "could not copy L1's kernel modules"
+pack_cpio "$root" "$rig/l1-base.cpio"
 say "aperture   $(du -h "$bin" | cut -f1)  $bin"
-say "modules    $(find "$mdst" -name '*.ko' | wc -l) for $kver: $mods"
+say "modules    $(find "$root/lib/modules/$kver" -name '*.ko' | wc -l) for $kver: $mods"
 say "l1-base    $(du -h "$rig/l1-base.cpio" | cut -f1)  $rig/l1-base.cpio"
