@@ -75,7 +75,7 @@ pub const ESCAPE_HELP: &str =
     "\r\n[aperture] Ctrl-A x: quit   Ctrl-A Ctrl-A: send Ctrl-A   Ctrl-A h: this help\r\n";
 
 /// The terminal settings to put back, for the panic hook and signal paths.
-static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+static SAVED_TERMIOS: Mutex<Option<(libc::c_int, libc::termios)>> = Mutex::new(None);
 
 /// Whether fd 0 is a terminal.
 pub fn stdin_is_tty() -> bool {
@@ -86,9 +86,9 @@ pub fn stdin_is_tty() -> bool {
 /// Puts the terminal back as it was, if Aperture changed it. Safe to call more than once.
 pub fn restore_terminal() {
     let saved = SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(termios) = saved {
+    if let Some((fd, termios)) = saved {
         // SAFETY: `termios` is a value read by tcgetattr from the same descriptor.
-        let rc = unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+        let rc = unsafe { libc::tcsetattr(fd, libc::TCSANOW, &termios) };
         if rc != 0 {
             warn!("could not restore the terminal: {}", std::io::Error::last_os_error());
         }
@@ -106,14 +106,19 @@ impl RawTerminal {
         if !stdin_is_tty() {
             return None;
         }
+        Self::enable_on(libc::STDIN_FILENO)
+    }
+
+    /// Raw mode on terminal `fd` (stdin, or a pseudo-terminal in tests).
+    fn enable_on(fd: libc::c_int) -> Option<Self> {
         // SAFETY: termios is plain data; tcgetattr fills it.
         let mut termios: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: fd 0 is a terminal and `termios` is a valid out pointer.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } != 0 {
+        if unsafe { libc::tcgetattr(fd, &mut termios) } != 0 {
             warn!("stdin is a terminal but tcgetattr failed; leaving it in cooked mode");
             return None;
         }
-        *SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()) = Some(termios);
+        *SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()) = Some((fd, termios));
         let mut raw = termios;
         // Raw input, but keep output post-processing so host log lines still start a new line.
         raw.c_iflag &= !(libc::IGNBRK
@@ -130,7 +135,7 @@ impl RawTerminal {
         raw.c_cc[libc::VMIN] = 1;
         raw.c_cc[libc::VTIME] = 0;
         // SAFETY: `raw` is a valid termios derived from the current settings.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             warn!("could not switch the terminal to raw mode: {}", std::io::Error::last_os_error());
             SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()).take();
             return None;
@@ -202,6 +207,49 @@ pub fn spawn_stdin_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn termios_of(fd: libc::c_int) -> libc::termios {
+        // SAFETY: plain data filled by tcgetattr on a valid terminal fd.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+            t
+        }
+    }
+
+    #[test]
+    fn raw_mode_is_entered_and_restored_on_drop_and_on_explicit_restore() {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills two fds; the other pointers may be null.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0);
+        let cooked = termios_of(slave);
+        assert_ne!(cooked.c_lflag & libc::ICANON, 0);
+        let guard = RawTerminal::enable_on(slave).unwrap();
+        let raw = termios_of(slave);
+        assert_eq!(raw.c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG), 0);
+        drop(guard);
+        assert_eq!(termios_of(slave).c_lflag, cooked.c_lflag);
+        // The panic-hook/signal path: restore without the guard, twice is harmless.
+        let guard = RawTerminal::enable_on(slave).unwrap();
+        restore_terminal();
+        restore_terminal();
+        assert_eq!(termios_of(slave).c_lflag, cooked.c_lflag);
+        std::mem::forget(guard);
+        // SAFETY: closing the fds openpty gave us.
+        unsafe {
+            libc::close(master);
+            libc::close(slave);
+        }
+    }
 
     #[test]
     fn plain_bytes_pass_through() {
