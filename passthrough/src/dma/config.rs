@@ -4,8 +4,11 @@ use super::guest_ram::GuestRamError;
 use super::mapper::{MapperError, MapperLimits};
 use super::units::Bytes;
 
-/// The default coalescing window: the size measured best for the "90% of maps are 4 KiB"
-/// workload (see `dma::tests::workload`), and what qemu-vfio-apple found.
+/// The default coalescing window. In the "90% of maps are 4 KiB" workload model
+/// (`dma::tests::workload`, clustered pages) it keeps 2.7x fewer mappings live than no
+/// coalescing for 39% more pinned bytes (128 KiB: 2.4x for 15%; 512 KiB: 2.9x for 97%), and
+/// qemu-vfio-apple measured ~4x with it on a real GPU. For scattered pages windows cost bytes
+/// for little gain; the manager stops widening above 3/4 of the byte budget.
 pub const DEFAULT_WINDOW_SIZE: u64 = 256 << 10;
 
 /// Window manager settings.

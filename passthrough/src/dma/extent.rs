@@ -48,6 +48,12 @@ pub struct WindowInfo {
 
 impl From<&Extent> for WindowInfo {
     fn from(e: &Extent) -> Self {
-        Self { gpa: e.gpa, len: e.len, device_addr: e.device_addr, users: e.users, shadowed: e.shadowed }
+        Self {
+            gpa: e.gpa,
+            len: e.len,
+            device_addr: e.device_addr,
+            users: e.users,
+            shadowed: e.shadowed,
+        }
     }
 }

@@ -98,7 +98,12 @@ pub struct HostPicksAllocator {
 
 impl HostPicksAllocator {
     /// An allocator with the whole aperture free.
-    pub fn new(base: u64, size: u64, alignment: u64, fit: FitPolicy) -> Result<Self, AllocatorError> {
+    pub fn new(
+        base: u64,
+        size: u64,
+        alignment: u64,
+        fit: FitPolicy,
+    ) -> Result<Self, AllocatorError> {
         let usable = alignment.is_power_of_two()
             && size != 0
             && is_aligned(base, alignment)
@@ -225,8 +230,9 @@ mod tests {
         assert!(HostPicksAllocator::new(0x1000, K16, K16, FitPolicy::BestFit).is_err());
         assert!(HostPicksAllocator::new(0, 0, K16, FitPolicy::BestFit).is_err());
         assert!(HostPicksAllocator::new(0, K16, 3, FitPolicy::BestFit).is_err());
-        assert!(HostPicksAllocator::new(u64::MAX - K16 + 1, 2 * K16, K16, FitPolicy::BestFit)
-            .is_err());
+        assert!(
+            HostPicksAllocator::new(u64::MAX - K16 + 1, 2 * K16, K16, FitPolicy::BestFit).is_err()
+        );
     }
 
     #[test]
@@ -236,7 +242,10 @@ mod tests {
         let y = a.allocate(2 * K16).unwrap();
         let z = a.allocate(K16).unwrap();
         assert_eq!((x, y, z), (0x10_0000, 0x10_0000 + K16, 0x10_0000 + 3 * K16));
-        assert_eq!(a.allocate(3), Err(AllocatorError::Misaligned { addr: 0, len: 3, alignment: K16 }));
+        assert_eq!(
+            a.allocate(3),
+            Err(AllocatorError::Misaligned { addr: 0, len: 3, alignment: K16 })
+        );
         a.free(y, 2 * K16).unwrap();
         assert_eq!(a.free_runs(), 2);
         a.free(x, K16).unwrap();
@@ -279,7 +288,13 @@ mod tests {
         let err = a.allocate(3 * K16).unwrap_err();
         assert_eq!(
             err,
-            AllocatorError::Exhausted { len: 3 * K16, base: 0, size: 4 * K16, free: 3 * K16, largest: 2 * K16 }
+            AllocatorError::Exhausted {
+                len: 3 * K16,
+                base: 0,
+                size: 4 * K16,
+                free: 3 * K16,
+                largest: 2 * K16
+            }
         );
         assert!(err.to_string().contains("the largest run is 32 KiB"), "{err}");
     }

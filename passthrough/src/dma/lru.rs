@@ -55,11 +55,6 @@ impl EvictionOrder {
     pub fn iter(&self) -> impl Iterator<Item = ExtentId> + '_ {
         self.order.values().copied()
     }
-
-    /// Number of cached extents.
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
 }
 
 #[cfg(test)]
@@ -79,6 +74,6 @@ mod tests {
         assert_eq!(lru.iter().collect::<Vec<_>>(), vec![9, 2, 3, 1]);
         assert!(!lru.remove(7));
         assert!(lru.contains(2));
-        assert_eq!(lru.len(), 4);
+        assert_eq!(lru.iter().count(), 4);
     }
 }

@@ -14,8 +14,9 @@
 //!   shrunk away from neighbouring mappings it does not touch. Later small requests in the
 //!   same window share it: one host mapping, a user count. A large request maps exactly its
 //!   pages (aligned to the mapper's granule): its neighbours are rarely related to it, and
-//!   widening it would only spend budget. If widening is why a map would not fit, the manager
-//!   retries with just the pages, so coalescing never causes a failure.
+//!   widening it would only spend budget. Windows trade bytes for mapping slots, so a request
+//!   maps just its pages when widening would take pinned bytes above 3/4 of the byte budget,
+//!   or would not fit at all: coalescing never causes a failure.
 //! - **Device addresses.** The device address of `gpa` is the window's device base plus the
 //!   offset of `gpa` in the window. A request is always served by one host mapping when the
 //!   host picks addresses (so the range is device-contiguous); with identity mapping any set
@@ -49,6 +50,7 @@
 //!   counted and first in line for eviction.
 
 mod config;
+mod error;
 mod extent;
 mod guest_ram;
 mod host_picks;
@@ -64,10 +66,11 @@ mod window;
 mod tests;
 
 pub use config::{ConfigError, WindowConfig, DEFAULT_WINDOW_SIZE};
+pub use error::DmaError;
 pub use extent::WindowInfo;
 pub use guest_ram::{GuestRam, GuestRamError, GuestRamRange};
 pub use host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
 pub use mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
 pub use stats::{DmaStats, FailureCounts, FailureReason};
 pub use units::Bytes;
-pub use window::{DmaError, WindowManager};
+pub use window::WindowManager;

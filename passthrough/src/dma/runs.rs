@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(all, vec![(0, 50, 1), (50, 250, 3), (250, 300, 2)]);
         assert_eq!(runs.insert(100, 150, 4), vec![3]);
         let all: Vec<_> = runs.all().iter().map(|r| (r.start, r.end, r.extent)).collect();
-        assert_eq!(all, vec![(0, 50, 1), (50, 100, 3), (100, 150, 4), (150, 250, 3), (250, 300, 2)]);
+        assert_eq!(
+            all,
+            vec![(0, 50, 1), (50, 100, 3), (100, 150, 4), (150, 250, 3), (250, 300, 2)]
+        );
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct FakeMapper {
     peak_mappings: usize,
     map_calls: u64,
     unmap_calls: u64,
+    /// Maps to let through before failing `fail_maps`.
+    pass_maps: u32,
     fail_maps: u32,
     fail_unmaps: u32,
     violations: Vec<String>,
@@ -86,6 +88,7 @@ impl FakeMapper {
             peak_mappings: 0,
             map_calls: 0,
             unmap_calls: 0,
+            pass_maps: 0,
             fail_maps: 0,
             fail_unmaps: 0,
             violations: Vec::new(),
@@ -99,6 +102,12 @@ impl FakeMapper {
 
     /// Makes the next `n` map calls fail (without mapping), as a host out of resources would.
     pub fn fail_next_maps(&mut self, n: u32) {
+        self.fail_maps_after(0, n);
+    }
+
+    /// Lets the next `pass` map calls through, then fails `n`.
+    pub fn fail_maps_after(&mut self, pass: u32, n: u32) {
+        self.pass_maps = pass;
         self.fail_maps = n;
     }
 
@@ -211,7 +220,9 @@ impl HostMapper for FakeMapper {
         if let Some(why) = self.map_violation(gpa, len) {
             return Err(self.refuse_map(gpa, len, why));
         }
-        if self.fail_maps > 0 {
+        if self.pass_maps > 0 {
+            self.pass_maps -= 1;
+        } else if self.fail_maps > 0 {
             self.fail_maps -= 1;
             return Err(MapperError::MapFailed { gpa, len, reason: "injected failure".into() });
         }

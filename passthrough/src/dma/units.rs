@@ -17,29 +17,35 @@ pub(crate) fn align_up(value: u64, align: u64) -> Option<u64> {
     value.checked_add(align - 1).map(|v| align_down(v, align))
 }
 
-/// A byte count shown in the largest binary unit that keeps it readable: `64 MiB`, `16 KiB`,
-/// `1524.25 MiB`, `100 bytes`.
+/// A byte count, exact and readable: `64 MiB`, `16 KiB`, `2 GiB`, `1524 MiB + 256 KiB`,
+/// `8 MiB + 1 byte`, `100 bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 4] =
-            [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
         let n = self.0;
-        // Budgets are quoted in MiB (`dma-limit=1536M`), so GiB/TiB only when exact.
-        for (unit, name) in UNITS {
+        // Budgets are quoted in MiB (`dma-limit=1536M`), so GiB and TiB only when exact.
+        for (unit, name) in [(1u64 << 40, "TiB"), (1 << 30, "GiB")] {
             if n >= unit && n % unit == 0 {
                 return write!(f, "{} {name}", n / unit);
             }
         }
-        for (unit, name) in &UNITS[2..] {
-            if n >= *unit {
-                let hundredths = (u128::from(n) * 100 + u128::from(*unit) / 2) / u128::from(*unit);
-                return write!(f, "{}.{:02} {name}", hundredths / 100, hundredths % 100);
+        let parts = [(n >> 20, "MiB"), ((n >> 10) & 0x3ff, "KiB"), (n & 0x3ff, "bytes")];
+        let mut first = true;
+        for (count, name) in parts {
+            if count == 0 {
+                continue;
             }
+            let name = if count == 1 && name == "bytes" { "byte" } else { name };
+            let sep = if first { "" } else { " + " };
+            write!(f, "{sep}{count} {name}")?;
+            first = false;
         }
-        write!(f, "{n} bytes")
+        if first {
+            write!(f, "0 bytes")?;
+        }
+        Ok(())
     }
 }
 
@@ -63,8 +69,10 @@ mod tests {
         assert_eq!(Bytes(1536 << 20).to_string(), "1536 MiB");
         assert_eq!(Bytes(2 << 30).to_string(), "2 GiB");
         assert_eq!(Bytes(16 << 10).to_string(), "16 KiB");
-        assert_eq!(Bytes((1524 << 20) + (256 << 10)).to_string(), "1524.25 MiB");
+        assert_eq!(Bytes((1524 << 20) + (256 << 10)).to_string(), "1524 MiB + 256 KiB");
         assert_eq!(Bytes(100).to_string(), "100 bytes");
+        assert_eq!(Bytes((8 << 20) + 1).to_string(), "8 MiB + 1 byte");
+        assert_eq!(Bytes((3 << 30) + (16 << 10)).to_string(), "3072 MiB + 16 KiB");
         assert_eq!(Bytes(0).to_string(), "0 bytes");
     }
 }

@@ -4,170 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::config::{ConfigError, WindowConfig};
+use super::error::DmaError;
 use super::extent::{Extent, ExtentId, WindowInfo};
 use super::guest_ram::{GuestRam, GuestRamRange};
 use super::lru::EvictionOrder;
-use super::mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+use super::mapper::{AddressPolicy, HostMapper, MapperLimits};
 use super::runs::CurrentRuns;
-use super::stats::{DmaStats, FailureReason};
-use super::units::{align_down, align_up, Bytes};
+use super::stats::DmaStats;
+use super::units::{align_down, align_up};
 
-/// Why a DMA request was refused. Every variant but the `Host*` and `MapperContract` ones is
-/// decided before any host call.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum DmaError {
-    /// Zero-length map.
-    #[error(
-        "DMA map of 0 bytes at guest {gpa:#x}: the guest driver asked for an empty buffer; \
-         map at least one byte"
-    )]
-    ZeroLength {
-        /// Guest-physical address.
-        gpa: u64,
-    },
-    /// The range wraps past 2^64.
-    #[error(
-        "DMA map of {len:#x} bytes at guest {gpa:#x} wraps past the end of the address space; \
-         the guest driver passed a bad buffer"
-    )]
-    Overflow {
-        /// Guest-physical address.
-        gpa: u64,
-        /// Length.
-        len: u64,
-    },
-    /// The range is not inside one guest RAM region.
-    #[error(
-        "DMA map of guest {gpa:#x}..{:#x} is not inside one guest RAM region (RAM is {ram}); \
-         devices may only reach guest RAM",
-        gpa + len
-    )]
-    OutsideGuestRam {
-        /// Guest-physical address.
-        gpa: u64,
-        /// Length.
-        len: u64,
-        /// The guest RAM regions.
-        ram: String,
-    },
-    /// Larger than the whole budget.
-    #[error(
-        "DMA map of {} at guest {gpa:#x} needs {} of host mappings, more than the whole {} \
-         budget; raise dma-limit or have the guest driver map smaller pieces",
-        Bytes(*len), Bytes(*needed), Bytes(*budget)
-    )]
-    TooLarge {
-        /// Guest-physical address.
-        gpa: u64,
-        /// Length asked for.
-        len: u64,
-        /// Bytes the host would have to map.
-        needed: u64,
-        /// The byte budget.
-        budget: u64,
-    },
-    /// Not enough bytes even after evicting every cached window.
-    #[error(
-        "DMA map of {} at guest {gpa:#x} needs {} but only {} of the {} budget can be freed: \
-         {} is pinned by live mappings; raise dma-limit, or the guest keeps too much mapped",
-        Bytes(*len), Bytes(*needed), Bytes(*available), Bytes(*budget), Bytes(*pinned)
-    )]
-    NoRoom {
-        /// Guest-physical address.
-        gpa: u64,
-        /// Length asked for.
-        len: u64,
-        /// Bytes the host would have to map.
-        needed: u64,
-        /// Bytes that could be made free.
-        available: u64,
-        /// The byte budget.
-        budget: u64,
-        /// Bytes held by live requests.
-        pinned: u64,
-    },
-    /// Not enough mapping slots even after evicting every cached window.
-    #[error(
-        "DMA map of {} at guest {gpa:#x} needs {needed} more host mappings but only \
-         {available} of the {max} allowed can be freed: {pinned} are pinned by live mappings; \
-         raise dma-max-maps or the window size"
-    , Bytes(*len))]
-    NoMappingSlots {
-        /// Guest-physical address.
-        gpa: u64,
-        /// Length asked for.
-        len: u64,
-        /// Mappings the host would have to make.
-        needed: u64,
-        /// Mappings that could be made free.
-        available: u64,
-        /// The mapping limit.
-        max: u64,
-        /// Mappings held by live requests.
-        pinned: u64,
-    },
-    /// Unmap of something not mapped.
-    #[error(
-        "DMA unmap of {len:#x} bytes at device address {device_addr:#x} matches no live map; \
-         unmap with exactly the device address and length of a map, once"
-    )]
-    NotMapped {
-        /// Device address given.
-        device_addr: u64,
-        /// Length given.
-        len: u64,
-    },
-    /// The host mapper failed a map.
-    #[error("DMA map of {} at guest {gpa:#x}: {source}", Bytes(*len))]
-    HostMap {
-        /// Guest-physical address of the request.
-        gpa: u64,
-        /// Length of the request.
-        len: u64,
-        /// The mapper's error.
-        source: MapperError,
-    },
-    /// The host mapper failed an unmap; the window stays mapped and counted.
-    #[error(
-        "{source}; the window stays mapped and counted against the budget, and its unmap is \
-         retried when room is needed"
-    )]
-    HostUnmap {
-        /// The mapper's error.
-        source: MapperError,
-    },
-    /// The host mapper returned an impossible device address.
-    #[error(
-        "the host mapper broke its contract mapping guest {gpa:#x}+{len:#x}: {what}; this is a \
-         bug in the mapper, the request was refused"
-    )]
-    MapperContract {
-        /// Guest-physical start of the mapping.
-        gpa: u64,
-        /// Its length.
-        len: u64,
-        /// What was wrong.
-        what: String,
-    },
-}
-
-impl DmaError {
-    /// The statistics bucket of this error.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            Self::ZeroLength { .. } => FailureReason::ZeroLength,
-            Self::Overflow { .. } => FailureReason::Overflow,
-            Self::OutsideGuestRam { .. } => FailureReason::OutsideGuestRam,
-            Self::TooLarge { .. } => FailureReason::TooLarge,
-            Self::NoRoom { .. } => FailureReason::NoRoom,
-            Self::NoMappingSlots { .. } => FailureReason::NoMappingSlots,
-            Self::NotMapped { .. } => FailureReason::NotMapped,
-            Self::HostMap { .. } => FailureReason::HostMap,
-            Self::HostUnmap { .. } => FailureReason::HostUnmap,
-            Self::MapperContract { .. } => FailureReason::MapperContract,
-        }
-    }
-}
+#[cfg(test)]
+mod invariants;
 
 /// A guest range `[start, end)`.
 type Span = (u64, u64);
@@ -361,16 +208,18 @@ impl<M: HostMapper> WindowManager<M> {
             return Ok(self.pin_request(gpa, len, reuse));
         }
         let window = self.window_around(gpa, len, pages, region);
-        let wide = self.plan(pages, window);
-        let plan = match self.check_budget(gpa, len, &wide) {
-            Ok(()) => wide,
-            // Coalescing must never be why a map fails: retry with just the pages.
-            Err(_) if window != pages => {
+        // Widen only while bytes are plentiful, and never so that a map fails: otherwise map
+        // just the pages.
+        let wide = (window != pages)
+            .then(|| self.plan(pages, window))
+            .filter(|p| self.may_widen(p) && self.check_budget(gpa, len, p).is_ok());
+        let plan = match wide {
+            Some(plan) => plan,
+            None => {
                 let narrow = self.plan(pages, pages);
                 self.check_budget(gpa, len, &narrow)?;
                 narrow
             }
-            Err(e) => return Err(e),
         };
         self.make_room(gpa, len, &plan)?;
         let mapped = self.map_new(gpa, len, &plan.new)?;
@@ -453,6 +302,13 @@ impl<M: HostMapper> WindowManager<M> {
         }
     }
 
+    /// Whether a widened plan keeps pinned bytes under the coalescing watermark. Windows
+    /// trade bytes for mapping slots; near the byte budget that trade stops paying.
+    fn may_widen(&self, plan: &MapPlan) -> bool {
+        let watermark = self.limits.max_mapped_bytes / 4 * 3;
+        self.stats.pinned_bytes + plan.new_bytes() <= watermark
+    }
+
     /// Refuses a plan that cannot fit even after evicting every cached extent it does not use.
     fn check_budget(&self, gpa: u64, len: u64, plan: &MapPlan) -> Result<(), DmaError> {
         let budget = self.limits.max_mapped_bytes;
@@ -470,12 +326,26 @@ impl<M: HostMapper> WindowManager<M> {
         }
         if kept_bytes + needed > budget {
             let available = budget.saturating_sub(kept_bytes);
-            return Err(DmaError::NoRoom { gpa, len, needed, available, budget, pinned: kept_bytes });
+            return Err(DmaError::NoRoom {
+                gpa,
+                len,
+                needed,
+                available,
+                budget,
+                pinned: kept_bytes,
+            });
         }
         let needed = plan.new.len() as u64;
         if kept_maps + needed > max {
             let available = max.saturating_sub(kept_maps);
-            return Err(DmaError::NoMappingSlots { gpa, len, needed, available, max, pinned: kept_maps });
+            return Err(DmaError::NoMappingSlots {
+                gpa,
+                len,
+                needed,
+                available,
+                max,
+                pinned: kept_maps,
+            });
         }
         Ok(())
     }
@@ -487,12 +357,17 @@ impl<M: HostMapper> WindowManager<M> {
             self.unmap_extent(id)?;
             self.stats.evictions += 1;
         }
-        let keep: BTreeSet<ExtentId> = plan.reuse.iter().copied().collect();
+        // Windows the request reuses, and ones the host failed to unmap this time.
+        let mut skip: BTreeSet<ExtentId> = plan.reuse.iter().copied().collect();
+        let mut host_error = None;
         let (bytes, maps) = (plan.new_bytes(), plan.new.len() as u64);
         while self.stats.live_bytes + bytes > self.limits.max_mapped_bytes
             || self.stats.live_mappings + maps > u64::from(self.limits.max_mappings)
         {
-            let Some(victim) = self.cache.iter().find(|id| !keep.contains(id)) else {
+            let Some(victim) = self.cache.iter().find(|id| !skip.contains(id)) else {
+                if let Some(e) = host_error {
+                    return Err(e);
+                }
                 // check_budget said it fits; if it does not, report it as it stands now.
                 self.check_budget(gpa, len, plan)?;
                 return Err(DmaError::MapperContract {
@@ -501,8 +376,21 @@ impl<M: HostMapper> WindowManager<M> {
                     what: "the window manager's budget accounting drifted".into(),
                 });
             };
-            self.unmap_extent(victim)?;
-            self.stats.evictions += 1;
+            match self.unmap_extent(victim) {
+                Ok(()) => self.stats.evictions += 1,
+                Err(e) => {
+                    // One stuck window must not block every later map: try the next.
+                    skip.insert(victim);
+                    if host_error.is_some() {
+                        self.stats.failures.count(e.reason());
+                    }
+                    host_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = host_error {
+            // Recovered; count the failure all the same.
+            self.stats.failures.count(e.reason());
         }
         Ok(())
     }
@@ -516,8 +404,10 @@ impl<M: HostMapper> WindowManager<M> {
                 Ok(id) => mapped.push(id),
                 Err(e) => {
                     for id in mapped {
-                        // A failure here is already counted and leaves the window cached.
-                        let _ = self.settle_released(id);
+                        // On failure the window stays cached; count it, report the map's.
+                        if let Err(unmap_error) = self.settle_released(id) {
+                            self.stats.failures.count(unmap_error.reason());
+                        }
                     }
                     return Err(match e {
                         DmaError::HostMap { source, .. } => DmaError::HostMap { gpa, len, source },
@@ -533,10 +423,11 @@ impl<M: HostMapper> WindowManager<M> {
     fn map_extent(&mut self, start: u64, end: u64) -> Result<ExtentId, DmaError> {
         let len = end - start;
         self.stats.host_map_calls += 1;
-        let device_addr = self
-            .mapper
-            .map(start, len)
-            .map_err(|source| DmaError::HostMap { gpa: start, len, source })?;
+        let device_addr = self.mapper.map(start, len).map_err(|source| DmaError::HostMap {
+            gpa: start,
+            len,
+            source,
+        })?;
         if let Some(what) = self.contract_breach(start, len, device_addr) {
             self.stats.host_unmap_calls += 1;
             // Best effort: the mapping is unusable either way.
@@ -664,87 +555,6 @@ impl<M: HostMapper> WindowManager<M> {
         self.extents.remove(&id);
         self.stats.live_bytes -= len;
         self.stats.live_mappings -= 1;
-        Ok(())
-    }
-
-    /// Checks every internal invariant; returns what is broken.
-    #[cfg(test)]
-    pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        let mut users: BTreeMap<ExtentId, u64> = BTreeMap::new();
-        let mut live_requests = 0;
-        for (key, live) in &self.requests {
-            if live.is_empty() {
-                return Err(format!("request {key:x?} has no uses"));
-            }
-            for uses in live {
-                live_requests += 1;
-                for id in uses {
-                    if !self.extents.contains_key(id) {
-                        return Err(format!("request {key:x?} uses missing extent {id}"));
-                    }
-                    *users.entry(*id).or_default() += 1;
-                }
-            }
-        }
-        if live_requests != self.stats.live_requests {
-            return Err(format!("{live_requests} live requests, stats say {}", self.stats.live_requests));
-        }
-        let (mut bytes, mut pinned_bytes, mut pinned_maps) = (0, 0, 0);
-        for (id, e) in &self.extents {
-            bytes += e.len;
-            let expected = users.get(id).copied().unwrap_or(0);
-            if e.users != expected {
-                return Err(format!("extent {id} has {} users, requests say {expected}", e.users));
-            }
-            if (e.users == 0) != self.cache.contains(*id) {
-                return Err(format!("extent {id} has {} users but cached is the opposite", e.users));
-            }
-            if e.users > 0 {
-                pinned_bytes += e.len;
-                pinned_maps += 1;
-            }
-            if self.by_device.get(&e.device_addr) != Some(id) {
-                return Err(format!("extent {id} is not indexed by its device address"));
-            }
-            let own = self.runs.overlapping(e.gpa, e.gpa_end());
-            let own: Vec<_> = own.iter().filter(|r| r.extent == *id).collect();
-            if !e.shadowed && (own.len() != 1 || own[0].start != e.gpa || own[0].end != e.gpa_end()) {
-                return Err(format!("extent {id} is not shadowed but does not serve all of its range"));
-            }
-            if e.shadowed && e.users == 0 && !own.is_empty() {
-                return Err(format!("extent {id} is shadowed, unused and still serving"));
-            }
-        }
-        for run in self.runs.all() {
-            match self.extents.get(&run.extent) {
-                Some(e) if run.start >= e.gpa && run.end <= e.gpa_end() => {}
-                _ => return Err(format!("run {run:x?} points outside its extent")),
-            }
-        }
-        let s = &self.stats;
-        let counted = (s.live_bytes, s.live_mappings, s.pinned_bytes, s.pinned_mappings);
-        let actual = (bytes, self.extents.len() as u64, pinned_bytes, pinned_maps);
-        if counted != actual {
-            return Err(format!("stats {counted:x?} but extents add up to {actual:x?}"));
-        }
-        if s.live_bytes > self.limits.max_mapped_bytes
-            || s.live_mappings > u64::from(self.limits.max_mappings)
-        {
-            return Err(format!("over budget: {} in {} mappings", s.live_bytes, s.live_mappings));
-        }
-        // Guest ranges of live mappings overlap only with a shadowed one (host-picks only),
-        // which goes when its users do.
-        let windows = self.windows();
-        let mut open: Vec<WindowInfo> = Vec::new();
-        for w in &windows {
-            open.retain(|o| o.gpa + o.len > w.gpa);
-            for o in &open {
-                if self.limits.policy == AddressPolicy::Identity || !(o.shadowed || w.shadowed) {
-                    return Err(format!("windows {o:x?} and {w:x?} overlap"));
-                }
-            }
-            open.push(*w);
-        }
         Ok(())
     }
 }

@@ -66,7 +66,12 @@ pub(crate) fn manager(
     window_size: u64,
     cache_released: bool,
 ) -> WindowManager<FakeMapper> {
-    manager_with_ram(limits, window_size, cache_released, &[GuestRamRange { start: RAM_BASE, len: 1 << 30 }])
+    manager_with_ram(
+        limits,
+        window_size,
+        cache_released,
+        &[GuestRamRange { start: RAM_BASE, len: 1 << 30 }],
+    )
 }
 
 /// Asserts the manager's invariants and that the fake saw no broken rule and agrees on the
