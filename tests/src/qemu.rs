@@ -25,10 +25,9 @@ pub(crate) struct QemuRun {
     pub total: Duration,
 }
 
-/// The emulated host's CPU model (`APERTURE_RIG_CPU` overrides it). Not `max`: with `max`
-/// the nested guest sees FEAT_WFxT and FEAT_ECV, and an SMP nested guest intermittently
-/// stops waking up (both vCPUs parked in the idle loop, IPIs and timers lost; seen in 4 of 10
-/// two-vCPU boots, also at `poweroff`). Neoverse-N1 (Armv8.2, VHE) has neither: 0 of 6 hung.
+/// The emulated host's CPU model (`APERTURE_RIG_CPU` overrides it). A Neoverse-N1 (Armv8.2
+/// with VHE) is all KVM needs; it spares the emulation of newer features (FEAT_WFxT, FEAT_ECV,
+/// ...) that `max` passes on to the nested guest and that nothing here tests.
 pub const DEFAULT_CPU: &str = "neoverse-n1";
 
 /// `timeout ... qemu-system-aarch64 ...` for L1, as docs/testing.md describes the machine.

@@ -265,7 +265,13 @@ fn wait_for_stop(control: &VmControl, timeout: Option<Duration>) -> StopReason {
 
 type SpawnedVcpus = (RunningVcpus, Vec<u64>, Vec<mpsc::Sender<VcpuStart>>);
 
-/// Starts one thread per vCPU; each creates its vCPU and reports its MPIDR, then waits.
+/// Starts one thread per vCPU; each creates its vCPU, reports its MPIDR, then waits.
+///
+/// vCPUs are created strictly in index order, each after the previous one reported in. KVM
+/// numbers vCPUs in creation order (`vcpu_idx`) as well as by the id we give (`vcpu_id`),
+/// and some kernels mix the two up (looking a vCPU up by creation index where they hold its
+/// id). Created out of order on Linux 6.1, an SMP guest intermittently stopped waking up
+/// (2 of 6 two-vCPU boots, both vCPUs parked in the idle loop); in order, it does not.
 fn spawn_vcpus(
     count: u32,
     vm: &Arc<dyn Vm>,
@@ -275,39 +281,41 @@ fn spawn_vcpus(
     let (ready_tx, ready_rx) = mpsc::channel::<VcpuReady>();
     let mut threads = Vec::new();
     let mut start_senders = Vec::new();
+    let mut mpidrs = Vec::new();
+    let mut kicks = Vec::new();
+    let mut failure = None;
     for index in 0..count {
         let (start_tx, start_rx) = mpsc::channel();
         let (vm, control, bus, ready) =
             (vm.clone(), control.clone(), bus.clone(), ready_tx.clone());
-        let thread = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu_thread(index, vm, bus, control, ready, start_rx))
-            .map_err(|source| VmError::Thread { what: format!("vcpu{index}"), source })?;
+            .spawn(move || vcpu_thread(index, vm, bus, control, ready, start_rx));
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(source) => {
+                failure = Some(VmError::Thread { what: format!("vcpu{index}"), source });
+                break;
+            }
+        };
         threads.push(thread);
         start_senders.push(start_tx);
-    }
-    drop(ready_tx);
-    let mut mpidrs = vec![0u64; count as usize];
-    let mut kicks: Vec<Option<Arc<dyn VcpuKick>>> = (0..count).map(|_| None).collect();
-    let mut failure = None;
-    for _ in 0..count {
-        let Ok(report) = ready_rx.recv() else {
-            failure.get_or_insert(VmError::VcpuLost(
-                kicks.iter().position(Option::is_none).unwrap_or(0) as u32,
-            ));
-            break;
-        };
-        match report.result {
-            Ok((mpidr, kick)) => {
-                mpidrs[report.index as usize] = mpidr;
-                kicks[report.index as usize] = Some(kick);
+        match ready_rx.recv().map(|report| report.result) {
+            Ok(Ok((mpidr, kick))) => {
+                mpidrs.push(mpidr);
+                kicks.push(kick);
             }
-            Err(e) => {
-                failure.get_or_insert(VmError::Hypervisor(e));
+            Ok(Err(e)) => {
+                failure = Some(VmError::Hypervisor(e));
+                break;
+            }
+            Err(_) => {
+                failure = Some(VmError::VcpuLost(index));
+                break;
             }
         }
     }
-    let running = RunningVcpus { threads, kicks: kicks.into_iter().flatten().collect() };
+    let running = RunningVcpus { threads, kicks };
     if let Some(e) = failure {
         for s in &start_senders {
             let _ = s.send(VcpuStart::Abort);
