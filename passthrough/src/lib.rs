@@ -1,6 +1,7 @@
 //! Device passthrough for Aperture: VFIO on Linux, a PCIDriverKit client on macOS, and the DMA
 //! window manager that fits guest DMA into the host IOMMU's limits.
 
+pub mod assigned;
 pub mod dma;
 pub mod pci_address;
 pub mod sysfs;

@@ -1,0 +1,360 @@
+//! [`AssignedFunction`]: a physical PCI function offered to the guest through a virtual
+//! configuration space, with its BARs trapped or mapped and its MSI-X emulated.
+
+use std::ops::Range;
+
+use devices::pci::config::{
+    ConfigSpace, CONFIG_SPACE_SIZE, HEADER_TYPE, REVISION_ID, STANDARD_CONFIG_SIZE, SUBSYSTEM_ID,
+    SUBSYSTEM_VENDOR_ID, VENDOR_ID,
+};
+use devices::pci::msix::MSIX_CAPABILITY_ID;
+use devices::pci::{BarRegion, PciFunction, PciIds};
+use log::{debug, info, warn};
+
+use super::bars::{self, BarLayout, BAR_COUNT};
+use super::capabilities::{self, CapabilityLayout};
+use super::error::AssignError;
+use super::host::{HostFunction, MsixHost};
+use super::msix::{AssignedMsix, MsixPlacement};
+use super::policy::{aligned_chunks, ConfigPolicy, HEADER_RULES};
+
+/// The BAR index under which the expansion ROM appears in
+/// [`PciFunction::bar_regions`] and [`PciFunction::bar_read`]: reads go to
+/// [`HostFunction::rom_read`]; the VMM maps the ROM window read-only and trapped.
+pub const ROM_BAR_INDEX: usize = 6;
+
+/// A physical PCI function assigned to the guest.
+pub struct AssignedFunction {
+    name: String,
+    host: Box<dyn HostFunction>,
+    msix_host: Box<dyn MsixHost>,
+    /// The guest's view.
+    config: ConfigSpace,
+    /// The guest's view at power-on, for resets.
+    pristine: ConfigSpace,
+    policy: ConfigPolicy,
+    bars: BarLayout,
+    capabilities: CapabilityLayout,
+    msix: Option<AssignedMsix>,
+    requester_id: u16,
+}
+
+impl std::fmt::Debug for AssignedFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssignedFunction")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("bars", &self.bars)
+            .field("msix", &self.msix.as_ref().map(AssignedMsix::placement))
+            .field("requester_id", &self.requester_id)
+            .finish()
+    }
+}
+
+/// Reads the device's whole configuration space into a [`ConfigSpace`] (used as a plain byte
+/// store). The standard header must be readable; an unreadable extended space reads as empty.
+fn snapshot(name: &str, host: &dyn HostFunction) -> Result<ConfigSpace, AssignError> {
+    let mut device = ConfigSpace::new_endpoint(&PciIds::default());
+    let mut dword = [0u8; 4];
+    for offset in (0..CONFIG_SPACE_SIZE as u16).step_by(4) {
+        match host.config_read(offset, &mut dword) {
+            Ok(()) => device.set_bytes(offset, &dword),
+            Err(source) if offset < STANDARD_CONFIG_SIZE => {
+                return Err(AssignError::ConfigRead { name: name.into(), offset, source });
+            }
+            Err(e) => {
+                debug!("{name}: extended configuration space unreadable at {offset:#x} ({e})");
+                device.set_bytes(offset, &vec![0; CONFIG_SPACE_SIZE - usize::from(offset)]);
+                break;
+            }
+        }
+    }
+    Ok(device)
+}
+
+impl AssignedFunction {
+    /// Reads the device's configuration space once and builds the guest's view of it.
+    pub fn new(
+        name: &str,
+        host: Box<dyn HostFunction>,
+        msix_host: Box<dyn MsixHost>,
+    ) -> Result<Self, AssignError> {
+        let device = snapshot(name, host.as_ref())?;
+        let vendor_id = device.read_u16(VENDOR_ID);
+        if vendor_id == 0xffff || vendor_id == 0 {
+            return Err(AssignError::NoDevice { name: name.into(), vendor_id });
+        }
+        let header_type = device.read_u8(HEADER_TYPE) & 0x7f;
+        if header_type != 0 {
+            return Err(AssignError::NotAnEndpoint { name: name.into(), header_type });
+        }
+        let class_revision = device.read_u32(REVISION_ID);
+        let ids = PciIds {
+            vendor_id,
+            device_id: device.read_u16(VENDOR_ID + 2),
+            revision: class_revision as u8,
+            class_code: class_revision >> 8,
+            subsystem_vendor_id: device.read_u16(SUBSYSTEM_VENDOR_ID),
+            subsystem_id: device.read_u16(SUBSYSTEM_ID),
+        };
+        // Single function, no INTx pin (only MSI-X is offered for now).
+        let mut config = ConfigSpace::new_endpoint(&ids);
+        let bars = bars::build(name, &device, host.as_ref(), &mut config)?;
+        let placement = device
+            .find_capability(MSIX_CAPABILITY_ID)
+            .and_then(|offset| MsixPlacement::read(name, &device, offset, &bars));
+        let capabilities = capabilities::build(name, &device, &mut config, placement.is_some());
+        let msix = match (capabilities.msix, placement) {
+            (Some(offset), Some(placement)) => Some(AssignedMsix::new(name, offset, placement)?),
+            _ => None,
+        };
+        let mut policy = ConfigPolicy::default();
+        for rule in HEADER_RULES.iter().chain(&capabilities.rules) {
+            policy.apply(rule);
+        }
+        info!(
+            "{name}: assigned {vendor_id:04x}:{:04x} class {:06x}, {} BARs, MSI-X {}",
+            ids.device_id,
+            ids.class_code,
+            bars.bars.iter().flatten().count(),
+            msix.as_ref()
+                .map_or("none".to_string(), |m| format!("{} vectors", m.placement().vectors))
+        );
+        Ok(Self {
+            name: name.into(),
+            host,
+            msix_host,
+            pristine: config.clone(),
+            config,
+            policy,
+            bars,
+            capabilities,
+            msix,
+            requester_id: 0,
+        })
+    }
+
+    /// The guest's view of the configuration space.
+    pub fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    /// The BARs and ROM offered to the guest.
+    pub fn bar_layout(&self) -> &BarLayout {
+        &self.bars
+    }
+
+    /// The capabilities offered and hidden.
+    pub fn capability_layout(&self) -> &CapabilityLayout {
+        &self.capabilities
+    }
+
+    /// Where the MSI-X table and PBA are, if MSI-X is offered.
+    pub fn msix_placement(&self) -> Option<&MsixPlacement> {
+        self.msix.as_ref().map(AssignedMsix::placement)
+    }
+
+    /// The requester id last set.
+    pub fn requester_id(&self) -> u16 {
+        self.requester_id
+    }
+
+    /// The parts of BAR `bar` the VMM should mmap straight into the guest, as (offset in the
+    /// BAR, length): the whole host region minus the `page_size` pages holding the MSI-X
+    /// table and PBA. Empty if the host cannot mmap the region or it is smaller than a page;
+    /// everything not listed is trapped and reaches [`PciFunction::bar_read`]/`bar_write`.
+    pub fn mappable_bar_ranges(&self, bar: usize, page_size: u64) -> Vec<(u64, u64)> {
+        let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
+            return Vec::new();
+        };
+        if !assigned.host.mmappable {
+            return Vec::new();
+        }
+        let mut trapped: Vec<Range<u64>> = Vec::new();
+        if let Some(p) = self.msix_placement() {
+            if p.table_bar == bar {
+                trapped.push(p.table.clone());
+            }
+            if p.pba_bar == bar {
+                trapped.push(p.pba.clone());
+            }
+        }
+        bars::mappable_ranges(assigned.host.size, &trapped, page_size)
+    }
+
+    /// Back to the power-on view: configuration registers, BARs and MSI-X (the host is told
+    /// MSI-X is off). The physical device itself is reset by the host, not here.
+    pub fn reset(&mut self) {
+        debug!("{}: virtual configuration reset", self.name);
+        self.config = self.pristine.clone();
+        if let Some(msix) = self.msix.as_mut() {
+            msix.reset(&self.name, self.msix_host.as_mut());
+        }
+    }
+
+    fn device_read(&self, range: Range<usize>, out: &mut [u8]) -> bool {
+        for chunk in aligned_chunks(range.clone()) {
+            let part = &mut out[chunk.start - range.start..chunk.end - range.start];
+            // chunk.start < 4096.
+            if let Err(e) = self.host.config_read(chunk.start as u16, part) {
+                debug!("{}: device config read at {:#x} failed: {e}", self.name, chunk.start);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Forwards the bits of a guest write that the policy lets reach the device.
+    fn forward_write(&self, offset: usize, data: &[u8]) {
+        let end = offset + data.len();
+        let forwarded: Vec<usize> =
+            (offset..end).filter(|&at| self.policy.to_device(at) != 0).collect();
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for at in forwarded {
+            match runs.last_mut() {
+                Some(run) if run.end == at => run.end = at + 1,
+                _ => runs.push(at..at + 1),
+            }
+        }
+        for chunk in runs.into_iter().flat_map(aligned_chunks) {
+            let mut value = data[chunk.start - offset..chunk.end - offset].to_vec();
+            let whole = chunk.clone().all(|at| self.policy.to_device(at) == 0xff);
+            if !whole {
+                // Keep the device's own value in the bits the guest may not change.
+                let mut current = vec![0u8; chunk.len()];
+                if !self.device_read(chunk.clone(), &mut current) {
+                    continue;
+                }
+                for (i, byte) in value.iter_mut().enumerate() {
+                    let mask = self.policy.to_device(chunk.start + i);
+                    *byte = (*byte & mask) | (current[i] & !mask);
+                }
+            }
+            // chunk.start < 4096.
+            if let Err(e) = self.host.config_write(chunk.start as u16, &value) {
+                warn!("{}: device config write at {:#x} failed: {e}", self.name, chunk.start);
+            }
+        }
+    }
+}
+
+impl PciFunction for AssignedFunction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.config.read(offset, data);
+        let start = usize::from(offset);
+        let range = start..(start + data.len()).min(CONFIG_SPACE_SIZE);
+        if range.is_empty() || !self.policy.reads_device(range.clone()) {
+            return;
+        }
+        let mut device = vec![0u8; range.len()];
+        if !self.device_read(range.clone(), &mut device) {
+            return;
+        }
+        for (i, at) in range.enumerate() {
+            let mask = self.policy.from_device(at);
+            data[i] = (device[i] & mask) | (data[i] & !mask);
+        }
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.config.write(offset, data);
+        let start = usize::from(offset);
+        let len = data.len().min(CONFIG_SPACE_SIZE.saturating_sub(start));
+        self.forward_write(start, &data[..len]);
+        if let Some(msix) = self.msix.as_mut() {
+            if msix.control_written(offset, data.len()) {
+                msix.control_changed(
+                    &self.name,
+                    &self.config,
+                    self.msix_host.as_mut(),
+                    self.requester_id,
+                );
+            }
+        }
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        let len = data.len() as u64;
+        if bar == ROM_BAR_INDEX {
+            match self.bars.rom {
+                Some((info, _)) if offset.checked_add(len).is_some_and(|end| end <= info.size) => {
+                    if let Err(e) = self.host.rom_read(offset, data) {
+                        debug!("{}: ROM read at {offset:#x} failed: {e}", self.name);
+                        data.fill(0xff);
+                    }
+                }
+                _ => data.fill(0xff),
+            }
+            return;
+        }
+        if self.msix.as_ref().is_some_and(|m| m.read(bar, offset, data)) {
+            return;
+        }
+        let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
+            data.fill(0xff);
+            return;
+        };
+        // Past the host region (a BAR rounded up to a page) nothing answers.
+        if offset.checked_add(len).is_none_or(|end| end > assigned.host.size) {
+            data.fill(0xff);
+            return;
+        }
+        if let Err(e) = self.host.bar_read(bar, offset, data) {
+            debug!("{}: BAR {bar} read at {offset:#x} failed: {e}", self.name);
+            data.fill(0xff);
+        }
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if let Some(msix) = self.msix.as_mut() {
+            if msix.write(&self.name, bar, offset, data, self.msix_host.as_mut(), self.requester_id)
+            {
+                return;
+            }
+        }
+        let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
+            debug!("{}: write to BAR {bar} that is not offered, dropped", self.name);
+            return;
+        };
+        if offset.checked_add(data.len() as u64).is_none_or(|end| end > assigned.host.size) {
+            debug!("{}: BAR {bar} write at {offset:#x} past the device region, dropped", self.name);
+            return;
+        }
+        if let Err(e) = self.host.bar_write(bar, offset, data) {
+            debug!("{}: BAR {bar} write at {offset:#x} failed: {e}", self.name);
+        }
+    }
+
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        let mut regions = self.config.bar_regions();
+        if let Some((address, size, true)) = self.config.expansion_rom() {
+            if self.config.memory_enabled() && address != 0 {
+                regions.push(BarRegion {
+                    index: ROM_BAR_INDEX,
+                    address,
+                    size,
+                    prefetchable: false,
+                    is_64bit: false,
+                });
+            }
+        }
+        regions
+    }
+
+    fn set_requester_id(&mut self, requester_id: u16) {
+        if requester_id == self.requester_id {
+            return;
+        }
+        self.requester_id = requester_id;
+        if let Some(msix) = self.msix.as_mut() {
+            msix.requester_id_changed(&self.name, self.msix_host.as_mut(), requester_id);
+        }
+    }
+}
+
+// The ROM takes the first index after the six memory BARs.
+const _: () = assert!(ROM_BAR_INDEX == BAR_COUNT);

@@ -1,0 +1,28 @@
+//! The portable half of PCI passthrough: an [`AssignedFunction`] offers a physical function
+//! to the guest as a [`devices::pci::PciFunction`]. The host side (VFIO on Linux, a DriverKit
+//! client on macOS) sits behind [`HostFunction`] and [`MsixHost`].
+//!
+//! - [`policy`]: which configuration bits reach the device (everything else is virtual).
+//! - [`capabilities`]: the capability lists the guest sees (MSI, SR-IOV, Resizable BAR... hidden).
+//! - [`bars`]: virtual BARs sized from the host regions, and what can be mmapped.
+//! - [`msix`]: emulated MSI-X table that drives the host's interrupt routes.
+//!
+//! The expansion ROM appears as BAR index [`ROM_BAR_INDEX`] (6) in `bar_regions()`.
+
+pub mod bars;
+pub mod capabilities;
+mod error;
+mod function;
+mod host;
+pub mod msix;
+pub mod policy;
+
+pub use bars::{AssignedBar, BarLayout, MIN_BAR_SIZE};
+pub use capabilities::CapabilityLayout;
+pub use error::AssignError;
+pub use function::{AssignedFunction, ROM_BAR_INDEX};
+pub use host::{HostFunction, MsixHost, RegionInfo};
+pub use msix::MsixPlacement;
+
+#[cfg(test)]
+mod tests;

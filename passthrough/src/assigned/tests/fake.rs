@@ -1,0 +1,307 @@
+//! A fake physical function (a byte-array configuration space and patterned BARs) and a
+//! recording MSI-X host, plus the fixtures the tests assign.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use devices::pci::MsiMessage;
+
+use crate::assigned::{AssignedFunction, HostFunction, MsixHost, RegionInfo};
+
+/// What the fake device saw.
+#[derive(Debug, Default)]
+pub(super) struct DeviceLog {
+    pub config: Vec<u8>,
+    pub config_writes: Vec<(u16, Vec<u8>)>,
+    pub bar_reads: Vec<(usize, u64, usize)>,
+    pub bar_writes: Vec<(usize, u64, Vec<u8>)>,
+    /// Config reads at or above this offset fail.
+    pub readable_up_to: usize,
+}
+
+/// A fake physical function.
+#[derive(Debug, Clone)]
+pub(super) struct FakeDevice {
+    pub log: Arc<Mutex<DeviceLog>>,
+    pub bars: [Option<RegionInfo>; 6],
+    pub rom: Option<RegionInfo>,
+}
+
+fn check(offset: u64, len: usize, size: u64) -> io::Result<()> {
+    if offset + len as u64 > size {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "past the region"));
+    }
+    Ok(())
+}
+
+impl HostFunction for FakeDevice {
+    fn config_read(&self, offset: u16, data: &mut [u8]) -> io::Result<()> {
+        let log = self.log.lock().unwrap();
+        let start = usize::from(offset);
+        if start + data.len() > log.readable_up_to {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "unreadable"));
+        }
+        data.copy_from_slice(&log.config[start..start + data.len()]);
+        Ok(())
+    }
+
+    fn config_write(&self, offset: u16, data: &[u8]) -> io::Result<()> {
+        let mut log = self.log.lock().unwrap();
+        let start = usize::from(offset);
+        assert!(matches!(data.len(), 1 | 2 | 4) && start % data.len() == 0, "unaligned write");
+        log.config[start..start + data.len()].copy_from_slice(data);
+        log.config_writes.push((offset, data.to_vec()));
+        Ok(())
+    }
+
+    fn bar_info(&self, bar: usize) -> Option<RegionInfo> {
+        self.bars.get(bar).copied().flatten()
+    }
+
+    fn rom_info(&self) -> Option<RegionInfo> {
+        self.rom
+    }
+
+    fn bar_read(&self, bar: usize, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        check(offset, data.len(), self.bars[bar].map_or(0, |b| b.size))?;
+        self.log.lock().unwrap().bar_reads.push((bar, offset, data.len()));
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = (offset as usize + i) as u8 ^ bar as u8;
+        }
+        Ok(())
+    }
+
+    fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        check(offset, data.len(), self.bars[bar].map_or(0, |b| b.size))?;
+        self.log.lock().unwrap().bar_writes.push((bar, offset, data.to_vec()));
+        Ok(())
+    }
+
+    fn rom_read(&self, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        check(offset, data.len(), self.rom.map_or(0, |r| r.size))?;
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = match offset as usize + i {
+                0 => 0x55,
+                1 => 0xaa,
+                n => n as u8,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// A call the function made to the MSI-X host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MsixCall {
+    Count(u16),
+    Vector(u16, Option<MsiMessage>, u16),
+}
+
+/// Records MSI-X host calls.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RecordingMsixHost {
+    pub calls: Arc<Mutex<Vec<MsixCall>>>,
+}
+
+impl RecordingMsixHost {
+    /// Returns and forgets the calls so far.
+    pub fn take(&self) -> Vec<MsixCall> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+impl MsixHost for RecordingMsixHost {
+    fn set_vector_count(&mut self, vectors: u16) -> io::Result<()> {
+        self.calls.lock().unwrap().push(MsixCall::Count(vectors));
+        Ok(())
+    }
+
+    fn set_vector(
+        &mut self,
+        vector: u16,
+        message: Option<MsiMessage>,
+        requester_id: u16,
+    ) -> io::Result<()> {
+        self.calls.lock().unwrap().push(MsixCall::Vector(vector, message, requester_id));
+        Ok(())
+    }
+}
+
+/// Builds a device configuration space.
+pub(super) struct ConfigBuilder {
+    bytes: Vec<u8>,
+    bars: [Option<RegionInfo>; 6],
+    rom: Option<RegionInfo>,
+}
+
+pub(super) fn region(size: u64) -> RegionInfo {
+    RegionInfo { size, readable: true, writable: true, mmappable: true }
+}
+
+impl ConfigBuilder {
+    pub fn new(vendor: u16, device: u16, class: u32, revision: u8) -> Self {
+        let mut b = Self { bytes: vec![0; 4096], bars: [None; 6], rom: None };
+        b.u16(0x00, vendor).u16(0x02, device).u32(0x08, class << 8 | u32::from(revision));
+        b
+    }
+
+    pub fn u8(&mut self, offset: usize, value: u8) -> &mut Self {
+        self.bytes[offset] = value;
+        self
+    }
+
+    pub fn u16(&mut self, offset: usize, value: u16) -> &mut Self {
+        self.bytes[offset..offset + 2].copy_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    pub fn u32(&mut self, offset: usize, value: u32) -> &mut Self {
+        self.bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// A BAR register value and its host region.
+    pub fn bar(&mut self, index: usize, register: u32, info: RegionInfo) -> &mut Self {
+        self.bars[index] = Some(info);
+        self.u32(0x10 + 4 * index, register)
+    }
+
+    pub fn rom(&mut self, size: u64) -> &mut Self {
+        self.rom = Some(region(size));
+        self
+    }
+
+    /// A standard capability; the list is linked in the order of the calls.
+    pub fn cap(&mut self, offset: usize, id: u8, next: u8, body: &[u8]) -> &mut Self {
+        if self.bytes[0x34] == 0 {
+            self.bytes[0x34] = offset as u8;
+            self.bytes[0x06] |= 0x10;
+        }
+        self.u8(offset, id).u8(offset + 1, next);
+        self.bytes[offset + 2..offset + 2 + body.len()].copy_from_slice(body);
+        self
+    }
+
+    pub fn ext_cap(&mut self, offset: usize, id: u16, version: u8, next: u16) -> &mut Self {
+        self.u32(offset, u32::from(id) | u32::from(version) << 16 | u32::from(next) << 20);
+        // Recognizable body bytes.
+        for i in 4..16 {
+            self.bytes[offset + i] = (id as u8) ^ i as u8;
+        }
+        self
+    }
+
+    pub fn build(&self) -> FakeDevice {
+        FakeDevice {
+            log: Arc::new(Mutex::new(DeviceLog {
+                config: self.bytes.clone(),
+                readable_up_to: 4096,
+                ..DeviceLog::default()
+            })),
+            bars: self.bars,
+            rom: self.rom,
+        }
+    }
+}
+
+fn le(parts: &[u32]) -> Vec<u8> {
+    parts.iter().flat_map(|p| p.to_le_bytes()).collect()
+}
+
+/// An MSI-X capability body: control, table (BIR | offset), PBA.
+pub(super) fn msix_body(vectors: u16, table: u32, pba: u32) -> Vec<u8> {
+    let mut body = (vectors - 1).to_le_bytes().to_vec();
+    body.extend(le(&[table, pba]));
+    body
+}
+
+/// A version 2 PCIe endpoint capability body (0x3a bytes after the header).
+pub(super) fn pcie_body() -> Vec<u8> {
+    let mut body = vec![0u8; 0x3a];
+    body[0..2].copy_from_slice(&0x0002u16.to_le_bytes()); // v2, endpoint
+    body[2..6].copy_from_slice(&0x1000_8fc2u32.to_le_bytes()); // DEVCAP with FLR
+    body[6..8].copy_from_slice(&0x2810u16.to_le_bytes()); // DEVCTL: MPS 128, MRRS 512
+    body[0xe..0x10].copy_from_slice(&0x0040u16.to_le_bytes()); // LNKCTL
+    body[0x10..0x12].copy_from_slice(&0x1011u16.to_le_bytes()); // LNKSTA
+    body[0x26..0x28].copy_from_slice(&0x0005u16.to_le_bytes()); // DEVCTL2
+    body
+}
+
+/// QEMU's NVMe controller: BAR0 64-bit 16 KiB with the MSI-X table at 0x2000 and PBA at
+/// 0x3000 (65 vectors); or, `exclusive`, MSI-X in its own 4 KiB BAR4.
+pub(super) fn nvme(exclusive: bool) -> ConfigBuilder {
+    let mut b = ConfigBuilder::new(0x1b36, 0x0010, 0x010802, 0x02);
+    b.u16(0x2c, 0x1af4).u16(0x2e, 0x1100).u8(0x3d, 1);
+    b.bar(0, 0xfebf_0004, region(0x4000)).u32(0x14, 0);
+    if exclusive {
+        b.bar(4, 0xfebe_0004, region(0x1000));
+        b.cap(0x40, 0x11, 0x60, &msix_body(65, 4, 0x800 | 4));
+    } else {
+        b.cap(0x40, 0x11, 0x60, &msix_body(65, 0x2000, 0x3000));
+    }
+    b.cap(0x60, 0x01, 0x80, &[0x03, 0x00, 0x08, 0x00, 0, 0]);
+    b.cap(0x80, 0x10, 0x00, &pcie_body());
+    b
+}
+
+pub(super) const GPU_TABLE: u64 = 0xb9_0000;
+pub(super) const GPU_PBA: u64 = 0xba_0000;
+
+/// A GPU-like function: BAR0 16 MiB 32-bit, BAR1 256 MiB and BAR3 32 MiB 64-bit
+/// prefetchable, an I/O BAR5, a 512 KiB ROM, PM + MSI + PCIe + MSI-X + vendor capabilities,
+/// and Resizable BAR, SR-IOV, AER, ARI, DSN and L1 PM substates extended capabilities.
+pub(super) fn gpu() -> ConfigBuilder {
+    let mut b = ConfigBuilder::new(0x10de, 0x2684, 0x030000, 0xa1);
+    b.u16(0x2c, 0x10de).u16(0x2e, 0x16f4).u8(0x3d, 1);
+    b.bar(0, 0xfc00_0000, region(16 << 20));
+    b.bar(1, 0x0000_000c, region(256 << 20)).u32(0x18, 0x60);
+    b.bar(3, 0x0000_000c, region(32 << 20)).u32(0x20, 0x62);
+    b.bar(5, 0x0000_e001, region(0x80));
+    b.rom(512 << 10);
+    b.cap(0x60, 0x01, 0x68, &[0x03, 0x06, 0x08, 0x00, 0, 0]);
+    b.cap(0x68, 0x05, 0x78, &[0x80, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    b.cap(0x78, 0x10, 0xb4, &pcie_body());
+    b.cap(0xb4, 0x11, 0xc0, &msix_body(9, GPU_TABLE as u32, GPU_PBA as u32));
+    b.cap(0xc0, 0x09, 0x00, &[0x14, 0x01, 0x02, 0x03]);
+    b.ext_cap(0x100, 0x15, 1, 0x140);
+    b.ext_cap(0x140, 0x10, 1, 0x180);
+    b.ext_cap(0x180, 0x01, 2, 0x200);
+    b.ext_cap(0x200, 0x0e, 1, 0x210);
+    b.ext_cap(0x210, 0x03, 1, 0x220);
+    b.ext_cap(0x220, 0x1e, 1, 0);
+    b
+}
+
+/// A function with MSI only: BAR0 32-bit 128 KiB, MSI then PCIe.
+pub(super) fn msi_only() -> ConfigBuilder {
+    let mut b = ConfigBuilder::new(0x8086, 0x1234, 0x020000, 0x01);
+    b.bar(0, 0xfe00_0000, region(128 << 10));
+    b.cap(0x40, 0x05, 0x50, &[0x80, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    b.cap(0x50, 0x10, 0x00, &pcie_body());
+    b
+}
+
+/// Assigns `device`, returning the function and the doubles to inspect.
+pub(super) fn assign(device: &ConfigBuilder) -> (AssignedFunction, FakeDevice, RecordingMsixHost) {
+    let fake = device.build();
+    let msix = RecordingMsixHost::default();
+    let function =
+        AssignedFunction::new("test-dev", Box::new(fake.clone()), Box::new(msix.clone())).unwrap();
+    (function, fake, msix)
+}
+
+/// xorshift64: deterministic, no dependency.
+pub(super) struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
