@@ -12,8 +12,6 @@ use crate::hypervisor::{HypervisorError, MmioHandler, Vcpu, VcpuExit, VcpuKick, 
 /// What a vCPU thread reports once its vCPU exists.
 #[derive(Debug)]
 pub struct VcpuReady {
-    /// vCPU index.
-    pub index: u32,
     /// Its MPIDR_EL1, or why it could not be created.
     pub result: Result<(u64, Arc<dyn VcpuKick>), HypervisorError>,
 }
@@ -44,13 +42,13 @@ pub fn vcpu_thread(
     });
     let mut vcpu = match created {
         Ok((vcpu, mpidr, kick)) => {
-            if ready.send(VcpuReady { index, result: Ok((mpidr, kick)) }).is_err() {
+            if ready.send(VcpuReady { result: Ok((mpidr, kick)) }).is_err() {
                 return;
             }
             vcpu
         }
         Err(e) => {
-            let _ = ready.send(VcpuReady { index, result: Err(e) });
+            let _ = ready.send(VcpuReady { result: Err(e) });
             return;
         }
     };

@@ -116,6 +116,15 @@ struct RunningVcpus {
 }
 
 impl RunningVcpus {
+    /// Setup failed before the guest started: tells every waiting vCPU thread not to run,
+    /// then stops and joins them.
+    fn abort(self, start_senders: &[mpsc::Sender<VcpuStart>], control: &VmControl) {
+        for sender in start_senders {
+            let _ = sender.send(VcpuStart::Abort);
+        }
+        self.stop(control);
+    }
+
     /// Kicks every vCPU until its thread has finished, then joins it. Kicks repeat because a
     /// signal that lands outside `KVM_RUN` is lost.
     fn stop(self, control: &VmControl) {
@@ -209,10 +218,7 @@ pub fn run_on(
         Ok(())
     })();
     if let Err(e) = setup {
-        for sender in &start_senders {
-            let _ = sender.send(VcpuStart::Abort);
-        }
-        vcpus.stop(&control);
+        vcpus.abort(&start_senders, &control);
         return Err(e);
     }
 
@@ -317,10 +323,7 @@ fn spawn_vcpus(
     }
     let running = RunningVcpus { threads, kicks };
     if let Some(e) = failure {
-        for s in &start_senders {
-            let _ = s.send(VcpuStart::Abort);
-        }
-        running.stop(control);
+        running.abort(&start_senders, control);
         return Err(e);
     }
     Ok((running, mpidrs, start_senders))
