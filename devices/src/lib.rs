@@ -17,6 +17,7 @@ mod primecell;
 pub mod test_exit;
 #[cfg(test)]
 mod testing;
+pub mod trace;
 pub mod virtio;
 
 pub use bus::{IrqLine, MmioDevice};

@@ -5,6 +5,8 @@ pub mod assigned;
 pub mod dma;
 pub mod pci_address;
 pub mod sysfs;
+#[cfg(target_os = "linux")]
+pub mod vfio;
 
 pub use pci_address::{PciAddress, PciAddressError};
 pub use sysfs::{HostDevice, HostDeviceError, HostSysfs};

@@ -18,6 +18,9 @@ Examples:
   aperture run --kernel Image --disk rootfs.img --disk data.img,readonly \\
       --cmdline 'console=ttyAMA0 root=/dev/vda rw'
 
+  # Assign a host GPU (bound to vfio-pci) to the guest.
+  aperture run --kernel Image --initrd rootfs.cpio.gz --memory 4G --device 0000:01:00.0
+
   # A scripted test: 2 vCPUs, 512 MiB, give up after 60 s; the exit status tells the outcome.
   aperture run --kernel Image --initrd test.cpio --cpus 2 --memory 512M --timeout 60 \\
       --cmdline 'console=ttyAMA0 panic=-1 rdinit=/init'
@@ -88,10 +91,29 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_rng: bool,
 
-    /// Log every PCI configuration-space access and trapped BAR access, with device names
-    /// and timestamps, to this file (`-` for stderr).
+    /// A host PCI device to assign to the guest (VFIO), as `lspci -D` shows it, e.g.
+    /// 0000:01:00.0. The device must be bound to vfio-pci; repeat for more devices.
+    #[arg(long = "device", value_name = "BDF")]
+    pub devices: Vec<String>,
+
+    /// Trace PCI bring-up to this file (`-` for stderr), with timestamps: every
+    /// configuration-space access, trapped BAR access, and for assigned devices MSI-X
+    /// programming, resets, BAR and DMA mappings.
     #[arg(long, value_name = "FILE")]
     pub trace_pci: Option<PathBuf>,
+
+    /// Format of --trace-pci: aligned text for people, or JSON lines for scripts.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = TraceFormatArg::Text)]
+    pub trace_format: TraceFormatArg,
+}
+
+/// `--trace-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceFormatArg {
+    /// `seconds source event key=value...`
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[cfg(test)]
@@ -113,5 +135,6 @@ mod tests {
         assert_eq!(args.cmdline, DEFAULT_CMDLINE);
         assert!(args.initrd.is_none() && args.timeout.is_none());
         assert!(args.disk.is_empty() && !args.no_rng && args.trace_pci.is_none());
+        assert!(args.devices.is_empty());
     }
 }

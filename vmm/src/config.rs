@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arch::layout::{MAX_VCPUS, MIB};
 
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, TraceFormatArg};
 
 /// Bad command-line values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +23,12 @@ pub enum ConfigError {
     /// `--disk` with an option we do not know.
     #[error("--disk {0}: unknown option {1:?}; the form is PATH or PATH,readonly")]
     DiskOption(String, String),
+    /// `--device` not understood.
+    #[error("--device {0}: {1}")]
+    Device(String, String),
+    /// The same device twice.
+    #[error("--device {0} is given twice; assign each device once")]
+    DuplicateDevice(String),
     /// `--timeout 0`.
     #[error("--timeout 0: give the guest at least one second")]
     ZeroTimeout,
@@ -68,6 +74,23 @@ impl DiskConfig {
     }
 }
 
+/// A host PCI device assigned to the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Its host address.
+    pub address: passthrough::PciAddress,
+}
+
+impl DeviceConfig {
+    /// Parses `BDF`.
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        let address = text
+            .parse::<passthrough::PciAddress>()
+            .map_err(|e| ConfigError::Device(text.into(), e.to_string()))?;
+        Ok(Self { address })
+    }
+}
+
 /// Everything `aperture run` needs, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -89,6 +112,10 @@ pub struct VmConfig {
     pub rng: bool,
     /// Where to write the PCI access trace, if anywhere.
     pub trace_pci: Option<PathBuf>,
+    /// The trace's format.
+    pub trace_format: devices::trace::TraceFormat,
+    /// Host PCI devices assigned to the guest, in guest order.
+    pub devices: Vec<DeviceConfig>,
 }
 
 /// Parses a size: a number with an optional K/M/G/T suffix (optionally followed by "iB" or
@@ -142,6 +169,14 @@ impl VmConfig {
         if let Some(initrd) = &args.initrd {
             check_file("--initrd", initrd)?;
         }
+        let mut devices: Vec<DeviceConfig> = Vec::new();
+        for text in &args.devices {
+            let device = DeviceConfig::parse(text)?;
+            if devices.iter().any(|d| d.address == device.address) {
+                return Err(ConfigError::DuplicateDevice(device.address.to_string()));
+            }
+            devices.push(device);
+        }
         Ok(Self {
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
@@ -152,6 +187,11 @@ impl VmConfig {
             disks: args.disk.iter().map(|d| DiskConfig::parse(d)).collect::<Result<_, _>>()?,
             rng: !args.no_rng,
             trace_pci: args.trace_pci.clone(),
+            trace_format: match args.trace_format {
+                TraceFormatArg::Text => devices::trace::TraceFormat::Text,
+                TraceFormatArg::Json => devices::trace::TraceFormat::JsonLines,
+            },
+            devices,
         })
     }
 }
@@ -171,6 +211,8 @@ mod tests {
             disk: Vec::new(),
             no_rng: false,
             trace_pci: None,
+            trace_format: TraceFormatArg::Text,
+            devices: Vec::new(),
         }
     }
 
@@ -235,6 +277,20 @@ mod tests {
         a.disk = vec!["/nonexistent.img,readonly".into()];
         let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
         assert!(err.starts_with("--disk /nonexistent.img: no such file"), "{err}");
+    }
+
+    #[test]
+    fn devices() {
+        let mut a = args(&existing_file());
+        a.devices = vec!["0000:01:00.0".into(), "02:00.1".into()];
+        let c = VmConfig::from_run_args(&a).unwrap();
+        assert_eq!(c.devices[1].address.to_string(), "0000:02:00.1");
+        a.devices = vec!["01:00".into()];
+        let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
+        assert!(err.starts_with("--device 01:00: ") && err.contains("0000:01:00.0"), "{err}");
+        a.devices = vec!["0000:01:00.0".into(), "01:00.0".into()];
+        let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
+        assert!(err.contains("given twice"), "{err}");
     }
 
     #[test]

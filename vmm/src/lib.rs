@@ -1,6 +1,7 @@
 //! Aperture's VMM: command line, VM lifecycle, hypervisor backends, vCPU loop and device bus.
 //! The `aperture` binary (`main.rs`) is a thin shell around it.
 
+pub mod assign;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -112,7 +112,19 @@ impl Drop for AlignedMapping {
 pub struct GuestRam {
     memory: GuestMemoryMmap,
     /// Declared after `memory` so that it is unmapped last.
+    regions: Vec<RamRegion>,
     _mapping: AlignedMapping,
+}
+
+/// One region of guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRegion {
+    /// Guest physical start.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Host virtual address, valid while the [`GuestRam`] lives.
+    pub host_addr: u64,
 }
 
 impl GuestRam {
@@ -136,6 +148,7 @@ impl GuestRam {
             .ok_or_else(|| MemoryError::Region(format!("{base:#x}+{size:#x} wraps")))?;
         let memory = GuestMemoryMmap::from_regions(vec![region])
             .map_err(|e| MemoryError::Region(e.to_string()))?;
+        let mut regions = Vec::new();
         for region in memory.iter() {
             let host = region
                 .get_host_address(MemoryRegionAddress(0))
@@ -143,8 +156,18 @@ impl GuestRam {
             // SAFETY: the mapping is owned by GuestRam, which the VMM keeps for the VM's life
             // (it drops the VM's vCPUs and devices before the RAM).
             unsafe { vm.map_memory(region.start_addr().0, region.len(), host)? };
+            regions.push(RamRegion {
+                guest_addr: region.start_addr().0,
+                size: region.len(),
+                host_addr: host as u64,
+            });
         }
-        Ok(Self { memory, _mapping: mapping })
+        Ok(Self { memory, regions, _mapping: mapping })
+    }
+
+    /// Where each RAM region sits in the guest and in this process (for device DMA maps).
+    pub fn regions(&self) -> &[RamRegion] {
+        &self.regions
     }
 
     /// The guest memory map, for devices that do DMA into it.

@@ -1,25 +1,28 @@
 //! The guest's PCIe hierarchy: host bridge, root ports and Aperture's virtio devices, wired to
 //! the MMIO bus and to the interrupt controller.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use arch::layout::{self, MemoryLayout};
 use devices::pci::{
-    MsiMessage, MsiSink, PciEcam, PciMmioWindow, PciRoot, TraceEvent, TraceKind, VirtioPci,
+    BarChange, FunctionId, MsiMessage, MsiSink, PciEcam, PciMmioWindow, PciRoot, TraceEvent,
+    TraceKind, VirtioPci,
 };
+use devices::trace::{TraceRecord, TraceSink, TraceValue, TraceWriter};
 use devices::virtio::{Block, Rng};
-use log::{info, warn};
+use log::{debug, info, warn};
 use vm_memory::GuestMemoryMmap;
 
+use crate::assign::{DirectBar, PendingFunction};
 use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
-use crate::hypervisor::Vm;
+use crate::hypervisor::{MemorySlot, Vm};
 
-/// Root ports Aperture always provides, so that passed-through devices (and hot paths that
-/// expect a PCIe port above a GPU) have a place.
-pub const ROOT_PORTS: usize = 1;
+/// Root ports Aperture provides at least: one per assigned device, and one even without any
+/// (an empty port costs nothing and keeps the guest's view the same).
+pub const MIN_ROOT_PORTS: usize = 1;
 
 /// Errors building the PCI hierarchy.
 #[derive(Debug, thiserror::Error)]
@@ -73,51 +76,149 @@ impl MsiSink for VmMsiSink {
     }
 }
 
-/// Writes one trace line per PCI access: seconds since start, function, access, value.
-fn trace_hook(path: &std::path::Path) -> Result<devices::pci::TraceHook, PciSetupError> {
-    let sink: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+/// Opens the trace file of `config` (`-`: stderr), if it asks for one.
+pub fn open_trace(config: &VmConfig) -> Result<Option<Arc<dyn TraceSink>>, PciSetupError> {
+    let Some(path) = &config.trace_pci else { return Ok(None) };
+    let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
         Box::new(std::io::stderr())
     } else {
         Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(|source| {
             PciSetupError::TraceFile { path: path.display().to_string(), source }
         })?))
     };
-    let sink = Mutex::new(sink);
-    let start = Instant::now();
-    Ok(Box::new(move |event: &TraceEvent<'_>| {
-        let what = match event.kind {
-            TraceKind::ConfigRead => "cfg-read ".to_string(),
-            TraceKind::ConfigWrite => "cfg-write".to_string(),
-            TraceKind::BarRead { bar } => format!("bar{bar}-read "),
-            TraceKind::BarWrite { bar } => format!("bar{bar}-write"),
-        };
-        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(
-            sink,
-            "{:12.6} {:<14} {what} off={:#06x} size={} value={:#x}",
-            start.elapsed().as_secs_f64(),
-            event.function,
-            event.offset,
-            event.size,
-            event.value
-        );
-        let _ = sink.flush();
-    }))
+    Ok(Some(Arc::new(TraceWriter::new(config.trace_format, out))))
 }
 
-/// Builds the PCI hierarchy for `config` and maps ECAM and both windows on `bus`.
+/// Turns every PCI configuration and trapped BAR access into a trace record.
+fn trace_hook(sink: Arc<dyn TraceSink>) -> devices::pci::TraceHook {
+    Box::new(move |event: &TraceEvent<'_>| {
+        let (name, bar) = match event.kind {
+            TraceKind::ConfigRead => ("cfg-read", None),
+            TraceKind::ConfigWrite => ("cfg-write", None),
+            TraceKind::BarRead { bar } => ("bar-read", Some(bar)),
+            TraceKind::BarWrite { bar } => ("bar-write", Some(bar)),
+        };
+        let access = [
+            ("offset", TraceValue::Hex(event.offset)),
+            ("size", TraceValue::Int(event.size as u64)),
+            ("value", TraceValue::Hex(event.value)),
+        ];
+        let mut fields = Vec::with_capacity(4);
+        if let Some(bar) = bar {
+            fields.push(("bar", TraceValue::Int(bar as u64)));
+        }
+        fields.extend(access);
+        sink.record(&TraceRecord { source: event.function, event: name, fields: &fields });
+    })
+}
+
+/// Maps the directly accessible pieces of assigned devices' BARs into the guest wherever the
+/// guest places the BARs, and unmaps them when it moves them or turns decoding off.
+struct DirectBarMapper {
+    vm: Arc<dyn Vm>,
+    bars: HashMap<FunctionId, Vec<DirectBar>>,
+    slots: HashMap<(FunctionId, usize), Vec<MemorySlot>>,
+    trace: Option<Arc<dyn TraceSink>>,
+}
+
+impl DirectBarMapper {
+    fn changed(&mut self, change: &BarChange) {
+        let trace = |event, guest: u64, len: u64| {
+            if let Some(sink) = &self.trace {
+                let fields = [
+                    ("bar", TraceValue::Int(change.bar as u64)),
+                    ("guest", TraceValue::Hex(guest)),
+                    ("len", TraceValue::Hex(len)),
+                ];
+                sink.record(&TraceRecord { source: &change.function, event, fields: &fields });
+            }
+        };
+        for slot in self.slots.remove(&(change.id, change.bar)).unwrap_or_default() {
+            match self.vm.unmap_memory(slot) {
+                Ok(()) => trace("bar-unmap", slot.guest_addr, slot.size),
+                Err(e) => warn!("{} BAR {}: {e}", change.function, change.bar),
+            }
+        }
+        let (Some(region), Some(pieces)) = (change.new, self.bars.get(&change.id)) else {
+            return;
+        };
+        let mut slots = Vec::new();
+        for piece in pieces.iter().filter(|p| p.bar == change.bar) {
+            let guest_addr = region.address + piece.offset;
+            // SAFETY: the BAR mapping lives in `self.bars` until the hook (and with it the
+            // PCI root) is dropped, after the vCPUs stopped; a slot is removed before the
+            // BAR moves.
+            let mapped = unsafe {
+                self.vm.map_memory(guest_addr, piece.memory.len(), piece.memory.host_addr())
+            };
+            match mapped {
+                Ok(slot) => {
+                    trace("bar-map", guest_addr, slot.size);
+                    debug!(
+                        "{} BAR {} {:#x}+{:#x} mapped at guest {guest_addr:#x}",
+                        change.function,
+                        change.bar,
+                        piece.offset,
+                        piece.memory.len()
+                    );
+                    slots.push(slot);
+                }
+                Err(e) => warn!(
+                    "{} BAR {}: mapping {:#x}+{:#x} into the guest failed ({e}); accesses \
+                     there are trapped",
+                    change.function,
+                    change.bar,
+                    piece.offset,
+                    piece.memory.len()
+                ),
+            }
+        }
+        self.slots.insert((change.id, change.bar), slots);
+    }
+}
+
+/// What the PCI hierarchy gets besides the configuration.
+#[derive(Debug, Default)]
+pub struct PciExtras {
+    /// Assigned devices, ready to attach.
+    pub assigned: Vec<PendingFunction>,
+    /// Where PCI and passthrough events are traced.
+    pub trace: Option<Arc<dyn TraceSink>>,
+}
+
+/// Builds the PCI hierarchy for `config` and maps ECAM and both windows on `bus`. Assigned
+/// devices go behind root ports of their own, in `--device` order.
 pub fn build_pci(
     vm: &Arc<dyn Vm>,
     memory: &GuestMemoryMmap,
     memory_layout: &MemoryLayout,
     config: &VmConfig,
+    extras: PciExtras,
     bus: &mut MmioBus,
 ) -> Result<Arc<Mutex<PciRoot>>, PciSetupError> {
+    let PciExtras { assigned, trace } = extras;
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let mut root = PciRoot::new();
-    for _ in 0..ROOT_PORTS {
-        root.add_root_port().map_err(topology)?;
+    let mut direct_bars = HashMap::new();
+    let ports = assigned.len().max(MIN_ROOT_PORTS);
+    let mut assigned = assigned.into_iter();
+    for _ in 0..ports {
+        let port = root.add_root_port().map_err(topology)?;
+        if let Some(pending) = assigned.next() {
+            let id = root.attach_to_port(port, pending.function).map_err(topology)?;
+            info!("{}: assigned behind root port {port}", pending.name);
+            direct_bars.insert(id, pending.direct_bars);
+        }
+    }
+    if !direct_bars.is_empty() {
+        let mut mapper = DirectBarMapper {
+            vm: vm.clone(),
+            bars: direct_bars,
+            slots: HashMap::new(),
+            trace: trace.clone(),
+        };
+        root.set_bar_change_hook(Some(Box::new(move |change: &BarChange| mapper.changed(change))));
     }
     for (index, disk) in config.disks.iter().enumerate() {
         let path = disk.path.display().to_string();
@@ -148,8 +249,8 @@ pub fn build_pci(
             .map_err(|e| PciSetupError::Topology(e.to_string()))?;
         root.add_function(Box::new(transport)).map_err(topology)?;
     }
-    if let Some(path) = &config.trace_pci {
-        root.set_trace_hook(Some(trace_hook(path)?));
+    if let Some(sink) = trace {
+        root.set_trace_hook(Some(trace_hook(sink)));
     }
     let root = Arc::new(Mutex::new(root));
     bus.insert(

@@ -14,6 +14,7 @@ use devices::{IrqLine, Pl011, Pl031, TestExit};
 use firmware::{FdtConfig, GicConfig, MmioDeviceNode, PciHostNode};
 use log::{debug, info, warn};
 
+use crate::assign::AssignedDevices;
 use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
@@ -65,6 +66,9 @@ pub enum VmError {
     /// The PCI hierarchy could not be built.
     #[error(transparent)]
     Pci(#[from] crate::pci::PciSetupError),
+    /// A `--device` could not be assigned.
+    #[error(transparent)]
+    Assign(#[from] crate::assign::AssignError),
     /// A thread could not be started.
     #[error("could not start the {what} thread: {source}")]
     Thread {
@@ -203,7 +207,11 @@ pub fn run_on(
         Console::Host => (Box::new(std::io::stdout()), true),
         Console::Capture(writer) => (writer, false),
     };
-    let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config)?;
+    // Before any vCPU exists: a device that cannot be assigned fails the run early.
+    let trace = crate::pci::open_trace(config)?;
+    let (mut assigned, pending) = AssignedDevices::open(&vm, &ram, config, trace.as_ref())?;
+    let pci = crate::pci::PciExtras { assigned: pending, trace };
+    let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
     let (vcpus, mpidrs, start_senders) = spawn_vcpus(config.vcpus, &vm, &control, &devices.bus)?;
     let setup = (|| -> Result<(), VmError> {
         vm.create_gic(&GicSpec {
@@ -233,6 +241,7 @@ pub fn run_on(
 
     let reason = wait_for_stop(&control, config.timeout);
     vcpus.stop(&control);
+    assigned.shutdown();
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
     drop(terminal);
     Ok(reason)
@@ -342,6 +351,7 @@ fn build_devices(
     ram: &GuestRam,
     memory_layout: &MemoryLayout,
     config: &VmConfig,
+    pci: crate::pci::PciExtras,
 ) -> Result<Devices, VmError> {
     let spi = |spi| -> Arc<dyn IrqLine> { Arc::new(SpiLine { vm: vm.clone(), spi }) };
     let uart = Arc::new(Mutex::new(Pl011::new(spi(layout::UART_SPI), console_output)));
@@ -356,7 +366,7 @@ fn build_devices(
     bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
-    crate::pci::build_pci(vm, ram.memory(), memory_layout, config, &mut bus)?;
+    crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
     Ok(Devices { bus: Arc::new(bus), uart })
 }
 

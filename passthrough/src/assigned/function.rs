@@ -154,6 +154,14 @@ impl AssignedFunction {
         self.msix.as_ref().map(AssignedMsix::placement)
     }
 
+    /// Sends MSI-X programming events to `trace` (configuration and trapped BAR accesses
+    /// are traced by the PCI root).
+    pub fn set_trace(&mut self, trace: Option<std::sync::Arc<dyn devices::trace::TraceSink>>) {
+        if let Some(msix) = self.msix.as_mut() {
+            msix.set_trace(trace);
+        }
+    }
+
     /// The requester id last set.
     pub fn requester_id(&self) -> u16 {
         self.requester_id

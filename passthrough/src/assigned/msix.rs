@@ -9,11 +9,13 @@
 //! once routed). Guests poll the PBA rarely; drivers re-check their queues after unmasking.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use devices::pci::config::ConfigSpace;
 use devices::pci::format_bdf;
 use devices::pci::msix::{MsixState, MSIX_ENTRY_SIZE};
 use devices::pci::MsiMessage;
+use devices::trace::{TraceRecord, TraceSink, TraceValue};
 use log::{debug, warn};
 
 use super::bars::BarLayout;
@@ -77,6 +79,7 @@ pub struct AssignedMsix {
     state: MsixState,
     /// What the host was last told per vector.
     routes: Vec<Option<MsiMessage>>,
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl AssignedMsix {
@@ -85,7 +88,18 @@ impl AssignedMsix {
         let state = MsixState::new(placement.vectors)
             .map_err(|source| AssignError::Msix { name: name.into(), source })?;
         let routes = vec![None; usize::from(placement.vectors)];
-        Ok(Self { capability, placement, state, routes })
+        Ok(Self { capability, placement, state, routes, trace: None })
+    }
+
+    /// Sends MSI-X programming events to `trace`.
+    pub fn set_trace(&mut self, trace: Option<Arc<dyn TraceSink>>) {
+        self.trace = trace;
+    }
+
+    fn record(&self, name: &str, event: &str, fields: &[(&str, TraceValue<'_>)]) {
+        if let Some(trace) = &self.trace {
+            trace.record(&TraceRecord { source: name, event, fields });
+        }
     }
 
     /// Where the table and PBA are.
@@ -128,6 +142,24 @@ impl AssignedMsix {
                 continue;
             }
             *last = route;
+            let vector_field = ("vector", TraceValue::Int(u64::from(vector)));
+            match route {
+                Some(m) => self.record(
+                    name,
+                    "msix-vector",
+                    &[
+                        vector_field,
+                        ("address", TraceValue::Hex(m.address)),
+                        ("data", TraceValue::Hex(u64::from(m.data))),
+                        ("requester", TraceValue::Hex(u64::from(requester_id))),
+                    ],
+                ),
+                None => self.record(
+                    name,
+                    "msix-vector",
+                    &[vector_field, ("masked", TraceValue::Bool(true))],
+                ),
+            }
             match route {
                 Some(m) => debug!(
                     "{name}: MSI-X vector {vector} -> address {:#x} data {:#x} (requester {})",
@@ -167,10 +199,16 @@ impl AssignedMsix {
                 if enable { "enabled" } else { "disabled" }
             );
             self.routes.fill(None);
+            self.record(
+                name,
+                if enable { "msix-enable" } else { "msix-disable" },
+                &[("vectors", TraceValue::Int(u64::from(count)))],
+            );
             if let Err(e) = host.set_vector_count(count) {
                 warn!("{name}: setting up {count} MSI-X vectors on the host failed: {e}");
             }
         } else {
+            self.record(name, "msix-function-mask", &[("masked", TraceValue::Bool(masked))]);
             debug!("{name}: MSI-X function {}", if masked { "masked" } else { "unmasked" });
         }
         self.sync(name, host, 0..self.placement.vectors, requester_id);

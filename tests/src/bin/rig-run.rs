@@ -2,6 +2,7 @@
 //! case (`sh` inside L1, e.g. `/aperture run --kernel /guest/Image -v`), and prints each
 //! case's output and exit status. For trying things by hand; the console log is
 //! `build/rig/rig-run.log`. Needs the rig built (tests/rig/build-rig.sh).
+//! `APERTURE_RIG_QEMU_ARGS` adds QEMU arguments (e.g. an NVMe behind a root port).
 
 // The case outputs on stdout are this tool's output.
 #![allow(clippy::print_stdout)]
@@ -31,6 +32,10 @@ fn main() -> ExitCode {
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
     let mut options = RigOptions::new(limit);
     options.log_name = "rig-run.log".into();
+    // e.g. APERTURE_RIG_QEMU_ARGS='-device pcie-root-port,id=rp1 -device nvme,...,bus=rp1'
+    if let Ok(extra) = std::env::var("APERTURE_RIG_QEMU_ARGS") {
+        options.extra_qemu_args = extra.split_whitespace().map(String::from).collect();
+    }
     let run = match run_cases_with(&cases, &options) {
         Ok(run) => run,
         Err(error) => {

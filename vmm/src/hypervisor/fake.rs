@@ -8,7 +8,8 @@ use std::time::Duration;
 use arch::regs::BootRegs;
 
 use super::{
-    GicSpec, Hypervisor, HypervisorError, MmioHandler, Result, Vcpu, VcpuExit, VcpuKick, Vm, VmSpec,
+    GicSpec, Hypervisor, HypervisorError, MemorySlot, MmioHandler, Result, Vcpu, VcpuExit,
+    VcpuKick, Vm, VmSpec,
 };
 
 /// One thing a fake vCPU does per `run`.
@@ -78,8 +79,16 @@ struct FakeVm {
 }
 
 impl Vm for FakeVm {
-    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<()> {
+    unsafe fn map_memory(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MemorySlot> {
         *self.ram.lock().unwrap() = Some((guest_addr, size, host_addr as usize));
+        Ok(MemorySlot { id: 0, guest_addr, size })
+    }
+    fn unmap_memory(&self, _slot: MemorySlot) -> Result<()> {
         Ok(())
     }
     fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>> {

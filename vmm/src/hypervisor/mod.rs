@@ -78,11 +78,20 @@ pub struct GicSpec {
 
 /// A VM: guest memory, vCPUs and the interrupt controller.
 pub trait Vm: Send + Sync {
-    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`.
+    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`
+    /// (RAM, or a passed-through BAR mmapped from the host device).
     ///
     /// # Safety
-    /// `host_addr..host_addr + size` must stay mapped and valid for as long as the VM exists.
-    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<()>;
+    /// `host_addr..host_addr + size` must stay mapped and valid until the slot is unmapped
+    /// or the VM is gone.
+    unsafe fn map_memory(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MemorySlot>;
+    /// Removes a mapping made by [`Vm::map_memory`]; guest accesses there exit as MMIO again.
+    fn unmap_memory(&self, slot: MemorySlot) -> Result<()>;
     /// Creates vCPU `index`. vCPU 0 boots; the others wait for PSCI CPU_ON.
     fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>>;
     /// Creates the in-kernel GICv3 once all vCPUs exist.
@@ -98,6 +107,17 @@ pub trait Vm: Send + Sync {
     fn create_irqfd_msi(&self) -> Result<Arc<dyn IrqfdMsi>> {
         Err(HypervisorError::Unavailable("this hypervisor has no irqfd".into()))
     }
+}
+
+/// A guest memory mapping made by [`Vm::map_memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySlot {
+    /// Backend-specific slot number.
+    pub id: u32,
+    /// Guest physical start.
+    pub guest_addr: u64,
+    /// Length in bytes.
+    pub size: u64,
 }
 
 /// A guest MSI route: doorbell address, payload and requester (ITS device) id.

@@ -36,6 +36,8 @@ fn config(vcpus: u32) -> VmConfig {
         disks: Vec::new(),
         rng: false,
         trace_pci: None,
+        trace_format: devices::trace::TraceFormat::Text,
+        devices: Vec::new(),
     }
 }
 

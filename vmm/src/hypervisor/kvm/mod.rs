@@ -18,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use log::{debug, info};
 
-use super::{GicSpec, Hypervisor, HypervisorError, Result, Vcpu, Vm, VmSpec};
+use super::{GicSpec, Hypervisor, HypervisorError, MemorySlot, Result, Vcpu, Vm, VmSpec};
 
 /// An open `/dev/kvm`.
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl Hypervisor for Kvm {
             fd: irqfd.vm.clone(),
             irqfd,
             gic: std::sync::Mutex::new(None),
-            next_slot: Default::default(),
+            slots: Default::default(),
         }))
     }
 }
@@ -85,12 +85,38 @@ pub struct KvmVm {
     irqfd: Arc<irqfd::IrqfdContext>,
     /// Keeps the GIC device fds open for the VM's life.
     gic: std::sync::Mutex<Option<gic::KvmGic>>,
-    next_slot: std::sync::atomic::AtomicU32,
+    slots: std::sync::Mutex<SlotNumbers>,
+}
+
+/// KVM memory slot numbers: freed numbers are reused, since the number of slots is bounded.
+#[derive(Debug, Default)]
+struct SlotNumbers {
+    next: u32,
+    free: Vec<u32>,
+}
+
+impl SlotNumbers {
+    fn allocate(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
 }
 
 impl Vm for KvmVm {
-    unsafe fn map_memory(&self, guest_addr: u64, size: u64, host_addr: *mut u8) -> Result<()> {
-        let slot = self.next_slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    unsafe fn map_memory(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MemorySlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.allocate();
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -101,12 +127,35 @@ impl Vm for KvmVm {
         debug!("KVM memory slot {slot}: guest {guest_addr:#x}+{size:#x} at host {host_addr:p}");
         // SAFETY: the caller guarantees the host range stays valid while the VM exists; the
         // region does not overlap another slot because the VMM maps disjoint ranges.
+        match unsafe { self.fd.set_user_memory_region(region) } {
+            Ok(()) => Ok(MemorySlot { id: slot, guest_addr, size }),
+            Err(e) => {
+                slots.release(slot);
+                Err(HypervisorError::call(
+                    format!("KVM_SET_USER_MEMORY_REGION {guest_addr:#x}+{size:#x}"),
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // A zero-sized region deletes the slot.
+        let region = kvm_userspace_memory_region {
+            slot: slot.id,
+            flags: 0,
+            guest_phys_addr: slot.guest_addr,
+            memory_size: 0,
+            userspace_addr: 0,
+        };
+        debug!("KVM memory slot {} removed ({:#x}+{:#x})", slot.id, slot.guest_addr, slot.size);
+        // SAFETY: deleting a slot this VM created; the guest loses access to the range.
         unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| {
-            HypervisorError::call(
-                format!("KVM_SET_USER_MEMORY_REGION {guest_addr:#x}+{size:#x}"),
-                e,
-            )
-        })
+            HypervisorError::call(format!("KVM_SET_USER_MEMORY_REGION delete slot {}", slot.id), e)
+        })?;
+        slots.release(slot.id);
+        Ok(())
     }
 
     fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>> {

@@ -1,0 +1,123 @@
+//! Host PCI devices assigned to the guest: opened, reset and DMA-mapped before the guest
+//! starts, put behind the guest's root ports, and reset again when the VM ends.
+//!
+//! The host side is per platform (`sys`): VFIO on Linux. What the rest of the VMM sees is
+//! portable: PCI functions to attach, and BAR pieces to map into the guest.
+
+use std::sync::Arc;
+
+use devices::pci::PciFunction;
+use devices::trace::TraceSink;
+
+use crate::config::VmConfig;
+use crate::hypervisor::Vm;
+use crate::memory::GuestRam;
+
+#[cfg(target_os = "linux")]
+#[path = "sys/linux.rs"]
+mod sys;
+#[cfg(not(target_os = "linux"))]
+#[path = "sys/unsupported.rs"]
+mod sys;
+
+/// Why a device could not be assigned.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignError {
+    /// The host-side checks or calls failed (the message has the fix).
+    #[error("--device {address}: {message}")]
+    Host {
+        /// The device.
+        address: String,
+        /// What went wrong, and what to do.
+        message: String,
+    },
+    /// The host has no passthrough support in this build.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Host memory behind part of a BAR, mappable into the guest.
+pub trait HostMemory: Send {
+    /// Where it is mapped in this process.
+    fn host_addr(&self) -> *mut u8;
+    /// Its length in bytes (a multiple of the host page size).
+    fn len(&self) -> u64;
+    /// Whether it is empty (mappings never are).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A page-aligned piece of a BAR that the guest accesses directly (no exits).
+pub struct DirectBar {
+    /// BAR index.
+    pub bar: usize,
+    /// Offset of the piece in the BAR.
+    pub offset: u64,
+    /// The host mapping.
+    pub memory: Box<dyn HostMemory>,
+}
+
+impl std::fmt::Debug for DirectBar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectBar")
+            .field("bar", &self.bar)
+            .field("offset", &format_args!("{:#x}", self.offset))
+            .field("len", &format_args!("{:#x}", self.memory.len()))
+            .finish()
+    }
+}
+
+/// An assigned function ready to be attached to the guest's PCI hierarchy.
+pub struct PendingFunction {
+    /// The host address, used as its name.
+    pub name: String,
+    /// The function.
+    pub function: Box<dyn PciFunction>,
+    /// Its BAR pieces the guest may access directly.
+    pub direct_bars: Vec<DirectBar>,
+}
+
+impl std::fmt::Debug for PendingFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingFunction")
+            .field("name", &self.name)
+            .field("direct_bars", &self.direct_bars)
+            .finish()
+    }
+}
+
+/// The VM's assigned devices; resets them (and unmaps their DMA) when dropped.
+#[derive(Debug)]
+pub struct AssignedDevices {
+    host: Option<sys::HostDevices>,
+}
+
+impl AssignedDevices {
+    /// Opens and prepares every `--device` of `config`; no devices is not an error.
+    pub fn open(
+        vm: &Arc<dyn Vm>,
+        ram: &GuestRam,
+        config: &VmConfig,
+        trace: Option<&Arc<dyn TraceSink>>,
+    ) -> Result<(Self, Vec<PendingFunction>), AssignError> {
+        if config.devices.is_empty() {
+            return Ok((Self { host: None }, Vec::new()));
+        }
+        let (host, functions) = sys::HostDevices::open(vm, ram, &config.devices, trace)?;
+        Ok((Self { host: Some(host) }, functions))
+    }
+
+    /// Quiesces and resets the devices and removes their DMA mappings; also done on drop.
+    pub fn shutdown(&mut self) {
+        if let Some(mut host) = self.host.take() {
+            host.shutdown();
+        }
+    }
+}
+
+impl Drop for AssignedDevices {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

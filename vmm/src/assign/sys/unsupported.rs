@@ -1,0 +1,28 @@
+//! Hosts without a passthrough backend in this build.
+
+use std::sync::Arc;
+
+use super::{AssignError, PendingFunction};
+use crate::config::DeviceConfig;
+use crate::hypervisor::Vm;
+use crate::memory::GuestRam;
+
+/// Nothing to hold.
+#[derive(Debug)]
+pub struct HostDevices;
+
+impl HostDevices {
+    pub fn open(
+        _vm: &Arc<dyn Vm>,
+        _ram: &GuestRam,
+        _devices: &[DeviceConfig],
+        _trace: Option<&Arc<dyn devices::trace::TraceSink>>,
+    ) -> Result<(Self, Vec<PendingFunction>), AssignError> {
+        Err(AssignError::Unsupported(format!(
+            "--device: PCI passthrough is not available on {} in this build",
+            std::env::consts::OS
+        )))
+    }
+
+    pub fn shutdown(&mut self) {}
+}
