@@ -25,10 +25,11 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
-# Waits up to 10 s for a device node the drivers create asynchronously.
+# wait_for PATH [TENTHS]: waits up to TENTHS/10 s (default 10 s) for a device node the
+# drivers create asynchronously.
 wait_for() {
     n=0
-    while [ ! -e "$1" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    while [ ! -e "$1" ] && [ $n -lt "${2:-100}" ]; do sleep 0.1; n=$((n + 1)); done
 }
 
 # Checks are comma-separated and run in order: aperture.check=pci,blk,rng
@@ -68,6 +69,36 @@ case "$check" in
         dd if=/dev/vda of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null
         end=$(cut -d' ' -f1 /proc/uptime)
         echo "CHECK ddbench: 64MiB start=$start end=$end"
+        ;;
+    nvme|nvme=*)
+        # A passed-through NVMe: the host wrote a pattern in its first MiB; read it, write
+        # our own (N, or nvme=X) at 1 MiB and read that back from the device (iflag=direct
+        # skips the page cache). Nested, the controller's reset and scan take a while: 30 s.
+        fill=N
+        [ "$check" = nvme ] || fill=${check#nvme=}
+        wait_for /dev/nvme0n1 300
+        if [ ! -e /dev/nvme0n1 ]; then
+            echo "CHECK nvme: no /dev/nvme0n1"
+            continue
+        fi
+        echo "CHECK nvme: serial=$(cat /sys/block/nvme0n1/device/serial) sectors=$(cat /sys/block/nvme0n1/size)"
+        echo "CHECK nvme: head=$(dd if=/dev/nvme0n1 bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+        dd if=/dev/zero bs=1M count=1 2>/dev/null | tr '\000' "$fill" \
+            | dd of=/dev/nvme0n1 bs=1M seek=1 conv=fsync 2>/dev/null
+        echo "CHECK nvme: write=$?"
+        echo "CHECK nvme: readback=$(dd if=/dev/nvme0n1 bs=1M skip=1 count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+        sync
+        ;;
+    nvmebench|nvmebench=*)
+        # nvmebench=0 is the baseline run whose VM exits the e2e bench subtracts.
+        mib=64
+        [ "$check" != nvmebench ] && mib=${check#nvmebench=}
+        wait_for /dev/nvme0n1 300
+        start=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/nvme0n1 of=/dev/null bs=1M count="$mib" iflag=direct 2>/dev/null
+        status=$?
+        end=$(cut -d' ' -f1 /proc/uptime)
+        echo "CHECK nvmebench: ${mib}MiB start=$start end=$end status=$status"
         ;;
     rng)
         wait_for /dev/hwrng

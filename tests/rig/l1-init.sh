@@ -14,6 +14,10 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 exec 0<>/dev/console 1>&0 2>&0
 
+# Like a host with NVMe drives: nvme takes them at boot, and VFIO is ready for passthrough
+# (busybox has no module autoloading). Quiet where a module or device is absent.
+modprobe -a nvme vfio-pci vfio_iommu_type1 2>/dev/null
+
 kvm=absent
 [ -c /dev/kvm ] && kvm=present
 read -r up _ < /proc/uptime

@@ -5,12 +5,14 @@
 //! `/cases.sh`. Each [`Case`] is a shell snippet run inside L1 (usually an
 //! `/aperture run ...` of the nested guest); its console output, exit status and
 //! per-line host timestamps come back as a [`CaseOutput`]. All cases share one L1 boot.
+//! [`NvmeDisks`] gives L1 two emulated NVMe controllers for the passthrough cases.
 
 mod case;
 mod cases_script;
 mod console_log;
 mod error;
 mod newc;
+mod nvme;
 mod paths;
 mod qemu;
 mod rig;
@@ -19,5 +21,9 @@ pub use case::{Case, CaseOutput};
 pub use console_log::{CASE_BEGIN, CASE_END, CASE_WATCHDOG, L1_DONE, L1_READY};
 pub use error::RigError;
 pub use newc::NewcWriter;
+pub use nvme::{
+    bench_seconds, nvme_bench_script, NvmeDisk, NvmeDisks, NVME_IMAGE_BYTES, NVME_PATTERN,
+    NVME_PRELUDE,
+};
 pub use paths::RigPaths;
 pub use rig::{run_cases, run_cases_with, RigOptions, RigRun};

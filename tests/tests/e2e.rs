@@ -10,7 +10,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aperture_e2e::{run_cases, Case, CaseOutput, RigRun};
+use aperture_e2e::{
+    bench_seconds, nvme_bench_script, run_cases_with, Case, CaseOutput, NvmeDisks, RigOptions,
+    RigRun, NVME_PATTERN, NVME_PRELUDE,
+};
 
 /// Printed by the test guest's /init (images/guest-init.sh).
 const GUEST_MARKER: &str = "APERTURE-GUEST-INIT-OK";
@@ -29,9 +32,23 @@ fn with_check(check: &str) -> String {
     format!("--cmdline 'console=ttyAMA0 panic=-1 quiet aperture.check={check}'")
 }
 
+/// What the guests write at 1 MiB of NVMe A and of NVMe B.
+const FILL_A: u8 = b'N';
+const FILL_B: u8 = b'M';
+
+/// The byte filling the first and the second MiB of an NVMe image after the run (`None`:
+/// not uniform).
+#[derive(Debug, Clone, Copy)]
+struct ImageFill {
+    head: Option<u8>,
+    written: Option<u8>,
+}
+
 struct Shared {
     run: Result<RigRun, String>,
     token: String,
+    /// NVMe A's and B's images, read back on this host after L1 powered off.
+    images: Result<[ImageFill; 2], String>,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
@@ -98,6 +115,119 @@ fn cases(token: &str) -> Vec<Case> {
         Case::new("bad-disk-option", format!("{RUN} --disk /guest/guest.cpio,cache=none"))
             .with_limit(BAD_INPUT_LIMIT),
     ]
+    .into_iter()
+    .chain(nvme_cases())
+    .collect()
+}
+
+/// Passthrough of L1's emulated NVMe controllers (tests/src/nvme.rs): A keeps its MSI-X
+/// table in BAR0 with the registers, B has it in a BAR of its own. Between cases both stay
+/// bound to vfio-pci; a case that changes that puts it back.
+fn nvme_cases() -> Vec<Case> {
+    let nvme = |script: String| format!("{NVME_PRELUDE}\n{script}");
+    // What the guest's `nvme` check must print: md5s of the host's pattern and of its fill.
+    let expect = |fill: u8| {
+        let (pattern, fill) = (NVME_PATTERN as char, fill as char);
+        format!("echo \"l1: expect head=$(fill_md5 {pattern}) readback=$(fill_md5 {fill})\"")
+    };
+    let one_vm = |dev: &str, fill: u8, check: &str| {
+        nvme(format!(
+            r#"bind_vfio "${dev}" || exit 1
+{}
+{RUN} -v --device "${dev}" {}
+status=$?
+echo "l1: status=$status"
+exit $status"#,
+            expect(fill),
+            with_check(check)
+        ))
+    };
+    vec![
+        // Where the controllers are in L1, with their drivers and IOMMU groups.
+        Case::new(
+            "l1-nvme",
+            nvme(
+                r#"echo "l1: A=$A B=$B"
+for d in /sys/bus/pci/devices/*; do
+    bdf=${d##*/}
+    echo "l1: pci $bdf $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=$(driver_of "$bdf") group=$(basename "$(readlink "$d/iommu_group")")"
+done
+bind_vfio "$A" && bind_vfio "$B"
+echo "l1: bound A=$(driver_of "$A") B=$(driver_of "$B") /dev/vfio: $(ls /dev/vfio | tr '\n' ' ')""#
+                    .into(),
+            ),
+        ),
+        Case::new("nvme-shared-bar", one_vm("A", FILL_A, "pci,nvme,irqs")),
+        Case::new(
+            "nvme-exclusive-bar",
+            one_vm("B", FILL_B, &format!("pci,nvme={},irqs", FILL_B as char)),
+        ),
+        Case::new(
+            "nvme-second-vm",
+            nvme(format!(
+                r#"bind_vfio "$A" || exit 1
+{}
+run_vm vm1 --device "$A" {check}
+run_vm vm2 --device "$A" {check}"#,
+                expect(FILL_A),
+                check = with_check("nvme")
+            )),
+        ),
+        // SIGTERM while the guest owns the device (it sleeps after its I/O): aperture stops
+        // with 128+15 and a new VM gets the device.
+        Case::new(
+            "nvme-after-sigterm",
+            nvme(format!(
+                r#"bind_vfio "$A" || exit 1
+{}
+start_vm vm1 --device "$A" {}
+wait_log vm1 'CHECK hang:' 60
+echo "l1: vm1 ready=$?"
+stop_vm vm1
+echo "l1: after vm1: driver=$(driver_of "$A") /dev/vfio: $(ls /dev/vfio | tr '\n' ' ')"
+run_vm vm2 --device "$A" {}"#,
+                expect(FILL_A),
+                with_check("nvme,hang"),
+                with_check("nvme")
+            )),
+        ),
+        Case::new("nvme-host-bench", nvme_bench_script()),
+        // B with no driver at all (its driver_override stays vfio-pci).
+        Case::new(
+            "bad-device-not-bound",
+            nvme(format!(
+                r#"unbind "$B"
+echo "l1: device=$B driver=$(driver_of "$B")"
+{RUN} --device "$B"
+status=$?
+bind_vfio "$B"
+exit $status"#
+            )),
+        )
+        .with_limit(BAD_INPUT_LIMIT),
+        Case::new("bad-device-missing", format!("{RUN} --device 0000:7f:1f.7"))
+            .with_limit(BAD_INPUT_LIMIT),
+        // VM1 holds A (its guest reached /init) when VM2 asks for it.
+        Case::new(
+            "bad-device-busy",
+            nvme(format!(
+                r#"bind_vfio "$A" || exit 1
+echo "l1: device=$A"
+start_vm vm1 --device "$A" {}
+wait_log vm1 {GUEST_MARKER} 40
+echo "l1: vm1 ready=$?"
+{RUN} --device "$A" {}
+status=$?
+stop_vm vm1
+exit $status"#,
+                with_check("hang"),
+                with_check("cpus")
+            )),
+        )
+        .with_limit(BAD_INPUT_LIMIT),
+        Case::new("bad-device-syntax", format!("{RUN} --device 01:00"))
+            .with_limit(BAD_INPUT_LIMIT),
+    ]
 }
 
 /// PCI and virtio in one boot: the host writes patterns into two disk images (`A`s in a
@@ -118,15 +248,30 @@ echo "host: expected=$(dd if=/dev/zero bs=1M count=1 2>/dev/null | tr '\000' G |
 echo "host: ro-after=$(md5sum < /tmp/ro.img | cut -d' ' -f1)"
 echo "host: trace-lines=$(wc -l < /tmp/pci-trace.log)"
 grep -m1 'virtio-blk0 .*cfg-write' /tmp/pci-trace.log | sed 's/^/host: trace: /'
-grep -m1 'virtio-blk0 .*bar0-write' /tmp/pci-trace.log | sed 's/^/host: trace: /'
+grep -m1 'virtio-blk0 .*bar-write *bar=0' /tmp/pci-trace.log | sed 's/^/host: trace: /'
 exit $status
 "#;
 
 /// The value after `prefix` on the line that contains it.
 fn value_after<'a>(output: &'a CaseOutput, prefix: &str) -> Option<&'a str> {
-    let line = output.line_with(prefix)?;
-    let start = line.find(prefix)? + prefix.len();
+    value_in(output.line_with(prefix)?, prefix)
+}
+
+/// The word after `key` in `line`.
+fn value_in<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(key)? + key.len();
     line[start..].split_whitespace().next()
+}
+
+/// The first CPU column of a `/proc/interrupts` line ("CHECK irqs: 16:   5   ITS-MSI ...":
+/// the count follows the IRQ number).
+fn irq_count(line: &str) -> u64 {
+    let is_irq_number = |w: &&str| w.strip_suffix(':').is_some_and(|n| n.parse::<u32>().is_ok());
+    line.split_whitespace()
+        .skip_while(|w| !is_irq_number(w))
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 fn shared() -> &'static Shared {
@@ -139,8 +284,23 @@ fn shared() -> &'static Shared {
             .and_then(|secs| secs.parse().ok())
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_RIG_TIMEOUT);
-        let run = run_cases(&cases(&token), limit).map_err(|error| error.to_string());
-        Shared { run, token }
+        let mut options = RigOptions::new(limit);
+        let disks = match NvmeDisks::create(&options.paths.rig_dir) {
+            Ok(disks) => disks,
+            Err(error) => {
+                let error = format!("cannot create the NVMe images: {error}");
+                return Shared { run: Err(error.clone()), token, images: Err(error) };
+            }
+        };
+        options.extra_qemu_args = disks.qemu_args();
+        let run = run_cases_with(&cases(&token), &options).map_err(|error| error.to_string());
+        let fill = |index: usize, mib: u64| disks.fill_of(index, mib).map_err(|e| e.to_string());
+        let image = |index: usize| -> Result<ImageFill, String> {
+            Ok(ImageFill { head: fill(index, 0)?, written: fill(index, 1)? })
+        };
+        let images = image(0).and_then(|a| Ok([a, image(1)?]));
+        // `disks` drops here: the images go, their contents are in `images`.
+        Shared { run, token, images }
     })
 }
 
@@ -372,17 +532,7 @@ fn virtio_interrupts_are_its_msis() {
     for queue in ["virtio0-req.0", "virtio1-req.0", "virtio2-input"] {
         let line = output.line_with(queue).unwrap_or("");
         assert!(line.contains("ITS-MSI"), "{queue} not on an ITS MSI\n{}", context(run, output));
-        // "CHECK irqs: 16:   5   ITS-MSI 32769 Edge   virtio0-req.0": the count follows the
-        // IRQ number.
-        let is_irq_number =
-            |w: &&str| w.strip_suffix(':').is_some_and(|n| n.parse::<u32>().is_ok());
-        let count: u64 = line
-            .split_whitespace()
-            .skip_while(|w| !is_irq_number(w))
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        assert!(count > 0, "{queue} never fired\n{}", context(run, output));
+        assert!(irq_count(line) > 0, "{queue} never fired\n{}", context(run, output));
     }
     assert_contains(run, output, "virtio0-config");
 }
@@ -398,7 +548,7 @@ fn pci_trace_records_config_and_bar_accesses() {
     let trace: Vec<&str> = output.output.lines().filter(|l| l.contains("host: trace: ")).collect();
     assert!(
         trace.iter().any(|l| l.contains("cfg-write"))
-            && trace.iter().any(|l| l.contains("bar0-write")),
+            && trace.iter().any(|l| l.contains("bar-write") && l.contains("bar=0")),
         "trace lacks config or BAR writes: {trace:?}\n{}",
         context(run, output)
     );
@@ -416,4 +566,215 @@ fn rejects_a_missing_disk_naming_it() {
 fn rejects_an_unknown_disk_option() {
     let (run, output) = assert_rejected("bad-disk-option");
     assert_contains(run, output, "unknown option \"cache=none\"");
+}
+
+/// The guest (its lines prefixed with `vm`) had the NVMe with `serial`, read the host's
+/// pattern, wrote its fill and read it back, as the case's `l1: expect` line says.
+fn assert_nvme_io(run: &RigRun, output: &CaseOutput, vm: &str, serial: &str) {
+    assert_contains(run, output, &format!("{vm}CHECK nvme: serial={serial}"));
+    let expect = output.line_with("l1: expect head=").unwrap_or("");
+    for (what, key) in [("the host's pattern", "head="), ("the guest's write", "readback=")] {
+        let want = value_in(expect, &format!(" {key}"));
+        let got = value_after(output, &format!("{vm}CHECK nvme: {key}"));
+        assert!(
+            want.is_some() && got == want,
+            "{vm}guest read {got:?}, not {what} ({want:?})\n{}",
+            context(run, output)
+        );
+    }
+    assert_contains(run, output, &format!("{vm}CHECK nvme: write=0"));
+}
+
+/// The guest's NVMe queue interrupts are MSI-X vectors on the ITS and fired.
+fn assert_nvme_irqs(run: &RigRun, output: &CaseOutput) {
+    for queue in ["nvme0q0", "nvme0q1"] {
+        let line = output.line_with(queue).unwrap_or("");
+        assert!(
+            line.contains("ITS-") && line.contains("MSI"),
+            "{queue} not on an ITS MSI\n{}",
+            context(run, output)
+        );
+        assert!(irq_count(line) > 0, "{queue} never fired\n{}", context(run, output));
+    }
+}
+
+/// NVMe image `index` after the run: its first MiB still the pattern, its second `fill`.
+fn assert_image(index: usize, fill: u8, case_name: &str) {
+    let (run, output) = case(case_name);
+    let images = match &shared().images {
+        Ok(images) => images,
+        Err(error) => panic!("the NVMe images: {error}"),
+    };
+    let image = images[index];
+    let show = |byte: Option<u8>| byte.map_or("mixed bytes".into(), |b| format!("{:?}", b as char));
+    assert!(
+        image.head == Some(NVME_PATTERN) && image.written == Some(fill),
+        "NVMe image {index}: its first MiB holds {}, its second {}; want {:?} then {:?}\n{}",
+        show(image.head),
+        show(image.written),
+        NVME_PATTERN as char,
+        fill as char,
+        context(run, output)
+    );
+}
+
+/// A rejected `--device`: the error line names the device given by `l1: device=`.
+fn assert_names_device(run: &RigRun, output: &CaseOutput) {
+    let device = value_after(output, "l1: device=").unwrap_or("?");
+    let line = output.line_with("aperture: error: ").unwrap_or("");
+    assert!(line.contains(device), "the error should name {device}\n{}", context(run, output));
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rig_host_has_two_nvme_controllers_for_passthrough() {
+    let (run, output) = case("l1-nvme");
+    assert_status(run, output, 0);
+    let (a, b) = (value_after(output, "l1: A=").unwrap_or(""), value_after(output, "B="));
+    eprintln!("L1 NVMe controllers: A={a} B={}", b.unwrap_or(""));
+    for bdf in [Some(a), b] {
+        let bdf = bdf.filter(|bdf| bdf.starts_with("0000:")).unwrap_or("none");
+        assert_contains(run, output, &format!("l1: pci {bdf} 0x1b36:0x0010 class=0x010802"));
+    }
+    assert_contains(run, output, "l1: bound A=vfio-pci B=vfio-pci");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn nvme_with_msix_table_in_bar0_passes_through() {
+    let (run, output) = case("nvme-shared-bar");
+    assert_contains(run, output, "l1: status=0");
+    assert_contains(run, output, "0x1b36:0x0010 class=0x010802 driver=nvme");
+    assert_nvme_io(run, output, "", "aperture-a");
+    assert_nvme_irqs(run, output);
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn nvme_guest_write_lands_in_host_image() {
+    assert_image(0, FILL_A, "nvme-shared-bar");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn nvme_with_msix_table_in_own_bar_passes_through() {
+    let (run, output) = case("nvme-exclusive-bar");
+    assert_contains(run, output, "l1: status=0");
+    assert_contains(run, output, "0x1b36:0x0010 class=0x010802 driver=nvme");
+    assert_nvme_io(run, output, "", "aperture-b");
+    assert_nvme_irqs(run, output);
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn nvme_with_msix_table_in_own_bar_write_lands_in_host_image() {
+    assert_image(1, FILL_B, "nvme-exclusive-bar");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn second_vm_gets_the_device_after_the_first_exits() {
+    let (run, output) = case("nvme-second-vm");
+    for vm in ["vm1", "vm2"] {
+        assert_nvme_io(run, output, &format!("{vm}: "), "aperture-a");
+        assert_contains(run, output, &format!("l1: {vm} status=0"));
+    }
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn device_is_released_after_sigterm() {
+    let (run, output) = case("nvme-after-sigterm");
+    assert_contains(run, output, "l1: vm1 ready=0");
+    assert_nvme_io(run, output, "vm1: ", "aperture-a");
+    assert_contains(run, output, "l1: vm1 status=143");
+    assert_contains(run, output, "l1: after vm1: driver=vfio-pci");
+    assert_nvme_io(run, output, "vm2: ", "aperture-a");
+    assert_contains(run, output, "l1: vm2 status=0");
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn nvme_read_bench_in_l1_and_in_the_guest() {
+    let (run, output) = case("nvme-host-bench");
+    let host = output.line_with("l1: host-bench:").unwrap_or("");
+    let guest = output.line_with("CHECK nvmebench: 64MiB").unwrap_or("");
+    let exits = |prefix: &str| -> Option<u64> {
+        let line = output.line_with(prefix)?;
+        let before = &line[..line.find(" vCPU exits")?];
+        before.split_whitespace().last()?.parse().ok()
+    };
+    let (baseline, bench) = (exits("l1: baseline: "), exits("l1: bench: "));
+    eprintln!(
+        "VM exits handled by the VMM: {bench:?} with the 64 MiB read, {baseline:?} without: \
+         {:?} for the read",
+        bench.zip(baseline).map(|(b, a)| b.saturating_sub(a))
+    );
+    assert!(baseline.is_some() && bench.is_some(), "no exit counts\n{}", context(run, output));
+    for (line, what) in [(host, "L1"), (guest, "nested guest")] {
+        let seconds = bench_seconds(line);
+        let rate = seconds.map_or(0.0, |s| 64.0 / s.max(0.01));
+        eprintln!("NVMe 64 MiB direct read, {what}: {seconds:?} s, {rate:.0} MiB/s ({line})");
+        assert!(
+            line.contains("status=0") && seconds.is_some(),
+            "no {what} figure\n{}",
+            context(run, output)
+        );
+    }
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rejects_a_device_not_bound_to_vfio_pci_with_the_fix() {
+    let (run, output) = case("bad-device-not-bound");
+    assert_contains(run, output, "driver=none");
+    let (run, output) = assert_rejected("bad-device-not-bound");
+    assert_names_device(run, output);
+    // The fix: the commands that hand the device to vfio-pci.
+    assert_contains(run, output, "vfio-pci");
+    assert_contains(run, output, "driver_override");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rejects_a_device_that_does_not_exist() {
+    let (run, output) = assert_rejected("bad-device-missing");
+    let line = output.line_with("aperture: error: ").unwrap_or("");
+    assert!(
+        line.contains("0000:7f:1f.7") && line.contains("does not exist"),
+        "the error should say 0000:7f:1f.7 does not exist\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rejects_a_device_another_vm_holds() {
+    let (run, output) = case("bad-device-busy");
+    assert_contains(run, output, "l1: vm1 ready=0");
+    let (run, output) = assert_rejected("bad-device-busy");
+    assert_names_device(run, output);
+    let line = output.line_with("aperture: error: ").unwrap_or("").to_lowercase();
+    assert!(
+        line.contains("busy") || line.contains("in use"),
+        "the error should say the device is busy or in use\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rejects_a_malformed_device_address_naming_the_option() {
+    let (run, output) = case("bad-device-syntax");
+    assert!(!output.watchdog_fired, "aperture hung\n{}", context(run, output));
+    assert_status(run, output, 1);
+    // The option, the bad value, and the form that works.
+    for needle in ["--device", "01:00", "0000:01:00.0"] {
+        assert_contains(run, output, needle);
+    }
 }

@@ -177,6 +177,34 @@ impl DirectBarMapper {
     }
 }
 
+/// Groups assigned functions by host device (domain, bus, device), in `--device` order, with
+/// the function number each gets behind its root port: the host's own numbers when the host
+/// function 0 is among them (a GPU with its audio function stays one multi-function device),
+/// else 0, 1, ... in order (the guest only scans a device whose function 0 exists).
+fn group_by_host_slot(assigned: Vec<PendingFunction>) -> Vec<Vec<(u8, PendingFunction)>> {
+    let mut slots: Vec<Vec<PendingFunction>> = Vec::new();
+    for pending in assigned {
+        let slot = |p: &PendingFunction| (p.address.domain, p.address.bus, p.address.device);
+        match slots.iter_mut().find(|s| s.first().is_some_and(|f| slot(f) == slot(&pending))) {
+            Some(functions) => functions.push(pending),
+            None => slots.push(vec![pending]),
+        }
+    }
+    slots
+        .into_iter()
+        .map(|mut functions| {
+            functions.sort_by_key(|p| p.address.function);
+            let keep_numbers = functions.first().is_some_and(|p| p.address.function == 0);
+            functions
+                .into_iter()
+                .enumerate()
+                // At most 8 functions per host device, so the index fits.
+                .map(|(i, p)| (if keep_numbers { p.address.function } else { i as u8 }, p))
+                .collect()
+        })
+        .collect()
+}
+
 /// What the PCI hierarchy gets besides the configuration.
 #[derive(Debug, Default)]
 pub struct PciExtras {
@@ -201,13 +229,13 @@ pub fn build_pci(
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let mut root = PciRoot::new();
     let mut direct_bars = HashMap::new();
-    let ports = assigned.len().max(MIN_ROOT_PORTS);
-    let mut assigned = assigned.into_iter();
-    for _ in 0..ports {
+    let mut slots = group_by_host_slot(assigned).into_iter();
+    for _ in 0..slots.len().max(MIN_ROOT_PORTS) {
         let port = root.add_root_port().map_err(topology)?;
-        if let Some(pending) = assigned.next() {
-            let id = root.attach_to_port(port, pending.function).map_err(topology)?;
-            info!("{}: assigned behind root port {port}", pending.name);
+        for (number, pending) in slots.next().unwrap_or_default() {
+            let id =
+                root.attach_function_to_port(port, number, pending.function).map_err(topology)?;
+            info!("{}: assigned as {id}", pending.name);
             direct_bars.insert(id, pending.direct_bars);
         }
     }
@@ -273,4 +301,62 @@ pub fn build_pci(
         Arc::new(Mutex::new(PciMmioWindow::new(root.clone(), window.base))),
     )?;
     Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Absent;
+    impl devices::pci::PciFunction for Absent {
+        fn name(&self) -> &str {
+            "absent"
+        }
+        fn config_read(&mut self, _offset: u16, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn config_write(&mut self, _offset: u16, _data: &[u8]) {}
+        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(0xff);
+        }
+        fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+        fn bar_regions(&self) -> Vec<devices::pci::BarRegion> {
+            Vec::new()
+        }
+    }
+
+    fn pending(address: &str) -> PendingFunction {
+        PendingFunction {
+            name: address.into(),
+            address: address.parse().unwrap(),
+            function: Box::new(Absent),
+            direct_bars: Vec::new(),
+        }
+    }
+
+    fn layout(addresses: &[&str]) -> Vec<Vec<(u8, String)>> {
+        group_by_host_slot(addresses.iter().map(|a| pending(a)).collect())
+            .into_iter()
+            .map(|slot| slot.into_iter().map(|(n, p)| (n, p.name)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn functions_of_one_host_device_share_a_port() {
+        // A GPU and its audio function, given in any order, plus an NVMe.
+        assert_eq!(
+            layout(&["0000:01:00.1", "0000:02:00.0", "0000:01:00.0"]),
+            vec![
+                vec![(0, "0000:01:00.0".to_string()), (1, "0000:01:00.1".to_string())],
+                vec![(0, "0000:02:00.0".to_string())],
+            ]
+        );
+        // Without the host's function 0, the guest still gets a function 0.
+        assert_eq!(
+            layout(&["0000:01:00.3", "0000:01:00.1"]),
+            vec![vec![(0, "0000:01:00.1".to_string()), (1, "0000:01:00.3".to_string())]]
+        );
+        // Same device number on another bus or domain is another device.
+        assert_eq!(layout(&["0000:01:00.0", "0000:03:00.0", "0001:01:00.0"]).len(), 3);
+    }
 }

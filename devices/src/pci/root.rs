@@ -2,9 +2,15 @@
 //! through ECAM, and BAR accesses routed by the addresses the guest programmed.
 //!
 //! Bus 0 holds the host bridge (00:00.0), root ports and integrated endpoints (function 0 of
-//! each device). Behind each root port sits at most one function, device 0 of the port's
-//! secondary bus; the bus numbers are those the guest programmed into the port, so a port
+//! each device). Behind each root port sits at most one device, device 0 of the port's
+//! secondary bus, with up to eight functions (a GPU's VGA function 0 and its HDMI audio
+//! function 1, say); the bus numbers are those the guest programmed into the port, so a port
 //! that is not numbered yet hides its device.
+//!
+//! The functions behind a port may be separate physical functions that each report a
+//! single-function header, so [`PciRoot`] sets the multi-function bit of function 0's header
+//! type itself whenever the port has more than one function: guests only look for functions
+//! 1-7 when function 0 has it.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +24,12 @@ use crate::bus::MmioDevice;
 
 /// Device numbers on a bus.
 const DEVICES_PER_BUS: usize = 32;
+/// Function numbers of a device.
+const FUNCTIONS_PER_DEVICE: usize = 8;
+/// Header type register (one byte).
+const HEADER_TYPE: u16 = super::config::HEADER_TYPE;
+/// Header type bit 7: the device has functions besides function 0.
+const HEADER_TYPE_MULTI_FUNCTION: u8 = 0x80;
 /// ECAM: bits 27:20 of the offset select the bus.
 const ECAM_BUS_SHIFT: u64 = 20;
 /// ECAM: bits 19:12 select device and function.
@@ -36,9 +48,31 @@ pub enum PciRootError {
     /// The function given as a port is not a root port.
     #[error("{0} is not a root port; attach devices to an id that add_root_port returned")]
     NotARootPort(FunctionId),
-    /// The root port already has its device.
-    #[error("root port {0} already has a device behind it; add another root port for this one")]
-    PortOccupied(String),
+    /// The root port already has a function with this number behind it.
+    #[error(
+        "root port {port} already has function {function} behind it; add another root port \
+         for this device"
+    )]
+    PortOccupied {
+        /// The root port's name.
+        port: String,
+        /// The function number asked for.
+        function: u8,
+    },
+    /// A function number above 7.
+    #[error("function number {0} is out of range; a PCI device has functions 0 to 7")]
+    BadFunctionNumber(u8),
+    /// Function 1-7 attached to a port that has no function 0.
+    #[error(
+        "function {function} cannot go behind root port {port} before function 0; a \
+         multi-function device needs function 0, attach it first"
+    )]
+    NoFunctionZero {
+        /// The root port's name.
+        port: String,
+        /// The function number asked for.
+        function: u8,
+    },
 }
 
 /// Where a function sits.
@@ -49,11 +83,13 @@ pub enum FunctionId {
         /// Device number.
         device: u8,
     },
-    /// The function behind the root port at bus-0 device `port` (device 0 of its secondary
-    /// bus).
+    /// Function `function` of the device behind the root port at bus-0 device `port` (device
+    /// 0 of its secondary bus).
     BehindPort {
         /// Device number of the root port on bus 0.
         port: u8,
+        /// Function number, 0 to 7.
+        function: u8,
     },
 }
 
@@ -61,7 +97,9 @@ impl std::fmt::Display for FunctionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Bus0 { device } => write!(f, "00:{device:02x}.0"),
-            Self::BehindPort { port } => write!(f, "the device behind root port 00:{port:02x}.0"),
+            Self::BehindPort { port, function } => {
+                write!(f, "function {function} behind root port 00:{port:02x}.0")
+            }
         }
     }
 }
@@ -149,9 +187,17 @@ struct Downstream {
     requester_id: Option<u16>,
 }
 
+/// The functions behind a root port, indexed by function number.
+type Downstreams = [Option<Downstream>; FUNCTIONS_PER_DEVICE];
+
 enum Slot {
     Function(Box<dyn PciFunction>),
-    Port { port: Box<RootPort>, downstream: Option<Downstream> },
+    Port { port: Box<RootPort>, downstream: Downstreams },
+}
+
+/// The requester id of function `function` behind `port`, once the guest numbered the port.
+fn downstream_requester_id(port: &RootPort, function: u8) -> Option<u16> {
+    port.bus_range().map(|buses| u16::from(*buses.start()) << 8 | u16::from(function))
 }
 
 /// A decoded BAR.
@@ -212,7 +258,7 @@ impl PciRoot {
         self.ports_added = self.ports_added.saturating_add(1);
         let port = RootPort::new(format!("root-port{}", self.ports_added), self.ports_added);
         self.slots[usize::from(device)] =
-            Some(Slot::Port { port: Box::new(port), downstream: None });
+            Some(Slot::Port { port: Box::new(port), downstream: std::array::from_fn(|_| None) });
         Ok(FunctionId::Bus0 { device })
     }
 
@@ -228,10 +274,23 @@ impl PciRoot {
         Ok(FunctionId::Bus0 { device })
     }
 
-    /// Puts `function` behind root port `port` (as device 0 of its secondary bus).
+    /// Puts `function` behind root port `port` as function 0 of device 0 of its secondary bus
+    /// (a single-function device, or the first function of a multi-function one).
     pub fn attach_to_port(
         &mut self,
         port: FunctionId,
+        function: Box<dyn PciFunction>,
+    ) -> Result<FunctionId, PciRootError> {
+        self.attach_function_to_port(port, 0, function)
+    }
+
+    /// Puts `function` behind root port `port` as function `function_number` (0-7) of device 0
+    /// of its secondary bus. Function 0 must come first: a guest looks for the others only
+    /// through it.
+    pub fn attach_function_to_port(
+        &mut self,
+        port: FunctionId,
+        function_number: u8,
         mut function: Box<dyn PciFunction>,
     ) -> Result<FunctionId, PciRootError> {
         let FunctionId::Bus0 { device } = port else {
@@ -242,16 +301,23 @@ impl PciRoot {
         else {
             return Err(PciRootError::NotARootPort(port));
         };
-        if downstream.is_some() {
-            return Err(PciRootError::PortOccupied(root_port.name().to_string()));
+        let Some(entry) = downstream.get(usize::from(function_number)) else {
+            return Err(PciRootError::BadFunctionNumber(function_number));
+        };
+        let name = || root_port.name().to_string();
+        if entry.is_some() {
+            return Err(PciRootError::PortOccupied { port: name(), function: function_number });
         }
-        let requester_id = root_port.bus_range().map(|buses| u16::from(*buses.start()) << 8);
+        if downstream[0].is_none() && function_number != 0 {
+            return Err(PciRootError::NoFunctionZero { port: name(), function: function_number });
+        }
+        let requester_id = downstream_requester_id(root_port, function_number);
         if let Some(id) = requester_id {
             function.set_requester_id(id);
         }
-        *downstream = Some(Downstream { function, requester_id });
+        downstream[usize::from(function_number)] = Some(Downstream { function, requester_id });
         self.rebuild_routes();
-        Ok(FunctionId::BehindPort { port: device })
+        Ok(FunctionId::BehindPort { port: device, function: function_number })
     }
 
     /// Sets (or clears) the access trace hook.
@@ -275,10 +341,14 @@ impl PciRoot {
                 Slot::Function(function) => Some(function.as_mut()),
                 Slot::Port { port, .. } => Some(port.as_mut()),
             },
-            FunctionId::BehindPort { port } => match slots.get_mut(usize::from(port))?.as_mut()? {
-                Slot::Port { downstream: Some(d), .. } => Some(d.function.as_mut()),
-                _ => None,
-            },
+            FunctionId::BehindPort { port, function } => {
+                match slots.get_mut(usize::from(port))?.as_mut()? {
+                    Slot::Port { downstream, .. } => {
+                        Some(downstream.get_mut(usize::from(function))?.as_mut()?.function.as_mut())
+                    }
+                    Slot::Function(_) => None,
+                }
+            }
         }
     }
 
@@ -288,14 +358,19 @@ impl PciRoot {
                 Slot::Function(function) => Some(function.as_ref()),
                 Slot::Port { port, .. } => Some(port.as_ref()),
             },
-            FunctionId::BehindPort { port } => match self.slots.get(usize::from(port))?.as_ref()? {
-                Slot::Port { downstream: Some(d), .. } => Some(d.function.as_ref()),
-                _ => None,
-            },
+            FunctionId::BehindPort { port, function } => {
+                match self.slots.get(usize::from(port))?.as_ref()? {
+                    Slot::Port { downstream, .. } => {
+                        Some(downstream.get(usize::from(function))?.as_ref()?.function.as_ref())
+                    }
+                    Slot::Function(_) => None,
+                }
+            }
         }
     }
 
-    /// Every function's id, in bus-0 device order with each port's device after the port.
+    /// Every function's id, in bus-0 device order with each port's functions (in function
+    /// order) after the port.
     fn ids(&self) -> Vec<FunctionId> {
         let mut ids = Vec::new();
         for (device, slot) in self.slots.iter().enumerate() {
@@ -304,9 +379,12 @@ impl PciRoot {
                 Some(Slot::Function(_)) => ids.push(FunctionId::Bus0 { device }),
                 Some(Slot::Port { downstream, .. }) => {
                     ids.push(FunctionId::Bus0 { device });
-                    if downstream.is_some() {
-                        ids.push(FunctionId::BehindPort { port: device });
-                    }
+                    let present = downstream.iter().enumerate().filter(|(_, d)| d.is_some());
+                    ids.extend(present.map(|(function, _)| FunctionId::BehindPort {
+                        port: device,
+                        // FUNCTIONS_PER_DEVICE fits in a u8.
+                        function: function as u8,
+                    }));
                 }
                 None => {}
             }
@@ -322,12 +400,15 @@ impl PciRoot {
                 self.function_ref(id)?;
                 Some(u16::from(device) << 3)
             }
-            FunctionId::BehindPort { port } => match self.slots.get(usize::from(port))?.as_ref()? {
-                Slot::Port { port: root_port, downstream: Some(_) } => {
-                    Some(u16::from(*root_port.bus_range()?.start()) << 8)
+            FunctionId::BehindPort { port, function } => {
+                match self.slots.get(usize::from(port))?.as_ref()? {
+                    Slot::Port { port: root_port, downstream } => {
+                        downstream.get(usize::from(function))?.as_ref()?;
+                        downstream_requester_id(root_port, function)
+                    }
+                    Slot::Function(_) => None,
                 }
-                _ => None,
-            },
+            }
         }
     }
 
@@ -363,8 +444,12 @@ impl PciRoot {
             let Some(Slot::Port { port, downstream }) = slot else { continue };
             let Some(buses) = port.bus_range() else { continue };
             if buses.contains(&bus) {
-                let present = bus == *buses.start() && devfn == 0 && downstream.is_some();
-                return present.then_some(FunctionId::BehindPort { port: device as u8 });
+                // Only device 0 exists on the secondary bus (a root port's link has one
+                // device), so devfn is the function number; buses further down are empty.
+                let present = bus == *buses.start()
+                    && downstream.get(usize::from(devfn)).is_some_and(Option::is_some);
+                return present
+                    .then_some(FunctionId::BehindPort { port: device as u8, function: devfn });
             }
         }
         None
@@ -394,6 +479,7 @@ impl PciRoot {
         if let Some(function) = Self::lookup(&mut self.slots, id) {
             function.config_read(register, data);
         }
+        self.set_multi_function_bit(id, register, data);
         self.trace(TraceKind::ConfigRead, id, u64::from(register), data);
     }
 
@@ -464,20 +550,40 @@ impl PciRoot {
         true
     }
 
+    /// Sets bit 7 of the header type in `data` (read at `register` from `id`) if `id` is
+    /// function 0 behind a port that has other functions. The functions do not know about each
+    /// other (two passed-through physical functions, say), so the root owns this bit; without
+    /// it a guest never looks for functions 1-7.
+    fn set_multi_function_bit(&self, id: FunctionId, register: u16, data: &mut [u8]) {
+        let FunctionId::BehindPort { port, function: 0 } = id else { return };
+        let Some(index) = HEADER_TYPE.checked_sub(register).map(usize::from) else { return };
+        let Some(byte) = data.get_mut(index) else { return };
+        let Some(Some(Slot::Port { downstream, .. })) = self.slots.get(usize::from(port)) else {
+            return;
+        };
+        if downstream.iter().filter(|d| d.is_some()).count() > 1 {
+            *byte |= HEADER_TYPE_MULTI_FUNCTION;
+        }
+    }
+
     fn route(&self, address: u64, len: usize) -> Option<Route> {
         self.routes.iter().find(|r| r.region.contains(address, len as u64)).copied()
     }
 
-    /// Tells the device behind the port at `device` its requester id if the guest renumbered
-    /// the port's buses.
+    /// Tells the functions behind the port at `device` their requester ids if the guest
+    /// renumbered the port's buses.
     fn update_downstream_requester_id(&mut self, device: u8) {
-        let Some(Some(Slot::Port { port, downstream: Some(downstream) })) =
-            self.slots.get_mut(usize::from(device))
+        let Some(Some(Slot::Port { port, downstream })) = self.slots.get_mut(usize::from(device))
         else {
             return;
         };
-        let requester_id = port.bus_range().map(|buses| u16::from(*buses.start()) << 8);
-        if requester_id != downstream.requester_id {
+        for (number, entry) in downstream.iter_mut().enumerate() {
+            let Some(downstream) = entry else { continue };
+            // FUNCTIONS_PER_DEVICE fits in a u8.
+            let requester_id = downstream_requester_id(port, number as u8);
+            if requester_id == downstream.requester_id {
+                continue;
+            }
             downstream.requester_id = requester_id;
             if let Some(id) = requester_id {
                 debug!(

@@ -2,8 +2,8 @@
 //! windows, and a PCI Express capability that reports a trained link.
 //!
 //! The port has no I/O window, no hot-plug slot and no interrupts. [`super::PciRoot`] routes
-//! configuration accesses to the (at most one) function behind it through the bus numbers the
-//! guest programmed.
+//! configuration accesses to the (at most one) device behind it, with its functions 0-7,
+//! through the bus numbers the guest programmed.
 
 use std::ops::RangeInclusive;
 

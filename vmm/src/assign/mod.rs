@@ -72,6 +72,8 @@ impl std::fmt::Debug for DirectBar {
 pub struct PendingFunction {
     /// The host address, used as its name.
     pub name: String,
+    /// The host address: functions of one host device share a root port in the guest.
+    pub address: passthrough::PciAddress,
     /// The function.
     pub function: Box<dyn PciFunction>,
     /// Its BAR pieces the guest may access directly.

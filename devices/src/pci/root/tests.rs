@@ -15,7 +15,12 @@ struct FakeEndpoint {
 
 impl FakeEndpoint {
     fn new() -> (Self, Arc<Mutex<Option<u16>>>, BarLog) {
-        let ids = PciIds { vendor_id: 0x10de, device_id: 0x2204, ..PciIds::default() };
+        Self::with_device_id(0x2204)
+    }
+
+    /// An NVIDIA function with `device_id`, to tell the functions of one device apart.
+    fn with_device_id(device_id: u16) -> (Self, Arc<Mutex<Option<u16>>>, BarLog) {
+        let ids = PciIds { vendor_id: 0x10de, device_id, ..PciIds::default() };
         let mut config = ConfigSpace::new_endpoint(&ids);
         config.add_memory_bar(0, 0x4000, BarKind::Memory64, false).unwrap();
         let requester_id = Arc::new(Mutex::new(None));
@@ -65,6 +70,44 @@ fn ecam_write32(root: &mut PciRoot, bus: u8, device: u8, register: u16, value: u
     root.ecam_write(ecam_offset(bus, device, register), &value.to_le_bytes());
 }
 
+/// ECAM offset of `bus`/`device`/`function`.
+fn ecam_offset_fn(bus: u8, device: u8, function: u8, register: u16) -> u64 {
+    ecam_offset(bus, device, register) | u64::from(function) << 12
+}
+
+fn ecam_read_fn(root: &mut PciRoot, bus: u8, function: u8, register: u16, len: usize) -> u64 {
+    read_le(len, |d| root.ecam_read(ecam_offset_fn(bus, 0, function, register), d))
+}
+
+fn ecam_write32_fn(root: &mut PciRoot, bus: u8, function: u8, register: u16, value: u32) {
+    root.ecam_write(ecam_offset_fn(bus, 0, function, register), &value.to_le_bytes());
+}
+
+/// What the test keeps of one function it attached.
+struct Attached {
+    id: FunctionId,
+    requester_id: Arc<Mutex<Option<u16>>>,
+    bar_writes: BarLog,
+}
+
+/// A root with one port (00:01.0) and a function with device id `0x2200 + n` at each
+/// function number `n` of `functions`, attached in order.
+fn root_with_functions(functions: &[u8]) -> (PciRoot, FunctionId, Vec<Attached>) {
+    let mut root = PciRoot::new();
+    let port = root.add_root_port().unwrap();
+    let attached = functions
+        .iter()
+        .map(|&n| {
+            let (endpoint, requester_id, bar_writes) =
+                FakeEndpoint::with_device_id(0x2200 + u16::from(n));
+            let id = root.attach_function_to_port(port, n, Box::new(endpoint)).unwrap();
+            assert_eq!(id, FunctionId::BehindPort { port: 1, function: n });
+            Attached { id, requester_id, bar_writes }
+        })
+        .collect();
+    (root, port, attached)
+}
+
 #[test]
 fn host_bridge_is_at_00_00_0_and_absent_functions_read_all_ones() {
     let mut root = PciRoot::new();
@@ -89,7 +132,7 @@ fn device_behind_root_port_appears_on_the_programmed_bus() {
     assert_eq!(port, FunctionId::Bus0 { device: 1 });
     let (endpoint, requester_id, _) = FakeEndpoint::new();
     let id = root.attach_to_port(port, Box::new(endpoint)).unwrap();
-    assert_eq!(id, FunctionId::BehindPort { port: 1 });
+    assert_eq!(id, FunctionId::BehindPort { port: 1, function: 0 });
     assert_eq!(ecam_read32(&mut root, 0, 1, 0), 0x000c_1b36);
     // Unprogrammed port: the device is hidden.
     assert_eq!(ecam_read32(&mut root, 1, 0, 0), u32::MAX);
@@ -242,7 +285,7 @@ fn topology_errors() {
         root.add_root_port().unwrap();
     }
     assert_eq!(root.add_root_port().unwrap_err(), PciRootError::NoFreeSlot);
-    assert!(root.function_mut(FunctionId::BehindPort { port: 3 }).is_none());
+    assert!(root.function_mut(FunctionId::BehindPort { port: 3, function: 0 }).is_none());
     assert!(root.function_mut(FunctionId::Bus0 { device: 31 }).is_some());
 }
 
@@ -285,4 +328,253 @@ fn random_accesses_keep_bridges_intact() {
     assert_eq!(ecam_read32(&mut root, 0, 1, 0x0c) >> 16 & 0x7f, 1);
     assert_eq!(ecam_read32(&mut root, 0, 2, 0), 0x2204_10de);
     assert_eq!(root.functions().len(), 4);
+}
+
+#[test]
+fn two_functions_behind_a_port_enumerate_as_one_device() {
+    let (mut root, _, attached) = root_with_functions(&[0, 1]);
+    // Hidden until the guest numbers the port.
+    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0, 4), u64::from(u32::MAX));
+    assert!(attached.iter().all(|a| root.requester_id(a.id).is_none()));
+    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0, 4), 0x2200_10de);
+    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0, 4), 0x2201_10de);
+    for function in 2..8 {
+        assert_eq!(ecam_read_fn(&mut root, 1, function, 0, 4), u64::from(u32::MAX));
+        assert_eq!(ecam_read_fn(&mut root, 1, function, 0x0e, 1), 0xff);
+    }
+    // Other devices on the secondary bus, and function 1 on other buses, are absent.
+    assert_eq!(ecam_read32(&mut root, 1, 1, 0), u32::MAX);
+    assert_eq!(read_le(4, |d| root.ecam_read(ecam_offset_fn(1, 3, 1, 0), d)), 0xffff_ffff);
+    assert_eq!(ecam_read_fn(&mut root, 2, 1, 0, 4), u64::from(u32::MAX));
+    assert_eq!(ecam_read_fn(&mut root, 0, 1, 0, 4), u64::from(u32::MAX), "00:00.1");
+    assert_eq!(root.resolve(1, 1), Some(attached[1].id));
+    assert_eq!(root.resolve(1, 2), None);
+    assert_eq!(root.resolve(1, 9), None);
+    // Requester ids: bus << 8 | function (device 0).
+    assert_eq!(root.requester_id(attached[0].id), Some(0x0100));
+    assert_eq!(root.requester_id(attached[1].id), Some(0x0101));
+    assert_eq!(*attached[0].requester_id.lock().unwrap(), Some(0x0100));
+    assert_eq!(*attached[1].requester_id.lock().unwrap(), Some(0x0101));
+    assert_eq!(format_bdf(0x0101), "01:00.1");
+    // Renumbering moves both.
+    ecam_write32(&mut root, 0, 1, 0x18, 0x0004_0400);
+    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0, 4), u64::from(u32::MAX));
+    assert_eq!(ecam_read_fn(&mut root, 4, 1, 0, 4), 0x2201_10de);
+    assert_eq!(*attached[0].requester_id.lock().unwrap(), Some(0x0400));
+    assert_eq!(*attached[1].requester_id.lock().unwrap(), Some(0x0401));
+    let listed: Vec<_> =
+        root.functions().into_iter().map(|f| (f.id, f.name, f.requester_id)).collect();
+    assert_eq!(
+        listed,
+        [
+            (FunctionId::Bus0 { device: 0 }, "host-bridge".to_string(), Some(0)),
+            (FunctionId::Bus0 { device: 1 }, "root-port1".to_string(), Some(0x08)),
+            (attached[0].id, "fake".to_string(), Some(0x0400)),
+            (attached[1].id, "fake".to_string(), Some(0x0401)),
+        ]
+    );
+    assert_eq!(attached[1].id.to_string(), "function 1 behind root port 00:01.0");
+}
+
+#[test]
+fn three_functions_behind_a_port_enumerate_even_with_a_gap() {
+    for functions in [[0u8, 1, 2], [0, 3, 7]] {
+        let (mut root, _, attached) = root_with_functions(&functions);
+        ecam_write32(&mut root, 0, 1, 0x18, 0x0002_0200);
+        for function in 0..8u8 {
+            let expected = if functions.contains(&function) {
+                0x2200_10de | u64::from(function) << 16
+            } else {
+                u64::from(u32::MAX)
+            };
+            assert_eq!(ecam_read_fn(&mut root, 2, function, 0, 4), expected, "{functions:?}");
+        }
+        for (a, &function) in attached.iter().zip(&functions) {
+            let expected = 0x0200 | u16::from(function);
+            assert_eq!(root.requester_id(a.id), Some(expected));
+            assert_eq!(*a.requester_id.lock().unwrap(), Some(expected));
+        }
+        let behind: Vec<_> = root
+            .functions()
+            .into_iter()
+            .filter_map(|f| match f.id {
+                FunctionId::BehindPort { function, .. } => Some(function),
+                FunctionId::Bus0 { .. } => None,
+            })
+            .collect();
+        assert_eq!(behind, functions);
+        // The multi-function bit is on function 0 only.
+        assert_eq!(ecam_read_fn(&mut root, 2, 0, 0x0e, 1), 0x80);
+        assert_eq!(ecam_read_fn(&mut root, 2, functions[1], 0x0e, 1), 0x00);
+        assert_eq!(ecam_read_fn(&mut root, 2, functions[2], 0x0e, 1), 0x00);
+    }
+}
+
+#[test]
+fn multi_function_bit_only_with_more_than_one_function() {
+    let mut root = PciRoot::new();
+    let port = root.add_root_port().unwrap();
+    let (f0, _, _) = FakeEndpoint::with_device_id(0x2200);
+    root.attach_to_port(port, Box::new(f0)).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    root.set_trace_hook(Some(Box::new(move |e: &TraceEvent<'_>| {
+        sink.lock().unwrap().push((e.id, e.offset, e.size, e.value));
+    })));
+    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    // Alone: the function's own single-function header.
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x00);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0c, 4) >> 16 & 0xff, 0x00);
+    let (f1, _, _) = FakeEndpoint::with_device_id(0x2201);
+    root.attach_function_to_port(port, 1, Box::new(f1)).unwrap();
+    // Every access width that covers offset 0x0e sees bit 7; others are untouched.
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x80);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 2), 0x0080);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0c, 4), 0x0080_0000);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0c, 2), 0x0000);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0f, 1), 0x00);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x10, 4), 0x4, "BAR 0 is not touched");
+    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0x0e, 1), 0x00, "only function 0 has it");
+    // The header type stays read-only for the guest.
+    root.ecam_write(ecam_offset_fn(1, 0, 0, 0x0e), &[0x00]);
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x80);
+    // Bus-0 functions keep their own headers.
+    assert_eq!(ecam_read32(&mut root, 0, 1, 0x0c) >> 16 & 0xff, 0x01);
+    assert_eq!(ecam_read32(&mut root, 0, 0, 0x0c) >> 16 & 0xff, 0x00);
+    // The trace records what the guest saw.
+    let f0 = FunctionId::BehindPort { port: 1, function: 0 };
+    assert!(events.lock().unwrap().contains(&(f0, 0x0e, 1, 0x80)));
+}
+
+#[test]
+fn bars_of_function_1_route_to_function_1() {
+    let (mut root, _, attached) = root_with_functions(&[0, 1]);
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let sink = changes.clone();
+    root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
+        sink.lock().unwrap().push(c.clone());
+    })));
+    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    // Function 0's BAR 0 at 0x1000_0000, function 1's at 0x1000_4000.
+    for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
+        ecam_write32_fn(&mut root, 1, function, BAR0, address);
+        ecam_write32_fn(&mut root, 1, function, BAR0 + 4, 0);
+    }
+    ecam_write32_fn(&mut root, 1, 1, COMMAND, 0x2);
+    assert!(!root.mmio_write(0x1000_0008, &[1; 4]), "function 0 does not decode yet");
+    assert!(root.mmio_write(0x1000_4008, &[2; 4]));
+    assert_eq!(*attached[1].bar_writes.lock().unwrap(), vec![(0, 8, vec![2; 4])]);
+    assert!(attached[0].bar_writes.lock().unwrap().is_empty());
+    let region = BarRegion {
+        index: 0,
+        address: 0x1000_4000,
+        size: 0x4000,
+        prefetchable: false,
+        is_64bit: true,
+    };
+    assert_eq!(root.bar_regions(), vec![(attached[1].id, region)]);
+    ecam_write32_fn(&mut root, 1, 0, COMMAND, 0x2);
+    assert!(root.mmio_write(0x1000_0008, &[1; 4]));
+    assert_eq!(*attached[0].bar_writes.lock().unwrap(), vec![(0, 8, vec![1; 4])]);
+    assert_eq!(attached[1].bar_writes.lock().unwrap().len(), 1);
+    // Moving function 1's BAR tells the hook about function 1 only.
+    ecam_write32_fn(&mut root, 1, 1, BAR0 + 4, 0x80);
+    assert!(root.mmio_write(0x80_1000_4000, &[3; 4]));
+    assert_eq!(attached[1].bar_writes.lock().unwrap().len(), 2);
+    let region0 = BarRegion { address: 0x1000_0000, ..region };
+    let moved = BarRegion { address: 0x80_1000_4000, ..region };
+    let change = |id, old, new| BarChange { id, function: "fake".into(), bar: 0, old, new };
+    assert_eq!(
+        *changes.lock().unwrap(),
+        vec![
+            change(attached[1].id, None, Some(region)),
+            change(attached[0].id, None, Some(region0)),
+            change(attached[1].id, Some(region), Some(moved)),
+        ]
+    );
+}
+
+#[test]
+fn multi_function_topology_errors() {
+    let mut root = PciRoot::new();
+    let port = root.add_root_port().unwrap();
+    let fake = || Box::new(FakeEndpoint::new().0);
+    let endpoint = root.add_function(fake()).unwrap();
+    assert_eq!(
+        root.attach_function_to_port(endpoint, 1, fake()).unwrap_err(),
+        PciRootError::NotARootPort(endpoint)
+    );
+    let behind = FunctionId::BehindPort { port: 1, function: 0 };
+    assert_eq!(
+        root.attach_function_to_port(behind, 0, fake()).unwrap_err(),
+        PciRootError::NotARootPort(behind)
+    );
+    let err = root.attach_function_to_port(port, 1, fake()).unwrap_err();
+    assert_eq!(err, PciRootError::NoFunctionZero { port: "root-port1".into(), function: 1 });
+    assert!(err.to_string().contains("function 0"), "{err}");
+    assert_eq!(
+        root.attach_function_to_port(port, 8, fake()).unwrap_err(),
+        PciRootError::BadFunctionNumber(8)
+    );
+    // Nothing was attached by the failures.
+    assert_eq!(root.functions().len(), 3);
+    root.attach_function_to_port(port, 0, fake()).unwrap();
+    root.attach_function_to_port(port, 5, fake()).unwrap();
+    for function in [0, 5] {
+        assert_eq!(
+            root.attach_function_to_port(port, function, fake()).unwrap_err(),
+            PciRootError::PortOccupied { port: "root-port1".into(), function }
+        );
+    }
+    let err = root.attach_to_port(port, fake()).unwrap_err();
+    assert!(err.to_string().contains("root-port1 already has function 0"), "{err}");
+    assert_eq!(
+        root.attach_function_to_port(port, u8::MAX, fake()).unwrap_err(),
+        PciRootError::BadFunctionNumber(u8::MAX)
+    );
+    assert_eq!(root.functions().len(), 5);
+    assert!(root.function_mut(FunctionId::BehindPort { port: 1, function: 5 }).is_some());
+    assert!(root.function_mut(FunctionId::BehindPort { port: 1, function: 4 }).is_none());
+    assert!(root.function_mut(FunctionId::BehindPort { port: 1, function: 200 }).is_none());
+    assert_eq!(root.requester_id(FunctionId::BehindPort { port: 1, function: 200 }), None);
+    assert_eq!(root.requester_id(FunctionId::BehindPort { port: 2, function: 0 }), None);
+}
+
+#[test]
+fn random_accesses_behind_a_multi_function_port_keep_it_intact() {
+    let mut rng = XorShift::new(0x3f1);
+    let (mut root, _, _) = root_with_functions(&[0, 1, 2]);
+    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    // Every function number of the secondary bus, each register, every width.
+    for function in 0..8u8 {
+        for register in 0..0x1004u16 {
+            for len in FUZZ_SIZES {
+                let offset = ecam_offset_fn(1, 0, function, 0) + u64::from(register);
+                root.ecam_write(offset, &rng.bytes(len));
+                let mut data = vec![0; len];
+                root.ecam_read(offset, &mut data);
+            }
+        }
+    }
+    for _ in 0..5_000 {
+        let len = FUZZ_SIZES[rng.below(FUZZ_SIZES.len() as u64) as usize];
+        let offset = ecam_offset_fn(1, 0, 0, 0) + rng.below(8 << 12);
+        root.ecam_write(offset, &rng.bytes(len));
+        let mut data = vec![0; len];
+        root.ecam_read(offset, &mut data);
+        let address = root.bar_regions().first().map_or(0, |(_, r)| r.address + rng.below(r.size));
+        root.mmio_write(address, &rng.bytes(len));
+        root.mmio_read(address, &mut data);
+    }
+    // The port's bus numbers were never touched: the functions are where they were.
+    for function in 0..3u8 {
+        assert_eq!(
+            ecam_read_fn(&mut root, 1, function, 0, 4),
+            0x2200_10de | u64::from(function) << 16
+        );
+    }
+    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x80);
+    assert_eq!(ecam_read_fn(&mut root, 1, 3, 0, 4), u64::from(u32::MAX));
+    assert_eq!(root.functions().len(), 5);
 }

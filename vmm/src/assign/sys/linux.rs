@@ -139,7 +139,12 @@ impl HostDevices {
                     }
                 }
             }
-            functions.push(PendingFunction { name, function: Box::new(function), direct_bars });
+            functions.push(PendingFunction {
+                name,
+                address: vfio.address(),
+                function: Box::new(function),
+                direct_bars,
+            });
         }
         Ok((this, functions))
     }
