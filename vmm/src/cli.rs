@@ -92,8 +92,13 @@ pub struct RunArgs {
     pub no_rng: bool,
 
     /// A host PCI device to assign to the guest (VFIO), as `lspci -D` shows it, e.g.
-    /// 0000:01:00.0. The device must be bound to vfio-pci; repeat for more devices.
-    #[arg(long = "device", value_name = "BDF")]
+    /// 0000:01:00.0. The device must be bound to vfio-pci; repeat for more devices (the
+    /// functions of one host device stay one multi-function device in the guest).
+    /// `dma=window` maps its DMA on request through the aperture-dma device and the guest's
+    /// aperture_dma module, within `dma-limit` (1536M), `dma-max-maps` (65536), `dma-align`
+    /// (16K) and a `dma-window` (256K) coalescing window; `dma=identity` (default on Linux)
+    /// maps all guest RAM at guest physical addresses.
+    #[arg(long = "device", value_name = "BDF[,dma=identity|window][,dma-limit=SIZE,...]")]
     pub devices: Vec<String>,
 
     /// Trace PCI bring-up to this file (`-` for stderr), with timestamps: every

@@ -74,20 +74,137 @@ impl DiskConfig {
     }
 }
 
+/// How an assigned device's DMA reaches guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaMode {
+    /// All guest RAM mapped once, device address = guest physical address (VFIO).
+    Identity,
+    /// Mapped on request through the paravirtual aperture-dma device and its guest driver,
+    /// within these host limits (the macOS DART's, or imposed on purpose on Linux).
+    Window(DmaWindowLimits),
+}
+
+/// `dma=window` limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaWindowLimits {
+    /// `dma-limit`: most bytes mapped at once.
+    pub max_bytes: u64,
+    /// `dma-max-maps`: most live host mappings.
+    pub max_mappings: u32,
+    /// `dma-align`: the host's mapping granule.
+    pub alignment: u64,
+    /// `dma-window`: the coalescing window for small maps (`dma-align` turns it off).
+    pub window_size: u64,
+}
+
+impl Default for DmaWindowLimits {
+    /// The Apple DART's limits (mission.md) and the default 256 KiB window.
+    fn default() -> Self {
+        Self {
+            max_bytes: 1536 << 20,
+            max_mappings: 65536,
+            alignment: 16 << 10,
+            window_size: 256 << 10,
+        }
+    }
+}
+
+/// The DMA mode a device gets without `dma=`: identity where the host IOMMU can map all of
+/// guest RAM (Linux VFIO), windows where it cannot (macOS).
+pub fn default_dma_mode() -> DmaMode {
+    if cfg!(target_os = "macos") {
+        DmaMode::Window(DmaWindowLimits::default())
+    } else {
+        DmaMode::Identity
+    }
+}
+
 /// A host PCI device assigned to the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// Its host address.
     pub address: passthrough::PciAddress,
+    /// How its DMA is mapped.
+    pub dma: DmaMode,
 }
 
+const DEVICE_FORM: &str = "the form is BDF[,dma=identity|window][,dma-limit=SIZE]\
+    [,dma-max-maps=N][,dma-align=SIZE][,dma-window=SIZE], e.g. \
+    0000:01:00.0,dma=window,dma-limit=1536M";
+
 impl DeviceConfig {
-    /// Parses `BDF`.
+    /// Parses `BDF[,dma=identity|window][,dma-limit=SIZE][,dma-max-maps=N][,dma-align=SIZE]
+    /// [,dma-window=SIZE]`; the limits imply `dma=window`.
     fn parse(text: &str) -> Result<Self, ConfigError> {
-        let address = text
+        let error = |why: String| ConfigError::Device(text.into(), why);
+        let mut parts = text.split(',');
+        let address = parts
+            .next()
+            .unwrap_or_default()
             .parse::<passthrough::PciAddress>()
-            .map_err(|e| ConfigError::Device(text.into(), e.to_string()))?;
-        Ok(Self { address })
+            .map_err(|e| error(e.to_string()))?;
+        let mut mode: Option<&str> = None;
+        let mut limits = DmaWindowLimits::default();
+        let mut limits_given = false;
+        for option in parts {
+            let (key, value) = option.split_once('=').unwrap_or((option, ""));
+            let size = || {
+                parse_size(value).filter(|&v| v > 0).ok_or_else(|| {
+                    error(format!("{key}={value:?} is not a size like 16K or 1536M"))
+                })
+            };
+            match key {
+                "dma" if matches!(value, "identity" | "window") => mode = Some(value),
+                "dma" => {
+                    return Err(error(format!("dma={value:?}: use dma=identity or dma=window")))
+                }
+                "dma-limit" => limits.max_bytes = size()?,
+                "dma-align" => limits.alignment = size()?,
+                "dma-window" => limits.window_size = size()?,
+                "dma-max-maps" => {
+                    limits.max_mappings =
+                        value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                            error(format!("dma-max-maps={value:?} is not a positive count"))
+                        })?
+                }
+                _ => return Err(error(format!("unknown option {option:?}; {DEVICE_FORM}"))),
+            }
+            limits_given |= key.starts_with("dma-");
+        }
+        let dma = match mode {
+            Some("identity") if limits_given => {
+                return Err(error(
+                    "dma-limit, dma-max-maps, dma-align and dma-window apply to \
+                                  dma=window, not dma=identity"
+                        .into(),
+                ))
+            }
+            Some("identity") => DmaMode::Identity,
+            Some(_) => DmaMode::Window(limits),
+            None if limits_given => DmaMode::Window(limits),
+            None => default_dma_mode(),
+        };
+        if let DmaMode::Window(l) = dma {
+            if !l.alignment.is_power_of_two() || l.alignment < 4096 {
+                return Err(error(format!(
+                    "dma-align={} must be a power of two of at least 4K",
+                    l.alignment
+                )));
+            }
+            if l.max_bytes < l.alignment || l.max_bytes % l.alignment != 0 {
+                return Err(error(format!(
+                    "dma-limit={} must be a multiple of dma-align ({})",
+                    l.max_bytes, l.alignment
+                )));
+            }
+            if !l.window_size.is_power_of_two() || l.window_size < l.alignment {
+                return Err(error(format!(
+                    "dma-window={} must be a power of two of at least dma-align ({})",
+                    l.window_size, l.alignment
+                )));
+            }
+        }
+        Ok(Self { address, dma })
     }
 }
 
@@ -291,6 +408,44 @@ mod tests {
         a.devices = vec!["0000:01:00.0".into(), "01:00.0".into()];
         let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
         assert!(err.contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn device_dma_options() {
+        let parse = |text: &str| DeviceConfig::parse(text);
+        assert_eq!(parse("01:00.0").unwrap().dma, default_dma_mode());
+        assert_eq!(parse("01:00.0,dma=identity").unwrap().dma, DmaMode::Identity);
+        assert_eq!(
+            parse("01:00.0,dma=window").unwrap().dma,
+            DmaMode::Window(DmaWindowLimits::default())
+        );
+        let DmaMode::Window(limits) =
+            parse("01:00.0,dma-limit=8M,dma-max-maps=100,dma-align=4K,dma-window=64K").unwrap().dma
+        else {
+            panic!("limits imply dma=window");
+        };
+        assert_eq!(
+            limits,
+            DmaWindowLimits {
+                max_bytes: 8 << 20,
+                max_mappings: 100,
+                alignment: 4096,
+                window_size: 64 << 10
+            }
+        );
+        for (bad, needle) in [
+            ("01:00.0,dma=iommu", "dma=identity or dma=window"),
+            ("01:00.0,dma=identity,dma-limit=8M", "apply to dma=window"),
+            ("01:00.0,dma-limit=lots", "not a size"),
+            ("01:00.0,dma-max-maps=0", "positive count"),
+            ("01:00.0,dma-align=12K", "power of two"),
+            ("01:00.0,dma-limit=20K", "multiple of dma-align"),
+            ("01:00.0,dma-window=8K", "at least dma-align"),
+            ("01:00.0,rombar=0", "unknown option"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--device {bad}: ")) && err.contains(needle), "{err}");
+        }
     }
 
     #[test]

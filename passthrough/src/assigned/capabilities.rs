@@ -13,6 +13,7 @@ use devices::pci::config::{
 use devices::pci::msix::MSIX_CAPABILITY_ID;
 use log::{debug, warn};
 
+use super::msi::MsiCapability;
 use super::policy::{Access, Rule};
 
 /// Power management capability id.
@@ -69,6 +70,8 @@ pub struct CapabilityLayout {
     pub rules: Vec<Rule>,
     /// Offset of the emulated MSI-X capability.
     pub msix: Option<u16>,
+    /// The emulated MSI capability.
+    pub msi: Option<MsiCapability>,
     /// Offset of the PCI Express capability.
     pub pcie: Option<u16>,
     /// Standard capabilities hidden from the guest (id, offset).
@@ -87,6 +90,7 @@ fn standard_len(device: &ConfigSpace, cap: &Capability, room: u16) -> u16 {
         PM_CAPABILITY_ID => PM_CAPABILITY_LEN,
         PCIE_CAPABILITY_ID => PCIE_CAPABILITY_LEN,
         MSIX_CAPABILITY_ID => MSIX_CAPABILITY_LEN,
+        MSI_CAPABILITY_ID => MsiCapability::read(device, cap.offset).size(),
         VENDOR_CAPABILITY_ID => u16::from(device.read_u8(cap.offset + 2)).max(3),
         _ => room,
     };
@@ -151,7 +155,8 @@ fn keep_pcie(device: &ConfigSpace, config: &mut ConfigSpace, offset: u16, len: u
 }
 
 /// Builds the standard and extended capability lists of `config` from the device's
-/// configuration space `device`. MSI-X is offered (emulated) only if `msix_usable`.
+/// configuration space `device`. MSI-X is offered (emulated) only if `msix_usable`; MSI is
+/// offered (emulated) whenever the device has it, next to MSI-X: the guest driver picks.
 pub fn build(
     name: &str,
     device: &ConfigSpace,
@@ -194,6 +199,14 @@ pub fn build(
                 config.set_rw_u16(cap.offset + 2, MSIX_CONTROL_WRITABLE);
                 layout.msix = Some(cap.offset);
             }
+            MSI_CAPABILITY_ID
+                if layout.msi.is_none()
+                    && len >= MsiCapability::read(device, cap.offset).size() =>
+            {
+                let msi = MsiCapability::read(device, cap.offset);
+                msi.offer(device, config);
+                layout.msi = Some(msi);
+            }
             _ => {
                 debug!(
                     "{name}: capability {:#04x} at {:#x} hidden from the guest",
@@ -205,11 +218,10 @@ pub fn build(
         }
         kept.push(cap.offset);
     }
-    if layout.msix.is_none() && standard.iter().any(|c| c.id == MSI_CAPABILITY_ID) {
+    if layout.msix.is_none() && layout.msi.is_none() {
         warn!(
-            "{name} has MSI but no usable MSI-X: the guest is offered no MSI (Aperture's guest \
-             interrupts go through MSI-X) and the device will have no interrupts until INTx \
-             passthrough exists"
+            "{name} has neither a usable MSI-X nor a usable MSI capability: the device will \
+             have no interrupts until INTx passthrough exists"
         );
     }
     link_standard(config, &kept);

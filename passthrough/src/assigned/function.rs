@@ -1,5 +1,5 @@
 //! [`AssignedFunction`]: a physical PCI function offered to the guest through a virtual
-//! configuration space, with its BARs trapped or mapped and its MSI-X emulated.
+//! configuration space, with its BARs trapped or mapped and its MSI and MSI-X emulated.
 
 use std::ops::Range;
 
@@ -14,7 +14,8 @@ use log::{debug, info, warn};
 use super::bars::{self, BarLayout, BAR_COUNT};
 use super::capabilities::{self, CapabilityLayout};
 use super::error::AssignError;
-use super::host::{HostFunction, MsixHost};
+use super::host::{HostFunction, InterruptHost};
+use super::msi::{AssignedMsi, MsiCapability};
 use super::msix::{AssignedMsix, MsixPlacement};
 use super::policy::{aligned_chunks, ConfigPolicy, HEADER_RULES};
 
@@ -27,7 +28,7 @@ pub const ROM_BAR_INDEX: usize = 6;
 pub struct AssignedFunction {
     name: String,
     host: Box<dyn HostFunction>,
-    msix_host: Box<dyn MsixHost>,
+    interrupts: Box<dyn InterruptHost>,
     /// The guest's view.
     config: ConfigSpace,
     /// The guest's view at power-on, for resets.
@@ -36,6 +37,7 @@ pub struct AssignedFunction {
     bars: BarLayout,
     capabilities: CapabilityLayout,
     msix: Option<AssignedMsix>,
+    msi: Option<AssignedMsi>,
     requester_id: u16,
 }
 
@@ -46,6 +48,7 @@ impl std::fmt::Debug for AssignedFunction {
             .field("config", &self.config)
             .field("bars", &self.bars)
             .field("msix", &self.msix.as_ref().map(AssignedMsix::placement))
+            .field("msi", &self.msi.as_ref().map(AssignedMsi::capability))
             .field("requester_id", &self.requester_id)
             .finish()
     }
@@ -73,11 +76,12 @@ fn snapshot(name: &str, host: &dyn HostFunction) -> Result<ConfigSpace, AssignEr
 }
 
 impl AssignedFunction {
-    /// Reads the device's configuration space once and builds the guest's view of it.
+    /// Reads the device's configuration space once and builds the guest's view of it;
+    /// `interrupts` routes the vectors of the MSI and MSI-X the guest enables.
     pub fn new(
         name: &str,
         host: Box<dyn HostFunction>,
-        msix_host: Box<dyn MsixHost>,
+        interrupts: Box<dyn InterruptHost>,
     ) -> Result<Self, AssignError> {
         let device = snapshot(name, host.as_ref())?;
         let vendor_id = device.read_u16(VENDOR_ID);
@@ -97,7 +101,7 @@ impl AssignedFunction {
             subsystem_vendor_id: device.read_u16(SUBSYSTEM_VENDOR_ID),
             subsystem_id: device.read_u16(SUBSYSTEM_ID),
         };
-        // Single function, no INTx pin (only MSI-X is offered for now).
+        // Single function, no INTx pin (only MSI and MSI-X are offered for now).
         let mut config = ConfigSpace::new_endpoint(&ids);
         let bars = bars::build(name, &device, host.as_ref(), &mut config)?;
         let placement = device
@@ -108,28 +112,36 @@ impl AssignedFunction {
             (Some(offset), Some(placement)) => Some(AssignedMsix::new(name, offset, placement)?),
             _ => None,
         };
+        let msi = capabilities.msi.map(AssignedMsi::new);
         let mut policy = ConfigPolicy::default();
         for rule in HEADER_RULES.iter().chain(&capabilities.rules) {
             policy.apply(rule);
         }
         info!(
-            "{name}: assigned {vendor_id:04x}:{:04x} class {:06x}, {} BARs, MSI-X {}",
+            "{name}: assigned {vendor_id:04x}:{:04x} class {:06x}, {} BARs, MSI-X {}, MSI {}",
             ids.device_id,
             ids.class_code,
             bars.bars.iter().flatten().count(),
             msix.as_ref()
-                .map_or("none".to_string(), |m| format!("{} vectors", m.placement().vectors))
+                .map_or("none".to_string(), |m| format!("{} vectors", m.placement().vectors)),
+            msi.as_ref().map_or("none".to_string(), |m| format!(
+                "{} vectors{}{}",
+                m.capability().vectors(),
+                if m.capability().is_64bit { ", 64-bit" } else { "" },
+                if m.capability().per_vector_mask { ", maskable" } else { "" }
+            ))
         );
         Ok(Self {
             name: name.into(),
             host,
-            msix_host,
+            interrupts,
             pristine: config.clone(),
             config,
             policy,
             bars,
             capabilities,
             msix,
+            msi,
             requester_id: 0,
         })
     }
@@ -154,9 +166,22 @@ impl AssignedFunction {
         self.msix.as_ref().map(AssignedMsix::placement)
     }
 
-    /// Sends MSI-X programming events to `trace` (configuration and trapped BAR accesses
-    /// are traced by the PCI root).
+    /// The MSI capability, if MSI is offered.
+    pub fn msi_capability(&self) -> Option<&MsiCapability> {
+        self.msi.as_ref().map(AssignedMsi::capability)
+    }
+
+    /// Whether the guest can get interrupts from the device at all (MSI or MSI-X offered).
+    pub fn has_interrupts(&self) -> bool {
+        self.msix.is_some() || self.msi.is_some()
+    }
+
+    /// Sends MSI and MSI-X programming events to `trace` (configuration and trapped BAR
+    /// accesses are traced by the PCI root).
     pub fn set_trace(&mut self, trace: Option<std::sync::Arc<dyn devices::trace::TraceSink>>) {
+        if let Some(msi) = self.msi.as_mut() {
+            msi.set_trace(trace.clone());
+        }
         if let Some(msix) = self.msix.as_mut() {
             msix.set_trace(trace);
         }
@@ -190,13 +215,16 @@ impl AssignedFunction {
         bars::mappable_ranges(assigned.host.size, &trapped, page_size)
     }
 
-    /// Back to the power-on view: configuration registers, BARs and MSI-X (the host is told
-    /// MSI-X is off). The physical device itself is reset by the host, not here.
+    /// Back to the power-on view: configuration registers, BARs, MSI and MSI-X (the host is
+    /// told they are off). The physical device itself is reset by the host, not here.
     pub fn reset(&mut self) {
         debug!("{}: virtual configuration reset", self.name);
         self.config = self.pristine.clone();
         if let Some(msix) = self.msix.as_mut() {
-            msix.reset(&self.name, self.msix_host.as_mut());
+            msix.reset(&self.name, self.interrupts.as_mut());
+        }
+        if let Some(msi) = self.msi.as_mut() {
+            msi.reset(&self.name, self.interrupts.as_mut());
         }
     }
 
@@ -273,13 +301,28 @@ impl PciFunction for AssignedFunction {
         let start = usize::from(offset);
         let len = data.len().min(CONFIG_SPACE_SIZE.saturating_sub(start));
         self.forward_write(start, &data[..len]);
+        // At most one of the two is enabled: each refuses to enable while the other is.
+        let msi_enabled = self.msi.as_ref().is_some_and(|m| m.enabled_vectors() > 0);
         if let Some(msix) = self.msix.as_mut() {
             if msix.control_written(offset, data.len()) {
                 msix.control_changed(
                     &self.name,
-                    &self.config,
-                    self.msix_host.as_mut(),
+                    &mut self.config,
+                    self.interrupts.as_mut(),
                     self.requester_id,
+                    msi_enabled,
+                );
+            }
+        }
+        let msix_enabled = self.msix.as_ref().is_some_and(AssignedMsix::enabled);
+        if let Some(msi) = self.msi.as_mut() {
+            if msi.written(offset, data.len()) {
+                msi.changed(
+                    &self.name,
+                    &mut self.config,
+                    self.interrupts.as_mut(),
+                    self.requester_id,
+                    msix_enabled,
                 );
             }
         }
@@ -319,8 +362,14 @@ impl PciFunction for AssignedFunction {
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         if let Some(msix) = self.msix.as_mut() {
-            if msix.write(&self.name, bar, offset, data, self.msix_host.as_mut(), self.requester_id)
-            {
+            if msix.write(
+                &self.name,
+                bar,
+                offset,
+                data,
+                self.interrupts.as_mut(),
+                self.requester_id,
+            ) {
                 return;
             }
         }
@@ -359,7 +408,10 @@ impl PciFunction for AssignedFunction {
         }
         self.requester_id = requester_id;
         if let Some(msix) = self.msix.as_mut() {
-            msix.requester_id_changed(&self.name, self.msix_host.as_mut(), requester_id);
+            msix.requester_id_changed(&self.name, self.interrupts.as_mut(), requester_id);
+        }
+        if let Some(msi) = self.msi.as_mut() {
+            msi.requester_id_changed(&self.name, self.interrupts.as_mut(), requester_id);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What the portable passthrough logic needs from the host: access to the physical function
-//! (VFIO regions on Linux, the DriverKit user client on macOS) and MSI-X interrupt plumbing.
+//! (VFIO regions on Linux, the DriverKit user client on macOS) and MSI / MSI-X interrupt
+//! plumbing.
 
 /// One host region of the physical function (a BAR or the expansion ROM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,14 +33,38 @@ pub trait HostFunction: Send {
     fn rom_read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()>;
 }
 
-/// Host interrupt plumbing for MSI-X (VFIO: eventfds + KVM irqfd routes).
-pub trait MsixHost: Send {
-    /// The guest enabled MSI-X with `vectors` vectors (or disabled it: 0).
-    fn set_vector_count(&mut self, vectors: u16) -> std::io::Result<()>;
-    /// Vector `vector` now delivers `message` (`None`: masked or not programmed).
+/// Which message-signalled interrupt mechanism of the function a host call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InterruptKind {
+    /// The MSI capability: up to 32 vectors in one block (VFIO_PCI_MSI_IRQ_INDEX).
+    Msi,
+    /// The MSI-X table (VFIO_PCI_MSIX_IRQ_INDEX).
+    Msix,
+}
+
+impl std::fmt::Display for InterruptKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Msi => "MSI",
+            Self::Msix => "MSI-X",
+        })
+    }
+}
+
+/// Host interrupt plumbing for MSI and MSI-X (VFIO: eventfds + KVM irqfd routes).
+///
+/// The assigned function never has both kinds enabled: it disables one (count 0) before it
+/// enables the other, so a host may serve both from one pool of routes.
+pub trait InterruptHost: Send {
+    /// The guest enabled `kind` with `vectors` vectors, or disabled it (0). A new count while
+    /// `kind` is enabled replaces the old one (MSI: the guest changed Multiple Message
+    /// Enable); every vector starts disconnected until [`Self::set_vector`] routes it.
+    fn set_vector_count(&mut self, kind: InterruptKind, vectors: u16) -> std::io::Result<()>;
+    /// Vector `vector` of `kind` now delivers `message` (`None`: masked or not programmed).
     /// `requester_id` is the function's current `bus << 8 | devfn`.
     fn set_vector(
         &mut self,
+        kind: InterruptKind,
         vector: u16,
         message: Option<devices::pci::MsiMessage>,
         requester_id: u16,

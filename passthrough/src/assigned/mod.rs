@@ -1,11 +1,13 @@
 //! The portable half of PCI passthrough: an [`AssignedFunction`] offers a physical function
 //! to the guest as a [`devices::pci::PciFunction`]. The host side (VFIO on Linux, a DriverKit
-//! client on macOS) sits behind [`HostFunction`] and [`MsixHost`].
+//! client on macOS) sits behind [`HostFunction`] and [`InterruptHost`].
 //!
 //! - [`policy`]: which configuration bits reach the device (everything else is virtual).
-//! - [`capabilities`]: the capability lists the guest sees (MSI, SR-IOV, Resizable BAR... hidden).
+//! - [`capabilities`]: the capability lists the guest sees (SR-IOV, Resizable BAR... hidden).
 //! - [`bars`]: virtual BARs sized from the host regions, and what can be mmapped.
 //! - [`msix`]: emulated MSI-X table that drives the host's interrupt routes.
+//! - [`msi`]: emulated MSI capability that drives the same routes (one of the two is enabled
+//!   at a time).
 //!
 //! The expansion ROM appears as BAR index [`ROM_BAR_INDEX`] (6) in `bar_regions()`.
 
@@ -14,6 +16,7 @@ pub mod capabilities;
 mod error;
 mod function;
 mod host;
+pub mod msi;
 pub mod msix;
 pub mod policy;
 
@@ -21,7 +24,8 @@ pub use bars::{AssignedBar, BarLayout, MIN_BAR_SIZE};
 pub use capabilities::CapabilityLayout;
 pub use error::AssignError;
 pub use function::{AssignedFunction, ROM_BAR_INDEX};
-pub use host::{HostFunction, MsixHost, RegionInfo};
+pub use host::{HostFunction, InterruptHost, InterruptKind, RegionInfo};
+pub use msi::MsiCapability;
 pub use msix::MsixPlacement;
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! MSI-X of an assigned function: the capability's control bits, the table and the PBA are
 //! emulated with [`MsixState`]; every change in what a vector may deliver becomes an
-//! [`MsixHost`] call so that the host routes the device's real interrupt (VFIO: an eventfd
-//! wired to a KVM irqfd) straight to the guest's message.
+//! [`InterruptHost`] call with [`InterruptKind::Msix`] so that the host routes the device's
+//! real interrupt (VFIO: an eventfd wired to a KVM irqfd) straight to the guest's message.
+//! An enable while MSI is enabled is refused (see [`AssignedMsix::control_changed`]).
 //!
 //! The PBA reads from the emulated state, whose pending bits stay clear: a vector the guest
 //! masks has its host route removed, so an interrupt the device raises meanwhile is not
@@ -20,7 +21,7 @@ use log::{debug, warn};
 
 use super::bars::BarLayout;
 use super::error::AssignError;
-use super::host::MsixHost;
+use super::host::{InterruptHost, InterruptKind};
 
 const CONTROL_ENABLE: u16 = 1 << 15;
 const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
@@ -131,7 +132,7 @@ impl AssignedMsix {
     fn sync(
         &mut self,
         name: &str,
-        host: &mut dyn MsixHost,
+        host: &mut dyn InterruptHost,
         vectors: Range<u16>,
         requester_id: u16,
     ) {
@@ -169,24 +170,38 @@ impl AssignedMsix {
                 ),
                 None => debug!("{name}: MSI-X vector {vector} masked"),
             }
-            if let Err(e) = host.set_vector(vector, route, requester_id) {
+            if let Err(e) = host.set_vector(InterruptKind::Msix, vector, route, requester_id) {
                 warn!("{name}: routing MSI-X vector {vector} on the host failed: {e}");
             }
         }
     }
 
+    /// Whether MSI-X is enabled.
+    pub fn enabled(&self) -> bool {
+        self.state.enabled()
+    }
+
     /// The guest wrote message control in `config`: enable, disable or (un)mask the function.
+    /// An enable while MSI is enabled (`msi_enabled`) is refused: a host serves one kind at a
+    /// time, and a driver that follows the spec never enables both.
     pub fn control_changed(
         &mut self,
         name: &str,
-        config: &ConfigSpace,
-        host: &mut dyn MsixHost,
+        config: &mut ConfigSpace,
+        host: &mut dyn InterruptHost,
         requester_id: u16,
+        msi_enabled: bool,
     ) {
-        let control = config.read_u16(self.capability + 2);
+        let register = self.capability + 2;
+        let mut control = config.read_u16(register);
+        let was_enabled = self.state.enabled();
+        if control & CONTROL_ENABLE != 0 && !was_enabled && msi_enabled {
+            warn!("{name}: the guest enabled MSI-X while MSI is enabled; MSI-X stays disabled");
+            control &= !CONTROL_ENABLE;
+            config.set_u16(register, control);
+        }
         let enable = control & CONTROL_ENABLE != 0;
         let masked = control & CONTROL_FUNCTION_MASK != 0;
-        let was_enabled = self.state.enabled();
         if enable == was_enabled && masked == self.state.function_masked() {
             return;
         }
@@ -204,7 +219,7 @@ impl AssignedMsix {
                 if enable { "msix-enable" } else { "msix-disable" },
                 &[("vectors", TraceValue::Int(u64::from(count)))],
             );
-            if let Err(e) = host.set_vector_count(count) {
+            if let Err(e) = host.set_vector_count(InterruptKind::Msix, count) {
                 warn!("{name}: setting up {count} MSI-X vectors on the host failed: {e}");
             }
         } else {
@@ -234,7 +249,7 @@ impl AssignedMsix {
         bar: usize,
         offset: u64,
         data: &[u8],
-        host: &mut dyn MsixHost,
+        host: &mut dyn InterruptHost,
         requester_id: u16,
     ) -> bool {
         let (table_bar, table, pba_bar, pba) = (
@@ -259,11 +274,18 @@ impl AssignedMsix {
     }
 
     /// The function's requester id changed: re-send the live routes with it.
-    pub fn requester_id_changed(&mut self, name: &str, host: &mut dyn MsixHost, requester_id: u16) {
+    pub fn requester_id_changed(
+        &mut self,
+        name: &str,
+        host: &mut dyn InterruptHost,
+        requester_id: u16,
+    ) {
         for (vector, route) in self.routes.iter().enumerate() {
             if route.is_some() {
                 // At most 2048 vectors.
-                if let Err(e) = host.set_vector(vector as u16, *route, requester_id) {
+                if let Err(e) =
+                    host.set_vector(InterruptKind::Msix, vector as u16, *route, requester_id)
+                {
                     warn!("{name}: re-routing MSI-X vector {vector} on the host failed: {e}");
                 }
             }
@@ -271,10 +293,10 @@ impl AssignedMsix {
     }
 
     /// Back to power-on: disabled (the host is told), entries masked.
-    pub fn reset(&mut self, name: &str, host: &mut dyn MsixHost) {
+    pub fn reset(&mut self, name: &str, host: &mut dyn InterruptHost) {
         if self.state.enabled() {
             debug!("{name}: MSI-X reset");
-            if let Err(e) = host.set_vector_count(0) {
+            if let Err(e) = host.set_vector_count(InterruptKind::Msix, 0) {
                 warn!("{name}: disabling MSI-X on the host failed: {e}");
             }
         }

@@ -5,7 +5,8 @@
 //! ("map guest-physical `[gpa, gpa+len)`", "unmap") therefore go to the [`WindowManager`],
 //! which keeps host mappings within a [`HostMapper`]'s [`MapperLimits`]. The same code runs on
 //! Linux against a VFIO mapper imposing the same limits, and in tests against
-//! [`testing::FakeMapper`].
+//! [`testing::FakeMapper`]. The guest's requests arrive through the paravirtual aperture-dma
+//! PCI function, [`DmaWindowDevice`] (`passthrough/docs/dma-window-protocol.md`).
 //!
 //! # Design
 //!
@@ -56,6 +57,7 @@ mod guest_ram;
 mod host_picks;
 mod lru;
 mod mapper;
+pub mod pv;
 mod runs;
 mod stats;
 pub mod testing;
@@ -71,6 +73,7 @@ pub use extent::WindowInfo;
 pub use guest_ram::{GuestRam, GuestRamError, GuestRamRange};
 pub use host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
 pub use mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+pub use pv::{DmaWindowDevice, PvDeviceError, SharedWindows};
 pub use stats::{DmaStats, FailureCounts, FailureReason};
 pub use units::Bytes;
 pub use window::WindowManager;

@@ -1,9 +1,16 @@
-//! The VFIO type1 DMA mapper: guest RAM made reachable by the container's devices.
+//! The VFIO type1 DMA mappers: guest RAM made reachable by the container's devices, either at
+//! device address = guest-physical address ([`VfioIdentityMapper`]), or at device addresses
+//! the mapper picks within DART-like limits ([`VfioHostPicksMapper`]), so that the DMA window
+//! path that macOS needs runs, and is tested, on Linux.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 use super::container::VfioContainer;
-use crate::dma::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+use crate::dma::{
+    AddressPolicy, Bytes, FitPolicy, HostMapper, HostPicksAllocator, MapperError, MapperLimits,
+};
 
 /// One region of guest RAM as the VMM has it mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +21,14 @@ pub struct RamMapping {
     pub len: u64,
     /// Where the VMM has it mapped.
     pub host_addr: u64,
+}
+
+/// The host address of guest `[gpa, gpa+len)`, if one region of `ram` holds all of it.
+fn host_addr(ram: &[RamMapping], gpa: u64, len: u64) -> Option<u64> {
+    let region = ram
+        .iter()
+        .find(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|end| end <= r.gpa + r.len))?;
+    Some(region.host_addr + (gpa - region.gpa))
 }
 
 /// Maps guest RAM for device DMA at device address = guest-physical address.
@@ -36,13 +51,6 @@ impl VfioIdentityMapper {
         };
         Self { container, ram, limits }
     }
-
-    fn host_addr(&self, gpa: u64, len: u64) -> Option<u64> {
-        let region = self.ram.iter().find(|r| {
-            gpa >= r.gpa && gpa.checked_add(len).is_some_and(|end| end <= r.gpa + r.len)
-        })?;
-        Some(region.host_addr + (gpa - region.gpa))
-    }
 }
 
 impl HostMapper for VfioIdentityMapper {
@@ -52,8 +60,7 @@ impl HostMapper for VfioIdentityMapper {
 
     fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
         let failed = |reason: String| MapperError::MapFailed { gpa, len, reason };
-        let vaddr = self
-            .host_addr(gpa, len)
+        let vaddr = host_addr(&self.ram, gpa, len)
             .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
         self.container.map_dma(gpa, len, vaddr).map_err(|e| failed(e.to_string()))?;
         Ok(gpa)
@@ -65,5 +72,446 @@ impl HostMapper for VfioIdentityMapper {
             len,
             reason: e.to_string(),
         })
+    }
+}
+
+/// Where [`VfioHostPicksMapper`]'s device addresses (IOVAs) start by default: 1 TiB, above
+/// Aperture's guest RAM, so a device address confused with a guest-physical one faults in the
+/// IOMMU instead of silently reaching the wrong memory.
+pub const DEFAULT_HOST_PICKS_IOVA_BASE: u64 = 1 << 40;
+
+/// The smallest default IOVA aperture.
+const MIN_DEFAULT_IOVA_SIZE: u64 = 4 << 30;
+
+/// What the host-picks mapper needs from the container: the container itself in the VMM, a
+/// fake in tests.
+trait IommuMap: Send + Sync + fmt::Debug {
+    /// Makes `size` bytes at host `vaddr` reachable at `iova`.
+    fn map_dma(&self, iova: u64, size: u64, vaddr: u64) -> Result<(), String>;
+    /// Removes the mapping at `iova..iova+size`.
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), String>;
+}
+
+impl IommuMap for VfioContainer {
+    fn map_dma(&self, iova: u64, size: u64, vaddr: u64) -> Result<(), String> {
+        VfioContainer::map_dma(self, iova, size, vaddr).map_err(|e| e.to_string())
+    }
+
+    fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), String> {
+        VfioContainer::unmap_dma(self, iova, size).map_err(|e| e.to_string())
+    }
+}
+
+/// Maps guest RAM for device DMA the way the DART does on macOS: the mapper picks each
+/// mapping's device address (from an IOVA aperture away from guest RAM) and refuses to go
+/// beyond its byte and mapping limits, so the window manager and the guest's DMA window
+/// driver meet the same constraints on Linux as on a Mac.
+///
+/// The limits are enforced here too, not only trusted to the caller: a caller that
+/// misbehaves gets the refusal a real DART would give instead of a working mapping.
+#[derive(Debug)]
+pub struct VfioHostPicksMapper {
+    iommu: Arc<dyn IommuMap>,
+    ram: Vec<RamMapping>,
+    limits: MapperLimits,
+    iovas: HostPicksAllocator,
+    /// Live mappings: IOVA → (length, guest-physical start).
+    live: BTreeMap<u64, (u64, u64)>,
+    live_bytes: u64,
+}
+
+impl VfioHostPicksMapper {
+    /// A mapper over `ram` (which must stay mapped while mappings live) with `limits`
+    /// (`policy` is ignored: this mapper always picks addresses), handing out IOVAs from
+    /// `iova_base` ([`DEFAULT_HOST_PICKS_IOVA_BASE`] normally) for
+    /// [`VfioHostPicksMapper::default_aperture_size`] bytes.
+    ///
+    /// `limits.alignment` must be a multiple of the IOMMU's page size (VFIO refuses smaller
+    /// granules at map time), and the aperture must lie inside the IOMMU's input address
+    /// range (1 TiB + a few GiB needs a 41-bit IOVA space; lower `iova_base` on hosts with
+    /// less, keeping it above guest RAM).
+    pub fn new(
+        container: Arc<VfioContainer>,
+        ram: Vec<RamMapping>,
+        limits: MapperLimits,
+        iova_base: u64,
+    ) -> Result<Self, MapperError> {
+        Self::with_iommu(container, ram, limits, iova_base)
+    }
+
+    fn with_iommu(
+        iommu: Arc<dyn IommuMap>,
+        ram: Vec<RamMapping>,
+        limits: MapperLimits,
+        iova_base: u64,
+    ) -> Result<Self, MapperError> {
+        let limits = MapperLimits { policy: AddressPolicy::HostPicks, ..limits };
+        limits.validate()?;
+        let size = Self::default_aperture_size(limits.max_mapped_bytes, limits.alignment);
+        // Clip an aperture that would reach 2^64 (only absurd byte limits get there).
+        let size = size.min((u64::MAX - iova_base) & !(limits.alignment - 1));
+        let iovas = HostPicksAllocator::new(iova_base, size, limits.alignment, FitPolicy::BestFit)
+            .map_err(|e| {
+                MapperError::InvalidLimits(format!("{e}; choose another DMA IOVA base"))
+            })?;
+        let iova_end = iova_base + size;
+        if let Some(r) = ram.iter().find(|r| r.gpa < iova_end && iova_base < r.gpa + r.len) {
+            return Err(MapperError::InvalidLimits(format!(
+                "the DMA IOVA aperture {iova_base:#x}..{iova_end:#x} overlaps guest RAM at \
+                 {:#x}+{:#x}; device addresses must differ from guest addresses, so put the \
+                 aperture above guest RAM",
+                r.gpa, r.len
+            )));
+        }
+        Ok(Self { iommu, ram, limits, iovas, live: BTreeMap::new(), live_bytes: 0 })
+    }
+
+    /// The size of the IOVA aperture for a byte limit: twice the limit (room for the window
+    /// manager's brief double mappings and for fragmentation), at least 4 GiB, rounded up to
+    /// the granule (a power of two).
+    pub fn default_aperture_size(max_mapped_bytes: u64, alignment: u64) -> u64 {
+        let size = max_mapped_bytes.saturating_mul(2).max(MIN_DEFAULT_IOVA_SIZE);
+        let mask = alignment.max(1).wrapping_sub(1);
+        size.checked_add(mask).map_or(!mask, |s| s & !mask)
+    }
+
+    /// `(base, size)` of the IOVA aperture.
+    pub fn iova_aperture(&self) -> (u64, u64) {
+        self.iovas.aperture()
+    }
+
+    /// Bytes mapped now.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Mappings live now.
+    pub fn live_mappings(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Why a map of `[gpa, gpa+len)` must be refused before any host call, if it must.
+    fn refusal(&self, gpa: u64, len: u64) -> Option<String> {
+        let align = self.limits.alignment;
+        if len == 0 || gpa & (align - 1) != 0 || len & (align - 1) != 0 {
+            return Some(format!(
+                "the range is not a non-empty multiple of the {} granule",
+                Bytes(align)
+            ));
+        }
+        let max_maps = self.limits.max_mappings;
+        if self.live.len() >= max_maps as usize {
+            return Some(format!(
+                "{max_maps} mappings are live, the host-picks mapper's limit (as the DART's)"
+            ));
+        }
+        let max_bytes = self.limits.max_mapped_bytes;
+        if self.live_bytes.checked_add(len).is_none_or(|total| total > max_bytes) {
+            return Some(format!(
+                "{} are mapped, {} more would pass the host-picks mapper's {} limit (as the \
+                 DART's)",
+                Bytes(self.live_bytes),
+                Bytes(len),
+                Bytes(max_bytes)
+            ));
+        }
+        None
+    }
+}
+
+impl HostMapper for VfioHostPicksMapper {
+    fn limits(&self) -> &MapperLimits {
+        &self.limits
+    }
+
+    fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
+        let failed = |reason: String| MapperError::MapFailed { gpa, len, reason };
+        if let Some(why) = self.refusal(gpa, len) {
+            return Err(failed(why));
+        }
+        let vaddr = host_addr(&self.ram, gpa, len)
+            .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
+        let iova = self.iovas.allocate(len).map_err(|e| failed(e.to_string()))?;
+        if let Err(why) = self.iommu.map_dma(iova, len, vaddr) {
+            // Just allocated, so the free cannot fail; the IOVA range goes back for reuse.
+            let _ = self.iovas.free(iova, len);
+            return Err(failed(why));
+        }
+        self.live.insert(iova, (len, gpa));
+        self.live_bytes += len;
+        Ok(iova)
+    }
+
+    fn unmap(&mut self, device_addr: u64, len: u64) -> Result<(), MapperError> {
+        let failed = |reason: String| MapperError::UnmapFailed { device_addr, len, reason };
+        match self.live.get(&device_addr) {
+            Some(&(live_len, _)) if live_len == len => {}
+            Some(&(live_len, gpa)) => {
+                return Err(failed(format!(
+                    "the mapping there (guest {gpa:#x}) is {live_len:#x} bytes long"
+                )))
+            }
+            None => return Err(failed("no mapping starts there".to_string())),
+        }
+        // On failure the mapping stays, counted, and the caller may retry.
+        self.iommu.unmap_dma(device_addr, len).map_err(failed)?;
+        self.live.remove(&device_addr);
+        self.live_bytes -= len;
+        self.iovas.free(device_addr, len).map_err(|e| failed(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::dma::{GuestRamRange, WindowConfig, WindowManager};
+
+    const K16: u64 = 16 << 10;
+    const RAM_GPA: u64 = 0x4000_0000;
+    const RAM_LEN: u64 = 1 << 30;
+    const HOST: u64 = 0x7f00_0000_0000;
+
+    /// Records the container calls and checks them as the kernel would.
+    #[derive(Debug, Default)]
+    struct FakeIommu {
+        state: Mutex<FakeState>,
+    }
+
+    #[derive(Debug, Default)]
+    struct FakeState {
+        /// iova → (size, vaddr)
+        live: BTreeMap<u64, (u64, u64)>,
+        calls: Vec<String>,
+        fail_maps: u32,
+        fail_unmaps: u32,
+        errors: Vec<String>,
+    }
+
+    impl FakeIommu {
+        fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+            self.state.lock().unwrap()
+        }
+    }
+
+    impl IommuMap for FakeIommu {
+        fn map_dma(&self, iova: u64, size: u64, vaddr: u64) -> Result<(), String> {
+            let mut s = self.state();
+            s.calls.push(format!("map {iova:#x}+{size:#x} at {vaddr:#x}"));
+            if s.fail_maps > 0 {
+                s.fail_maps -= 1;
+                return Err("VFIO_IOMMU_MAP_DMA: ENOMEM (injected)".into());
+            }
+            let overlap =
+                s.live.range(..iova + size).next_back().filter(|(&a, &(l, _))| a + l > iova);
+            if let Some((&a, _)) = overlap {
+                let e = format!("map {iova:#x} overlaps live {a:#x}");
+                s.errors.push(e.clone());
+                return Err(e);
+            }
+            s.live.insert(iova, (size, vaddr));
+            Ok(())
+        }
+
+        fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), String> {
+            let mut s = self.state();
+            s.calls.push(format!("unmap {iova:#x}+{size:#x}"));
+            if s.fail_unmaps > 0 {
+                s.fail_unmaps -= 1;
+                return Err("VFIO_IOMMU_UNMAP_DMA: EIO (injected)".into());
+            }
+            if s.live.get(&iova).map(|&(l, _)| l) != Some(size) {
+                let e = format!("unmap {iova:#x}+{size:#x} matches no mapping");
+                s.errors.push(e.clone());
+                return Err(e);
+            }
+            s.live.remove(&iova);
+            Ok(())
+        }
+    }
+
+    fn ram() -> Vec<RamMapping> {
+        vec![RamMapping { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
+    }
+
+    fn limits(max_bytes: u64, max_maps: u32) -> MapperLimits {
+        MapperLimits {
+            max_mapped_bytes: max_bytes,
+            max_mappings: max_maps,
+            alignment: K16,
+            policy: AddressPolicy::Identity,
+        }
+    }
+
+    fn mapper(max_bytes: u64, max_maps: u32) -> (VfioHostPicksMapper, Arc<FakeIommu>) {
+        let iommu = Arc::new(FakeIommu::default());
+        let m = VfioHostPicksMapper::with_iommu(
+            iommu.clone(),
+            ram(),
+            limits(max_bytes, max_maps),
+            DEFAULT_HOST_PICKS_IOVA_BASE,
+        )
+        .unwrap();
+        (m, iommu)
+    }
+
+    #[test]
+    fn picks_addresses_in_its_aperture_and_maps_the_right_host_memory() {
+        let (mut m, iommu) = mapper(64 * K16, 8);
+        assert_eq!(m.limits().policy, AddressPolicy::HostPicks, "always host-picks");
+        assert_eq!(m.iova_aperture(), (1 << 40, 4 << 30));
+        let a = m.map(RAM_GPA + 4 * K16, 2 * K16).unwrap();
+        let b = m.map(RAM_GPA, K16).unwrap();
+        assert!(a >= 1 << 40 && b >= 1 << 40, "{a:#x} {b:#x}");
+        assert_ne!(a, b);
+        let s = iommu.state();
+        assert_eq!(s.live.get(&a), Some(&(2 * K16, HOST + 4 * K16)));
+        assert_eq!(s.live.get(&b), Some(&(K16, HOST)));
+        drop(s);
+        assert_eq!((m.live_bytes(), m.live_mappings()), (3 * K16, 2));
+        m.unmap(a, 2 * K16).unwrap();
+        m.unmap(b, K16).unwrap();
+        assert_eq!((m.live_bytes(), m.live_mappings()), (0, 0));
+        let s = iommu.state();
+        assert!(s.live.is_empty() && s.errors.is_empty(), "{:?}", s.errors);
+    }
+
+    #[test]
+    fn enforces_the_mapping_limit_without_calling_the_host() {
+        let (mut m, iommu) = mapper(64 * K16, 2);
+        let a = m.map(RAM_GPA, K16).unwrap();
+        m.map(RAM_GPA + K16, K16).unwrap();
+        let calls = iommu.state().calls.len();
+        let err = m.map(RAM_GPA + 2 * K16, K16).unwrap_err().to_string();
+        assert!(err.contains("2 mappings are live"), "{err}");
+        assert_eq!(iommu.state().calls.len(), calls, "refused before VFIO");
+        m.unmap(a, K16).unwrap();
+        m.map(RAM_GPA + 2 * K16, K16).unwrap();
+    }
+
+    #[test]
+    fn enforces_the_byte_limit_without_calling_the_host() {
+        let (mut m, iommu) = mapper(4 * K16, 100);
+        let a = m.map(RAM_GPA, 3 * K16).unwrap();
+        let err = m.map(RAM_GPA + 8 * K16, 2 * K16).unwrap_err().to_string();
+        assert!(err.contains("48 KiB are mapped, 32 KiB more would pass"), "{err}");
+        assert!(err.contains("64 KiB limit"), "{err}");
+        assert_eq!(iommu.state().calls.len(), 1);
+        m.map(RAM_GPA + 8 * K16, K16).unwrap();
+        m.unmap(a, 3 * K16).unwrap();
+        m.map(RAM_GPA + 16 * K16, 3 * K16).unwrap();
+        assert_eq!(m.live_bytes(), 4 * K16);
+    }
+
+    #[test]
+    fn refuses_misaligned_and_non_ram_ranges() {
+        let (mut m, iommu) = mapper(64 * K16, 8);
+        for (gpa, len) in [(RAM_GPA, 0), (RAM_GPA + 0x1000, K16), (RAM_GPA, 0x1000)] {
+            let err = m.map(gpa, len).unwrap_err().to_string();
+            assert!(err.contains("granule"), "{err}");
+        }
+        let err = m.map(RAM_GPA + RAM_LEN - K16, 2 * K16).unwrap_err().to_string();
+        assert!(err.contains("not guest RAM"), "{err}");
+        assert!(m.map(u64::MAX - K16 + 1, K16).is_err());
+        assert!(iommu.state().calls.is_empty());
+        assert_eq!(m.iovas.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn unmap_must_name_a_live_mapping() {
+        let (mut m, iommu) = mapper(64 * K16, 8);
+        let a = m.map(RAM_GPA, 2 * K16).unwrap();
+        let err = m.unmap(a, K16).unwrap_err().to_string();
+        assert!(err.contains("0x8000 bytes long"), "{err}");
+        let err = m.unmap(a + K16, K16).unwrap_err().to_string();
+        assert!(err.contains("no mapping starts there"), "{err}");
+        assert_eq!(iommu.state().calls.len(), 1, "refused before VFIO");
+        m.unmap(a, 2 * K16).unwrap();
+        assert!(m.unmap(a, 2 * K16).is_err(), "twice");
+    }
+
+    #[test]
+    fn host_failures_leave_the_books_straight() {
+        let (mut m, iommu) = mapper(64 * K16, 8);
+        iommu.state().fail_maps = 1;
+        let err = m.map(RAM_GPA, K16).unwrap_err().to_string();
+        assert!(err.contains("ENOMEM (injected)"), "{err}");
+        assert_eq!((m.live_bytes(), m.live_mappings(), m.iovas.allocated_bytes()), (0, 0, 0));
+        let a = m.map(RAM_GPA, K16).unwrap();
+        iommu.state().fail_unmaps = 1;
+        assert!(m.unmap(a, K16).is_err());
+        assert_eq!((m.live_bytes(), m.live_mappings()), (K16, 1), "still mapped, counted");
+        m.unmap(a, K16).unwrap();
+        assert_eq!(m.iovas.allocated_bytes(), 0);
+        assert!(iommu.state().errors.is_empty());
+    }
+
+    #[test]
+    fn aperture_defaults_and_checks() {
+        let size = VfioHostPicksMapper::default_aperture_size;
+        assert_eq!(size(1536 << 20, K16), 4 << 30);
+        assert_eq!(size(3 << 30, K16), 6 << 30);
+        assert_eq!(size(u64::MAX, K16), !(K16 - 1));
+        let iommu: Arc<dyn IommuMap> = Arc::new(FakeIommu::default());
+        let build = |base: u64, l: MapperLimits| {
+            VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), l, base)
+        };
+        let err = build(0, limits(64 * K16, 8)).unwrap_err().to_string();
+        assert!(err.contains("overlaps guest RAM"), "{err}");
+        let err = build((1 << 40) + 0x1000, limits(64 * K16, 8)).unwrap_err().to_string();
+        assert!(err.contains("choose another DMA IOVA base"), "{err}");
+        assert!(build(1 << 40, limits(64 * K16, 0)).is_err(), "limits are validated");
+        // An unlimited byte budget still gets an aperture that ends below 2^64.
+        let m = build(1 << 40, limits(u64::MAX, 8)).unwrap();
+        let (base, len) = m.iova_aperture();
+        assert!(base.checked_add(len).is_some());
+        // Below guest RAM is fine too.
+        let m = build(0x1000_0000, limits(64 * K16, 8));
+        assert!(m.is_err(), "4 GiB from 256 MiB overlaps RAM at 1 GiB");
+        let m = VfioHostPicksMapper::with_iommu(
+            iommu.clone(),
+            vec![RamMapping { gpa: 8 << 30, len: RAM_LEN, host_addr: HOST }],
+            limits(64 * K16, 8),
+            0x1000_0000,
+        );
+        assert!(m.is_ok());
+    }
+
+    #[test]
+    fn serves_the_window_manager_within_the_dart_limits() {
+        let iommu = Arc::new(FakeIommu::default());
+        let dart_like = limits(64 * K16, 6);
+        let m = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), dart_like, 1 << 40).unwrap();
+        let config = WindowConfig { window_size: 4 * K16, cache_released: true };
+        let mut wm = WindowManager::new(
+            Box::new(m) as Box<dyn HostMapper>,
+            config,
+            &[GuestRamRange { start: RAM_GPA, len: RAM_LEN }],
+        )
+        .unwrap();
+        let mut live = Vec::new();
+        let mut seed = 0x1234_5678_u64;
+        for step in 0..2_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            if live.len() < 5 && seed % 3 != 0 {
+                let gpa = RAM_GPA + (seed >> 8) % (RAM_LEN - 4 * K16);
+                let len = 1 + (seed >> 40) % (2 * K16);
+                let d = wm.map(gpa, len).unwrap();
+                assert!(d >= 1 << 40, "step {step}");
+                assert_eq!(wm.translate(d), Some(gpa), "step {step}");
+                live.push((d, len));
+            } else if let Some((d, len)) = live.pop() {
+                wm.unmap(d, len).unwrap();
+            }
+            let s = wm.stats();
+            assert!(s.live_bytes <= 64 * K16 && s.live_mappings <= 6, "step {step}: {s}");
+            assert_eq!(s.failures.host_map, 0, "step {step}: {s}");
+        }
+        wm.reset().unwrap();
+        let s = iommu.state();
+        assert!(s.live.is_empty() && s.errors.is_empty(), "{:?}", s.errors);
     }
 }

@@ -1,10 +1,11 @@
 //! VFIO (Linux): the host half of PCI passthrough.
 //!
 //! One [`VfioContainer`] per VM holds the IOMMU groups of its devices and the DMA mappings of
-//! guest RAM ([`VfioIdentityMapper`]). Each [`VfioDevice`] gives the portable
+//! guest RAM ([`VfioIdentityMapper`] at IOVA = guest-physical address, or
+//! [`VfioHostPicksMapper`] imitating the macOS DART's limits for DMA windows). Each [`VfioDevice`] gives the portable
 //! [`crate::assigned::AssignedFunction`] its configuration space and BARs
-//! ([`VfioHostFunction`]) and MSI-X eventfds ([`VfioMsix`]), and lets the VMM mmap its BARs
-//! into the guest and reset it around the VM's life.
+//! ([`VfioHostFunction`]) and MSI / MSI-X eventfds ([`VfioInterrupts`]), and lets the VMM
+//! mmap its BARs into the guest and reset it around the VM's life.
 //!
 //! Written against linux/vfio.h with `vfio-bindings` for the structures rather than
 //! `vfio-ioctls`: Aperture needs the raw errno of each step (EBUSY on the group or device,
@@ -19,6 +20,6 @@ mod ioctls;
 
 pub use container::{can_lock_unlimited, memlock_limit, VfioContainer, VfioGroup};
 pub use device::{MappedBar, ResetOutcome, VfioDevice, VfioHostFunction};
-pub use dma::{RamMapping, VfioIdentityMapper};
+pub use dma::{RamMapping, VfioHostPicksMapper, VfioIdentityMapper, DEFAULT_HOST_PICKS_IOVA_BASE};
 pub use error::{check_memlock, VfioError};
-pub use interrupts::{InterruptRoute, InterruptRouteFactory, VfioMsix};
+pub use interrupts::{InterruptRoute, InterruptRouteFactory, VfioInterrupts, VfioMsix};

@@ -4,7 +4,7 @@
 use devices::pci::config::{walk_capabilities, walk_extended_capabilities};
 use devices::pci::PciFunction;
 
-use super::fake::{assign, gpu, msi_only, nvme, ConfigBuilder};
+use super::fake::{assign, gpu, nvme, ConfigBuilder};
 use super::{read16, read32, write16, write32};
 use crate::assigned::policy::aligned_chunks;
 use crate::assigned::{AssignError, AssignedFunction, ROM_BAR_INDEX};
@@ -150,9 +150,12 @@ fn power_management_passes_through() {
 }
 
 #[test]
-fn gpu_hides_msi_rebar_sriov_ari_and_l1ss() {
+fn gpu_keeps_msi_and_msix_and_hides_rebar_sriov_ari_and_l1ss() {
     let (mut f, _, _) = assign(&gpu());
-    assert_eq!(std_caps(&mut f), vec![(0x01, 0x60), (0x10, 0x78), (0x11, 0xb4), (0x09, 0xc0)]);
+    assert_eq!(
+        std_caps(&mut f),
+        vec![(0x01, 0x60), (0x05, 0x68), (0x10, 0x78), (0x11, 0xb4), (0x09, 0xc0)]
+    );
     let ext = ext_caps(&mut f);
     assert_eq!(ext, vec![(0x00, 0x100), (0x01, 0x180), (0x03, 0x210)]);
     for hidden in [0x15, 0x10, 0x0e, 0x1e] {
@@ -166,7 +169,8 @@ fn gpu_hides_msi_rebar_sriov_ari_and_l1ss() {
     // Hidden bodies read 0.
     assert_eq!(read32(&mut f, 0x144), 0);
     let layout = f.capability_layout();
-    assert_eq!(layout.hidden, vec![(0x05, 0x68)]);
+    assert!(layout.hidden.is_empty());
+    assert_eq!((layout.msix, layout.msi.map(|m| m.offset)), (Some(0xb4), Some(0x68)));
     assert_eq!(layout.hidden_extended.len(), 4);
 }
 
@@ -196,17 +200,10 @@ fn all_extended_capabilities_hidden_leaves_an_empty_list() {
 }
 
 #[test]
-fn msi_only_device_gets_no_msi() {
-    let (mut f, _, _) = assign(&msi_only());
-    assert_eq!(std_caps(&mut f), vec![(0x10, 0x50)]);
-    assert!(f.msix_placement().is_none());
-}
-
-#[test]
 fn device_without_capabilities_clears_the_status_bit() {
     let mut b = ConfigBuilder::new(0x1234, 0x5678, 0x0b4000, 0);
     b.bar(0, 0, super::fake::region(0x1000));
-    b.cap(0x40, 0x05, 0, &[0; 12]);
+    b.cap(0x40, 0x03, 0, &[0; 6]); // VPD: not offered
     let (mut f, _, _) = assign(&b);
     assert_eq!(read16(&mut f, 0x06) & 0x10, 0);
     assert_eq!(read32(&mut f, 0x34) & 0xff, 0);
@@ -218,7 +215,7 @@ fn unreadable_extended_space_reads_as_empty() {
     let b = gpu();
     let fake = b.build();
     fake.log.lock().unwrap().readable_up_to = 0x100;
-    let msix = super::fake::RecordingMsixHost::default();
+    let msix = super::fake::RecordingHost::default();
     let mut f = AssignedFunction::new("gpu", Box::new(fake), Box::new(msix)).unwrap();
     assert!(ext_caps(&mut f).is_empty());
 }
@@ -230,7 +227,7 @@ fn construction_errors_name_the_device() {
     let err = AssignedFunction::new(
         "nvme0",
         Box::new(b.build()),
-        Box::new(super::fake::RecordingMsixHost::default()),
+        Box::new(super::fake::RecordingHost::default()),
     )
     .unwrap_err();
     assert!(matches!(err, AssignError::NoDevice { vendor_id: 0xffff, .. }));
@@ -241,7 +238,7 @@ fn construction_errors_name_the_device() {
     let err = AssignedFunction::new(
         "bridge",
         Box::new(b.build()),
-        Box::new(super::fake::RecordingMsixHost::default()),
+        Box::new(super::fake::RecordingHost::default()),
     )
     .unwrap_err();
     assert!(matches!(err, AssignError::NotAnEndpoint { header_type: 1, .. }), "{err}");
@@ -251,7 +248,7 @@ fn construction_errors_name_the_device() {
     let err = AssignedFunction::new(
         "gone",
         Box::new(fake),
-        Box::new(super::fake::RecordingMsixHost::default()),
+        Box::new(super::fake::RecordingHost::default()),
     )
     .unwrap_err();
     assert!(matches!(err, AssignError::ConfigRead { offset: 0x40, .. }), "{err}");

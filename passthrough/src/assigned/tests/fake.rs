@@ -1,12 +1,12 @@
 //! A fake physical function (a byte-array configuration space and patterned BARs) and a
-//! recording MSI-X host, plus the fixtures the tests assign.
+//! recording interrupt host, plus the fixtures the tests assign.
 
 use std::io;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::MsiMessage;
 
-use crate::assigned::{AssignedFunction, HostFunction, MsixHost, RegionInfo};
+use crate::assigned::{AssignedFunction, HostFunction, InterruptHost, InterruptKind, RegionInfo};
 
 /// What the fake device saw.
 #[derive(Debug, Default)]
@@ -90,39 +90,61 @@ impl HostFunction for FakeDevice {
     }
 }
 
-/// A call the function made to the MSI-X host.
+/// A call the function made to the interrupt host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MsixCall {
-    Count(u16),
-    Vector(u16, Option<MsiMessage>, u16),
+pub(super) enum HostCall {
+    Count(InterruptKind, u16),
+    Vector(InterruptKind, u16, Option<MsiMessage>, u16),
 }
 
-/// Records MSI-X host calls.
+/// Records interrupt host calls and checks what every host relies on: one kind enabled at a
+/// time, and messages only for the enabled vectors of the enabled kind.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RecordingMsixHost {
-    pub calls: Arc<Mutex<Vec<MsixCall>>>,
+pub(super) struct RecordingHost {
+    pub calls: Arc<Mutex<Vec<HostCall>>>,
+    /// Vectors enabled per kind (MSI, MSI-X).
+    pub enabled: Arc<Mutex<[u16; 2]>>,
 }
 
-impl RecordingMsixHost {
-    /// Returns and forgets the calls so far.
-    pub fn take(&self) -> Vec<MsixCall> {
-        std::mem::take(&mut *self.calls.lock().unwrap())
+fn slot(kind: InterruptKind) -> usize {
+    match kind {
+        InterruptKind::Msi => 0,
+        InterruptKind::Msix => 1,
     }
 }
 
-impl MsixHost for RecordingMsixHost {
-    fn set_vector_count(&mut self, vectors: u16) -> io::Result<()> {
-        self.calls.lock().unwrap().push(MsixCall::Count(vectors));
+impl RecordingHost {
+    /// Returns and forgets the calls so far.
+    pub fn take(&self) -> Vec<HostCall> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// Vectors enabled for `kind`.
+    pub fn enabled(&self, kind: InterruptKind) -> u16 {
+        self.enabled.lock().unwrap()[slot(kind)]
+    }
+}
+
+impl InterruptHost for RecordingHost {
+    fn set_vector_count(&mut self, kind: InterruptKind, vectors: u16) -> io::Result<()> {
+        let mut enabled = self.enabled.lock().unwrap();
+        let other = 1 - slot(kind);
+        assert!(vectors == 0 || enabled[other] == 0, "{kind} enabled while the other kind is");
+        enabled[slot(kind)] = vectors;
+        self.calls.lock().unwrap().push(HostCall::Count(kind, vectors));
         Ok(())
     }
 
     fn set_vector(
         &mut self,
+        kind: InterruptKind,
         vector: u16,
         message: Option<MsiMessage>,
         requester_id: u16,
     ) -> io::Result<()> {
-        self.calls.lock().unwrap().push(MsixCall::Vector(vector, message, requester_id));
+        let enabled = self.enabled.lock().unwrap()[slot(kind)];
+        assert!(message.is_none() || vector < enabled, "{kind} vector {vector} not enabled");
+        self.calls.lock().unwrap().push(HostCall::Vector(kind, vector, message, requester_id));
         Ok(())
     }
 }
@@ -272,22 +294,64 @@ pub(super) fn gpu() -> ConfigBuilder {
     b
 }
 
-/// A function with MSI only: BAR0 32-bit 128 KiB, MSI then PCIe.
-pub(super) fn msi_only() -> ConfigBuilder {
+/// An MSI capability body (after the header) with message control `control`, holding what a
+/// host's programming could leave there: an address, data, every vector masked and pending,
+/// and Enable, Multiple Message Enable and Extended Message Data (capable and enabled) set.
+pub(super) fn msi_body(control: u16) -> Vec<u8> {
+    let is_64 = control & 0x80 != 0;
+    let mut body = (control | 0x0671).to_le_bytes().to_vec();
+    body.extend(0xfee0_1004u32.to_le_bytes());
+    if is_64 {
+        body.extend(0x1u32.to_le_bytes());
+    }
+    body.extend(0x4021u16.to_le_bytes());
+    if control & 0x100 != 0 {
+        body.extend([0xaa, 0x55]); // extended data
+        body.extend(le(&[u32::MAX, u32::MAX]));
+    }
+    body
+}
+
+/// MSI Message Control: 64-bit address capable.
+pub(super) const MSI_64BIT: u16 = 0x80;
+/// MSI Message Control: per-vector masking capable.
+pub(super) const MSI_PVM: u16 = 0x100;
+
+/// A function with MSI only: BAR0 32-bit 128 KiB, MSI at 0x40 (message control `control`:
+/// its 64-bit, per-vector mask and Multiple Message Capable bits), PCIe at 0x60.
+pub(super) fn msi_only(control: u16) -> ConfigBuilder {
     let mut b = ConfigBuilder::new(0x8086, 0x1234, 0x020000, 0x01);
     b.bar(0, 0xfe00_0000, region(128 << 10));
-    b.cap(0x40, 0x05, 0x50, &[0x80, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    b.cap(0x50, 0x10, 0x00, &pcie_body());
+    b.cap(0x40, 0x05, 0x60, &msi_body(control));
+    b.cap(0x60, 0x10, 0x00, &pcie_body());
+    b
+}
+
+/// The MSI-X table and PBA of [`msi_and_msix`], in BAR3.
+pub(super) const NIC_TABLE: u64 = 0;
+pub(super) const NIC_PBA: u64 = 0x2000;
+
+/// A NIC-like function with both MSI and MSI-X (Intel's igb layout): BAR0 64-bit 128 KiB,
+/// BAR3 16 KiB with the MSI-X table (10 vectors); PM at 0x40, MSI at 0x50 (64-bit, per-vector
+/// mask, 8 vectors), MSI-X at 0x70, PCIe at 0xa0.
+pub(super) fn msi_and_msix() -> ConfigBuilder {
+    let mut b = ConfigBuilder::new(0x8086, 0x10c9, 0x020000, 0x01);
+    b.bar(0, 0xfe00_0004, region(128 << 10)).u32(0x14, 0);
+    b.bar(3, 0xfe10_0000, region(16 << 10));
+    b.cap(0x40, 0x01, 0x50, &[0x03, 0x00, 0x08, 0x00, 0, 0]);
+    b.cap(0x50, 0x05, 0x70, &msi_body(MSI_64BIT | MSI_PVM | 3 << 1));
+    b.cap(0x70, 0x11, 0xa0, &msix_body(10, NIC_TABLE as u32 | 3, NIC_PBA as u32 | 3));
+    b.cap(0xa0, 0x10, 0x00, &pcie_body());
     b
 }
 
 /// Assigns `device`, returning the function and the doubles to inspect.
-pub(super) fn assign(device: &ConfigBuilder) -> (AssignedFunction, FakeDevice, RecordingMsixHost) {
+pub(super) fn assign(device: &ConfigBuilder) -> (AssignedFunction, FakeDevice, RecordingHost) {
     let fake = device.build();
-    let msix = RecordingMsixHost::default();
+    let host = RecordingHost::default();
     let function =
-        AssignedFunction::new("test-dev", Box::new(fake.clone()), Box::new(msix.clone())).unwrap();
-    (function, fake, msix)
+        AssignedFunction::new("test-dev", Box::new(fake.clone()), Box::new(host.clone())).unwrap();
+    (function, fake, host)
 }
 
 /// xorshift64: deterministic, no dependency.

@@ -2,8 +2,9 @@
 
 use devices::pci::{MsiMessage, PciFunction};
 
-use super::fake::{assign, gpu, nvme, MsixCall, GPU_PBA, GPU_TABLE};
+use super::fake::{assign, gpu, nvme, HostCall, GPU_PBA, GPU_TABLE};
 use super::{bar_read32, bar_write32, read16, write16};
+use crate::assigned::InterruptKind::Msix;
 
 const CONTROL: u16 = 0x42;
 const TABLE: u64 = 0x2000;
@@ -23,7 +24,7 @@ fn enable_program_mask_unmask_route_vectors() {
     // Linux: enable with the function masked, program, unmask the entries, then the function.
     write16(&mut f, CONTROL, 0xc000);
     assert_eq!(read16(&mut f, CONTROL), 0xc040);
-    assert_eq!(host.take(), vec![MsixCall::Count(65)]);
+    assert_eq!(host.take(), vec![HostCall::Count(Msix, 65)]);
     program(&mut f, 0, 0x0808_0040, 0x20);
     program(&mut f, 3, 0x0808_0040, 0x23);
     bar_write32(&mut f, 0, TABLE + 12, 0);
@@ -34,18 +35,21 @@ fn enable_program_mask_unmask_route_vectors() {
     let m3 = MsiMessage { address: 0x0808_0040, data: 0x23 };
     assert_eq!(
         host.take(),
-        vec![MsixCall::Vector(0, Some(m0), 0x100), MsixCall::Vector(3, Some(m3), 0x100)]
+        vec![
+            HostCall::Vector(Msix, 0, Some(m0), 0x100),
+            HostCall::Vector(Msix, 3, Some(m3), 0x100)
+        ]
     );
     // Masking and unmasking one vector.
     bar_write32(&mut f, 0, TABLE + 12, 1);
-    assert_eq!(host.take(), vec![MsixCall::Vector(0, None, 0x100)]);
+    assert_eq!(host.take(), vec![HostCall::Vector(Msix, 0, None, 0x100)]);
     assert_eq!(bar_read32(&mut f, 0, TABLE + 12), 1);
     bar_write32(&mut f, 0, TABLE + 12, 0);
-    assert_eq!(host.take(), vec![MsixCall::Vector(0, Some(m0), 0x100)]);
+    assert_eq!(host.take(), vec![HostCall::Vector(Msix, 0, Some(m0), 0x100)]);
     // Reprogramming an unmasked vector re-routes it; rewriting the same value does not.
     bar_write32(&mut f, 0, TABLE + 8, 0x30);
     let m0b = MsiMessage { address: 0x0808_0040, data: 0x30 };
-    assert_eq!(host.take(), vec![MsixCall::Vector(0, Some(m0b), 0x100)]);
+    assert_eq!(host.take(), vec![HostCall::Vector(Msix, 0, Some(m0b), 0x100)]);
     bar_write32(&mut f, 0, TABLE + 8, 0x30);
     assert!(host.take().is_empty());
     // The table reads back; table and PBA accesses never reach the device.
@@ -61,24 +65,27 @@ fn enable_program_mask_unmask_route_vectors() {
     f.set_requester_id(0x0200);
     assert_eq!(
         host.take(),
-        vec![MsixCall::Vector(0, Some(m0b), 0x200), MsixCall::Vector(3, Some(m3), 0x200)]
+        vec![
+            HostCall::Vector(Msix, 0, Some(m0b), 0x200),
+            HostCall::Vector(Msix, 3, Some(m3), 0x200)
+        ]
     );
     // Function mask removes every route; disable tears down.
     write16(&mut f, CONTROL, 0xc000);
     assert_eq!(
         host.take(),
-        vec![MsixCall::Vector(0, None, 0x200), MsixCall::Vector(3, None, 0x200)]
+        vec![HostCall::Vector(Msix, 0, None, 0x200), HostCall::Vector(Msix, 3, None, 0x200)]
     );
     write16(&mut f, CONTROL, 0x0000);
-    assert_eq!(host.take(), vec![MsixCall::Count(0)]);
+    assert_eq!(host.take(), vec![HostCall::Count(Msix, 0)]);
     // Re-enabling restores the programmed, unmasked vectors.
     write16(&mut f, CONTROL, 0x8000);
     assert_eq!(
         host.take(),
         vec![
-            MsixCall::Count(65),
-            MsixCall::Vector(0, Some(m0b), 0x200),
-            MsixCall::Vector(3, Some(m3), 0x200)
+            HostCall::Count(Msix, 65),
+            HostCall::Vector(Msix, 0, Some(m0b), 0x200),
+            HostCall::Vector(Msix, 3, Some(m3), 0x200)
         ]
     );
     // The MSI-X capability itself never reaches the device.
@@ -93,7 +100,7 @@ fn qword_table_writes_and_entries_past_the_table() {
     f.bar_write(0, TABLE + 8, &[0x41, 0, 0, 0, 0, 0, 0, 0]); // data + unmask in one qword
     assert_eq!(
         host.take(),
-        vec![MsixCall::Vector(0, Some(MsiMessage { address: 0, data: 0x41 }), 0)]
+        vec![HostCall::Vector(Msix, 0, Some(MsiMessage { address: 0, data: 0x41 }), 0)]
     );
     // Right after the 65-entry table: the rest of the page is the device's.
     let past = TABLE + 65 * 16;
@@ -112,8 +119,8 @@ fn writes_without_msix_enabled_do_not_route() {
     assert_eq!(
         host.take(),
         vec![
-            MsixCall::Count(65),
-            MsixCall::Vector(1, Some(MsiMessage { address: 0x1000, data: 5 }), 0)
+            HostCall::Count(Msix, 65),
+            HostCall::Vector(Msix, 1, Some(MsiMessage { address: 0x1000, data: 5 }), 0)
         ]
     );
 }
@@ -124,7 +131,7 @@ fn reset_disables_msix_on_the_host() {
     write16(&mut f, CONTROL, 0x8000);
     host.take();
     f.reset();
-    assert_eq!(host.take(), vec![MsixCall::Count(0)]);
+    assert_eq!(host.take(), vec![HostCall::Count(Msix, 0)]);
     assert_eq!(read16(&mut f, CONTROL), 64);
     f.reset();
     assert!(host.take().is_empty());
@@ -139,7 +146,7 @@ fn gpu_msix_in_bar0_and_exclusive_bar() {
     bar_write32(&mut f, 0, GPU_TABLE + 8 * 16 + 12, 0);
     assert_eq!(
         host.take(),
-        vec![MsixCall::Count(9), MsixCall::Vector(8, Some(MsiMessage::default()), 0)]
+        vec![HostCall::Count(Msix, 9), HostCall::Vector(Msix, 8, Some(MsiMessage::default()), 0)]
     );
 
     let (mut f, fake, host) = assign(&nvme(true));

@@ -29,7 +29,7 @@ impl HostMemory for MappedBar {
     }
 }
 
-/// An MSI-X vector's eventfd as a KVM irqfd.
+/// An MSI or MSI-X vector's eventfd as a KVM irqfd.
 struct IrqfdRoute(Arc<dyn IrqfdMsi>);
 
 impl InterruptRoute for IrqfdRoute {
@@ -119,10 +119,10 @@ impl HostDevices {
             .map_err(|e| host_error(&name, e.to_string()))?;
             let mut function = function;
             function.set_trace(trace.cloned());
-            if function.msix_placement().is_none() {
+            if !function.has_interrupts() {
                 warn!(
-                    "{name}: the device has no usable MSI-X; Aperture offers no MSI or INTx \
-                     yet, so the guest driver gets no interrupts from it"
+                    "{name}: the device has neither usable MSI-X nor MSI; Aperture offers no \
+                     INTx yet, so the guest driver gets no interrupts from it"
                 );
             }
             let mut direct_bars = Vec::new();
@@ -200,12 +200,15 @@ impl HostDevices {
     /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM.
     pub fn shutdown(&mut self) {
         for device in &self.devices {
-            match device.disable_msix() {
-                // EINVAL: MSI-X is already off (the guest or the virtual reset turned it off).
-                Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
-                    warn!("{}: disabling MSI-X at exit: {e}", device.address())
+            for (kind, result) in [("MSI-X", device.disable_msix()), ("MSI", device.disable_msi())]
+            {
+                match result {
+                    // EINVAL: already off (the guest or the virtual reset turned it off).
+                    Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+                        warn!("{}: disabling {kind} at exit: {e}", device.address())
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
             self.reset(device, "exit");
         }
