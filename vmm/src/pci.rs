@@ -15,7 +15,7 @@ use devices::virtio::{Block, Rng};
 use log::{debug, info, warn};
 use vm_memory::GuestMemoryMmap;
 
-use crate::assign::{DirectBar, PendingFunction};
+use crate::assign::{AssignedParts, DirectBar, PendingFunction};
 use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::hypervisor::{MemorySlot, Vm};
@@ -208,8 +208,8 @@ fn group_by_host_slot(assigned: Vec<PendingFunction>) -> Vec<Vec<(u8, PendingFun
 /// What the PCI hierarchy gets besides the configuration.
 #[derive(Debug, Default)]
 pub struct PciExtras {
-    /// Assigned devices, ready to attach.
-    pub assigned: Vec<PendingFunction>,
+    /// Assigned devices, ready to attach, and Aperture's endpoints that serve them.
+    pub assigned: AssignedParts,
     /// Where PCI and passthrough events are traced.
     pub trace: Option<Arc<dyn TraceSink>>,
 }
@@ -224,7 +224,7 @@ pub fn build_pci(
     extras: PciExtras,
     bus: &mut MmioBus,
 ) -> Result<Arc<Mutex<PciRoot>>, PciSetupError> {
-    let PciExtras { assigned, trace } = extras;
+    let PciExtras { assigned: AssignedParts { functions: assigned, endpoints }, trace } = extras;
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let mut root = PciRoot::new();
@@ -276,6 +276,11 @@ pub fn build_pci(
         let transport = VirtioPci::new("virtio-rng", Box::new(rng), memory.clone(), msi.clone())
             .map_err(|e| PciSetupError::Topology(e.to_string()))?;
         root.add_function(Box::new(transport)).map_err(topology)?;
+    }
+    for endpoint in endpoints {
+        let name = endpoint.name().to_string();
+        let id = root.add_function(endpoint).map_err(topology)?;
+        info!("{name} at {id}");
     }
     if let Some(sink) = trace {
         root.set_trace_hook(Some(trace_hook(sink)));

@@ -4,6 +4,7 @@
 //! The host side is per platform (`sys`): VFIO on Linux. What the rest of the VMM sees is
 //! portable: PCI functions to attach, and BAR pieces to map into the guest.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use devices::pci::PciFunction;
@@ -89,6 +90,70 @@ impl std::fmt::Debug for PendingFunction {
     }
 }
 
+/// What assigning devices adds to the guest's PCI hierarchy.
+#[derive(Default)]
+pub struct AssignedParts {
+    /// Assigned functions, each behind a root port (functions of one host device together).
+    pub functions: Vec<PendingFunction>,
+    /// Aperture's own endpoints serving them on bus 0 (aperture-dma for `dma=window`).
+    pub endpoints: Vec<Box<dyn PciFunction>>,
+}
+
+impl std::fmt::Debug for AssignedParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<&str> = self.endpoints.iter().map(|e| e.name()).collect();
+        f.debug_struct("AssignedParts")
+            .field("functions", &self.functions)
+            .field("endpoints", &endpoints)
+            .finish()
+    }
+}
+
+/// Passes everything to the wrapped function and publishes its requester id, which the
+/// aperture-dma device serving it reports to the guest (`TARGET_RID`).
+pub struct RequesterIdWatch {
+    inner: Box<dyn PciFunction>,
+    requester_id: Arc<AtomicU32>,
+}
+
+impl std::fmt::Debug for RequesterIdWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequesterIdWatch").field("inner", &self.inner.name()).finish()
+    }
+}
+
+impl RequesterIdWatch {
+    /// Wraps `inner`, publishing into `requester_id`.
+    pub fn new(inner: Box<dyn PciFunction>, requester_id: Arc<AtomicU32>) -> Self {
+        Self { inner, requester_id }
+    }
+}
+
+impl PciFunction for RequesterIdWatch {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.inner.config_read(offset, data)
+    }
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.inner.config_write(offset, data)
+    }
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.inner.bar_read(bar, offset, data)
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.inner.bar_write(bar, offset, data)
+    }
+    fn bar_regions(&self) -> Vec<devices::pci::BarRegion> {
+        self.inner.bar_regions()
+    }
+    fn set_requester_id(&mut self, requester_id: u16) {
+        self.requester_id.store(u32::from(requester_id), Ordering::Relaxed);
+        self.inner.set_requester_id(requester_id)
+    }
+}
+
 /// The VM's assigned devices; resets them (and unmaps their DMA) when dropped.
 #[derive(Debug)]
 pub struct AssignedDevices {
@@ -102,12 +167,12 @@ impl AssignedDevices {
         ram: &GuestRam,
         config: &VmConfig,
         trace: Option<&Arc<dyn TraceSink>>,
-    ) -> Result<(Self, Vec<PendingFunction>), AssignError> {
+    ) -> Result<(Self, AssignedParts), AssignError> {
         if config.devices.is_empty() {
-            return Ok((Self { host: None }, Vec::new()));
+            return Ok((Self { host: None }, AssignedParts::default()));
         }
-        let (host, functions) = sys::HostDevices::open(vm, ram, &config.devices, trace)?;
-        Ok((Self { host: Some(host) }, functions))
+        let (host, parts) = sys::HostDevices::open(vm, ram, &config.devices, trace)?;
+        Ok((Self { host: Some(host) }, parts))
     }
 
     /// Quiesces and resets the devices and removes their DMA mappings; also done on drop.

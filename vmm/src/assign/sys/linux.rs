@@ -1,21 +1,28 @@
 //! VFIO: devices checked in sysfs, opened in one container per VM, reset at start and exit,
 //! with all guest RAM mapped for their DMA at device address = guest physical address.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
 
 use devices::pci::MsiMessage;
+use devices::pci::PciFunction;
 use devices::trace::{TraceRecord, TraceSink, TraceValue};
 use log::{info, warn};
 use passthrough::assigned::AssignedFunction;
-use passthrough::dma::HostMapper;
+use passthrough::dma::pv::protocol::TARGET_RID_UNKNOWN;
+use passthrough::dma::{
+    AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperLimits, SharedWindows,
+    WindowConfig, WindowManager,
+};
 use passthrough::vfio::{
     can_lock_unlimited, check_memlock, memlock_limit, InterruptRoute, MappedBar, RamMapping,
-    VfioContainer, VfioDevice, VfioHostFunction, VfioIdentityMapper, VfioMsix,
+    VfioContainer, VfioDevice, VfioHostFunction, VfioHostPicksMapper, VfioIdentityMapper, VfioMsix,
+    DEFAULT_HOST_PICKS_IOVA_BASE,
 };
-use passthrough::HostSysfs;
+use passthrough::{HostDevice, HostSysfs, PciAddress};
 
-use super::{AssignError, DirectBar, HostMemory, PendingFunction};
-use crate::config::DeviceConfig;
+use super::{AssignError, AssignedParts, DirectBar, HostMemory, PendingFunction, RequesterIdWatch};
+use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
 use crate::hypervisor::{IrqfdMsi, MsiRoute, Vm};
 use crate::memory::GuestRam;
 
@@ -53,13 +60,35 @@ fn host_page_size() -> u64 {
     u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
+/// A device whose DMA goes through windows, and its window manager.
+struct WindowedDevice {
+    address: String,
+    windows: SharedWindows,
+}
+
+impl std::fmt::Debug for WindowedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowedDevice").field("address", &self.address).finish()
+    }
+}
+
 /// The VM's VFIO devices and DMA mappings.
 #[derive(Debug)]
 pub struct HostDevices {
     devices: Vec<Arc<VfioDevice>>,
     mapper: Option<VfioIdentityMapper>,
     dma_mapped: Vec<(u64, u64)>,
+    windowed: Vec<WindowedDevice>,
     trace: Option<Arc<dyn TraceSink>>,
+}
+
+fn host_error(address: &dyn std::fmt::Display, message: impl ToString) -> AssignError {
+    AssignError::Host { address: address.to_string(), message: message.to_string() }
+}
+
+/// Opens `/dev/vfio/vfio`.
+fn open_container(address: &PciAddress) -> Result<Arc<VfioContainer>, AssignError> {
+    VfioContainer::open(std::path::Path::new("/dev")).map_err(|e| host_error(address, e))
 }
 
 impl HostDevices {
@@ -68,56 +97,60 @@ impl HostDevices {
         ram: &GuestRam,
         configs: &[DeviceConfig],
         trace: Option<&Arc<dyn TraceSink>>,
-    ) -> Result<(Self, Vec<PendingFunction>), AssignError> {
-        let host_error = |address: &dyn std::fmt::Display, message: String| AssignError::Host {
-            address: address.to_string(),
-            message,
-        };
+    ) -> Result<(Self, AssignedParts), AssignError> {
         let sysfs = HostSysfs::default();
         let mut checked = Vec::new();
         for config in configs {
-            let device = sysfs.inspect(&config.address).map_err(|e| AssignError::Host {
-                address: config.address.to_string(),
-                message: e.to_string(),
-            })?;
-            checked.push(device);
+            checked
+                .push(sysfs.inspect(&config.address).map_err(|e| host_error(&config.address, e))?);
         }
-        let first = &configs[0].address;
-        let container = VfioContainer::open(std::path::Path::new("/dev"))
-            .map_err(|e| host_error(first, e.to_string()))?;
+        check_groups(configs, &checked)?;
+        let needed = pinned_bytes_needed(configs, ram);
+        check_memlock(needed, memlock_limit(), can_lock_unlimited())
+            .map_err(|e| host_error(&configs[0].address, e))?;
         let mut this = Self {
             devices: Vec::new(),
             mapper: None,
             dma_mapped: Vec::new(),
+            windowed: Vec::new(),
             trace: trace.cloned(),
         };
+        // Identity devices share one container (and one mapping of guest RAM); each windowed
+        // device gets its own, so that no identity mapping lets it reach all of RAM.
+        let mut identity: Option<Arc<VfioContainer>> = None;
         let mut opened = Vec::new();
-        for device in &checked {
-            let vfio = container
-                .open_device(device)
-                .map_err(|e| host_error(&device.address, e.to_string()))?;
+        for (config, device) in configs.iter().zip(&checked) {
+            let container = match config.dma {
+                DmaMode::Identity => match &identity {
+                    Some(container) => container.clone(),
+                    None => identity.insert(open_container(&config.address)?).clone(),
+                },
+                DmaMode::Window(_) => open_container(&config.address)?,
+            };
+            let vfio = container.open_device(device).map_err(|e| host_error(&device.address, e))?;
             let vfio = Arc::new(vfio);
             this.devices.push(vfio.clone());
             this.reset(&vfio, "start");
-            opened.push(vfio);
+            opened.push((config, vfio, container));
         }
-        this.map_guest_ram(&container, ram).map_err(|message| host_error(first, message))?;
+        if let Some(container) = &identity {
+            this.map_guest_ram(container, ram).map_err(|e| host_error(&configs[0].address, e))?;
+        }
         let page_size = host_page_size();
-        let mut functions = Vec::new();
-        for vfio in opened {
+        let mut parts = AssignedParts::default();
+        for (config, vfio, container) in opened {
             let name = vfio.address().to_string();
             let irqfd_vm = vm.clone();
             let new_route = Box::new(move || -> std::io::Result<Box<dyn InterruptRoute>> {
                 let irqfd = irqfd_vm.create_irqfd_msi().map_err(std::io::Error::other)?;
                 Ok(Box::new(IrqfdRoute(irqfd)))
             });
-            let function = AssignedFunction::new(
+            let mut function = AssignedFunction::new(
                 &name,
                 Box::new(VfioHostFunction(vfio.clone())),
                 Box::new(VfioMsix::new(vfio.clone(), new_route)),
             )
-            .map_err(|e| host_error(&name, e.to_string()))?;
-            let mut function = function;
+            .map_err(|e| host_error(&name, e))?;
             function.set_trace(trace.cloned());
             if !function.has_interrupts() {
                 warn!(
@@ -125,28 +158,26 @@ impl HostDevices {
                      INTx yet, so the guest driver gets no interrupts from it"
                 );
             }
-            let mut direct_bars = Vec::new();
-            for bar in 0..6 {
-                for (offset, len) in function.mappable_bar_ranges(bar, page_size) {
-                    match vfio.mmap_bar(bar, offset, len) {
-                        Ok(mapped) => {
-                            direct_bars.push(DirectBar { bar, offset, memory: Box::new(mapped) })
-                        }
-                        Err(e) => warn!(
-                            "{name}: BAR {bar} {offset:#x}+{len:#x} cannot be mmapped ({e}); \
-                             guest accesses there are trapped (slow)"
-                        ),
-                    }
+            let direct_bars = direct_bars(&name, &vfio, &function, page_size);
+            let function: Box<dyn PciFunction> = match config.dma {
+                DmaMode::Identity => Box::new(function),
+                DmaMode::Window(limits) => {
+                    let index = this.windowed.len();
+                    let (windows, device, rid) =
+                        windowed(&name, index, container, ram, limits, trace)?;
+                    this.windowed.push(WindowedDevice { address: name.clone(), windows });
+                    parts.endpoints.push(Box::new(device));
+                    Box::new(RequesterIdWatch::new(Box::new(function), rid))
                 }
-            }
-            functions.push(PendingFunction {
+            };
+            parts.functions.push(PendingFunction {
                 name,
                 address: vfio.address(),
-                function: Box::new(function),
+                function,
                 direct_bars,
             });
         }
-        Ok((this, functions))
+        Ok((this, parts))
     }
 
     /// Pins all guest RAM and maps it for the devices' DMA at IOVA = guest physical address.
@@ -155,8 +186,6 @@ impl HostDevices {
         container: &Arc<VfioContainer>,
         ram: &GuestRam,
     ) -> Result<(), String> {
-        let total: u64 = ram.regions().iter().map(|r| r.size).sum();
-        check_memlock(total, memlock_limit(), can_lock_unlimited()).map_err(|e| e.to_string())?;
         let regions: Vec<RamMapping> = ram
             .regions()
             .iter()
@@ -197,7 +226,8 @@ impl HostDevices {
         }
     }
 
-    /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM.
+    /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM and
+    /// windows (and reports what the windows did).
     pub fn shutdown(&mut self) {
         for device in &self.devices {
             for (kind, result) in [("MSI-X", device.disable_msix()), ("MSI", device.disable_msi())]
@@ -231,5 +261,134 @@ impl HostDevices {
                 }
             }
         }
+        for device in self.windowed.drain(..) {
+            let mut windows = device.windows.lock().unwrap_or_else(|e| e.into_inner());
+            let summary = windows.stats().to_string();
+            info!("{}: {}", device.address, summary.trim_end());
+            if let Some(trace) = &self.trace {
+                for line in summary.lines() {
+                    let fields = [("summary", TraceValue::Str(line.trim()))];
+                    trace.record(&TraceRecord {
+                        source: &device.address,
+                        event: "dma-stats",
+                        fields: &fields,
+                    });
+                }
+            }
+            if let Err(e) = windows.reset().and_then(|()| windows.flush_cache()) {
+                warn!("{}: unmapping DMA windows at exit: {e}", device.address);
+            }
+        }
     }
+}
+
+/// Every function of an IOMMU group shares its container, so they must share a DMA mode;
+/// and a window manager serves one function.
+fn check_groups(configs: &[DeviceConfig], devices: &[HostDevice]) -> Result<(), AssignError> {
+    for (i, (config, device)) in configs.iter().zip(devices).enumerate() {
+        for (other_config, other) in configs.iter().zip(devices).skip(i + 1) {
+            let windowed = |c: &DeviceConfig| matches!(c.dma, DmaMode::Window(_));
+            if other.group == device.group && (windowed(config) || windowed(other_config)) {
+                return Err(host_error(
+                    &other.address,
+                    format!(
+                        "it shares IOMMU group {} with {}, and dma=window needs a group of its \
+                         own (one DMA address space per window manager); pass one of them with \
+                         dma=identity, or only one of them",
+                        device.group, device.address
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes VFIO will pin: all guest RAM for identity devices, and for each windowed device
+/// twice its limit (a window shadowed by a straddling map stays mapped until its users leave).
+fn pinned_bytes_needed(configs: &[DeviceConfig], ram: &GuestRam) -> u64 {
+    let identity = configs.iter().any(|c| c.dma == DmaMode::Identity);
+    let ram_bytes: u64 = ram.regions().iter().map(|r| r.size).sum();
+    let windows: u64 = configs
+        .iter()
+        .filter_map(|c| match c.dma {
+            DmaMode::Window(limits) => Some(limits.max_bytes.saturating_mul(2).min(ram_bytes)),
+            DmaMode::Identity => None,
+        })
+        .sum();
+    if identity { ram_bytes } else { 0 }.saturating_add(windows)
+}
+
+/// The page-aligned pieces of each BAR the guest can access directly.
+fn direct_bars(
+    name: &str,
+    vfio: &VfioDevice,
+    function: &AssignedFunction,
+    page_size: u64,
+) -> Vec<DirectBar> {
+    let mut direct = Vec::new();
+    for bar in 0..6 {
+        for (offset, len) in function.mappable_bar_ranges(bar, page_size) {
+            match vfio.mmap_bar(bar, offset, len) {
+                Ok(mapped) => direct.push(DirectBar { bar, offset, memory: Box::new(mapped) }),
+                Err(e) => warn!(
+                    "{name}: BAR {bar} {offset:#x}+{len:#x} cannot be mmapped ({e}); guest \
+                     accesses there are trapped (slow)"
+                ),
+            }
+        }
+    }
+    direct
+}
+
+/// The window manager of a `dma=window` device over its own container, with host-picked
+/// device addresses under `limits`, and the aperture-dma device the guest drives it with.
+fn windowed(
+    name: &str,
+    index: usize,
+    container: Arc<VfioContainer>,
+    ram: &GuestRam,
+    limits: DmaWindowLimits,
+    trace: Option<&Arc<dyn TraceSink>>,
+) -> Result<(SharedWindows, DmaWindowDevice, Arc<AtomicU32>), AssignError> {
+    let regions: Vec<RamMapping> = ram
+        .regions()
+        .iter()
+        .map(|r| RamMapping { gpa: r.guest_addr, len: r.size, host_addr: r.host_addr })
+        .collect();
+    let ranges: Vec<GuestRamRange> =
+        regions.iter().map(|r| GuestRamRange { start: r.gpa, len: r.len }).collect();
+    let mapper_limits = MapperLimits {
+        max_mapped_bytes: limits.max_bytes,
+        max_mappings: limits.max_mappings,
+        alignment: limits.alignment,
+        policy: AddressPolicy::HostPicks,
+    };
+    let mapper =
+        VfioHostPicksMapper::new(container, regions, mapper_limits, DEFAULT_HOST_PICKS_IOVA_BASE)
+            .map_err(|e| host_error(&name, e))?;
+    let (base, size) = mapper.iova_aperture();
+    let config = WindowConfig { window_size: limits.window_size, cache_released: true };
+    let mapper: Box<dyn HostMapper> = Box::new(mapper);
+    let manager = WindowManager::new(mapper, config, &ranges).map_err(|e| host_error(&name, e))?;
+    let windows: SharedWindows = Arc::new(Mutex::new(manager));
+    let rid = Arc::new(AtomicU32::new(TARGET_RID_UNKNOWN));
+    let device_name = format!("aperture-dma{index}");
+    let device = DmaWindowDevice::new(
+        device_name.clone(),
+        windows.clone(),
+        ram.memory().clone(),
+        rid.clone(),
+        trace.cloned(),
+    )
+    .map_err(|e| host_error(&name, e))?;
+    info!(
+        "{name}: DMA through windows ({device_name}): at most {} MiB in {} mappings, {} KiB \
+         granule, {} KiB windows, device addresses {base:#x}+{size:#x}",
+        limits.max_bytes >> 20,
+        limits.max_mappings,
+        limits.alignment >> 10,
+        limits.window_size >> 10
+    );
+    Ok((windows, device, rid))
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{AssignError, PendingFunction};
+use super::{AssignError, AssignedParts};
 use crate::config::DeviceConfig;
 use crate::hypervisor::Vm;
 use crate::memory::GuestRam;
@@ -17,7 +17,7 @@ impl HostDevices {
         _ram: &GuestRam,
         _devices: &[DeviceConfig],
         _trace: Option<&Arc<dyn devices::trace::TraceSink>>,
-    ) -> Result<(Self, Vec<PendingFunction>), AssignError> {
+    ) -> Result<(Self, AssignedParts), AssignError> {
         Err(AssignError::Unsupported(format!(
             "--device: PCI passthrough is not available on {} in this build",
             std::env::consts::OS
