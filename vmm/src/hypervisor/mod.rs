@@ -10,6 +10,7 @@
 pub mod fake;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
+pub mod routing;
 
 use std::sync::Arc;
 
@@ -107,6 +108,16 @@ pub trait Vm: Send + Sync {
     fn create_irqfd_msi(&self) -> Result<Arc<dyn IrqfdMsi>> {
         Err(HypervisorError::Unavailable("this hypervisor has no irqfd".into()))
     }
+    /// A level-triggered interrupt line the host drives through eventfds, wired to shared
+    /// peripheral interrupt `spi` (0-based, INTID 32 + spi) by the hypervisor without a trip
+    /// through the VMM (KVM irqfd with a resample eventfd). For passed-through devices' INTx.
+    /// Created disconnected; the GIC must exist ([`Vm::create_gic`]), and an SPI has at most
+    /// one such line at a time. The guest must see the SPI as level-triggered.
+    #[cfg(target_os = "linux")]
+    fn create_irqfd_spi(&self, spi: u32) -> Result<Arc<dyn IrqfdLevel>> {
+        let _ = spi;
+        Err(HypervisorError::Unavailable("this hypervisor has no irqfd".into()))
+    }
 }
 
 /// A guest memory mapping made by [`Vm::map_memory`].
@@ -140,6 +151,29 @@ pub trait IrqfdMsi: Send + Sync + std::fmt::Debug {
     /// Signals that arrive while disconnected stay counted in the eventfd and are delivered
     /// when it is connected again, which is MSI-X pending-bit behaviour.
     fn set_route(&self, route: Option<MsiRoute>) -> Result<()>;
+}
+
+/// A level-triggered guest interrupt (a GIC SPI) driven by eventfds: the host device asserts
+/// it by signalling [`IrqfdLevel::eventfd`]; the hypervisor deasserts it when the guest EOIs
+/// it, then signals [`IrqfdLevel::resample_eventfd`] so the host re-arms the device's line.
+/// This is VFIO's INTx protocol: VFIO masks the host interrupt when it fires and signals the
+/// first eventfd (its trigger); give it the second as its unmask eventfd. Dropping it
+/// disconnects the line (deasserting it) and frees its route.
+#[cfg(target_os = "linux")]
+pub trait IrqfdLevel: Send + Sync + std::fmt::Debug {
+    /// The eventfd the host device (VFIO) signals to assert the line; valid while `self`
+    /// lives.
+    fn eventfd(&self) -> std::os::fd::RawFd;
+    /// The eventfd the hypervisor signals after the guest EOIs the interrupt and the line
+    /// is deasserted (VFIO unmasks the host interrupt then); valid while `self` lives.
+    fn resample_eventfd(&self) -> std::os::fd::RawFd;
+    /// Connects (`true`) or disconnects the line; doing what is already done does nothing.
+    /// Signals that arrive while disconnected stay counted in the eventfd and assert the
+    /// line when it is connected again. Disconnecting deasserts the line and signals the
+    /// resample eventfd once, so a host interrupt masked while waiting for an EOI that will
+    /// not come is re-armed (if the device still asserts, VFIO signals again and that is
+    /// delivered on reconnection).
+    fn set_enabled(&self, enabled: bool) -> Result<()>;
 }
 
 /// Completes guest MMIO accesses; implemented by the device bus.

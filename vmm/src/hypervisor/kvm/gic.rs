@@ -16,6 +16,8 @@ use crate::hypervisor::{GicSpec, HypervisorError, Result};
 pub struct KvmGic {
     _gic: DeviceFd,
     _its: Option<DeviceFd>,
+    /// Interrupt lines (INTIDs) the distributor implements, including the 32 private ones.
+    pub nr_irqs: u32,
 }
 
 fn create_device(vm: &VmFd, type_: u32, name: &str) -> Result<DeviceFd> {
@@ -89,6 +91,6 @@ impl KvmGic {
             spec.redist_size,
             spec.its_base.map_or("none".to_string(), |b| format!("{b:#x}"))
         );
-        Ok(Self { _gic: gic, _its: its })
+        Ok(Self { _gic: gic, _its: its, nr_irqs })
     }
 }

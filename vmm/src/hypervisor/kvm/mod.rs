@@ -165,11 +165,18 @@ impl Vm for KvmVm {
     fn create_gic(&self, spec: &GicSpec) -> Result<()> {
         let gic = gic::KvmGic::new(&self.fd, spec)?;
         *self.gic.lock().unwrap_or_else(|e| e.into_inner()) = Some(gic);
+        // Initializing the GIC installed KVM's default routing table (GSI n to SPI n) over
+        // any routes set before.
+        let routes = self.irqfd.routes();
+        if !routes.is_empty() {
+            irqfd::commit(&self.fd, &routes)?;
+        }
         Ok(())
     }
 
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()> {
         // KVM_IRQ_LINE on arm64: type in bits 24..31, vCPU (unused for SPIs), INTID in 0..15.
+        // It names the INTID directly, without the GSI routing table that irqfds replace.
         let irq = (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | (32 + spi);
         self.fd
             .set_irq_line(irq, asserted)
@@ -178,6 +185,25 @@ impl Vm for KvmVm {
 
     fn create_irqfd_msi(&self) -> Result<Arc<dyn super::IrqfdMsi>> {
         Ok(Arc::new(irqfd::KvmIrqfdMsi::new(&self.irqfd)?))
+    }
+
+    fn create_irqfd_spi(&self, spi: u32) -> Result<Arc<dyn super::IrqfdLevel>> {
+        let nr_irqs = match &*self.gic.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(gic) => gic.nr_irqs,
+            None => {
+                return Err(HypervisorError::Guest(format!(
+                    "a level irqfd for SPI {spi} needs the GIC, which is not created yet"
+                )))
+            }
+        };
+        // KVM checks this only when the line is asserted, and then drops the interrupt.
+        if spi >= nr_irqs.saturating_sub(32) {
+            return Err(HypervisorError::Guest(format!(
+                "SPI {spi} (INTID {}) is beyond the GIC's {nr_irqs} interrupt lines",
+                spi + 32
+            )));
+        }
+        Ok(Arc::new(irqfd::KvmIrqfdLevel::new(&self.irqfd, spi)?))
     }
 
     fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()> {
