@@ -5,7 +5,14 @@
 #   kernel-version   <ver>, e.g. 6.1.0-56-arm64
 #   modules/         root of lib/modules/<ver>/ (.ko.xz decompressed, depmod run)
 #   busybox          static arm64 busybox from busybox-static:arm64
-#   guest.cpio       uncompressed newc initramfs: busybox + /init (images/guest-init.sh)
+#   aperture_dma.ko  the DMA window driver, and aperture_dma_selftest.ko (the same against
+#                    a software model of the VMM), by images/build-dma-module.sh from
+#                    Debian's arm64 kernel headers
+#   guest.cpio       uncompressed newc initramfs: busybox + /init (images/guest-init.sh) +
+#                    modules (virtio, nvme, aperture_dma)
+# GUEST_CPIO=PATH writes the initramfs there instead of build/images/guest.cpio (to try a
+# change while something else uses the current one); everything else still goes to
+# build/images/.
 # Downloads are cached in build/cache/ by package file name: a second run is quick and
 # works offline. Needs images/host-deps.sh to have run (apt arm64 arch, kmod, cpio, xz).
 set -euo pipefail
@@ -101,26 +108,40 @@ if [ "$(cat "$out/.busybox-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -s "$out/bu
     echo "$stamp" > "$out/.busybox-stamp"
 fi
 
+# --- aperture_dma.ko ------------------------------------------------------------------------
+# The DMA window driver, cross-built against this kernel's headers (cached, quick when done).
+"$repo/images/build-dma-module.sh" || die "images/build-dma-module.sh failed"
+
 # --- guest.cpio ----------------------------------------------------------------------------
-# Loaded by the guest's /init when present: virtio-pci devices, NVMe for passthrough.
+# Loaded by the guest's /init when present: virtio-pci devices, NVMe for passthrough, and
+# aperture_dma (in lib/modules/<kver>/extra/, before NVMe when a DMA window is offered).
 guest_modules="virtio_pci virtio_blk virtio_rng virtio_console nvme"
 init=$repo/images/guest-init.sh
-if [ ! -s "$out/guest.cpio" ] || [ "$init" -nt "$out/guest.cpio" ] \
-    || [ "$out/busybox" -nt "$out/guest.cpio" ] || [ "$0" -nt "$out/guest.cpio" ]; then
-    say "packing guest.cpio"
+cpio=$(realpath -m "${GUEST_CPIO:-$out/guest.cpio}")
+mkdir -p "$(dirname "$cpio")"
+if [ ! -s "$cpio" ] || [ "$init" -nt "$cpio" ] || [ "$out/aperture_dma.ko" -nt "$cpio" ] \
+    || [ "$out/aperture_dma_selftest.ko" -nt "$cpio" ] \
+    || [ "$out/busybox" -nt "$cpio" ] || [ "$0" -nt "$cpio" ]; then
+    say "packing $cpio"
     root=$(mktemp -d "$out/.guest-root.XXXXXX")
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,root,etc}
     install -m 0755 "$out/busybox" "$root/bin/busybox"
     install -m 0755 "$init" "$root/init"
-    # Drivers for Aperture's devices (Debian builds them as modules), with what they need.
+    mkdir -p "$root/lib/modules/$kver/extra"
+    for m in aperture_dma aperture_dma_selftest; do
+        install -m 0644 "$out/$m.ko" "$root/lib/modules/$kver/extra/$m.ko"
+    done
+    # Drivers for Aperture's devices (Debian builds them as modules), with what they need;
+    # its depmod indexes aperture_dma too.
     copy_modules "$out/modules" "$kver" "$root" $guest_modules \
         || die "could not copy the guest's kernel modules"
-    pack_cpio "$root" "$out/guest.cpio"
+    pack_cpio "$root" "$cpio"
     rm -rf "$root"
 fi
 
 say "kernel $kver"
-for f in Image Image.gz busybox guest.cpio; do
-    say "$(printf '%-10s %6s  %s' "$f" "$(du -h "$out/$f" | cut -f1)" "$out/$f")"
+for f in Image Image.gz busybox aperture_dma.ko; do
+    say "$(printf '%-16s %6s  %s' "$f" "$(du -h "$out/$f" | cut -f1)" "$out/$f")"
 done
-say "$(printf '%-10s %6s  %s' modules "$(du -sh "$out/modules" | cut -f1)" "$out/modules/lib/modules/$kver")"
+say "$(printf '%-16s %6s  %s' guest.cpio "$(du -h "$cpio" | cut -f1)" "$cpio")"
+say "$(printf '%-16s %6s  %s' modules "$(du -sh "$out/modules" | cut -f1)" "$out/modules/lib/modules/$kver")"

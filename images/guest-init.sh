@@ -15,21 +15,111 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec 0<>/dev/console 1>&0 2>&0
 
 echo "APERTURE-GUEST-INIT-OK"
-# Drivers for whatever PCI devices the VMM gave us (quietly: absent devices are fine).
-modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme 2>/dev/null
 
+# aperture.check=LIST: the checks below. The DMA window driver (aperture_dma):
+#   aperture.dmatarget=BDF   its target= (default: the device the window names)
+#   aperture.dmabytes=MiB    how much the dmawin/dmapin checks move
+#   aperture.dma=off         never load it
+#   aperture.dma=selftest    load aperture_dma_selftest instead: the same driver against a
+#                            software model of the VMM (identity addresses), for trying the
+#                            checks where no Aperture window exists (QEMU + emulated NVMe);
+#                            aperture.dmaselftest=limit_kib=4096,granule=16384 sets its
+#                            parameters (comma-separated)
 checks=
+dmatarget=
+dmabytes=
+dmamode=auto
+dmaselftest=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         aperture.check=*) checks=${arg#aperture.check=} ;;
+        aperture.dmatarget=*) dmatarget=${arg#aperture.dmatarget=} ;;
+        aperture.dmabytes=*) dmabytes=${arg#aperture.dmabytes=} ;;
+        aperture.dma=*) dmamode=${arg#aperture.dma=} ;;
+        aperture.dmaselftest=*) dmaselftest=${arg#aperture.dmaselftest=} ;;
     esac
 done
+
+# window_dev: prints the sysfs directory of the first aperture-dma function (1234:a9e0), or
+# of the selftest's model.
+window_dev() {
+    for dev in /sys/bus/pci/devices/*; do
+        [ -e "$dev/vendor" ] || continue
+        if [ "$(cat "$dev/vendor")" = 0x1234 ] && [ "$(cat "$dev/device")" = 0xa9e0 ]; then
+            echo "$dev"
+            return 0
+        fi
+    done
+    [ -e /sys/devices/aperture_dma_selftest/target ] || return 1
+    echo /sys/devices/aperture_dma_selftest
+}
+
+# The DMA window driver must own the target's DMA before the target's driver (NVMe) binds:
+# load it first when the VMM offers a window, or when a check is about it.
+dma_load="not loaded"
+case ",$checks," in
+    *,dmawin,*|*,dmapin,*) want_dma=1 ;;
+    *) want_dma= ;;
+esac
+if [ "$dmamode" = selftest ]; then
+    dma_load="selftest: $(modprobe aperture_dma_selftest ${dmatarget:+target=$dmatarget} \
+        $(echo "$dmaselftest" | tr ',' ' ') 2>&1 && echo loaded)"
+elif [ "$dmamode" != off ] && { [ -n "$want_dma" ] || window_dev >/dev/null; }; then
+    dma_load="$(modprobe aperture_dma ${dmatarget:+target=$dmatarget} 2>&1 && echo loaded)"
+fi
+dma_load=$(echo $dma_load)
+# Drivers for whatever PCI devices the VMM gave us (quietly: absent devices are fine).
+modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme 2>/dev/null
 
 # wait_for PATH [TENTHS]: waits up to TENTHS/10 s (default 10 s) for a device node the
 # drivers create asynchronously.
 wait_for() {
     n=0
     while [ ! -e "$1" ] && [ $n -lt "${2:-100}" ]; do sleep 0.1; n=$((n + 1)); done
+}
+
+# dma_window NAME: prints what the DMA window is; sets $win to its sysfs directory (empty
+# if no aperture-dma function is bound to aperture_dma).
+dma_window() {
+    echo "CHECK $1: module=$dma_load"
+    win=$(window_dev)
+    if [ -n "$win" ] && [ -e "$win/target" ]; then
+        echo "CHECK $1: window=$(basename "$win") target=$(cat "$win/target") installed=$(cat "$win/installed") $(cat "$win/limits")"
+    else
+        win=
+        echo "CHECK $1: window=none (no aperture-dma function bound: DMA is not windowed)"
+    fi
+}
+
+# dma_mib NAME FACTOR: sets $mib, the MiB a DMA check moves: aperture.dmabytes, else FACTOR
+# times the window's byte limit, else 64; at most half the guest's free memory.
+dma_mib() {
+    if [ -n "$dmabytes" ]; then
+        mib=$dmabytes
+    elif [ -n "$win" ]; then
+        mib=$(( ($(cat "$win/limit_bytes") * $2 + 1048575) / 1048576 ))
+    else
+        mib=64
+    fi
+    avail=$(( $(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo) / 2048 ))
+    if [ "$mib" -gt "$avail" ]; then
+        echo "CHECK $1: note: ${mib}MiB capped to ${avail}MiB by guest memory (give --memory more)"
+        mib=$avail
+    fi
+}
+
+# dma_report NAME: the window's counters and aperture_dma's kernel messages (those no
+# earlier check printed).
+dma_seen=0
+dma_report() {
+    if [ -n "$win" ]; then
+        echo "CHECK $1: stats maps=$(cat "$win/maps") unmaps=$(cat "$win/unmaps") map-failures=$(cat "$win/map_failures") unmap-failures=$(cat "$win/unmap_failures") doorbells=$(cat "$win/doorbells") live-maps=$(cat "$win/live_maps") live-bytes=$(cat "$win/live_bytes") peak-bytes=$(cat "$win/peak_bytes") host-live: $(cat "$win/host_live")"
+        echo "CHECK $1: last-error=$(cat "$win/last_error")"
+    fi
+    dmesg | grep aperture_dma | tail -n +$((dma_seen + 1)) | while read -r line; do
+        echo "CHECK $1: dmesg: $line"
+    done
+    dma_seen=$(dmesg | grep -c aperture_dma)
 }
 
 # Checks are comma-separated and run in order: aperture.check=pci,blk,rng
@@ -99,6 +189,60 @@ case "$check" in
         status=$?
         end=$(cut -d' ' -f1 /proc/uptime)
         echo "CHECK nvmebench: ${mib}MiB start=$start end=$end status=$status"
+        ;;
+    dmawin)
+        # NVMe DMA through the DMA window (aperture_dma): write a random pattern larger
+        # than the window holds at 8 MiB with O_DIRECT, read it back from the device.
+        dma_window dmawin
+        wait_for /dev/nvme0n1 300
+        if [ ! -e /dev/nvme0n1 ]; then
+            echo "CHECK dmawin: no /dev/nvme0n1"
+            dma_report dmawin
+            continue
+        fi
+        dma_mib dmawin 4
+        disk=$(( $(cat /sys/block/nvme0n1/size) / 2048 ))
+        if [ $((mib + 8)) -gt "$disk" ]; then
+            echo "CHECK dmawin: nvme0n1 has ${disk}MiB, too small for ${mib}MiB at 8 MiB"
+            continue
+        fi
+        echo "CHECK dmawin: bytes=${mib}MiB"
+        dd if=/dev/urandom of=/tmp/dmawin.pat bs=1M count="$mib" 2>/dev/null
+        wrote=$(md5sum < /tmp/dmawin.pat | cut -d' ' -f1)
+        dd if=/tmp/dmawin.pat of=/dev/nvme0n1 bs=1M seek=8 oflag=direct conv=fsync 2>/dev/null
+        status=$?
+        rm -f /tmp/dmawin.pat
+        [ $status -eq 0 ] || echo "CHECK dmawin: write status=$status"
+        readback=$(dd if=/dev/nvme0n1 bs=1M skip=8 count="$mib" iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)
+        verdict=MISMATCH
+        [ "$wrote" = "$readback" ] && [ $status -eq 0 ] && verdict=ok
+        echo "CHECK dmawin: wrote=$wrote read=$readback $verdict"
+        dma_report dmawin
+        ;;
+    dmapin)
+        # More DMA in flight than the window holds: one O_DIRECT read of 4 times its byte
+        # limit becomes many NVMe commands at once. Maps past the limit fail (ENOSPC) and
+        # NVMe retries them as others complete: the read must still finish. Reads only.
+        dma_window dmapin
+        wait_for /dev/nvme0n1 300
+        if [ ! -e /dev/nvme0n1 ]; then
+            echo "CHECK dmapin: no /dev/nvme0n1"
+            dma_report dmapin
+            continue
+        fi
+        dma_mib dmapin 4
+        disk=$(( $(cat /sys/block/nvme0n1/size) / 2048 ))
+        [ "$mib" -le "$disk" ] || mib=$disk
+        before=0
+        [ -n "$win" ] && before=$(cat "$win/map_failures")
+        start=$(cut -d' ' -f1 /proc/uptime)
+        timeout 120 dd if=/dev/nvme0n1 of=/dev/null bs="${mib}M" count=1 iflag=direct 2>/dev/null
+        status=$?
+        end=$(cut -d' ' -f1 /proc/uptime)
+        after=0
+        [ -n "$win" ] && after=$(cat "$win/map_failures")
+        echo "CHECK dmapin: bytes=${mib}MiB status=$status map-failures=$((after - before)) start=$start end=$end"
+        dma_report dmapin
         ;;
     rng)
         wait_for /dev/hwrng

@@ -37,8 +37,9 @@ if [ "$arch" != arm64 ]; then
 fi
 need_root apt-get update -qq
 
+# libelf1 and libssl3: what linux-kbuild's modpost needs (images/build-dma-module.sh).
 pkgs=(rustc-web cargo-web rust-web-clippy rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file)
+      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file libelf1 libssl3)
 if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64); fi
 need_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 need_root apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * aperture_dma_selftest: aperture_dma's own code (this file includes aperture_dma.c) run
+ * against a software model of the VMM's side of the DMA window protocol, to try the guest
+ * driver where no Aperture host with a window exists, e.g. under QEMU with an emulated NVMe:
+ *
+ *   insmod aperture_dma_selftest.ko [target=BDF] [limit_kib=N] [limit_maps=N] [granule=N]
+ *          [entries=N] [batch=0|1]          # then load the target's driver (nvme)
+ *
+ * It registers /sys/devices/aperture_dma_selftest (same attributes as a real window's PCI
+ * function) and takes over the DMA of target= (default: the first NVMe controller) exactly as
+ * aperture_dma does. The model, called where the real driver traps to the VMM, checks what a
+ * host checks (zero or wrapping lengths, guest RAM, entries per doorbell), charges whole
+ * granules per mapping against limit_kib and limit_maps (strictly: no shared windows, so it
+ * runs out sooner than Aperture), and fails an UNMAP that does not name a live MAP exactly.
+ * Device addresses are the guest-physical ones (identity), because QEMU's emulated devices
+ * DMA to guest-physical addresses: so this is not for a guest whose device sits behind a
+ * real window. Only one instance; not loaded together with a real window on the same target.
+ */
+#define APDMA_SELFTEST
+#include "aperture_dma.c"
+
+static unsigned int limit_kib = 8192;
+module_param(limit_kib, uint, 0444);
+MODULE_PARM_DESC(limit_kib, "the model's byte limit in KiB (mappings cost whole granules)");
+static unsigned int limit_maps = 4096;
+module_param(limit_maps, uint, 0444);
+MODULE_PARM_DESC(limit_maps, "the model's limit on live mappings");
+static unsigned int granule = 16384;
+module_param(granule, uint, 0444);
+MODULE_PARM_DESC(granule, "the model's mapping granule in bytes (power of two)");
+static unsigned int entries = 128;
+module_param(entries, uint, 0444);
+MODULE_PARM_DESC(entries, "MAX_ENTRIES the model announces");
+static bool batch = true;
+module_param(batch, bool, 0444);
+MODULE_PARM_DESC(batch, "announce the BATCH feature (several entries per doorbell)");
+
+struct model_map {
+	u64 addr, len;
+};
+
+static struct {
+	u64 cmd_pa;
+	u32 status, done;
+	u32 rid;
+	u32 live;		/* live mappings */
+	u64 live_cost;		/* their cost in whole granules, bytes */
+	struct model_map *maps;	/* limit_maps of them */
+} model;
+
+static struct device *st_dev;
+static struct apdma *st_ad;
+
+static u64 model_cost(u64 addr, u64 len)
+{
+	return ALIGN(addr + len, (u64)granule) - ALIGN_DOWN(addr, (u64)granule);
+}
+
+static u32 model_entry(struct apdma_entry *e)
+{
+	u64 addr = le64_to_cpu(e->addr), len = le64_to_cpu(e->len), cost;
+	u32 i;
+
+	switch (le32_to_cpu(e->op)) {
+	case APDMA_OP_NOP:
+	case APDMA_OP_FLUSH:
+		return APDMA_OK;
+	case APDMA_OP_MAP:
+		if (!len || addr + len < addr)
+			return APDMA_EINVAL;
+		if (!pfn_valid(PHYS_PFN(addr)) || !pfn_valid(PHYS_PFN(addr + len - 1)))
+			return APDMA_ERANGE;
+		cost = model_cost(addr, len);
+		if (model.live >= limit_maps || model.live_cost + cost > (u64)limit_kib << 10)
+			return APDMA_ENOSPC;
+		model.maps[model.live].addr = addr;
+		model.maps[model.live].len = len;
+		model.live++;
+		model.live_cost += cost;
+		e->dev_addr = cpu_to_le64(addr);
+		return APDMA_OK;
+	case APDMA_OP_UNMAP:
+		for (i = 0; i < model.live; i++) {
+			if (model.maps[i].addr != addr || model.maps[i].len != len)
+				continue;
+			model.live_cost -= model_cost(addr, len);
+			model.maps[i] = model.maps[--model.live];
+			return APDMA_OK;
+		}
+		return APDMA_ENOENT;
+	default:
+		return APDMA_EOPNOTSUPP;
+	}
+}
+
+static void model_doorbell(u32 n)
+{
+	struct apdma_entry *e;
+	u32 i;
+
+	model.done = 0;
+	if (!n || n > entries || n > APDMA_PAGE_ENTRIES) {
+		model.status = APDMA_EINVAL;
+		return;
+	}
+	if (!model.cmd_pa || !IS_ALIGNED(model.cmd_pa, APDMA_CMD_PAGE) ||
+	    !pfn_valid(PHYS_PFN(model.cmd_pa))) {
+		model.status = APDMA_ERANGE;
+		return;
+	}
+	e = phys_to_virt(model.cmd_pa);
+	for (i = 0; i < n; i++)
+		e[i].status = cpu_to_le32(model_entry(&e[i]));
+	model.status = APDMA_OK;
+	model.done = n;
+}
+
+static u32 apdma_rd(struct apdma *ad, unsigned int reg)
+{
+	u64 limit = (u64)limit_kib << 10;
+
+	switch (reg) {
+	case REG_MAGIC: return APDMA_MAGIC;
+	case REG_VERSION: return APDMA_MAJOR << 16;
+	case REG_FEATURES: return (batch ? APDMA_FEAT_BATCH : 0) | APDMA_FEAT_FLUSH;
+	case REG_TARGET_RID: return model.rid;
+	case REG_LIMIT_BYTES_LO: return lower_32_bits(limit);
+	case REG_LIMIT_BYTES_HI: return upper_32_bits(limit);
+	case REG_LIMIT_MAPS: return limit_maps;
+	case REG_GRANULE: return granule;
+	case REG_CMD_ADDR_LO: return lower_32_bits(model.cmd_pa);
+	case REG_CMD_ADDR_HI: return upper_32_bits(model.cmd_pa);
+	case REG_DOORBELL: return model.done;
+	case REG_STATUS: return model.status;
+	case REG_MAX_ENTRIES: return entries;
+	case REG_LIVE_MAPS: return READ_ONCE(model.live);
+	case REG_LIVE_KIB: return READ_ONCE(model.live_cost) >> 10;
+	}
+	return 0;
+}
+
+static void apdma_wr(struct apdma *ad, unsigned int reg, u32 val)
+{
+	switch (reg) {
+	case REG_CMD_ADDR_LO:
+		model.cmd_pa = (model.cmd_pa & ~0xffffffffull) | val;
+		break;
+	case REG_CMD_ADDR_HI:
+		model.cmd_pa = lower_32_bits(model.cmd_pa) | (u64)val << 32;
+		break;
+	case REG_DOORBELL:
+		model_doorbell(val);
+		break;
+	}
+}
+
+static int __init apdma_selftest_init(void)
+{
+	struct pci_dev *nvme;
+	int ret;
+
+	if (!granule || !is_power_of_2(granule) || !limit_maps || !entries || !limit_kib)
+		return -EINVAL;
+	model.maps = kvcalloc(limit_maps, sizeof(*model.maps), GFP_KERNEL);
+	if (!model.maps)
+		return -ENOMEM;
+	st_ad = kzalloc(sizeof(*st_ad), GFP_KERNEL);
+	if (!st_ad) {
+		ret = -ENOMEM;
+		goto err_maps;
+	}
+	/* TARGET_RID: the first NVMe controller (target= overrides it). */
+	model.rid = APDMA_RID_NONE;
+	nvme = pci_get_class(PCI_CLASS_STORAGE_EXPRESS, NULL);
+	if (nvme) {
+		model.rid = pci_dev_id(nvme);
+		st_ad->domain = pci_domain_nr(nvme->bus);
+		pci_dev_put(nvme);
+	}
+	st_dev = root_device_register(KBUILD_MODNAME);
+	if (IS_ERR(st_dev)) {
+		ret = PTR_ERR(st_dev);
+		goto err_ad;
+	}
+	st_ad->dev = st_dev;
+	dev_set_drvdata(st_dev, st_ad);
+	dev_warn(st_dev, "SELFTEST: a software model of the VMM with identity device addresses "
+		 "(%u KiB, %u maps, granule %u)\n", limit_kib, limit_maps, granule);
+	ret = apdma_setup(st_ad);
+	if (ret)
+		goto err_dev;
+	ret = sysfs_create_groups(&st_dev->kobj, apdma_groups);
+	if (ret) {
+		apdma_teardown(st_ad);
+		goto err_dev;
+	}
+	return 0;
+
+err_dev:
+	root_device_unregister(st_dev);
+err_ad:
+	kfree(st_ad);
+err_maps:
+	kvfree(model.maps);
+	return ret;
+}
+
+static void __exit apdma_selftest_exit(void)
+{
+	sysfs_remove_groups(&st_dev->kobj, apdma_groups);
+	apdma_teardown(st_ad);
+	if (model.live)
+		dev_warn(st_dev, "model: %u mappings (%llu KiB) still live at exit\n", model.live,
+			 model.live_cost >> 10);
+	root_device_unregister(st_dev);
+	kfree(st_ad);
+	kvfree(model.maps);
+}
+module_init(apdma_selftest_init);
+module_exit(apdma_selftest_exit);
+
+MODULE_DESCRIPTION("aperture_dma against a software model of the VMM (testing without Aperture)");
+MODULE_AUTHOR("Aperture developers");
+MODULE_LICENSE("Dual MIT/GPL");
