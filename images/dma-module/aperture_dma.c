@@ -51,6 +51,11 @@
 #include <linux/notifier.h>
 #include <linux/ratelimit.h>
 #include <linux/sysfs.h>
+#include <linux/slab.h>
+#include <linux/sizes.h>
+#include <linux/ktime.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
 
 #define APDMA_VENDOR		0x1234
 #define APDMA_DEVICE		0xa9e0
@@ -135,6 +140,9 @@ struct apdma {
 	unsigned int batch;		/* entries per doorbell */
 	struct apdma_stats st;
 	struct ratelimit_state rs;
+
+	struct mutex bench_lock;	/* one bench at a time; bench_result */
+	char bench_result[256];		/* last bench's line, "" before the first */
 
 	u32 version, features, rid, limit_maps, granule, max_entries;
 	u64 limit_bytes;
@@ -226,8 +234,9 @@ static inline u32 apdma_entry_status(struct apdma *ad, unsigned int i)
 	return le32_to_cpu(ad->cmd[i].status);
 }
 
-/* Runs entries [0, n) of the command page; afterwards each entry holds its own status. */
-static void apdma_ring(struct apdma *ad, unsigned int n)
+/* Runs entries [0, n) of the command page; afterwards each entry holds its own status.
+ * Not counted in the stats (the bench's doorbells); apdma_ring() counts. */
+static void apdma_ring_uncounted(struct apdma *ad, unsigned int n)
 {
 	u32 status, done, i;
 
@@ -237,7 +246,6 @@ static void apdma_ring(struct apdma *ad, unsigned int n)
 	apdma_wr(ad, REG_DOORBELL, n);
 	status = apdma_rd(ad, REG_STATUS);
 	done = apdma_rd(ad, REG_DOORBELL);
-	ad->st.doorbells++;
 	if (status == APDMA_OK && done == n)
 		return;
 	if (__ratelimit(&ad->rs))
@@ -245,6 +253,12 @@ static void apdma_ring(struct apdma *ad, unsigned int n)
 			n, status, apdma_status_name(status), done);
 	for (i = min(done, n); i < n; i++)
 		ad->cmd[i].status = cpu_to_le32(status != APDMA_OK ? status : APDMA_PENDING);
+}
+
+static void apdma_ring(struct apdma *ad, unsigned int n)
+{
+	apdma_ring_uncounted(ad, n);
+	ad->st.doorbells++;
 }
 
 /*
@@ -828,6 +842,216 @@ static ssize_t flush_store(struct device *dev, struct device_attribute *attr, co
 }
 static DEVICE_ATTR_WO(flush);
 
+/*
+ * Round-trip benchmark: echo N > bench (1..100000), then cat bench_result. It MAPs and
+ * UNMAPs 4 KiB pieces of its own scratch pages (APDMA_BENCH_PAGES pages allocated for the
+ * run and freed after) through the command page and the doorbell, exactly as the DMA ops do:
+ *   single: N rounds of one MAP doorbell and one UNMAP doorbell (one entry each);
+ *   batch:  max(N / 128, 1) rounds of one doorbell of 128 MAPs (distinct pages), then one
+ *           of their 128 UNMAPs (ad->batch entries per doorbell if the VMM takes fewer).
+ * Only the time under the command-page lock is counted (filling entries, the doorbell trap,
+ * reading the results), not the wait for the lock. The lock is taken per single round (its
+ * two doorbells) and per batched doorbell, so the target's DMA interleaves with the bench;
+ * the bench adds and removes only its own mappings, and none of its doorbells or entries
+ * count in the window's stats (doorbells, maps, map_failures...: those are the target's).
+ * Entries that fail are counted in the result (failures=), never retried; with a nearly
+ * full window they are ENOSPC. bench_result is one line (averages in ns):
+ *   single_ns_per_map_unmap=A single_ns_per_doorbell=B batch_ns_per_doorbell=C
+ *   batch_ns_per_entry=D rounds=N failures=F
+ * followed by " batch_entries=K" if the VMM takes K != 128 entries per doorbell.
+ */
+#define APDMA_BENCH_PAGES	128
+#define APDMA_BENCH_MAX		100000
+#define APDMA_BENCH_LEN		SZ_4K
+
+struct apdma_bench {
+	struct page *pages[APDMA_BENCH_PAGES];
+	u64 dma[APDMA_BENCH_PAGES];
+	bool mapped[APDMA_BENCH_PAGES];
+	u64 single_ns, single_bells;
+	u64 batch_ns, batch_bells, batch_entries;
+	u64 failures;
+	u32 first_error;
+};
+
+static void apdma_bench_failed(struct apdma_bench *b, u32 st)
+{
+	b->failures++;
+	if (!b->first_error)
+		b->first_error = st;
+}
+
+/* One MAP doorbell and one UNMAP doorbell of a 4 KiB piece of a scratch page. */
+static void apdma_bench_single(struct apdma *ad, struct apdma_bench *b, unsigned int r)
+{
+	phys_addr_t pa = page_to_phys(b->pages[r % APDMA_BENCH_PAGES]);
+	unsigned long flags;
+	u64 t0, t1;
+	u32 st;
+
+	spin_lock_irqsave(&ad->lock, flags);
+	t0 = ktime_get_ns();
+	apdma_set_entry(ad, 0, APDMA_OP_MAP, pa, APDMA_BENCH_LEN);
+	apdma_ring_uncounted(ad, 1);
+	b->single_bells++;
+	st = apdma_entry_status(ad, 0);
+	if (st == APDMA_OK) {
+		apdma_set_entry(ad, 0, APDMA_OP_UNMAP, le64_to_cpu(ad->cmd[0].dev_addr),
+				APDMA_BENCH_LEN);
+		apdma_ring_uncounted(ad, 1);
+		b->single_bells++;
+		st = apdma_entry_status(ad, 0);
+	}
+	t1 = ktime_get_ns();
+	spin_unlock_irqrestore(&ad->lock, flags);
+	b->single_ns += t1 - t0;
+	if (st != APDMA_OK)
+		apdma_bench_failed(b, st);
+}
+
+/* MAPs every scratch page, ad->batch entries per doorbell, then UNMAPs what got mapped. */
+static void apdma_bench_batch(struct apdma *ad, struct apdma_bench *b)
+{
+	unsigned int i, k, n;
+	unsigned long flags;
+	u64 t0, t1;
+	u32 st;
+
+	for (i = 0; i < APDMA_BENCH_PAGES; i += n) {
+		n = min_t(unsigned int, ad->batch, APDMA_BENCH_PAGES - i);
+		spin_lock_irqsave(&ad->lock, flags);
+		t0 = ktime_get_ns();
+		for (k = 0; k < n; k++)
+			apdma_set_entry(ad, k, APDMA_OP_MAP, page_to_phys(b->pages[i + k]),
+					APDMA_BENCH_LEN);
+		apdma_ring_uncounted(ad, n);
+		for (k = 0; k < n; k++) {
+			b->mapped[i + k] = apdma_entry_status(ad, k) == APDMA_OK;
+			b->dma[i + k] = le64_to_cpu(ad->cmd[k].dev_addr);
+		}
+		t1 = ktime_get_ns();
+		for (k = 0; k < n; k++) {
+			st = apdma_entry_status(ad, k);
+			if (st != APDMA_OK)
+				apdma_bench_failed(b, st);
+		}
+		spin_unlock_irqrestore(&ad->lock, flags);
+		b->batch_ns += t1 - t0;
+		b->batch_bells++;
+		b->batch_entries += n;
+	}
+	for (i = 0; i < APDMA_BENCH_PAGES;) {
+		spin_lock_irqsave(&ad->lock, flags);
+		t0 = ktime_get_ns();
+		for (n = 0; i < APDMA_BENCH_PAGES && n < ad->batch; i++)
+			if (b->mapped[i])
+				apdma_set_entry(ad, n++, APDMA_OP_UNMAP, b->dma[i], APDMA_BENCH_LEN);
+		if (!n) {
+			spin_unlock_irqrestore(&ad->lock, flags);
+			continue;
+		}
+		apdma_ring_uncounted(ad, n);
+		t1 = ktime_get_ns();
+		for (k = 0; k < n; k++) {
+			st = apdma_entry_status(ad, k);
+			if (st != APDMA_OK)
+				apdma_bench_failed(b, st);
+		}
+		spin_unlock_irqrestore(&ad->lock, flags);
+		b->batch_ns += t1 - t0;
+		b->batch_bells++;
+		b->batch_entries += n;
+	}
+}
+
+static u64 apdma_avg(u64 total, u64 count)
+{
+	return count ? div64_u64(total, count) : 0;
+}
+
+static ssize_t bench_store(struct device *dev, struct device_attribute *attr, const char *buf,
+			   size_t count)
+{
+	struct apdma *ad = dev_get_drvdata(dev);
+	unsigned int n, r, rounds, i;
+	struct apdma_bench *b;
+	int ret;
+
+	ret = kstrtouint(buf, 0, &n);
+	if (ret)
+		return ret;
+	if (n < 1 || n > APDMA_BENCH_MAX)
+		return -EINVAL;
+	b = kzalloc(sizeof(*b), GFP_KERNEL);
+	if (!b)
+		return -ENOMEM;
+	for (i = 0; i < APDMA_BENCH_PAGES; i++) {
+		b->pages[i] = alloc_page(GFP_KERNEL);
+		if (!b->pages[i]) {
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	ret = mutex_lock_interruptible(&ad->bench_lock);
+	if (ret)
+		goto out;
+	for (r = 0; r < n; r++) {
+		apdma_bench_single(ad, b, r);
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			goto out_unlock;
+		}
+		cond_resched();
+	}
+	rounds = max(n / APDMA_BENCH_PAGES, 1u);
+	for (r = 0; r < rounds; r++) {
+		apdma_bench_batch(ad, b);
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			goto out_unlock;
+		}
+		cond_resched();
+	}
+	scnprintf(ad->bench_result, sizeof(ad->bench_result),
+		  "single_ns_per_map_unmap=%llu single_ns_per_doorbell=%llu "
+		  "batch_ns_per_doorbell=%llu batch_ns_per_entry=%llu rounds=%u failures=%llu",
+		  apdma_avg(b->single_ns, n), apdma_avg(b->single_ns, b->single_bells),
+		  apdma_avg(b->batch_ns, b->batch_bells),
+		  apdma_avg(b->batch_ns, b->batch_entries), n, b->failures);
+	if (ad->batch != APDMA_BENCH_PAGES)
+		scnprintf(ad->bench_result + strlen(ad->bench_result),
+			  sizeof(ad->bench_result) - strlen(ad->bench_result),
+			  " batch_entries=%u", ad->batch);
+	dev_info(dev, "bench: %s\n", ad->bench_result);
+	if (b->failures)
+		dev_warn(dev, "bench: %llu entries failed, the first with %s\n", b->failures,
+			 apdma_status_name(b->first_error));
+	ret = count;
+out_unlock:
+	mutex_unlock(&ad->bench_lock);
+out:
+	for (i = 0; i < APDMA_BENCH_PAGES && b->pages[i]; i++)
+		__free_page(b->pages[i]);
+	kfree(b);
+	return ret;
+}
+static DEVICE_ATTR_WO(bench);
+
+/* The last bench's line (see bench_store), or "none". */
+static ssize_t bench_result_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct apdma *ad = dev_get_drvdata(dev);
+	ssize_t ret;
+
+	ret = mutex_lock_interruptible(&ad->bench_lock);
+	if (ret)
+		return ret;
+	ret = sysfs_emit(buf, "%s\n", ad->bench_result[0] ? ad->bench_result : "none");
+	mutex_unlock(&ad->bench_lock);
+	return ret;
+}
+static DEVICE_ATTR_RO(bench_result);
+
 static struct attribute *apdma_attrs[] = {
 	&dev_attr_target.attr,
 	&dev_attr_installed.attr,
@@ -844,6 +1068,8 @@ static struct attribute *apdma_attrs[] = {
 	&dev_attr_peak_bytes.attr,
 	&dev_attr_last_error.attr,
 	&dev_attr_flush.attr,
+	&dev_attr_bench.attr,
+	&dev_attr_bench_result.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(apdma);
@@ -869,6 +1095,7 @@ static int apdma_setup(struct apdma *ad)
 
 	ad->ops = aperture_dma_ops;
 	spin_lock_init(&ad->lock);
+	mutex_init(&ad->bench_lock);
 	ratelimit_state_init(&ad->rs, 5 * HZ, 10);
 
 	magic = apdma_rd(ad, REG_MAGIC);
