@@ -34,6 +34,12 @@ pub const GIC_DIST_SIZE: u64 = 0x1_0000;
 pub const GIC_MSI_FRAME_BASE: u64 = 0x0802_0000;
 /// Size of the MSI frame.
 pub const GIC_MSI_FRAME_SIZE: u64 = 0x1_0000;
+/// First INTID the MSI frame raises: SPIs 64 and up stay clear of the SPIs wired to devices
+/// (below [`FIRST_FREE_SPI`] + 16). The frame's `MSI_TYPER` and the device tree say so.
+pub const GIC_MSI_FRAME_FIRST_INTID: u32 = 32 + 64;
+/// How many INTIDs (one per MSI vector) the MSI frame raises; the range ends inside
+/// [`GIC_NR_IRQS`].
+pub const GIC_MSI_FRAME_INTIDS: u32 = 128;
 /// GICv3 ITS (KVM).
 pub const GIC_ITS_BASE: u64 = 0x0808_0000;
 /// Size of the ITS frames (control + translation).
@@ -68,6 +74,21 @@ pub const RTC_SPI: u32 = 2;
 pub const FIRST_FREE_SPI: u32 = 16;
 /// SPIs the GIC is created with (multiple of 32, includes the 32 private INTIDs).
 pub const GIC_NR_IRQS: u32 = 256;
+/// PCI INTA..INTD of the host bridge (level-triggered SPIs). A function raising pin `P`
+/// (1 = INTA) at bus-0 slot `S`, or behind the root port at slot `S` (device 0 there, so the
+/// bridge swizzle keeps the pin), signals `PCI_INTX_SPIS[(S + P - 1) % 4]`.
+pub const PCI_INTX_SPIS: [u32; 4] =
+    [FIRST_FREE_SPI, FIRST_FREE_SPI + 1, FIRST_FREE_SPI + 2, FIRST_FREE_SPI + 3];
+
+/// The SPI that pin `pin` (1 = INTA .. 4 = INTD) of bus-0 slot `slot` signals, or `None` for
+/// pin 0 (no INTx) or a pin out of range.
+pub fn pci_intx_spi(slot: u8, pin: u8) -> Option<u32> {
+    if !(1..=4).contains(&pin) {
+        return None;
+    }
+    let index = (usize::from(slot) + usize::from(pin) - 1) % PCI_INTX_SPIS.len();
+    PCI_INTX_SPIS.get(index).copied()
+}
 
 /// Arch timer PPIs (device tree numbering: INTID - 16).
 pub const TIMER_PPI_SECURE_PHYS: u32 = 13;
@@ -226,6 +247,30 @@ mod tests {
         let err = MemoryLayout::new(32 * GIB, 1, 36).unwrap_err();
         assert!(matches!(err, LayoutError::RamTooLarge { max_mib: 31744, .. }), "{err}");
         assert!(err.to_string().contains("--memory"));
+    }
+
+    #[test]
+    fn pci_intx_spis_swizzle_and_fit_the_gic() {
+        const _: () = assert!(PCI_INTX_SPIS[3] + 32 < GIC_NR_IRQS);
+        assert!(PCI_INTX_SPIS.iter().all(|&spi| spi >= FIRST_FREE_SPI));
+        assert!(![UART_SPI, RTC_SPI].iter().any(|spi| PCI_INTX_SPIS.contains(spi)));
+        assert_eq!(pci_intx_spi(0, 1), Some(16));
+        assert_eq!(pci_intx_spi(1, 1), Some(17));
+        assert_eq!(pci_intx_spi(3, 2), Some(16));
+        assert_eq!(pci_intx_spi(5, 4), Some(16));
+        assert_eq!(pci_intx_spi(31, 1), Some(19));
+        assert_eq!(pci_intx_spi(1, 0), None);
+        assert_eq!(pci_intx_spi(1, 5), None);
+    }
+
+    #[test]
+    fn msi_frame_intids_are_spis_of_their_own() {
+        const END: u32 = GIC_MSI_FRAME_FIRST_INTID + GIC_MSI_FRAME_INTIDS;
+        const _: () = assert!(END <= GIC_NR_IRQS);
+        let wired = [UART_SPI, RTC_SPI, PCI_INTX_SPIS[0], PCI_INTX_SPIS[3], FIRST_FREE_SPI + 15];
+        for spi in wired {
+            assert!(32 + spi < GIC_MSI_FRAME_FIRST_INTID, "SPI {spi} is in the MSI range");
+        }
     }
 
     #[test]

@@ -11,6 +11,13 @@ pub const PSTATE_EL1H_DAIF_MASKED: u64 = 0x3c5;
 /// U (30) bits and RES1 bit 31 are not part of a CPU's identity.
 const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
+/// SCTLR_EL1 bits a CPU entered through PSCI CPU_ON must have clear: M (stage-1 MMU), A
+/// (alignment checks), C (data cache) and EE (big-endian data at EL1).
+const SCTLR_EL1_CPU_ON_CLEAR: u64 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 25);
+
+/// MPIDR_EL1 RES1 bit 31.
+const MPIDR_RES1: u64 = 1 << 31;
+
 /// Register values for the boot CPU at the kernel's entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootRegs {
@@ -45,6 +52,22 @@ pub fn boot_cpu_regs(plan: &BootPlan) -> BootRegs {
 /// affinity fields only, as the arm,cpus binding asks.
 pub fn mpidr_to_fdt_reg(mpidr: u64) -> u64 {
     mpidr & MPIDR_AFFINITY_MASK
+}
+
+/// MPIDR_EL1 of vCPU `index` where the backend chooses it (Hypervisor.framework): KVM's
+/// scheme, so both backends show the guest the same topology. Aff0 takes 16 vCPUs, because a
+/// GICv3 SGI names its targets with a 16-bit list per Aff1 cluster; then Aff1, then Aff2.
+pub fn mpidr_for_vcpu(index: u32) -> u64 {
+    let index = u64::from(index);
+    MPIDR_RES1 | (index & 0xf) | (((index >> 4) & 0xff) << 8) | (((index >> 12) & 0xff) << 16)
+}
+
+/// SCTLR_EL1 for a vCPU started by PSCI CPU_ON: `current` with the MMU, the data cache,
+/// alignment checks and big-endian data off, as PSCI and booting.rst require on entry. Other
+/// bits (RES1 bits included) are kept. A vCPU that was on before (CPU_OFF, then CPU_ON again)
+/// would otherwise start with its old MMU settings.
+pub fn sctlr_el1_for_cpu_on(current: u64) -> u64 {
+    current & !SCTLR_EL1_CPU_ON_CLEAR
 }
 
 #[cfg(test)]
@@ -87,5 +110,29 @@ mod tests {
         for (mpidr, reg) in cases {
             assert_eq!(mpidr_to_fdt_reg(mpidr), reg, "{mpidr:#x}");
         }
+    }
+
+    #[test]
+    fn mpidr_scheme_matches_kvm() {
+        // KVM's reset_mpidr(): Aff0 = id & 0xf, Aff1 = (id >> 4) & 0xff, Aff2 = (id >> 12).
+        let cases = [(0, 0x8000_0000), (1, 0x8000_0001), (15, 0x8000_000f), (16, 0x8000_0100)];
+        for (index, mpidr) in cases {
+            assert_eq!(mpidr_for_vcpu(index), mpidr, "vCPU {index}");
+        }
+        assert_eq!(mpidr_for_vcpu(122), 0x8000_070a);
+        assert_eq!(mpidr_for_vcpu(0x1234), 0x8001_2304);
+        // The device tree sees the affinity without bit 31.
+        assert_eq!(mpidr_to_fdt_reg(mpidr_for_vcpu(17)), 0x101);
+    }
+
+    #[test]
+    fn cpu_on_turns_the_mmu_off() {
+        // Linux's INIT_SCTLR_EL1_MMU_ON-like value with M, C, I and some RES1 bits set.
+        let on = 0x30d0_5d1d;
+        let off = sctlr_el1_for_cpu_on(on);
+        assert_eq!(off & 0b111, 0, "M, A and C clear");
+        assert_eq!(off & (1 << 12), 1 << 12, "I kept");
+        assert_eq!(off | 0b111, on | 0b111, "nothing else changes");
+        assert_eq!(sctlr_el1_for_cpu_on(1 << 25), 0, "EE clear");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod assigned;
 pub mod dma;
+pub mod driverkit;
 pub mod pci_address;
 pub mod sysfs;
 #[cfg(target_os = "linux")]

@@ -15,7 +15,7 @@ use devices::virtio::{Block, Rng};
 use log::{debug, info, warn};
 use vm_memory::GuestMemoryMmap;
 
-use crate::assign::{AssignedParts, DirectBar, PendingFunction};
+use crate::assign::{AssignedIntx, AssignedParts, DirectBar, PendingFunction};
 use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::hypervisor::{MemorySlot, Vm};
@@ -149,7 +149,7 @@ impl DirectBarMapper {
             // PCI root) is dropped, after the vCPUs stopped; a slot is removed before the
             // BAR moves.
             let mapped = unsafe {
-                self.vm.map_memory(guest_addr, piece.memory.len(), piece.memory.host_addr())
+                self.vm.map_device_memory(guest_addr, piece.memory.len(), piece.memory.host_addr())
             };
             match mapped {
                 Ok(slot) => {
@@ -214,6 +214,25 @@ pub struct PciExtras {
     pub trace: Option<Arc<dyn TraceSink>>,
 }
 
+/// The PCI hierarchy built.
+#[derive(Debug)]
+pub struct PciHierarchy {
+    /// The root complex, as the MMIO bus reaches it.
+    pub root: Arc<Mutex<PciRoot>>,
+    /// Assigned functions' INTx with their SPIs, to connect once the GIC exists.
+    pub intx: Vec<AssignedIntx>,
+}
+
+/// The SPI that INTx pin `pin` of a function behind the root port at bus-0 slot `port`
+/// signals: the function is device 0 behind its port, so the bridge swizzle keeps the pin,
+/// and the host bridge's interrupt-map swizzles it with the port's slot.
+fn intx_spi(port: FunctionId, pin: u8) -> Option<u32> {
+    match port {
+        FunctionId::Bus0 { device } => layout::pci_intx_spi(device, pin),
+        FunctionId::BehindPort { .. } => None,
+    }
+}
+
 /// Builds the PCI hierarchy for `config` and maps ECAM and both windows on `bus`. Assigned
 /// devices go behind root ports of their own, in `--device` order.
 pub fn build_pci(
@@ -223,12 +242,13 @@ pub fn build_pci(
     config: &VmConfig,
     extras: PciExtras,
     bus: &mut MmioBus,
-) -> Result<Arc<Mutex<PciRoot>>, PciSetupError> {
+) -> Result<PciHierarchy, PciSetupError> {
     let PciExtras { assigned: AssignedParts { functions: assigned, endpoints }, trace } = extras;
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let mut root = PciRoot::new();
     let mut direct_bars = HashMap::new();
+    let mut intx = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();
     for _ in 0..slots.len().max(MIN_ROOT_PORTS) {
         let port = root.add_root_port().map_err(topology)?;
@@ -237,6 +257,12 @@ pub fn build_pci(
                 root.attach_function_to_port(port, number, pending.function).map_err(topology)?;
             info!("{}: assigned as {id}", pending.name);
             direct_bars.insert(id, pending.direct_bars);
+            if let Some((pin, handle)) = pending.intx {
+                match intx_spi(port, pin) {
+                    Some(spi) => intx.push(AssignedIntx { name: pending.name, pin, spi, handle }),
+                    None => warn!("{}: INTx pin {pin} has no SPI; not routed", pending.name),
+                }
+            }
         }
     }
     if !direct_bars.is_empty() {
@@ -305,7 +331,7 @@ pub fn build_pci(
         window.size,
         Arc::new(Mutex::new(PciMmioWindow::new(root.clone(), window.base))),
     )?;
-    Ok(root)
+    Ok(PciHierarchy { root, intx })
 }
 
 #[cfg(test)]
@@ -336,6 +362,7 @@ mod tests {
             address: address.parse().unwrap(),
             function: Box::new(Absent),
             direct_bars: Vec::new(),
+            intx: None,
         }
     }
 
@@ -363,5 +390,26 @@ mod tests {
         );
         // Same device number on another bus or domain is another device.
         assert_eq!(layout(&["0000:01:00.0", "0000:03:00.0", "0001:01:00.0"]).len(), 3);
+    }
+
+    #[test]
+    fn intx_spi_follows_the_root_port_slot() {
+        let spis = layout::PCI_INTX_SPIS;
+        // The first root port is 00:01.0: INTA lands on the second SPI, as the guest's
+        // interrupt-map lookup of (slot 1, pin 1) gives.
+        assert_eq!(intx_spi(FunctionId::Bus0 { device: 1 }, 1), Some(spis[1]));
+        assert_eq!(intx_spi(FunctionId::Bus0 { device: 2 }, 1), Some(spis[2]));
+        assert_eq!(intx_spi(FunctionId::Bus0 { device: 1 }, 4), Some(spis[0]));
+        assert_eq!(intx_spi(FunctionId::Bus0 { device: 5 }, 1), Some(spis[1]));
+        assert_eq!(intx_spi(FunctionId::Bus0 { device: 1 }, 0), None);
+        assert_eq!(intx_spi(FunctionId::BehindPort { port: 1, function: 0 }, 1), None);
+    }
+
+    #[test]
+    fn root_ports_get_the_slots_the_spis_assume() {
+        // What build_pci relies on: the host bridge is 00:00.0, the first root port 00:01.0.
+        let mut root = PciRoot::new();
+        assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 1 });
+        assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 2 });
     }
 }

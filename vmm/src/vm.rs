@@ -19,7 +19,9 @@ use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::control::{StopReason, VmControl};
-use crate::hypervisor::{self, GicSpec, Hypervisor, HypervisorError, VcpuKick, Vm, VmSpec};
+use crate::hypervisor::{
+    self, GicSpec, Hypervisor, HypervisorError, MsiController, VcpuKick, Vm, VmSpec,
+};
 use crate::memory::{GuestRam, MemoryError};
 use crate::signals;
 use crate::vcpu_thread::{vcpu_thread, VcpuReady, VcpuStart};
@@ -214,14 +216,17 @@ pub fn run_on(
     let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
     let (vcpus, mpidrs, start_senders) = spawn_vcpus(config.vcpus, &vm, &control, &devices.bus)?;
     let setup = (|| -> Result<(), VmError> {
+        let msi = vm.msi_controller();
         vm.create_gic(&GicSpec {
             dist_base: layout::GIC_DIST_BASE,
             redist_base: memory_layout.gic_redists.base,
             redist_size: memory_layout.gic_redists.size,
-            its_base: Some(layout::GIC_ITS_BASE),
+            its_base: matches!(msi, MsiController::Its).then_some(layout::GIC_ITS_BASE),
             nr_irqs: layout::GIC_NR_IRQS,
         })?;
-        let fdt = firmware::create_fdt(&fdt_config(config, &memory_layout, &plan, &mpidrs))?;
+        // Level irqfds need the GIC.
+        assigned.connect_intx(&vm, &devices.intx);
+        let fdt = firmware::create_fdt(&fdt_config(config, &memory_layout, &plan, &mpidrs, msi))?;
         ram.write("device tree", plan.fdt.base, &fdt)?;
         Ok(())
     })();
@@ -342,6 +347,8 @@ fn spawn_vcpus(
 struct Devices {
     bus: Arc<MmioBus>,
     uart: Arc<Mutex<Pl011>>,
+    /// Assigned functions' INTx, connected once the GIC exists.
+    intx: Vec<crate::assign::AssignedIntx>,
 }
 
 fn build_devices(
@@ -366,8 +373,25 @@ fn build_devices(
     bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
-    crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
-    Ok(Devices { bus: Arc::new(bus), uart })
+    let pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
+    Ok(Devices { bus: Arc::new(bus), uart, intx: pci.intx })
+}
+
+/// The interrupt controller as the device tree describes it: the ITS (KVM) or the MSI frame
+/// (Hypervisor.framework), whichever the hypervisor delivers MSIs through.
+fn gic_config(memory: &MemoryLayout, msi: MsiController) -> GicConfig {
+    let (its, msi_frame) = match msi {
+        MsiController::Its => (Some((layout::GIC_ITS_BASE, layout::GIC_ITS_SIZE)), None),
+        MsiController::SpiFrame { base, spi_base, spi_count } => {
+            (None, Some((base, layout::GIC_MSI_FRAME_SIZE, spi_base, spi_count)))
+        }
+    };
+    GicConfig {
+        dist: (layout::GIC_DIST_BASE, layout::GIC_DIST_SIZE),
+        redists: (memory.gic_redists.base, memory.gic_redists.size),
+        its,
+        msi_frame,
+    }
 }
 
 fn fdt_config(
@@ -375,6 +399,7 @@ fn fdt_config(
     memory: &MemoryLayout,
     plan: &BootPlan,
     mpidrs: &[u64],
+    msi: MsiController,
 ) -> FdtConfig {
     let node = |base, size, spi| MmioDeviceNode { base, size, spi };
     FdtConfig {
@@ -384,12 +409,7 @@ fn fdt_config(
         initrd: plan.initrd.map(|r| (r.base, r.size)),
         rng_seed: host_random::<64>(),
         kaslr_seed: u64::from_le_bytes(host_random::<8>()),
-        gic: GicConfig {
-            dist: (layout::GIC_DIST_BASE, layout::GIC_DIST_SIZE),
-            redists: (memory.gic_redists.base, memory.gic_redists.size),
-            its: Some((layout::GIC_ITS_BASE, layout::GIC_ITS_SIZE)),
-            msi_frame: None,
-        },
+        gic: gic_config(memory, msi),
         timer_ppis: [
             layout::TIMER_PPI_SECURE_PHYS,
             layout::TIMER_PPI_NONSECURE_PHYS,
@@ -403,7 +423,7 @@ fn fdt_config(
             ecam: (layout::PCI_ECAM_BASE, layout::PCI_ECAM_SIZE),
             mmio32: (layout::PCI_MMIO32_BASE, layout::PCI_MMIO32_SIZE),
             mmio64: (memory.pci_mmio64.base, memory.pci_mmio64.size),
-            intx_spis: None,
+            intx_spis: Some(layout::PCI_INTX_SPIS),
         }),
     }
 }

@@ -1,11 +1,16 @@
 //! [`AssignedFunction`]: a physical PCI function offered to the guest through a virtual
 //! configuration space, with its BARs trapped or mapped and its MSI and MSI-X emulated.
+//!
+//! INTx: the device's Interrupt Pin is shown (read-only) when the host can deliver INTx;
+//! Interrupt Line is the guest's scratch register, as on real hardware. COMMAND's Interrupt
+//! Disable reaches the device and STATUS's Interrupt Status comes from it (see
+//! [`super::policy`]); the host (VFIO) masks and routes the line itself.
 
 use std::ops::Range;
 
 use devices::pci::config::{
-    ConfigSpace, CONFIG_SPACE_SIZE, HEADER_TYPE, REVISION_ID, STANDARD_CONFIG_SIZE, SUBSYSTEM_ID,
-    SUBSYSTEM_VENDOR_ID, VENDOR_ID,
+    ConfigSpace, CONFIG_SPACE_SIZE, HEADER_TYPE, INTERRUPT_PIN, REVISION_ID, STANDARD_CONFIG_SIZE,
+    SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
 };
 use devices::pci::msix::MSIX_CAPABILITY_ID;
 use devices::pci::{BarRegion, PciFunction, PciIds};
@@ -38,6 +43,8 @@ pub struct AssignedFunction {
     capabilities: CapabilityLayout,
     msix: Option<AssignedMsix>,
     msi: Option<AssignedMsi>,
+    /// The INTx pin offered (1 = INTA .. 4 = INTD), if any.
+    intx_pin: Option<u8>,
     requester_id: u16,
 }
 
@@ -49,6 +56,7 @@ impl std::fmt::Debug for AssignedFunction {
             .field("bars", &self.bars)
             .field("msix", &self.msix.as_ref().map(AssignedMsix::placement))
             .field("msi", &self.msi.as_ref().map(AssignedMsi::capability))
+            .field("intx_pin", &self.intx_pin)
             .field("requester_id", &self.requester_id)
             .finish()
     }
@@ -101,8 +109,25 @@ impl AssignedFunction {
             subsystem_vendor_id: device.read_u16(SUBSYSTEM_VENDOR_ID),
             subsystem_id: device.read_u16(SUBSYSTEM_ID),
         };
-        // Single function, no INTx pin (only MSI and MSI-X are offered for now).
+        // Single function; the pin only if the host can deliver INTx (a pin without a line
+        // would make the guest wait for interrupts that never come).
         let mut config = ConfigSpace::new_endpoint(&ids);
+        let device_pin = device.read_u8(INTERRUPT_PIN);
+        let intx_pin = match device_pin {
+            0 => None,
+            pin @ 1..=4 if host.intx_available() => Some(pin),
+            1..=4 => {
+                debug!("{name}: INTx pin {device_pin} not offered: the host cannot deliver it");
+                None
+            }
+            _ => {
+                warn!("{name}: the device reports INTx pin {device_pin:#x}; no INTx offered");
+                None
+            }
+        };
+        if let Some(pin) = intx_pin {
+            config.set_interrupt_pin(pin);
+        }
         let bars = bars::build(name, &device, host.as_ref(), &mut config)?;
         let placement = device
             .find_capability(MSIX_CAPABILITY_ID)
@@ -118,7 +143,8 @@ impl AssignedFunction {
             policy.apply(rule);
         }
         info!(
-            "{name}: assigned {vendor_id:04x}:{:04x} class {:06x}, {} BARs, MSI-X {}, MSI {}",
+            "{name}: assigned {vendor_id:04x}:{:04x} class {:06x}, {} BARs, MSI-X {}, MSI {}, \
+             INTx {}",
             ids.device_id,
             ids.class_code,
             bars.bars.iter().flatten().count(),
@@ -129,7 +155,8 @@ impl AssignedFunction {
                 m.capability().vectors(),
                 if m.capability().is_64bit { ", 64-bit" } else { "" },
                 if m.capability().per_vector_mask { ", maskable" } else { "" }
-            ))
+            )),
+            intx_pin.map_or("none".to_string(), intx_pin_name)
         );
         Ok(Self {
             name: name.into(),
@@ -142,6 +169,7 @@ impl AssignedFunction {
             capabilities,
             msix,
             msi,
+            intx_pin,
             requester_id: 0,
         })
     }
@@ -171,9 +199,15 @@ impl AssignedFunction {
         self.msi.as_ref().map(AssignedMsi::capability)
     }
 
-    /// Whether the guest can get interrupts from the device at all (MSI or MSI-X offered).
+    /// The INTx pin offered to the guest (1 = INTA .. 4 = INTD), if any: the VMM routes it.
+    pub fn intx_pin(&self) -> Option<u8> {
+        self.intx_pin
+    }
+
+    /// Whether the guest can get interrupts from the device at all (MSI, MSI-X or INTx
+    /// offered).
     pub fn has_interrupts(&self) -> bool {
-        self.msix.is_some() || self.msi.is_some()
+        self.msix.is_some() || self.msi.is_some() || self.intx_pin.is_some()
     }
 
     /// Sends MSI and MSI-X programming events to `trace` (configuration and trapped BAR
@@ -413,6 +447,14 @@ impl PciFunction for AssignedFunction {
         if let Some(msi) = self.msi.as_mut() {
             msi.requester_id_changed(&self.name, self.interrupts.as_mut(), requester_id);
         }
+    }
+}
+
+/// "INTA" for pin 1 .. "INTD" for pin 4.
+pub fn intx_pin_name(pin: u8) -> String {
+    match pin {
+        1..=4 => format!("INT{}", char::from(b'A' + pin - 1)),
+        _ => format!("pin {pin}"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the portable passthrough logic needs from the host: access to the physical function
 //! (VFIO regions on Linux, the DriverKit user client on macOS) and MSI / MSI-X interrupt
-//! plumbing.
+//! plumbing. INTx, where a host offers it, is wired outside the configuration space (VFIO:
+//! `vfio::IntxHandle`); the function only needs to know whether to show its pin.
 
 /// One host region of the physical function (a BAR or the expansion ROM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,6 +32,11 @@ pub trait HostFunction: Send {
     fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> std::io::Result<()>;
     /// Reads the expansion ROM at `offset`.
     fn rom_read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()>;
+    /// Whether the host can deliver the function's INTx (VFIO: its INTx interrupt index has
+    /// an interrupt). Only then does the guest see the device's Interrupt Pin.
+    fn intx_available(&self) -> bool {
+        false
+    }
 }
 
 /// Which message-signalled interrupt mechanism of the function a host call is about.

@@ -23,7 +23,7 @@ pub mod policy;
 pub use bars::{AssignedBar, BarLayout, MIN_BAR_SIZE};
 pub use capabilities::CapabilityLayout;
 pub use error::AssignError;
-pub use function::{AssignedFunction, ROM_BAR_INDEX};
+pub use function::{intx_pin_name, AssignedFunction, ROM_BAR_INDEX};
 pub use host::{HostFunction, InterruptHost, InterruptKind, RegionInfo};
 pub use msi::MsiCapability;
 pub use msix::MsixPlacement;

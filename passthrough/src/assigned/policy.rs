@@ -7,7 +7,10 @@
 //!   device's real BAR addresses; the guest's addresses must never reach it.
 //! - STATUS: its error bits are write-1-to-clear; forwarding a guest write (or a
 //!   read-modify-write of a wider access) would clear errors the host wants to see, and on
-//!   macOS STATUS writes must not reach the device at all. Reads show the device's bits.
+//!   macOS STATUS writes must not reach the device at all. Reads show the device's bits,
+//!   Interrupt Status (bit 3) among them, for a guest's INTx handler that checks it.
+//! - Interrupt Line and Pin: Line is the guest's scratch register; Pin is the device's, shown
+//!   only when the host can deliver INTx (see [`super::AssignedFunction`]).
 //! - MSI and MSI-X capabilities: the host programs the device's real messages (VFIO through
 //!   its interrupt ioctls); the guest's addresses are guest doorbells.
 //! - DEVCTL and DEVCTL2 (PCIe capability +0x08, +0x28): changing Max Payload Size or Max
@@ -23,7 +26,8 @@ use devices::pci::config::{
 };
 
 /// Command register bits forwarded to the device: memory decoding (BAR mmaps need it), bus
-/// mastering (DMA and MSI) and INTx disable.
+/// mastering (DMA and MSI) and Interrupt Disable (VFIO virtualizes it and masks the host's
+/// INTx while it is set, so a guest that turns INTx off gets no more of them).
 pub const COMMAND_FORWARDED: u16 = COMMAND_MEMORY | COMMAND_BUS_MASTER | COMMAND_INTX_DISABLE;
 
 /// How one register (or capability body) is accessed.

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_ROM_REGION_INDEX,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_ROM_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 
 use super::container::{VfioContainer, VfioGroup};
@@ -61,6 +62,8 @@ pub struct VfioDevice {
     regions: [Region; REGIONS],
     flags: u32,
     msix_vectors: u32,
+    /// VFIO can deliver the device's INTx (it has a pin, and VFIO did not turn INTx off).
+    intx: bool,
     // Keep the group and the container open while the device is.
     _group: Arc<VfioGroup>,
     _container: Arc<VfioContainer>,
@@ -91,11 +94,15 @@ impl VfioDevice {
         }
         let msix_vectors =
             ioctls::irq_info(&file, VFIO_PCI_MSIX_IRQ_INDEX).map(|i| i.count).unwrap_or(0);
+        // VFIO reports no INTx interrupt for a device without a pin, or with INTx disabled
+        // (vfio-pci nointxmask / a broken INTx mask).
+        let intx = ioctls::irq_info(&file, VFIO_PCI_INTX_IRQ_INDEX).is_ok_and(|i| i.count >= 1);
         debug!(
             "{address}: VFIO device with {} regions, {} interrupt indexes, {msix_vectors} MSI-X \
-             vectors{}",
+             vectors, {}INTx{}",
             info.num_regions,
             info.num_irqs,
+            if intx { "" } else { "no " },
             if info.flags & VFIO_DEVICE_FLAGS_RESET != 0 { ", resettable" } else { "" }
         );
         Ok(Self {
@@ -104,6 +111,7 @@ impl VfioDevice {
             regions,
             flags: info.flags,
             msix_vectors,
+            intx,
             _group: group,
             _container: container,
         })
@@ -117,6 +125,11 @@ impl VfioDevice {
     /// MSI-X vectors VFIO can deliver.
     pub fn msix_vectors(&self) -> u32 {
         self.msix_vectors
+    }
+
+    /// Whether VFIO can deliver the device's INTx.
+    pub fn has_intx(&self) -> bool {
+        self.intx
     }
 
     /// The device file (for interrupt setup).
@@ -277,5 +290,9 @@ impl HostFunction for VfioHostFunction {
 
     fn rom_read(&self, offset: u64, data: &mut [u8]) -> io::Result<()> {
         self.0.read_region(VFIO_PCI_ROM_REGION_INDEX, offset, data)
+    }
+
+    fn intx_available(&self) -> bool {
+        self.0.has_intx()
     }
 }

@@ -4,7 +4,8 @@
 //! guest RAM ([`VfioIdentityMapper`] at IOVA = guest-physical address, or
 //! [`VfioHostPicksMapper`] imitating the macOS DART's limits for DMA windows). Each [`VfioDevice`] gives the portable
 //! [`crate::assigned::AssignedFunction`] its configuration space and BARs
-//! ([`VfioHostFunction`]) and MSI / MSI-X eventfds ([`VfioInterrupts`]), and lets the VMM
+//! ([`VfioHostFunction`]) and MSI / MSI-X / INTx eventfds ([`VfioInterrupts`], INTx wired
+//! late through an [`IntxHandle`]), and lets the VMM
 //! mmap its BARs into the guest and reset it around the VM's life.
 //!
 //! Written against linux/vfio.h with `vfio-bindings` for the structures rather than
@@ -22,4 +23,6 @@ pub use container::{can_lock_unlimited, memlock_limit, VfioContainer, VfioGroup}
 pub use device::{MappedBar, ResetOutcome, VfioDevice, VfioHostFunction};
 pub use dma::{RamMapping, VfioHostPicksMapper, VfioIdentityMapper, DEFAULT_HOST_PICKS_IOVA_BASE};
 pub use error::{check_memlock, VfioError};
-pub use interrupts::{InterruptRoute, InterruptRouteFactory, VfioInterrupts, VfioMsix};
+pub use interrupts::{
+    InterruptRoute, InterruptRouteFactory, IntxHandle, IntxRoute, VfioInterrupts, VfioMsix,
+};

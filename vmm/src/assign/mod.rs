@@ -17,9 +17,14 @@ use crate::memory::GuestRam;
 #[cfg(target_os = "linux")]
 #[path = "sys/linux.rs"]
 mod sys;
-#[cfg(not(target_os = "linux"))]
+#[cfg(target_os = "macos")]
+#[path = "sys/macos.rs"]
+mod sys;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 #[path = "sys/unsupported.rs"]
 mod sys;
+
+pub use sys::IntxHandle;
 
 /// Why a device could not be assigned.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,9 @@ pub struct PendingFunction {
     pub function: Box<dyn PciFunction>,
     /// Its BAR pieces the guest may access directly.
     pub direct_bars: Vec<DirectBar>,
+    /// Its INTx pin (1 = INTA .. 4 = INTD) and the handle that routes it, if the guest sees
+    /// a pin.
+    pub intx: Option<(u8, IntxHandle)>,
 }
 
 impl std::fmt::Debug for PendingFunction {
@@ -86,8 +94,24 @@ impl std::fmt::Debug for PendingFunction {
         f.debug_struct("PendingFunction")
             .field("name", &self.name)
             .field("direct_bars", &self.direct_bars)
+            .field("intx_pin", &self.intx.as_ref().map(|(pin, _)| pin))
             .finish()
     }
+}
+
+/// An assigned function's INTx, placed in the guest's hierarchy: the SPI its pin signals
+/// through the host bridge's interrupt-map. Connected once the interrupt controller exists
+/// ([`AssignedDevices::connect_intx`]).
+#[derive(Debug, Clone)]
+pub struct AssignedIntx {
+    /// The function's name (its host address).
+    pub name: String,
+    /// Its pin, 1 = INTA .. 4 = INTD.
+    pub pin: u8,
+    /// The guest SPI (0-based, INTID 32 + spi).
+    pub spi: u32,
+    /// Routes the device's INTx.
+    pub handle: IntxHandle,
 }
 
 /// What assigning devices adds to the guest's PCI hierarchy.
@@ -173,6 +197,14 @@ impl AssignedDevices {
         }
         let (host, parts) = sys::HostDevices::open(vm, ram, &config.devices, trace)?;
         Ok((Self { host: Some(host) }, parts))
+    }
+
+    /// Wires each assigned function's INTx to its guest SPI (the GIC must exist). Failures
+    /// are warnings: the device still interrupts through MSI or MSI-X.
+    pub fn connect_intx(&mut self, vm: &Arc<dyn Vm>, lines: &[AssignedIntx]) {
+        if let Some(host) = self.host.as_mut() {
+            host.connect_intx(vm, lines);
+        }
     }
 
     /// Quiesces and resets the devices and removes their DMA mappings; also done on drop.

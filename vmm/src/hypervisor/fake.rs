@@ -8,8 +8,8 @@ use std::time::Duration;
 use arch::regs::BootRegs;
 
 use super::{
-    GicSpec, Hypervisor, HypervisorError, MemorySlot, MmioHandler, Result, Vcpu, VcpuExit,
-    VcpuKick, Vm, VmSpec,
+    GicSpec, Hypervisor, HypervisorError, MemorySlot, MmioHandler, MsiController, Result, Vcpu,
+    VcpuExit, VcpuKick, Vm, VmSpec,
 };
 
 /// One thing a fake vCPU does per `run`.
@@ -51,6 +51,8 @@ pub struct FakeHypervisor {
     pub scripts: Mutex<HashMap<u32, Vec<Step>>>,
     /// Shared observations.
     pub observed: Arc<Mutex<Observed>>,
+    /// The MSI controller the VM reports; `None` is an ITS, like KVM.
+    pub msi: Option<MsiController>,
 }
 
 impl Hypervisor for FakeHypervisor {
@@ -66,6 +68,7 @@ impl Hypervisor for FakeHypervisor {
             scripts: Mutex::new(scripts),
             observed: self.observed.clone(),
             ram: Mutex::new(None),
+            msi: self.msi.unwrap_or(MsiController::Its),
         }))
     }
 }
@@ -76,6 +79,7 @@ struct FakeVm {
     observed: Arc<Mutex<Observed>>,
     /// Guest base, size and host address of RAM.
     ram: Mutex<Option<(u64, u64, usize)>>,
+    msi: MsiController,
 }
 
 impl Vm for FakeVm {
@@ -106,6 +110,9 @@ impl Vm for FakeVm {
     fn create_gic(&self, spec: &GicSpec) -> Result<()> {
         self.observed.lock().unwrap().gic = Some(*spec);
         Ok(())
+    }
+    fn msi_controller(&self) -> MsiController {
+        self.msi
     }
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()> {
         self.observed.lock().unwrap().spi_levels.push((spi, asserted));

@@ -8,6 +8,11 @@
 
 #[cfg(test)]
 pub mod fake;
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+pub mod hvf;
+// Hypervisor.framework's rules as portable code, unit-tested on any host.
+#[cfg(any(test, all(target_os = "macos", target_arch = "aarch64")))]
+pub mod hvf_logic;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
 pub mod routing;
@@ -77,6 +82,24 @@ pub struct GicSpec {
     pub nr_irqs: u32,
 }
 
+/// Where PCI devices' MSIs go; the device tree must describe the same controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiController {
+    /// A GICv3 ITS at `layout::GIC_ITS_BASE` (KVM): an MSI carries the requester id as its
+    /// device id, and the guest maps it to an LPI.
+    Its,
+    /// A GICv2m-style MSI frame (Hypervisor.framework): a write of an INTID to the frame's
+    /// `SETSPI_NSR` register (base + 0x40) raises that SPI; no device id.
+    SpiFrame {
+        /// Frame base address.
+        base: u64,
+        /// First INTID (not SPI number) the frame raises (`arm,msi-base-spi`).
+        spi_base: u32,
+        /// How many INTIDs it raises (`arm,msi-num-spis`).
+        spi_count: u32,
+    },
+}
+
 /// A VM: guest memory, vCPUs and the interrupt controller.
 pub trait Vm: Send + Sync {
     /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`
@@ -91,16 +114,39 @@ pub trait Vm: Send + Sync {
         size: u64,
         host_addr: *mut u8,
     ) -> Result<MemorySlot>;
-    /// Removes a mapping made by [`Vm::map_memory`]; guest accesses there exit as MMIO again.
+    /// Maps device memory (a passed-through BAR mmapped from the host device) into the guest:
+    /// readable and writable, never executable. Hypervisor.framework panics the host when the
+    /// guest executes from device memory mapped executable; KVM needs nothing special, so the
+    /// default is [`Vm::map_memory`].
+    ///
+    /// # Safety
+    /// As for [`Vm::map_memory`].
+    unsafe fn map_device_memory(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MemorySlot> {
+        // SAFETY: the caller upholds map_memory's contract, which is this function's.
+        unsafe { self.map_memory(guest_addr, size, host_addr) }
+    }
+    /// Removes a mapping made by [`Vm::map_memory`] or [`Vm::map_device_memory`]; guest
+    /// accesses there exit as MMIO again.
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()>;
-    /// Creates vCPU `index`. vCPU 0 boots; the others wait for PSCI CPU_ON.
+    /// Creates vCPU `index`, on the thread that will run it. vCPU 0 boots; the others wait for
+    /// PSCI CPU_ON.
     fn create_vcpu(&self, index: u32) -> Result<Box<dyn Vcpu>>;
-    /// Creates the in-kernel GICv3 once all vCPUs exist.
+    /// Creates the in-kernel GICv3 once all vCPUs exist (KVM). A backend whose GIC must exist
+    /// before any vCPU (Hypervisor.framework) creates it with the VM from the fixed layout and
+    /// checks `spec` against it here.
     fn create_gic(&self, spec: &GicSpec) -> Result<()>;
+    /// Where PCI MSIs go: decides [`GicSpec::its_base`] and the device tree's MSI controller.
+    fn msi_controller(&self) -> MsiController;
     /// Drives shared peripheral interrupt `spi` (0-based SPI number, INTID 32 + spi).
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()>;
     /// Injects an MSI: a write of `data` to doorbell `address` by PCI requester `devid`
-    /// (the ITS device id, through the host bridge's `msi-map`).
+    /// (the ITS device id, through the host bridge's `msi-map`; unused by an MSI frame, where
+    /// `data` is the INTID).
     fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()>;
     /// An MSI the host raises by signalling an eventfd, injected by the hypervisor without a
     /// trip through the VMM (KVM irqfd with an MSI route). For passed-through devices.
@@ -223,7 +269,14 @@ pub fn host_hypervisor() -> Result<Box<dyn Hypervisor>> {
     {
         Ok(Box::new(kvm::Kvm::open()?))
     }
-    #[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
+    #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+    {
+        Ok(Box::new(hvf::Hvf::open()?))
+    }
+    #[cfg(not(any(
+        all(target_os = "linux", target_arch = "aarch64"),
+        all(target_os = "macos", target_arch = "aarch64")
+    )))]
     {
         Err(HypervisorError::Unavailable(format!(
             "no hypervisor backend for {}-{}: Aperture runs arm64 guests on arm64 Linux hosts \

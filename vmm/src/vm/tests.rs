@@ -94,6 +94,33 @@ fn console_output_then_power_off() {
 }
 
 #[test]
+fn an_msi_frame_replaces_the_its() {
+    let frame = MsiController::SpiFrame {
+        base: layout::GIC_MSI_FRAME_BASE,
+        spi_base: layout::GIC_MSI_FRAME_FIRST_INTID,
+        spi_count: layout::GIC_MSI_FRAME_INTIDS,
+    };
+    let memory = MemoryLayout::new(64 << 20, 2, 40).unwrap();
+    let gic = gic_config(&memory, frame);
+    assert_eq!(gic.its, None);
+    assert_eq!(
+        gic.msi_frame,
+        Some((layout::GIC_MSI_FRAME_BASE, layout::GIC_MSI_FRAME_SIZE, 96, 128))
+    );
+    assert_eq!(gic.redists, (layout::GIC_REDIST_BASE, 2 * layout::GIC_REDIST_SIZE_PER_CPU));
+    let its = gic_config(&memory, MsiController::Its);
+    assert_eq!(its.its, Some((layout::GIC_ITS_BASE, layout::GIC_ITS_SIZE)));
+    assert_eq!(its.msi_frame, None);
+
+    // A backend with an MSI frame is asked for a GIC without an ITS.
+    let hv = FakeHypervisor { msi: Some(frame), ..Default::default() };
+    hv.scripts.lock().unwrap().insert(0, vec![Step::PowerOff]);
+    let reason = run_on(&hv, &config(1), Console::Capture(Box::new(Capture::default()))).unwrap();
+    assert_eq!(reason, StopReason::PowerOff);
+    assert_eq!(hv.observed.lock().unwrap().gic.unwrap().its_base, None);
+}
+
+#[test]
 fn test_exit_device_stops_all_vcpus_with_the_guests_status() {
     // vCPU 1 idles: the stop must kick it out and join its thread.
     let exit = vec![Step::Write(layout::TEST_EXIT_BASE, 42u32.to_le_bytes().to_vec())];

@@ -24,7 +24,7 @@ fn header_identity_comes_from_the_device() {
     assert_eq!(read32(&mut f, 0x08), 0x0108_0202);
     assert_eq!(read32(&mut f, 0x2c), 0x1100_1af4);
     assert_eq!(f.name(), "test-dev");
-    // No INTx offered yet, single function.
+    // No INTx (the fake host cannot deliver it), single function.
     assert_eq!(read32(&mut f, 0x3c) >> 8 & 0xff, 0);
     assert_eq!(read32(&mut f, 0x0c) >> 16 & 0xff, 0);
 }

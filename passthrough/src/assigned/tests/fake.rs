@@ -25,6 +25,8 @@ pub(super) struct FakeDevice {
     pub log: Arc<Mutex<DeviceLog>>,
     pub bars: [Option<RegionInfo>; 6],
     pub rom: Option<RegionInfo>,
+    /// Whether the host can deliver the device's INTx.
+    pub intx: bool,
 }
 
 fn check(offset: u64, len: usize, size: u64) -> io::Result<()> {
@@ -87,6 +89,10 @@ impl HostFunction for FakeDevice {
             };
         }
         Ok(())
+    }
+
+    fn intx_available(&self) -> bool {
+        self.intx
     }
 }
 
@@ -154,6 +160,7 @@ pub(super) struct ConfigBuilder {
     bytes: Vec<u8>,
     bars: [Option<RegionInfo>; 6],
     rom: Option<RegionInfo>,
+    intx: bool,
 }
 
 pub(super) fn region(size: u64) -> RegionInfo {
@@ -162,7 +169,7 @@ pub(super) fn region(size: u64) -> RegionInfo {
 
 impl ConfigBuilder {
     pub fn new(vendor: u16, device: u16, class: u32, revision: u8) -> Self {
-        let mut b = Self { bytes: vec![0; 4096], bars: [None; 6], rom: None };
+        let mut b = Self { bytes: vec![0; 4096], bars: [None; 6], rom: None, intx: false };
         b.u16(0x00, vendor).u16(0x02, device).u32(0x08, class << 8 | u32::from(revision));
         b
     }
@@ -190,6 +197,12 @@ impl ConfigBuilder {
 
     pub fn rom(&mut self, size: u64) -> &mut Self {
         self.rom = Some(region(size));
+        self
+    }
+
+    /// The host can deliver the device's INTx (the pin register is set separately).
+    pub fn intx(&mut self) -> &mut Self {
+        self.intx = true;
         self
     }
 
@@ -222,6 +235,7 @@ impl ConfigBuilder {
             })),
             bars: self.bars,
             rom: self.rom,
+            intx: self.intx,
         }
     }
 }

@@ -4,6 +4,7 @@ mod bars;
 mod config;
 mod fake;
 mod fuzz;
+mod intx;
 mod msi;
 mod msix;
 

@@ -1,30 +1,36 @@
 //! VFIO: devices checked in sysfs, opened in one container per VM, reset at start and exit,
 //! with all guest RAM mapped for their DMA at device address = guest physical address.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::MsiMessage;
 use devices::pci::PciFunction;
 use devices::trace::{TraceRecord, TraceSink, TraceValue};
-use log::{info, warn};
-use passthrough::assigned::AssignedFunction;
+use log::{debug, info, warn};
+use passthrough::assigned::{intx_pin_name, AssignedFunction};
 use passthrough::dma::pv::protocol::TARGET_RID_UNKNOWN;
 use passthrough::dma::{
     AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperLimits, SharedWindows,
     WindowConfig, WindowManager,
 };
 use passthrough::vfio::{
-    can_lock_unlimited, check_memlock, memlock_limit, InterruptRoute, MappedBar, RamMapping,
-    VfioContainer, VfioDevice, VfioHostFunction, VfioHostPicksMapper, VfioIdentityMapper, VfioMsix,
-    DEFAULT_HOST_PICKS_IOVA_BASE,
+    can_lock_unlimited, check_memlock, memlock_limit, InterruptRoute, IntxRoute, MappedBar,
+    RamMapping, VfioContainer, VfioDevice, VfioHostFunction, VfioHostPicksMapper,
+    VfioIdentityMapper, VfioInterrupts, DEFAULT_HOST_PICKS_IOVA_BASE,
 };
 use passthrough::{HostDevice, HostSysfs, PciAddress};
 
-use super::{AssignError, AssignedParts, DirectBar, HostMemory, PendingFunction, RequesterIdWatch};
+use super::{
+    AssignError, AssignedIntx, AssignedParts, DirectBar, HostMemory, PendingFunction,
+    RequesterIdWatch,
+};
 use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
-use crate::hypervisor::{IrqfdMsi, MsiRoute, Vm};
+use crate::hypervisor::{IrqfdLevel, IrqfdMsi, MsiRoute, Vm};
 use crate::memory::GuestRam;
+
+pub use passthrough::vfio::IntxHandle;
 
 impl HostMemory for MappedBar {
     fn host_addr(&self) -> *mut u8 {
@@ -54,6 +60,76 @@ impl InterruptRoute for IrqfdRoute {
     }
 }
 
+/// A guest SPI driven by INTx: one level irqfd, shared by every function whose pin lands on
+/// the SPI (the functions of one host device, or ports four slots apart), as INTx lines are
+/// shared. VFIO devices signal the same trigger eventfd and all unmask on its resample, so
+/// the line stays asserted while any of them asserts.
+#[derive(Debug)]
+struct SharedSpi {
+    irqfd: Arc<dyn IrqfdLevel>,
+    /// Functions with INTx on: the irqfd is connected while there is one.
+    users: Mutex<usize>,
+}
+
+/// One function's INTx on a [`SharedSpi`].
+struct SpiIntxRoute {
+    name: String,
+    pin: u8,
+    spi: u32,
+    line: Arc<SharedSpi>,
+    enabled: Mutex<bool>,
+    trace: Option<Arc<dyn TraceSink>>,
+}
+
+impl IntxRoute for SpiIntxRoute {
+    fn trigger_fd(&self) -> std::os::fd::RawFd {
+        self.line.irqfd.eventfd()
+    }
+
+    fn resample_fd(&self) -> std::os::fd::RawFd {
+        self.line.irqfd.resample_eventfd()
+    }
+
+    fn set_enabled(&self, enabled: bool) -> std::io::Result<()> {
+        let mut mine = self.enabled.lock().unwrap_or_else(|e| e.into_inner());
+        if *mine == enabled {
+            return Ok(());
+        }
+        let mut users = self.line.users.lock().unwrap_or_else(|e| e.into_inner());
+        let next = if enabled { *users + 1 } else { users.saturating_sub(1) };
+        if (*users == 0) != (next == 0) {
+            self.line.irqfd.set_enabled(next > 0).map_err(std::io::Error::other)?;
+        }
+        *users = next;
+        *mine = enabled;
+        debug!(
+            "{}: INTx {} SPI {} {}",
+            self.name,
+            intx_pin_name(self.pin),
+            self.spi,
+            if enabled { "on" } else { "off" }
+        );
+        if let Some(trace) = &self.trace {
+            let fields = [
+                ("spi", TraceValue::Int(u64::from(self.spi))),
+                ("pin", TraceValue::Int(u64::from(self.pin))),
+            ];
+            let event = if enabled { "intx-enable" } else { "intx-disable" };
+            trace.record(&TraceRecord { source: &self.name, event, fields: &fields });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SpiIntxRoute {
+    fn drop(&mut self) {
+        // The handle disables it first; this keeps the count right if it could not.
+        if let Err(e) = self.set_enabled(false) {
+            debug!("{}: INTx SPI {}: {e}", self.name, self.spi);
+        }
+    }
+}
+
 fn host_page_size() -> u64 {
     // SAFETY: sysconf only reads a system constant.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -79,6 +155,8 @@ pub struct HostDevices {
     mapper: Option<VfioIdentityMapper>,
     dma_mapped: Vec<(u64, u64)>,
     windowed: Vec<WindowedDevice>,
+    /// INTx connected by [`HostDevices::connect_intx`].
+    intx: Vec<IntxHandle>,
     trace: Option<Arc<dyn TraceSink>>,
 }
 
@@ -113,6 +191,7 @@ impl HostDevices {
             mapper: None,
             dma_mapped: Vec::new(),
             windowed: Vec::new(),
+            intx: Vec::new(),
             trace: trace.cloned(),
         };
         // Identity devices share one container (and one mapping of guest RAM); each windowed
@@ -145,19 +224,23 @@ impl HostDevices {
                 let irqfd = irqfd_vm.create_irqfd_msi().map_err(std::io::Error::other)?;
                 Ok(Box::new(IrqfdRoute(irqfd)))
             });
+            let interrupts = VfioInterrupts::new(vfio.clone(), new_route);
+            let intx_handle = interrupts.intx_handle();
             let mut function = AssignedFunction::new(
                 &name,
                 Box::new(VfioHostFunction(vfio.clone())),
-                Box::new(VfioMsix::new(vfio.clone(), new_route)),
+                Box::new(interrupts),
             )
             .map_err(|e| host_error(&name, e))?;
             function.set_trace(trace.cloned());
             if !function.has_interrupts() {
                 warn!(
-                    "{name}: the device has neither usable MSI-X nor MSI; Aperture offers no \
-                     INTx yet, so the guest driver gets no interrupts from it"
+                    "{name}: the device has no usable MSI-X, MSI or INTx, so the guest driver \
+                     gets no interrupts from it"
                 );
             }
+            // The function shows a pin only when VFIO delivers INTx, so both or neither.
+            let intx = function.intx_pin().zip(intx_handle);
             let direct_bars = direct_bars(&name, &vfio, &function, page_size);
             let function: Box<dyn PciFunction> = match config.dma {
                 DmaMode::Identity => Box::new(function),
@@ -175,9 +258,53 @@ impl HostDevices {
                 address: vfio.address(),
                 function,
                 direct_bars,
+                intx,
             });
         }
         Ok((this, parts))
+    }
+
+    /// Wires each function's INTx to a level irqfd on its SPI, one irqfd per SPI.
+    pub fn connect_intx(&mut self, vm: &Arc<dyn Vm>, lines: &[AssignedIntx]) {
+        let mut spis: HashMap<u32, Arc<SharedSpi>> = HashMap::new();
+        for line in lines {
+            let pin = intx_pin_name(line.pin);
+            let shared = match spis.get(&line.spi) {
+                Some(shared) => shared.clone(),
+                None => match vm.create_irqfd_spi(line.spi) {
+                    Ok(irqfd) => {
+                        let shared = Arc::new(SharedSpi { irqfd, users: Mutex::new(0) });
+                        spis.insert(line.spi, shared.clone());
+                        shared
+                    }
+                    Err(e) => {
+                        warn!(
+                            "{}: no INTx ({pin} on SPI {}): {e}; the guest driver must use \
+                             MSI or MSI-X",
+                            line.name, line.spi
+                        );
+                        continue;
+                    }
+                },
+            };
+            let route = SpiIntxRoute {
+                name: line.name.clone(),
+                pin: line.pin,
+                spi: line.spi,
+                line: shared,
+                enabled: Mutex::new(false),
+                trace: self.trace.clone(),
+            };
+            match line.handle.connect(Box::new(route)) {
+                Ok(()) => info!("{}: INTx {pin} on SPI {}", line.name, line.spi),
+                Err(e) => warn!(
+                    "{}: INTx {pin} on SPI {} could not be turned on ({e}); the guest driver \
+                     must use MSI or MSI-X",
+                    line.name, line.spi
+                ),
+            }
+            self.intx.push(line.handle.clone());
+        }
     }
 
     /// Pins all guest RAM and maps it for the devices' DMA at IOVA = guest physical address.
@@ -229,6 +356,11 @@ impl HostDevices {
     /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM and
     /// windows (and reports what the windows did).
     pub fn shutdown(&mut self) {
+        for handle in self.intx.drain(..) {
+            if let Err(e) = handle.disconnect() {
+                warn!("{}: disabling INTx at exit: {e}", handle.device_name());
+            }
+        }
         for device in &self.devices {
             for (kind, result) in [("MSI-X", device.disable_msix()), ("MSI", device.disable_msi())]
             {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{AssignError, AssignedParts};
+use super::{AssignError, AssignedIntx, AssignedParts};
 use crate::config::DeviceConfig;
 use crate::hypervisor::Vm;
 use crate::memory::GuestRam;
@@ -10,6 +10,10 @@ use crate::memory::GuestRam;
 /// Nothing to hold.
 #[derive(Debug)]
 pub struct HostDevices;
+
+/// No assigned function exists, so neither does its INTx.
+#[derive(Debug, Clone)]
+pub enum IntxHandle {}
 
 impl HostDevices {
     pub fn open(
@@ -23,6 +27,8 @@ impl HostDevices {
             std::env::consts::OS
         )))
     }
+
+    pub fn connect_intx(&mut self, _vm: &Arc<dyn Vm>, _lines: &[AssignedIntx]) {}
 
     pub fn shutdown(&mut self) {}
 }

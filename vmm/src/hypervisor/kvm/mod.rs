@@ -18,7 +18,9 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use log::{debug, info};
 
-use super::{GicSpec, Hypervisor, HypervisorError, MemorySlot, Result, Vcpu, Vm, VmSpec};
+use super::{
+    GicSpec, Hypervisor, HypervisorError, MemorySlot, MsiController, Result, Vcpu, Vm, VmSpec,
+};
 
 /// An open `/dev/kvm`.
 #[derive(Debug)]
@@ -172,6 +174,10 @@ impl Vm for KvmVm {
             irqfd::commit(&self.fd, &routes)?;
         }
         Ok(())
+    }
+
+    fn msi_controller(&self) -> MsiController {
+        MsiController::Its
     }
 
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()> {

@@ -1,0 +1,37 @@
+//! DriverKit (macOS): the host half of PCI passthrough, as a client of the `VFIOUserPCIDriver`
+//! DriverKit extension (the dext), which claims the device and exports it through an
+//! IOUserClient.
+//!
+//! Everything but the IOKit calls is portable and tested on any host against a fake dext:
+//! - [`DextConnection`]: the user-client calls (scalar methods by selector, memory mappings,
+//!   the wait for interrupts). [`IoKitConnection`] implements it on macOS.
+//! - [`DextDevice`]: claim, identity check, configuration space, BARs (sizes, trapped
+//!   accesses through the dext, mappings), reset.
+//! - [`DextHostFunction`]: the [`crate::assigned::HostFunction`] for the portable
+//!   configuration-space virtualization; drops writes macOS must keep from the device.
+//! - [`DextInterrupts`]: the [`crate::assigned::InterruptHost`]; a wait thread injects pending
+//!   vectors through the VMM's [`MsiSink`].
+//! - [`DartMapper`]: the [`crate::dma::HostMapper`] for DMA windows through the DART.
+//!
+//! The protocol, and what Aperture assumes about it, is in [`protocol`].
+
+mod connection;
+mod dart;
+mod device;
+mod host;
+mod interrupts;
+#[cfg(target_os = "macos")]
+#[path = "sys/macos.rs"]
+mod macos;
+pub mod protocol;
+
+#[cfg(test)]
+mod tests;
+
+pub use connection::{DextConnection, DextError, DextMapping, WaitOutcome};
+pub use dart::{DartMapper, RamMapping};
+pub use device::{DextBar, DextDevice, DextIdentity, ResetOutcome};
+pub use host::{DextHostFunction, KeptRegister};
+pub use interrupts::{DextInterrupts, MsiSink};
+#[cfg(target_os = "macos")]
+pub use macos::IoKitConnection;
