@@ -207,6 +207,12 @@ run_vm vm2 --device "$A" {}"#,
                 with_check("nvme")
             )),
         ),
+        // SIGTERM, and SIGHUP, while the guest is still booting (the VMM has opened and reset
+        // the device and started the vCPUs; the guest's /init has not run): aperture stops
+        // through its normal path (the device reset at exit) with 128+N, and a new VM gets
+        // the device.
+        Case::new("nvme-sigterm-during-boot", signal_during_boot("TERM", &expect(FILL_A))),
+        Case::new("nvme-sighup-during-boot", signal_during_boot("HUP", &expect(FILL_A))),
         Case::new("nvme-host-bench", nvme_bench_script()),
         // DMA windows (dma=window): the guest's aperture_dma module maps every DMA buffer
         // through the aperture-dma device at host-picked device addresses (1 TiB up, never a
@@ -264,7 +270,57 @@ exit $status"#,
         .with_limit(BAD_INPUT_LIMIT),
         Case::new("bad-device-syntax", format!("{RUN} --device 01:00"))
             .with_limit(BAD_INPUT_LIMIT),
+        // `aperture check` on A bound to nvme (a FAIL with the bind commands, status 1), then
+        // on vfio-pci (all OK, status 0); `aperture devices` lists A on vfio-pci. Waiting for
+        // A's disk lets the nvme probe finish before A is unbound again.
+        Case::new(
+            "check-and-devices",
+            nvme(
+                r#"bind_nvme "$A" || exit 1
+host_disk aperture-a > /dev/null || echo "l1: error: no block device for A"
+echo "l1: device=$A"
+/aperture check --device "$A"
+echo "l1: check-nvme status=$?"
+bind_vfio "$A" || exit 1
+/aperture check --device "$A"
+echo "l1: check-vfio status=$?"
+/aperture devices
+echo "l1: devices status=$?"
+/aperture devices --json
+echo "l1: devices-json status=$?""#
+                    .into(),
+            ),
+        ),
     ]
+}
+
+/// The `nvme-sig*-during-boot` cases: VM 1 gets NVMe A and signal `SIG<signal>` half a
+/// second after its vCPUs started (`-v` logs `guest started`; its /init runs about 3 s later
+/// in the rig, quiet). Its PCI trace's resets are printed (`l1: trace: `), then VM 2 runs
+/// the `nvme` check on A.
+fn signal_during_boot(signal: &str, expect: &str) -> String {
+    format!(
+        r#"{NVME_PRELUDE}
+bind_vfio "$A" || exit 1
+{expect}
+start_vm vm1 -v --device "$A" --trace-pci /tmp/sig{signal}-trace.log {hang}
+wait_log vm1 'guest started' 60
+echo "l1: vm1 started=$?"
+sleep 0.5
+kill -{signal} "$vm_pid"
+(sleep 20; kill -KILL "$vm_pid" 2>/dev/null) &
+killer=$!
+wait "$vm_pid"
+st=$?
+kill "$killer" 2>/dev/null
+sed "s/^/vm1: /" /tmp/vm1.log
+echo "l1: vm1 status=$st"
+grep ' reset ' /tmp/sig{signal}-trace.log | sed 's/^/l1: trace: /'
+echo "l1: after vm1: driver=$(driver_of "$A") /dev/vfio: $(ls /dev/vfio | tr '\n' ' ')"
+run_vm vm2 --device "$A" {check}"#,
+        hang = with_check("nvme,hang"),
+        check = with_check("nvme")
+    )
 }
 
 /// A VM with NVMe A passed through with `--device A,<dma>` and the guest checks `check`
@@ -817,6 +873,41 @@ fn device_is_released_after_sigterm() {
     assert_status(run, output, 0);
 }
 
+/// A VM stopped by `signal` during boot: status 128+N, the reason on stderr, the device
+/// reset at exit and usable by the next VM.
+fn assert_released_after_signal_during_boot(case_name: &str, signal: &str, status: i32) {
+    let (run, output) = case(case_name);
+    assert_contains(run, output, "l1: vm1 started=0");
+    assert!(
+        !output.contains(&format!("vm1: {GUEST_MARKER}")),
+        "the guest reached /init before {signal}: the case no longer stops it during boot\n{}",
+        context(run, output)
+    );
+    assert_contains(run, output, &format!("vm1: aperture: stopped by {signal}"));
+    assert_contains(run, output, &format!("l1: vm1 status={status}"));
+    let exit_reset = output
+        .lines
+        .iter()
+        .any(|(_, line)| line.starts_with("l1: trace: ") && line.contains("when=exit"));
+    assert!(exit_reset, "no reset at exit in vm1's trace\n{}", context(run, output));
+    assert_contains(run, output, "l1: after vm1: driver=vfio-pci");
+    assert_nvme_io(run, output, "vm2: ", "aperture-a");
+    assert_contains(run, output, "l1: vm2 status=0");
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn device_is_released_after_sigterm_during_boot() {
+    assert_released_after_signal_during_boot("nvme-sigterm-during-boot", "SIGTERM", 143);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn device_is_released_after_sighup_during_boot() {
+    assert_released_after_signal_during_boot("nvme-sighup-during-boot", "SIGHUP", 129);
+}
+
 #[test]
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn nvme_read_bench_in_l1_and_in_the_guest() {
@@ -967,4 +1058,78 @@ fn rejects_a_malformed_device_address_naming_the_option() {
     for needle in ["--device", "01:00", "0000:01:00.0"] {
         assert_contains(run, output, needle);
     }
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn check_reports_the_device_before_and_after_binding_it_to_vfio_pci() {
+    let (run, output) = case("check-and-devices");
+    let device = value_after(output, "l1: device=").unwrap_or("?");
+    // On nvme: the driver line fails with the commands that fix it, and the status says so.
+    assert_contains(run, output, &format!("FAIL  {device} driver: bound to nvme, not to vfio-pci"));
+    assert_contains(
+        run,
+        output,
+        &format!("echo vfio-pci > /sys/bus/pci/devices/{device}/driver_override"),
+    );
+    assert_contains(run, output, "l1: check-nvme status=1");
+    // On vfio-pci: the host and the device are ready.
+    for line in [
+        "OK    /dev/kvm: ",
+        "OK    KVM IPA size: ",
+        "OK    KVM GICv3: ",
+        "OK    KVM ITS: ",
+        "OK    KVM irqfd: ",
+        "OK    IOMMU: ",
+        "OK    VFIO: ",
+        "OK    locked memory: ",
+        &format!("OK    {device}: present: 1b36:0010, class 010802 (NVMe)"),
+        &format!("OK    {device} driver: vfio-pci"),
+        &format!("OK    {device} IOMMU group: group "),
+        &format!("OK    {device} /dev/vfio/"),
+    ] {
+        assert_contains(run, output, line);
+    }
+    assert_contains(run, output, "l1: check-vfio status=0");
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn devices_lists_the_nvme_controller_on_vfio_pci() {
+    let (run, output) = case("check-and-devices");
+    let device = value_after(output, "l1: device=").unwrap_or("?");
+    // The table row (its class cell is `010802 NVMe`; check's line says `class 010802`).
+    let row = output
+        .output
+        .lines()
+        .find(|l| l.contains(device) && l.contains("010802 NVMe"))
+        .unwrap_or("");
+    assert!(
+        row.contains("1b36:0010")
+            && row.contains(" vfio-pci ")
+            && row.contains("0:mem64")
+            && row.trim_end().ends_with(" yes"),
+        "no table row for {device} on vfio-pci, assignable: {row:?}\n{}",
+        context(run, output)
+    );
+    assert_contains(run, output, "l1: devices status=0");
+    let object = output
+        .output
+        .lines()
+        .find(|l| l.contains(&format!("{{\"address\":\"{device}\"")))
+        .unwrap_or("");
+    for field in [
+        "\"vendor_id\":\"1b36\",\"device_id\":\"0010\"",
+        "\"class\":\"010802\",\"class_name\":\"NVMe\"",
+        "\"driver\":\"vfio-pci\"",
+        "\"assignable\":true,\"reason\":null",
+    ] {
+        assert!(
+            object.contains(field),
+            "no {field} in the JSON for {device}: {object:?}\n{}",
+            context(run, output)
+        );
+    }
+    assert_contains(run, output, "l1: devices-json status=0");
 }

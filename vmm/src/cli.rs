@@ -35,8 +35,12 @@ Exit statuses:
 
 /// Aperture: boot an arm64 Linux guest on KVM or Hypervisor.framework, with a PCI device
 /// (an eGPU) assigned to it.
+///
+/// One VM per process. Each subcommand has its own help (`aperture run --help`) and manual
+/// page (aperture-run(1)). Errors end with `aperture: error: <what and how to fix it>` and
+/// exit status 1.
 #[derive(Debug, Parser)]
-#[command(name = "aperture", version, about, propagate_version = true)]
+#[command(name = "aperture", version, propagate_version = true)]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides it.
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -53,6 +57,18 @@ pub enum Command {
     /// Boot a guest and attach its console to this terminal.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Check that this host has what Aperture needs (each line OK, WARN or FAIL, with the fix).
+    #[command(after_help = CHECK_EXAMPLES)]
+    Check(CheckArgs),
+    /// List the host's PCI devices and whether each can be assigned now.
+    #[command(after_help = DEVICES_EXAMPLES)]
+    Devices(DevicesArgs),
+    /// Write Aperture's manual pages (aperture.1 and one page per subcommand).
+    #[command(after_help = MAN_EXAMPLES, display_order = 900)]
+    Man(ManArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    #[command(after_help = COMPLETIONS_EXAMPLES, display_order = 901)]
+    Completions(CompletionsArgs),
 }
 
 /// `aperture run` options.
@@ -110,6 +126,73 @@ pub struct RunArgs {
     /// Format of --trace-pci: aligned text for people, or JSON lines for scripts.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = TraceFormatArg::Text)]
     pub trace_format: TraceFormatArg,
+
+    /// Turn off the seccomp sandbox (Linux), for debugging: by default each Aperture thread
+    /// may make only the system calls it needs, and a refused call ends Aperture with a
+    /// message naming it ("seccomp refused syscall ..."); rerun with this option to go on.
+    #[arg(long)]
+    pub no_seccomp: bool,
+}
+
+const CHECK_EXAMPLES: &str = "\
+Examples:
+  aperture check                                # KVM, IOMMU and VFIO on this host
+  aperture check --device 0000:01:00.0 --memory 4G   # and what assigning this device needs
+
+Exit status: 1 when a line says FAIL, else 0.";
+
+/// `aperture check` options.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A host PCI device to be assigned, as `lspci -D` shows it (e.g. 0000:01:00.0): checks
+    /// its driver, IOMMU group, reset and VFIO group file. Repeat for more devices.
+    #[arg(long = "device", value_name = "BDF")]
+    pub devices: Vec<String>,
+
+    /// The guest RAM to plan for (passthrough pins all of it: RLIMIT_MEMLOCK must allow it).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+}
+
+const DEVICES_EXAMPLES: &str = "\
+Examples:
+  aperture devices          # a table; names come from pci.ids when the host has it
+  aperture devices --json   # a JSON array, for scripts";
+
+/// `aperture devices` options.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// A JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  aperture man | man -l -                      # read it now
+  aperture man --out /usr/local/share/man/man1 # install aperture.1, aperture-run.1, ...";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  aperture completions bash > ~/.local/share/bash-completion/completions/aperture
+  aperture completions zsh > ~/.zfunc/_aperture     # with fpath+=(~/.zfunc) in ~/.zshrc
+  aperture completions fish > ~/.config/fish/completions/aperture.fish";
+
+/// `aperture man` options.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write aperture.1 and aperture-SUBCOMMAND.1 into this directory (created if needed)
+    /// instead of printing aperture.1 to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `aperture completions` options.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL", value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `--trace-format` values.
@@ -134,12 +217,45 @@ mod tests {
     #[test]
     fn run_defaults() {
         let cli = Cli::try_parse_from(["aperture", "run", "--kernel", "Image"]).unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else { panic!("not run: {:?}", cli.command) };
         assert_eq!(args.cpus, 1);
         assert_eq!(args.memory, "512M");
         assert_eq!(args.cmdline, DEFAULT_CMDLINE);
         assert!(args.initrd.is_none() && args.timeout.is_none());
         assert!(args.disk.is_empty() && !args.no_rng && args.trace_pci.is_none());
+        assert!(!args.no_seccomp, "the seccomp sandbox is on by default");
         assert!(args.devices.is_empty());
+    }
+
+    #[test]
+    fn man_and_completions() {
+        let cli = Cli::try_parse_from(["aperture", "man"]).unwrap();
+        assert!(matches!(cli.command, Command::Man(ManArgs { out: None })));
+        let cli = Cli::try_parse_from(["aperture", "man", "--out", "/tmp/m"]).unwrap();
+        let Command::Man(args) = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(args.out, Some(PathBuf::from("/tmp/m")));
+        let cli = Cli::try_parse_from(["aperture", "completions", "zsh"]).unwrap();
+        let Command::Completions(args) = cli.command else { panic!("{:?}", cli.command) };
+        assert_eq!(args.shell, clap_complete::Shell::Zsh);
+        assert!(Cli::try_parse_from(["aperture", "completions", "tcsh"]).is_err());
+    }
+
+    #[test]
+    fn check_and_devices() {
+        let cli = Cli::try_parse_from(["aperture", "check"]).unwrap();
+        let Command::Check(args) = cli.command else { panic!("{:?}", cli.command) };
+        assert!(args.devices.is_empty());
+        assert_eq!(args.memory, "512M");
+        let argv =
+            ["aperture", "check", "--device", "01:00.0", "--device", "02:00.0", "--memory", "4G"];
+        let Command::Check(args) = Cli::try_parse_from(argv).unwrap().command else { panic!() };
+        assert_eq!(
+            (args.devices.as_slice(), args.memory.as_str()),
+            (&["01:00.0".to_string(), "02:00.0".to_string()][..], "4G")
+        );
+        let cli = Cli::try_parse_from(["aperture", "devices", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Devices(DevicesArgs { json: true })));
+        let cli = Cli::try_parse_from(["aperture", "devices"]).unwrap();
+        assert!(matches!(cli.command, Command::Devices(DevicesArgs { json: false })));
     }
 }

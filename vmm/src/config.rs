@@ -233,6 +233,10 @@ pub struct VmConfig {
     pub trace_format: devices::trace::TraceFormat,
     /// Host PCI devices assigned to the guest, in guest order.
     pub devices: Vec<DeviceConfig>,
+    /// Whether each thread is confined to its seccomp allowlist once set up (Linux;
+    /// `--no-seccomp` turns it off). The thread that calls [`crate::vm::run_on`] is confined
+    /// too, for the rest of its life.
+    pub seccomp: bool,
 }
 
 /// Parses a size: a number with an optional K/M/G/T suffix (optionally followed by "iB" or
@@ -309,6 +313,7 @@ impl VmConfig {
                 TraceFormatArg::Json => devices::trace::TraceFormat::JsonLines,
             },
             devices,
+            seccomp: !args.no_seccomp,
         })
     }
 }
@@ -330,6 +335,7 @@ mod tests {
             trace_pci: None,
             trace_format: TraceFormatArg::Text,
             devices: Vec::new(),
+            no_seccomp: false,
         }
     }
 
@@ -359,6 +365,14 @@ mod tests {
         let c = VmConfig::from_run_args(&a).unwrap();
         assert_eq!(c.memory_bytes, 256 * MIB);
         assert_eq!(c.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off() {
+        let mut a = args(&existing_file());
+        assert!(VmConfig::from_run_args(&a).unwrap().seccomp);
+        a.no_seccomp = true;
+        assert!(!VmConfig::from_run_args(&a).unwrap().seccomp);
     }
 
     #[test]

@@ -95,6 +95,21 @@ pub fn restore_terminal() {
     }
 }
 
+/// [`restore_terminal`] for a signal handler (the seccomp `SIGSYS` handler): never waits for
+/// the lock (skips when another thread holds it), allocates nothing and logs nothing.
+pub fn restore_terminal_from_signal_handler() {
+    let mut saved = match SAVED_TERMIOS.try_lock() {
+        Ok(saved) => saved,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Some((fd, termios)) = saved.take() {
+        // SAFETY: `termios` is a value read by tcgetattr from the same descriptor;
+        // tcsetattr is async-signal-safe.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &termios) };
+    }
+}
+
 /// Raw mode for the life of the guard.
 #[derive(Debug)]
 pub struct RawTerminal(());
@@ -157,14 +172,17 @@ impl Drop for RawTerminal {
 }
 
 /// Reads host stdin on its own thread and hands it to `deliver`; escape sequences are
-/// interpreted only when stdin is a terminal. The thread ends at EOF; it is not joined
-/// (a blocked read cannot be interrupted portably), which is fine as it owns nothing.
+/// interpreted only when stdin is a terminal. `on_start` runs first on the thread (the VMM
+/// confines it there). The thread ends at EOF; it is not joined (a blocked read cannot be
+/// interrupted portably), which is fine as it owns nothing.
 pub fn spawn_stdin_reader(
     interactive: bool,
+    on_start: impl FnOnce() + Send + 'static,
     deliver: impl Fn(&[u8]) + Send + 'static,
     on_quit: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("stdin".into()).spawn(move || {
+        on_start();
         let mut stdin = std::io::stdin().lock();
         let mut parser = EscapeParser::default();
         let mut buf = [0u8; 256];

@@ -3,13 +3,17 @@
 
 pub mod assign;
 pub mod bus;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod devices_list;
+pub mod docs;
 pub mod hypervisor;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod signals;
 pub mod vcpu_thread;
 pub mod vm;

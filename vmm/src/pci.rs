@@ -11,7 +11,7 @@ use devices::pci::{
     TraceKind, VirtioPci,
 };
 use devices::trace::{TraceRecord, TraceSink, TraceValue, TraceWriter};
-use devices::virtio::{Block, Rng};
+use devices::virtio::{Block, Rng, WorkerStartHook};
 use log::{debug, info, warn};
 use vm_memory::GuestMemoryMmap;
 
@@ -212,6 +212,8 @@ pub struct PciExtras {
     pub assigned: AssignedParts,
     /// Where PCI and passthrough events are traced.
     pub trace: Option<Arc<dyn TraceSink>>,
+    /// Runs first on each virtio worker thread (the seccomp sandbox confines it there).
+    pub worker_start: Option<WorkerStartHook>,
 }
 
 /// The PCI hierarchy built.
@@ -243,7 +245,11 @@ pub fn build_pci(
     extras: PciExtras,
     bus: &mut MmioBus,
 ) -> Result<PciHierarchy, PciSetupError> {
-    let PciExtras { assigned: AssignedParts { functions: assigned, endpoints }, trace } = extras;
+    let PciExtras {
+        assigned: AssignedParts { functions: assigned, endpoints },
+        trace,
+        worker_start,
+    } = extras;
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let mut root = PciRoot::new();
@@ -281,13 +287,14 @@ pub fn build_pci(
             .write(!disk.readonly)
             .open(&disk.path)
             .map_err(|source| PciSetupError::OpenDisk { path: path.clone(), source })?;
-        let block = Block::new(file, disk.readonly, &path)
+        let mut block = Block::new(file, disk.readonly, &path)
             .map_err(|e| PciSetupError::Disk { path: path.clone(), reason: e.to_string() })?;
         info!(
             "virtio-blk{index}: {path}, {} sectors{}",
             block.capacity_sectors(),
             if disk.readonly { ", read-only" } else { "" }
         );
+        block.set_worker_start_hook(worker_start.clone());
         let transport = VirtioPci::new(
             format!("virtio-blk{index}"),
             Box::new(block),
@@ -298,7 +305,8 @@ pub fn build_pci(
         root.add_function(Box::new(transport)).map_err(topology)?;
     }
     if config.rng {
-        let rng = Rng::with_host_urandom().map_err(|e| PciSetupError::Rng(e.to_string()))?;
+        let mut rng = Rng::with_host_urandom().map_err(|e| PciSetupError::Rng(e.to_string()))?;
+        rng.set_worker_start_hook(worker_start.clone());
         let transport = VirtioPci::new("virtio-rng", Box::new(rng), memory.clone(), msi.clone())
             .map_err(|e| PciSetupError::Topology(e.to_string()))?;
         root.add_function(Box::new(transport)).map_err(topology)?;

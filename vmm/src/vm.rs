@@ -10,6 +10,7 @@ use arch::image::KernelImage;
 use arch::layout::{self, MemoryLayout};
 use arch::loader::{plan_boot, BootPlan};
 use arch::regs::{boot_cpu_regs, mpidr_to_fdt_reg};
+use devices::virtio::WorkerStartHook;
 use devices::{IrqLine, Pl011, Pl031, TestExit};
 use firmware::{FdtConfig, GicConfig, MmioDeviceNode, PciHostNode};
 use log::{debug, info, warn};
@@ -23,6 +24,7 @@ use crate::hypervisor::{
     self, GicSpec, Hypervisor, HypervisorError, MsiController, VcpuKick, Vm, VmSpec,
 };
 use crate::memory::{GuestRam, MemoryError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::signals;
 use crate::vcpu_thread::{vcpu_thread, VcpuReady, VcpuStart};
 
@@ -82,6 +84,9 @@ pub enum VmError {
     /// A vCPU thread ended before reporting in.
     #[error("vCPU thread {0} ended during setup")]
     VcpuLost(u32),
+    /// The control thread could not be confined to its seccomp allowlist.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Drives one SPI of the VM's interrupt controller.
@@ -212,9 +217,14 @@ pub fn run_on(
     // Before any vCPU exists: a device that cannot be assigned fails the run early.
     let trace = crate::pci::open_trace(config)?;
     let (mut assigned, pending) = AssignedDevices::open(&vm, &ram, config, trace.as_ref())?;
-    let pci = crate::pci::PciExtras { assigned: pending, trace };
+    let pci = crate::pci::PciExtras {
+        assigned: pending,
+        trace,
+        worker_start: worker_start_hook(config, &control),
+    };
     let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
-    let (vcpus, mpidrs, start_senders) = spawn_vcpus(config.vcpus, &vm, &control, &devices.bus)?;
+    let (vcpus, mpidrs, start_senders) =
+        spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
     let setup = (|| -> Result<(), VmError> {
         let msi = vm.msi_controller();
         vm.create_gic(&GicSpec {
@@ -235,8 +245,22 @@ pub fn run_on(
         return Err(e);
     }
 
-    let terminal = if host_console { attach_host_console(&devices, &control) } else { None };
+    let terminal =
+        if host_console { attach_host_console(&devices, &control, config.seccomp) } else { None };
+    // The VM is built and its threads are waiting: from here on this thread only waits,
+    // stops the vCPUs and tears down.
+    if config.seccomp {
+        if let Err(e) = seccomp::confine(ThreadKind::Control) {
+            vcpus.abort(&start_senders, &control);
+            return Err(e.into());
+        }
+    }
 
+    // A signal that came during setup: the vCPUs see the stop and never enter the guest, and
+    // the VM ends through the normal path below.
+    if let Some(signal) = signals::pending() {
+        control.request_stop(StopReason::Signal(signal));
+    }
     let boot_regs = boot_cpu_regs(&plan);
     for (index, sender) in start_senders.iter().enumerate() {
         let regs = (index == 0).then_some(boot_regs);
@@ -253,18 +277,45 @@ pub fn run_on(
 }
 
 /// Connects stdin to the UART; returns the raw-mode guard when stdin is a terminal.
-fn attach_host_console(devices: &Devices, control: &Arc<VmControl>) -> Option<RawTerminal> {
+fn attach_host_console(
+    devices: &Devices,
+    control: &Arc<VmControl>,
+    sandbox: bool,
+) -> Option<RawTerminal> {
     let terminal = RawTerminal::enable();
     let uart = devices.uart.clone();
     let quit_control = control.clone();
+    let confine_control = control.clone();
+    let confine = move || {
+        if sandbox {
+            if let Err(e) = seccomp::confine(ThreadKind::Stdin) {
+                confine_control.request_stop(StopReason::Error(e.to_string()));
+            }
+        }
+    };
     if let Err(source) = console::spawn_stdin_reader(
         terminal.is_some(),
+        confine,
         move |bytes| uart.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
         move || quit_control.request_stop(StopReason::ConsoleQuit),
     ) {
         warn!("no console input: could not start the stdin thread: {source}");
     }
     terminal
+}
+
+/// The hook that confines each virtio worker thread as it starts; none with `--no-seccomp`.
+/// A worker that cannot be confined stops the VM.
+fn worker_start_hook(config: &VmConfig, control: &Arc<VmControl>) -> Option<WorkerStartHook> {
+    if !config.seccomp {
+        return None;
+    }
+    let control = control.clone();
+    Some(WorkerStartHook::new(move |name| {
+        if let Err(e) = seccomp::confine(ThreadKind::DeviceWorker) {
+            control.request_stop(StopReason::Error(format!("{name}: {e}")));
+        }
+    }))
 }
 
 /// Waits until the guest, a device, a signal or the timeout stops the VM. Signals and the
@@ -294,6 +345,7 @@ type SpawnedVcpus = (RunningVcpus, Vec<u64>, Vec<mpsc::Sender<VcpuStart>>);
 /// (2 of 6 two-vCPU boots, both vCPUs parked in the idle loop); in order, it does not.
 fn spawn_vcpus(
     count: u32,
+    sandbox: bool,
     vm: &Arc<dyn Vm>,
     control: &Arc<VmControl>,
     bus: &Arc<MmioBus>,
@@ -310,7 +362,7 @@ fn spawn_vcpus(
             (vm.clone(), control.clone(), bus.clone(), ready_tx.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || vcpu_thread(index, vm, bus, control, ready, start_rx));
+            .spawn(move || vcpu_thread(index, vm, bus, control, ready, start_rx, sandbox));
         let thread = match spawned {
             Ok(thread) => thread,
             Err(source) => {

@@ -14,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use block::Block;
 pub use rng::Rng;
+pub use worker::WorkerStartHook;
 
 /// Raises a device's interrupts; the transport maps them to MSI-X vectors.
 pub trait VirtioInterrupt: Send + Sync {

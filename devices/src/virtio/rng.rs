@@ -13,7 +13,7 @@ use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::queue_service::{drain_queue, GuestChain};
-use super::worker::{single_queue, QueueHandler, QueueWorker};
+use super::worker::{single_queue, QueueHandler, QueueWorker, WorkerStartHook};
 use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 
 /// Size of the request queue.
@@ -127,6 +127,8 @@ pub struct Rng {
     acked_features: u64,
     processor: Arc<Mutex<RngRequestProcessor>>,
     worker: Option<QueueWorker>,
+    /// Runs first on each worker thread.
+    worker_start: Option<WorkerStartHook>,
 }
 
 impl Rng {
@@ -136,6 +138,7 @@ impl Rng {
             acked_features: 0,
             processor: Arc::new(Mutex::new(RngRequestProcessor::new(source))),
             worker: None,
+            worker_start: None,
         }
     }
 
@@ -143,6 +146,12 @@ impl Rng {
     pub fn with_host_urandom() -> Result<Self, RngError> {
         let mut urandom = File::open(URANDOM).map_err(RngError::OpenUrandom)?;
         Ok(Self::new(Box::new(move |buf: &mut [u8]| urandom.read_exact(buf))))
+    }
+
+    /// Runs `hook` first on every worker thread the device starts (the VMM confines the
+    /// thread there).
+    pub fn set_worker_start_hook(&mut self, hook: Option<WorkerStartHook>) {
+        self.worker_start = hook;
     }
 
     fn stop_worker(&mut self) {
@@ -199,6 +208,7 @@ impl VirtioDevice for Rng {
             memory,
             active,
             interrupt,
+            self.worker_start.clone(),
         )?;
         self.worker = Some(worker);
         Ok(())
@@ -373,5 +383,29 @@ mod tests {
         assert_eq!(ring.used(0), (0, 256));
         assert!(read_mem(&mem, DATA_BASE, 256).iter().any(|&b| b != 0));
         rng.reset();
+    }
+
+    #[test]
+    fn the_worker_start_hook_runs_first_on_each_worker_thread() {
+        let mut rng = Rng::new(counting_source());
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&started);
+        rng.set_worker_start_hook(Some(WorkerStartHook::new(move |name| {
+            let thread = std::thread::current().name().map(str::to_string);
+            record.lock().unwrap().push((name.to_string(), thread));
+        })));
+        let mem = test_memory();
+        let ring = TestRing::new(&mem);
+        let interrupt = Arc::new(RecordingInterrupt::default());
+        for round in 1..=2 {
+            let notify = Arc::new(QueueNotifier::default());
+            let active = ActiveQueue { index: 0, queue: ring.queue(), notify };
+            let interrupt = Arc::clone(&interrupt) as Arc<dyn VirtioInterrupt>;
+            rng.activate(mem.clone(), vec![active], interrupt).unwrap();
+            assert!(wait_for(|| started.lock().unwrap().len() == round));
+            rng.reset();
+        }
+        let expected = ("virtio-rng".to_string(), Some("virtio-rng".to_string()));
+        assert_eq!(*started.lock().unwrap(), vec![expected.clone(), expected]);
     }
 }

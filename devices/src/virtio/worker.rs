@@ -17,6 +17,25 @@ use super::{ActivateError, ActiveQueue, QueueNotifier, VirtioInterrupt};
 /// flag again (a missed notification costs at most this much latency).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Runs first on every device worker thread, with the thread's name, before it touches the
+/// queue: where the VMM confines the thread (seccomp on Linux), so that this crate stays free
+/// of OS calls. Cloned into each worker a device starts (it restarts them on reset).
+#[derive(Clone)]
+pub struct WorkerStartHook(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl WorkerStartHook {
+    /// Wraps `hook`.
+    pub fn new(hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(hook))
+    }
+}
+
+impl std::fmt::Debug for WorkerStartHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerStartHook")
+    }
+}
+
 /// Serves the chains of one queue.
 pub(crate) trait QueueHandler: Send + 'static {
     /// Serves every available chain; returns whether the driver needs an interrupt.
@@ -33,19 +52,23 @@ pub(crate) struct QueueWorker {
 }
 
 impl QueueWorker {
-    /// Starts a thread called `name` that serves `active` with `handler`. The handler stays
-    /// shared so that it survives a failed spawn and a reset.
+    /// Starts a thread called `name` that runs `on_start`, then serves `active` with
+    /// `handler`. The handler stays shared so that it survives a failed spawn and a reset.
     pub(crate) fn spawn<H: QueueHandler>(
         name: &'static str,
         handler: Arc<Mutex<H>>,
         memory: GuestMemoryMmap,
         active: ActiveQueue,
         interrupt: Arc<dyn VirtioInterrupt>,
+        on_start: Option<WorkerStartHook>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let notify = Arc::clone(&active.notify);
         let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+            if let Some(hook) = on_start {
+                (hook.0)(name);
+            }
             serve_until_stopped(&handler, &memory, active, interrupt.as_ref(), &thread_stop)
         })?;
         Ok(Self { name, stop, notify, thread: Some(thread) })

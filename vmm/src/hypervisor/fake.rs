@@ -25,6 +25,8 @@ pub enum Step {
     Reset,
     /// A hypervisor failure.
     Fail,
+    /// A panic on the vCPU thread (a bug in the VMM).
+    Panic,
 }
 
 /// What the fake saw, for assertions.
@@ -185,6 +187,7 @@ impl Vcpu for FakeVcpu {
             Some(Step::PowerOff) => Ok(VcpuExit::PowerOff),
             Some(Step::Reset) => Ok(VcpuExit::Reset),
             Some(Step::Fail) => Err(HypervisorError::Guest("scripted failure".into())),
+            Some(Step::Panic) => panic!("scripted panic on vCPU {}", self.index),
             None => {
                 while !self.kicked.swap(false, Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(1));

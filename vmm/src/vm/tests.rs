@@ -38,6 +38,8 @@ fn config(vcpus: u32) -> VmConfig {
         trace_pci: None,
         trace_format: devices::trace::TraceFormat::Text,
         devices: Vec::new(),
+        // It would confine the test threads.
+        seccomp: false,
     }
 }
 
@@ -136,6 +138,33 @@ fn reset_and_errors() {
     let (reason, _, _) = run_script(3, vec![(2, vec![Step::Fail])], Some(20));
     match reason {
         StopReason::Error(message) => assert!(message.contains("vCPU 2"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failing_vcpu_stops_the_vm_naming_the_vcpu_its_pc_and_the_reason() {
+    // vCPU 0 fails after some console output; vCPU 1 idles and must be kicked out and joined.
+    let mut steps = uart_write("booting\n");
+    steps.push(Step::Fail);
+    let started = std::time::Instant::now();
+    let (reason, output, _) = run_script(2, vec![(0, steps)], Some(20));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(output, "booting\n");
+    let expected = format!("vCPU 0 at PC {:#x}: scripted failure", layout::RAM_BASE);
+    assert_eq!(reason, StopReason::Error(expected));
+    assert_eq!(reason.exit_status(), 1);
+}
+
+#[test]
+fn a_vcpu_thread_that_panics_stops_the_vm_instead_of_hanging() {
+    let started = std::time::Instant::now();
+    let (reason, _, _) = run_script(2, vec![(1, vec![Step::Panic])], Some(20));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    match reason {
+        StopReason::Error(message) => {
+            assert!(message.starts_with("vCPU 1: its thread panicked"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
 }

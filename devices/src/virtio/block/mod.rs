@@ -22,7 +22,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use processor::{BlockRequestProcessor, RequestError, ID_LEN, SECTOR_SIZE, SEG_MAX};
 
-use super::worker::{single_queue, QueueWorker};
+use super::worker::{single_queue, QueueWorker, WorkerStartHook};
 use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 
 /// Size of the request queue.
@@ -70,6 +70,8 @@ pub struct Block {
     acked_features: u64,
     processor: Arc<Mutex<BlockRequestProcessor>>,
     worker: Option<QueueWorker>,
+    /// Runs first on each worker thread.
+    worker_start: Option<WorkerStartHook>,
 }
 
 impl Block {
@@ -90,6 +92,7 @@ impl Block {
             acked_features: 0,
             processor: Arc::new(Mutex::new(processor)),
             worker: None,
+            worker_start: None,
         })
     }
 
@@ -114,6 +117,12 @@ impl Block {
         put_le(&mut config, CONFIG_SEG_MAX, &SEG_MAX.to_le_bytes());
         put_le(&mut config, CONFIG_BLK_SIZE, &BLOCK_SIZE.to_le_bytes());
         config
+    }
+
+    /// Runs `hook` first on every worker thread the device starts (the VMM confines the
+    /// thread there).
+    pub fn set_worker_start_hook(&mut self, hook: Option<WorkerStartHook>) {
+        self.worker_start = hook;
     }
 
     fn stop_worker(&mut self) {
@@ -189,6 +198,7 @@ impl VirtioDevice for Block {
             memory,
             active,
             interrupt,
+            self.worker_start.clone(),
         )?;
         self.worker = Some(worker);
         Ok(())

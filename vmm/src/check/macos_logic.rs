@@ -1,0 +1,229 @@
+//! macOS's checks as portable code over what the probes found (`macos.rs` gathers it): the
+//! macOS version, the hypervisor entitlement, the IPA size, and the passthrough dext.
+
+use passthrough::driverkit::DextError;
+use passthrough::PciAddress;
+
+use super::{ipa_finding, Finding};
+use crate::hypervisor::hvf_logic::{status, version};
+
+/// What the macOS probes found.
+#[derive(Debug)]
+pub struct MacProbe {
+    /// `kern.osproductversion`.
+    pub version: Option<String>,
+    /// What `hv_vm_create` returned (the VM was destroyed at once).
+    pub vm_create: i32,
+    /// `hv_vm_config_get_max_ipa_size`, rounded to a PARange size, or its error code.
+    pub max_ipa_bits: Result<u32, i32>,
+    /// The dext's services.
+    pub dext: DextProbe,
+}
+
+/// What the dext's services answered.
+#[derive(Debug)]
+pub enum DextProbe {
+    /// Without `--device`: what its instances serve (`bus:device.function`), or why none
+    /// could be asked.
+    Survey(Result<Vec<String>, DextError>),
+    /// Each `--device` and whether a user client serving it opened.
+    Devices(Vec<(PciAddress, Result<(), DextError>)>),
+}
+
+/// The dext's install step, for fixes.
+const DEXT_FIX: &str = "install the VFIOUserPCIDriver extension and activate it (System \
+     Settings > General > Login Items & Extensions > Driver Extensions), then replug the device";
+
+/// Every finding for `probe`; `memory_bytes` of guest RAM.
+pub fn findings(probe: &MacProbe, memory_bytes: u64) -> Vec<Finding> {
+    let mut findings = vec![macos_version(probe.version.as_deref()), entitlement(probe.vm_create)];
+    findings.push(match probe.max_ipa_bits {
+        Ok(bits) => ipa_finding("IPA size", bits, memory_bytes),
+        Err(code) => Finding::warn(
+            "IPA size",
+            format!(
+                "hv_vm_config_get_max_ipa_size failed ({}); VMs get 36 bits",
+                status::describe(code)
+            ),
+            "nothing to do unless a device's BARs do not fit; update macOS",
+        ),
+    });
+    findings.extend(dext(&probe.dext));
+    findings
+}
+
+/// macOS 15 or later: the in-kernel GIC.
+fn macos_version(running: Option<&str>) -> Finding {
+    const WHAT: &str = "macOS";
+    match running.and_then(version::macos_major) {
+        Some(major) if major >= version::GIC_MACOS_MAJOR => Finding::ok(
+            WHAT,
+            format!(
+                "{} (the in-kernel GIC needs {})",
+                running.unwrap_or_default().trim(),
+                version::GIC_MACOS_MAJOR
+            ),
+        ),
+        Some(_) => Finding::fail(WHAT, version::gic_missing_message(running), "update macOS"),
+        None => Finding::warn(
+            WHAT,
+            "cannot read the version (kern.osproductversion)",
+            format!("check that `sw_vers` says {} or later", version::GIC_MACOS_MAJOR),
+        ),
+    }
+}
+
+/// The hypervisor entitlement on this binary: can it create a VM?
+fn entitlement(vm_create: i32) -> Finding {
+    const WHAT: &str = "hypervisor entitlement";
+    match vm_create {
+        status::HV_SUCCESS => {
+            Finding::ok(WHAT, "this binary may create VMs (com.apple.security.hypervisor)")
+        }
+        status::HV_DENIED => Finding::fail(
+            WHAT,
+            "Hypervisor.framework refused to create a VM (HV_DENIED)",
+            "codesign --entitlements vmm/aperture.entitlements -s - target/release/aperture",
+        ),
+        code => Finding::fail(
+            WHAT,
+            status::vm_create_error(code).to_string(),
+            "close other VMs and retry; on a Mac inside a VM, run Aperture on the host",
+        ),
+    }
+}
+
+/// The passthrough dext: installed, reachable, serving the devices asked for.
+fn dext(probe: &DextProbe) -> Vec<Finding> {
+    const WHAT: &str = "passthrough dext";
+    match probe {
+        DextProbe::Survey(Ok(serving)) if serving.is_empty() => vec![Finding::warn(
+            WHAT,
+            "no VFIOUserPCIDriver instance: the extension is not installed or active, or no \
+             device it matches is attached",
+            DEXT_FIX,
+        )],
+        DextProbe::Survey(Ok(serving)) => {
+            vec![Finding::ok(WHAT, format!("VFIOUserPCIDriver serves {}", serving.join(", ")))]
+        }
+        DextProbe::Survey(Err(e)) => vec![Finding::warn(WHAT, e.to_string(), DEXT_FIX)],
+        DextProbe::Devices(devices) => devices
+            .iter()
+            .map(|(address, result)| match result {
+                Ok(()) => Finding::ok(
+                    format!("{address} dext"),
+                    "VFIOUserPCIDriver serves it and its user client opens",
+                ),
+                Err(e) => Finding::fail(format!("{address} dext"), e.to_string(), DEXT_FIX),
+            })
+            .collect(),
+    }
+}
+
+/// `aperture devices` on macOS: what the dext serves.
+pub fn dext_listing(survey: &Result<Vec<String>, DextError>, as_json: bool) -> String {
+    let serving = survey.as_ref().map(Vec::as_slice).unwrap_or_default();
+    if as_json {
+        let objects: Vec<String> = serving
+            .iter()
+            .map(|a| format!("  {{\"address\":\"{a}\",\"driver\":\"VFIOUserPCIDriver\",\"assignable\":true}}"))
+            .collect();
+        return if objects.is_empty() {
+            "[]\n".into()
+        } else {
+            format!("[\n{}\n]\n", objects.join(",\n"))
+        };
+    }
+    let mut text = String::from(
+        "on macOS, devices are listed by the dext: Aperture can assign the PCI devices the \
+         VFIOUserPCIDriver extension serves (System Information > PCI lists all of them).\n",
+    );
+    match survey {
+        Ok(serving) if !serving.is_empty() => {
+            text.push_str(&format!("VFIOUserPCIDriver serves: {}\n", serving.join(", ")))
+        }
+        Ok(_) => text.push_str(&format!("it serves none now; {DEXT_FIX}\n")),
+        Err(e) => text.push_str(&format!("{e}\n")),
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Status;
+    use super::*;
+
+    fn probe(dext: DextProbe) -> MacProbe {
+        MacProbe {
+            version: Some("15.3.1".into()),
+            vm_create: status::HV_SUCCESS,
+            max_ipa_bits: Ok(40),
+            dext,
+        }
+    }
+
+    #[test]
+    fn a_ready_mac() {
+        let f = findings(&probe(DextProbe::Survey(Ok(vec!["0a:00.0".into()]))), 512 << 20);
+        assert!(f.iter().all(|f| f.status == Status::Ok), "{f:?}");
+        assert_eq!(f.len(), 4);
+        assert_eq!(f[3].detail, "VFIOUserPCIDriver serves 0a:00.0");
+    }
+
+    #[test]
+    fn old_macos_or_unknown_version() {
+        assert_eq!(macos_version(Some("15.0")).status, Status::Ok);
+        let f = macos_version(Some("14.6.1"));
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("this Mac runs macOS 14.6.1"), "{f}");
+        assert_eq!(macos_version(None).status, Status::Warn);
+    }
+
+    #[test]
+    fn entitlement_denied_or_other_failures() {
+        let f = entitlement(status::HV_DENIED);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.fix.as_deref().unwrap().starts_with("codesign --entitlements"));
+        let f = entitlement(status::HV_UNSUPPORTED);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("HV_UNSUPPORTED"), "{f}");
+    }
+
+    #[test]
+    fn ipa_size_or_its_error() {
+        let mut p = probe(DextProbe::Survey(Ok(vec![])));
+        p.max_ipa_bits = Ok(36);
+        assert_eq!(findings(&p, 512 << 20)[2].status, Status::Warn);
+        p.max_ipa_bits = Err(status::HV_ERROR);
+        let f = &findings(&p, 512 << 20)[2];
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.detail.contains("HV_ERROR"), "{f}");
+    }
+
+    #[test]
+    fn dext_missing_unreachable_or_per_device() {
+        let f = dext(&DextProbe::Survey(Ok(vec![])));
+        assert_eq!(f[0].status, Status::Warn);
+        assert!(f[0].fix.as_deref().unwrap().contains("Driver Extensions"));
+        let address: PciAddress = "0000:0a:00.0".parse().unwrap();
+        let missing = DextError::NoService { address, serving: vec!["0b:00.0".into()] };
+        let f = dext(&DextProbe::Devices(vec![(address, Ok(())), (address, Err(missing))]));
+        assert_eq!((f[0].status, f[1].status), (Status::Ok, Status::Fail));
+        assert!(f[1].detail.contains("it serves 0b:00.0"), "{}", f[1]);
+        let f = dext(&DextProbe::Survey(Err(DextError::IoKit { what: "x".into(), code: 1 })));
+        assert_eq!(f[0].status, Status::Warn);
+    }
+
+    #[test]
+    fn listing() {
+        let text = dext_listing(&Ok(vec!["0a:00.0".into()]), false);
+        assert!(text.starts_with("on macOS, devices are listed by the dext: "));
+        assert!(text.contains("VFIOUserPCIDriver serves: 0a:00.0"));
+        assert!(dext_listing(&Ok(vec![]), false).contains("it serves none now"));
+        assert_eq!(
+            dext_listing(&Ok(vec!["0a:00.0".into()]), true),
+            "[\n  {\"address\":\"0a:00.0\",\"driver\":\"VFIOUserPCIDriver\",\"assignable\":true}\n]\n"
+        );
+        assert_eq!(dext_listing(&Ok(vec![]), true), "[]\n");
+    }
+}

@@ -1,0 +1,156 @@
+//! The device list as an aligned table (people) or a JSON array (scripts; hand-written, the
+//! field names are stable).
+
+use std::fmt::Write;
+
+use super::{Assignable, Bar, BarKind, PciDevice};
+
+const HEADER: [&str; 7] = ["ADDRESS", "IDS", "CLASS", "DRIVER", "GROUP", "BARS", "ASSIGNABLE"];
+
+/// A size in the largest unit that divides it: "16G", "4K", "256".
+pub fn size_text(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// "0:mem64-pf 16G"; the ROM is "rom 64K".
+fn bar_text(bar: &Bar) -> String {
+    let pf = if bar.prefetchable { "-pf" } else { "" };
+    match bar.kind {
+        BarKind::Rom => format!("rom {}", size_text(bar.size)),
+        kind => format!("{}:{}{pf} {}", bar.index, kind.name(), size_text(bar.size)),
+    }
+}
+
+fn row(device: &PciDevice) -> [String; 7] {
+    let bars: Vec<String> = device.bars.iter().map(bar_text).collect();
+    [
+        device.address.to_string(),
+        format!("{:04x}:{:04x}", device.vendor_id, device.device_id),
+        format!("{:06x} {}", device.class, super::class_name(device.class)),
+        device.driver.clone().unwrap_or_else(|| "-".into()),
+        device.iommu_group.map_or("-".into(), |g| g.to_string()),
+        if bars.is_empty() { "-".into() } else { bars.join(", ") },
+        match &device.assignable {
+            Assignable::Yes => "yes".into(),
+            Assignable::No { reason, .. } => format!("no: {reason}"),
+        },
+    ]
+}
+
+/// "Vendor Device" from pci.ids, when the vendor is known.
+fn names(device: &PciDevice) -> Option<String> {
+    let vendor = device.vendor_name.as_deref()?;
+    Some(match device.device_name.as_deref() {
+        Some(name) => format!("{vendor} {name}"),
+        None => format!("{vendor} (device {:04x})", device.device_id),
+    })
+}
+
+/// One row per device, columns aligned; the pci.ids names on a line below, under IDS.
+pub fn table(devices: &[PciDevice]) -> String {
+    if devices.is_empty() {
+        return "no PCI devices in /sys/bus/pci/devices\n".into();
+    }
+    let header = HEADER.map(str::to_owned);
+    let rows: Vec<[String; 7]> = devices.iter().map(row).collect();
+    let mut widths = [0; 7];
+    for cells in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(cells) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String; 7]| {
+        let mut text = String::new();
+        for (cell, width) in cells.iter().zip(widths) {
+            let _ = write!(text, "{cell:<width$}  ");
+        }
+        text.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header);
+    for (device, cells) in devices.iter().zip(&rows) {
+        out.push_str(&line(cells));
+        if let Some(names) = names(device) {
+            let _ = writeln!(out, "{:indent$}{names}", "", indent = widths[0] + 2);
+        }
+    }
+    out
+}
+
+/// `text` as a JSON string, quoted and escaped.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt(text: Option<&str>) -> String {
+    text.map_or("null".into(), json_string)
+}
+
+fn json_object(device: &PciDevice) -> String {
+    let bars: Vec<String> = device
+        .bars
+        .iter()
+        .map(|bar| {
+            format!(
+                "{{\"index\":{},\"type\":\"{}\",\"prefetchable\":{},\"size\":{}}}",
+                bar.index,
+                bar.kind.name(),
+                bar.prefetchable,
+                bar.size
+            )
+        })
+        .collect();
+    let (assignable, reason, message) = match &device.assignable {
+        Assignable::Yes => (true, None, None),
+        Assignable::No { reason, message } => {
+            (false, Some(reason.as_str()), Some(message.as_str()))
+        }
+    };
+    format!(
+        "{{\"address\":\"{}\",\"vendor_id\":\"{:04x}\",\"device_id\":\"{:04x}\",\
+         \"vendor_name\":{},\"device_name\":{},\"class\":\"{:06x}\",\"class_name\":{},\
+         \"driver\":{},\"iommu_group\":{},\"bars\":[{}],\"assignable\":{assignable},\
+         \"reason\":{},\"message\":{}}}",
+        device.address,
+        device.vendor_id,
+        device.device_id,
+        json_opt(device.vendor_name.as_deref()),
+        json_opt(device.device_name.as_deref()),
+        device.class,
+        json_string(super::class_name(device.class)),
+        json_opt(device.driver.as_deref()),
+        device.iommu_group.map_or("null".into(), |g| g.to_string()),
+        bars.join(","),
+        json_opt(reason),
+        json_opt(message),
+    )
+}
+
+/// A JSON array, one device object per line.
+pub fn json(devices: &[PciDevice]) -> String {
+    if devices.is_empty() {
+        return "[]\n".into();
+    }
+    let objects: Vec<String> = devices.iter().map(|d| format!("  {}", json_object(d))).collect();
+    format!("[\n{}\n]\n", objects.join(",\n"))
+}

@@ -1,0 +1,61 @@
+//! Building and installing the filters with seccompiler.
+
+use std::collections::BTreeMap;
+
+use log::debug;
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+use super::allowlist::{allowlist, clone3_errno, OPEN_CALLS, OPEN_ERRNO};
+use super::{sigsys, SeccompError, ThreadKind};
+
+/// The architecture the filters check for (a call made through another ABI is refused).
+#[cfg(target_arch = "x86_64")]
+const ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const ARCH: TargetArch = TargetArch::aarch64;
+
+/// A filter answering `calls` with `errno` and leaving every other call to the others.
+fn errno_filter(
+    calls: &[libc::c_long],
+    errno: i32,
+) -> Result<SeccompFilter, seccompiler::BackendError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = calls.iter().map(|&nr| (nr, Vec::new())).collect();
+    SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(errno as u32), ARCH)
+}
+
+/// The BPF programs that confine a thread of `kind` in process `pid`, in install order: the
+/// two errno answers, then the allowlist (anything else traps). The kernel runs all of a
+/// thread's filters and takes the strictest answer, so the order does not matter.
+pub(super) fn programs(kind: ThreadKind, pid: u32) -> Result<Vec<BpfProgram>, SeccompError> {
+    let build = |e: seccompiler::BackendError| SeccompError::Build {
+        kind: kind.name(),
+        message: e.to_string(),
+    };
+    let allowed = allowlist(kind, pid).map_err(build)?;
+    let filters = [
+        errno_filter(&[libc::SYS_clone3], clone3_errno(kind)).map_err(build)?,
+        errno_filter(OPEN_CALLS, OPEN_ERRNO).map_err(build)?,
+        SeccompFilter::new(allowed.into_rules(), SeccompAction::Trap, SeccompAction::Allow, ARCH)
+            .map_err(build)?,
+    ];
+    filters.into_iter().map(|filter| BpfProgram::try_from(filter).map_err(build)).collect()
+}
+
+/// See [`super::confine`].
+pub(super) fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
+    let install = |message: String| SeccompError::Install { kind: kind.name(), message };
+    let programs = programs(kind, std::process::id())?;
+    sigsys::install_handler().map_err(|e| install(format!("the SIGSYS handler: {e}")))?;
+    let current = std::thread::current();
+    sigsys::set_thread_label(current.name().unwrap_or(kind.name()));
+    for program in &programs {
+        seccompiler::apply_filter(program).map_err(|e| install(e.to_string()))?;
+    }
+    debug!(
+        "seccomp: thread {} confined as {} ({} BPF instructions)",
+        current.name().unwrap_or("?"),
+        kind.name(),
+        programs.iter().map(Vec::len).sum::<usize>()
+    );
+    Ok(())
+}
