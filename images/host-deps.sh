@@ -38,8 +38,9 @@ fi
 need_root apt-get update -qq
 
 # libelf1 and libssl3: what linux-kbuild's modpost needs (images/build-dma-module.sh).
+# g++: libFuzzer's C++ sources, built by the fuzz targets (tests/fuzz/run.sh).
 pkgs=(rustc-web cargo-web rust-web-clippy rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file libelf1 libssl3)
+      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file libelf1 libssl3 g++)
 if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64); fi
 need_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 need_root apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \

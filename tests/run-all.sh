@@ -24,6 +24,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit tests (host)"
 cargo test --workspace --locked
 
+step "fuzz (bounded)"
+bash tests/fuzz/run.sh 20
+
 # Debian's 1.96 toolchain cross-builds for arm64 Linux. Its own target dir keeps the two
 # toolchains from rebuilding each other's host artifacts.
 cross() {
