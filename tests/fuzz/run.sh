@@ -82,6 +82,14 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus" "$artifacts" "$out/logs"
     seeds=()
     if [ -d "$fuzz_dir/seeds/$t" ]; then seeds=("$fuzz_dir/seeds/$t"); fi
+    # libFuzzer replays the whole corpus before it fuzzes, whatever the time limit: keep a
+    # corpus that grew across runs small by merging it down to the inputs that add coverage.
+    if [ "$(find "$corpus" -type f | wc -l)" -gt 1000 ]; then
+        say "minimizing the $t corpus"
+        rm -rf "$corpus.min" && mkdir -p "$corpus.min"
+        "$out/target/$host/release/$t" -merge=1 "$corpus.min" "$corpus" >"$log" 2>&1 &&
+            rm -rf "$corpus" && mv "$corpus.min" "$corpus" || rm -rf "$corpus.min"
+    fi
     before=$(find "$artifacts" -type f | wc -l)
     touch "$log.start"
     say "running $t for $seconds s"
