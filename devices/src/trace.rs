@@ -62,13 +62,16 @@ impl std::fmt::Debug for TraceWriter {
     }
 }
 
-fn json_string(out: &mut String, text: &str) {
+/// Appends `text` to `out` as a quoted, escaped JSON string.
+pub fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
             c if u32::from(c) < 0x20 => {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
             }

@@ -5,12 +5,17 @@
 //! portable: PCI functions to attach, and BAR pieces to map into the guest.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use devices::pci::PciFunction;
 use devices::trace::TraceSink;
+use passthrough::dma::pv::protocol::TARGET_RID_UNKNOWN;
+use passthrough::dma::{
+    AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperLimits, SharedWindows,
+    WindowConfig, WindowManager,
+};
 
-use crate::config::VmConfig;
+use crate::config::{DmaWindowLimits, VmConfig};
 use crate::hypervisor::Vm;
 use crate::memory::GuestRam;
 
@@ -219,4 +224,56 @@ impl Drop for AssignedDevices {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The host limits a `dma=window` device's mapper enforces, with host-picked addresses.
+pub(crate) fn window_mapper_limits(limits: &DmaWindowLimits) -> MapperLimits {
+    MapperLimits {
+        max_mapped_bytes: limits.max_bytes,
+        max_mappings: limits.max_mappings,
+        alignment: limits.alignment,
+        policy: AddressPolicy::HostPicks,
+    }
+}
+
+/// The window manager over `mapper` for a `dma=window` device called `name`, and the
+/// aperture-dma device (`aperture-dmaN`) the guest drives it with, serving the requester id
+/// published in the returned cell. `host` says where the device addresses come from (logs).
+pub(crate) fn window_device(
+    name: &str,
+    index: usize,
+    mapper: Box<dyn HostMapper>,
+    ram: &GuestRam,
+    limits: &DmaWindowLimits,
+    trace: Option<&Arc<dyn TraceSink>>,
+    host: &str,
+) -> Result<(SharedWindows, DmaWindowDevice, Arc<AtomicU32>), AssignError> {
+    let error = |e: &dyn std::fmt::Display| AssignError::Host {
+        address: name.to_string(),
+        message: e.to_string(),
+    };
+    let ranges: Vec<GuestRamRange> =
+        ram.regions().iter().map(|r| GuestRamRange { start: r.guest_addr, len: r.size }).collect();
+    let config = WindowConfig { window_size: limits.window_size, cache_released: true };
+    let manager = WindowManager::new(mapper, config, &ranges).map_err(|e| error(&e))?;
+    let windows: SharedWindows = Arc::new(Mutex::new(manager));
+    let rid = Arc::new(AtomicU32::new(TARGET_RID_UNKNOWN));
+    let device_name = format!("aperture-dma{index}");
+    let device = DmaWindowDevice::new(
+        device_name.clone(),
+        windows.clone(),
+        ram.memory().clone(),
+        rid.clone(),
+        trace.cloned(),
+    )
+    .map_err(|e| error(&e))?;
+    log::info!(
+        "{name}: DMA through windows ({device_name}) {host}: at most {} MiB in {} mappings, {} \
+         KiB granule, {} KiB windows",
+        limits.max_bytes >> 20,
+        limits.max_mappings,
+        limits.alignment >> 10,
+        limits.window_size >> 10
+    );
+    Ok((windows, device, rid))
 }

@@ -10,11 +10,7 @@ use devices::pci::PciFunction;
 use devices::trace::{TraceRecord, TraceSink, TraceValue};
 use log::{debug, info, warn};
 use passthrough::assigned::{intx_pin_name, AssignedFunction};
-use passthrough::dma::pv::protocol::TARGET_RID_UNKNOWN;
-use passthrough::dma::{
-    AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperLimits, SharedWindows,
-    WindowConfig, WindowManager,
-};
+use passthrough::dma::{DmaWindowDevice, HostMapper, SharedWindows};
 use passthrough::vfio::{
     can_lock_unlimited, check_memlock, memlock_limit, InterruptRoute, IntxRoute, MappedBar,
     RamMapping, VfioContainer, VfioDevice, VfioHostFunction, VfioHostPicksMapper,
@@ -23,8 +19,8 @@ use passthrough::vfio::{
 use passthrough::{HostDevice, HostSysfs, PciAddress};
 
 use super::{
-    AssignError, AssignedIntx, AssignedParts, DirectBar, HostMemory, PendingFunction,
-    RequesterIdWatch,
+    window_device, window_mapper_limits, AssignError, AssignedIntx, AssignedParts, DirectBar,
+    HostMemory, PendingFunction, RequesterIdWatch,
 };
 use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
 use crate::hypervisor::{IrqfdLevel, IrqfdMsi, MsiRoute, Vm};
@@ -488,39 +484,14 @@ fn windowed(
         .iter()
         .map(|r| RamMapping { gpa: r.guest_addr, len: r.size, host_addr: r.host_addr })
         .collect();
-    let ranges: Vec<GuestRamRange> =
-        regions.iter().map(|r| GuestRamRange { start: r.gpa, len: r.len }).collect();
-    let mapper_limits = MapperLimits {
-        max_mapped_bytes: limits.max_bytes,
-        max_mappings: limits.max_mappings,
-        alignment: limits.alignment,
-        policy: AddressPolicy::HostPicks,
-    };
-    let mapper =
-        VfioHostPicksMapper::new(container, regions, mapper_limits, DEFAULT_HOST_PICKS_IOVA_BASE)
-            .map_err(|e| host_error(&name, e))?;
-    let (base, size) = mapper.iova_aperture();
-    let config = WindowConfig { window_size: limits.window_size, cache_released: true };
-    let mapper: Box<dyn HostMapper> = Box::new(mapper);
-    let manager = WindowManager::new(mapper, config, &ranges).map_err(|e| host_error(&name, e))?;
-    let windows: SharedWindows = Arc::new(Mutex::new(manager));
-    let rid = Arc::new(AtomicU32::new(TARGET_RID_UNKNOWN));
-    let device_name = format!("aperture-dma{index}");
-    let device = DmaWindowDevice::new(
-        device_name.clone(),
-        windows.clone(),
-        ram.memory().clone(),
-        rid.clone(),
-        trace.cloned(),
+    let mapper = VfioHostPicksMapper::new(
+        container,
+        regions,
+        window_mapper_limits(&limits),
+        DEFAULT_HOST_PICKS_IOVA_BASE,
     )
     .map_err(|e| host_error(&name, e))?;
-    info!(
-        "{name}: DMA through windows ({device_name}): at most {} MiB in {} mappings, {} KiB \
-         granule, {} KiB windows, device addresses {base:#x}+{size:#x}",
-        limits.max_bytes >> 20,
-        limits.max_mappings,
-        limits.alignment >> 10,
-        limits.window_size >> 10
-    );
-    Ok((windows, device, rid))
+    let (base, size) = mapper.iova_aperture();
+    let host = format!("at device addresses {base:#x}+{size:#x}");
+    window_device(name, index, Box::new(mapper), ram, &limits, trace, &host)
 }

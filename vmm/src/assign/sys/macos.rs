@@ -4,25 +4,21 @@
 //! guest RAM cannot be mapped up front at guest physical addresses.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use devices::pci::{MsiMessage, PciFunction};
 use devices::trace::{TraceRecord, TraceSink, TraceValue};
 use log::{debug, info, warn};
 use passthrough::assigned::AssignedFunction;
-use passthrough::dma::pv::protocol::TARGET_RID_UNKNOWN;
-use passthrough::dma::{
-    AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperLimits, SharedWindows,
-    WindowConfig, WindowManager,
-};
+use passthrough::dma::{DmaWindowDevice, SharedWindows};
 use passthrough::driverkit::{
     DartMapper, DextConnection, DextDevice, DextHostFunction, DextInterrupts, DextMapping,
     IoKitConnection, MsiSink, RamMapping,
 };
 
 use super::{
-    AssignError, AssignedIntx, AssignedParts, DirectBar, HostMemory, PendingFunction,
-    RequesterIdWatch,
+    window_device, window_mapper_limits, AssignError, AssignedIntx, AssignedParts, DirectBar,
+    HostMemory, PendingFunction, RequesterIdWatch,
 };
 use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
 use crate::hypervisor::Vm;
@@ -270,37 +266,7 @@ fn windowed(
         .iter()
         .map(|r| RamMapping { gpa: r.guest_addr, len: r.size, host_addr: r.host_addr })
         .collect();
-    let ranges: Vec<GuestRamRange> =
-        regions.iter().map(|r| GuestRamRange { start: r.gpa, len: r.len }).collect();
-    let mapper_limits = MapperLimits {
-        max_mapped_bytes: limits.max_bytes,
-        max_mappings: limits.max_mappings,
-        alignment: limits.alignment,
-        policy: AddressPolicy::HostPicks,
-    };
-    let mapper =
-        DartMapper::new(connection, regions, mapper_limits).map_err(|e| host_error(&name, e))?;
-    let config = WindowConfig { window_size: limits.window_size, cache_released: true };
-    let mapper: Box<dyn HostMapper> = Box::new(mapper);
-    let manager = WindowManager::new(mapper, config, &ranges).map_err(|e| host_error(&name, e))?;
-    let windows: SharedWindows = Arc::new(Mutex::new(manager));
-    let rid = Arc::new(AtomicU32::new(TARGET_RID_UNKNOWN));
-    let device_name = format!("aperture-dma{index}");
-    let device = DmaWindowDevice::new(
-        device_name.clone(),
-        windows.clone(),
-        ram.memory().clone(),
-        rid.clone(),
-        trace.cloned(),
-    )
-    .map_err(|e| host_error(&name, e))?;
-    info!(
-        "{name}: DMA through windows ({device_name}) over the DART: at most {} MiB in {} \
-         mappings, {} KiB granule, {} KiB windows",
-        limits.max_bytes >> 20,
-        limits.max_mappings,
-        limits.alignment >> 10,
-        limits.window_size >> 10
-    );
-    Ok((windows, device, rid))
+    let mapper = DartMapper::new(connection, regions, window_mapper_limits(&limits))
+        .map_err(|e| host_error(&name, e))?;
+    window_device(name, index, Box::new(mapper), ram, &limits, trace, "over the DART")
 }
