@@ -577,3 +577,129 @@ fn random_accesses_behind_a_multi_function_port_keep_it_intact() {
     assert_eq!(ecam_read_fn(&root, 1, 3, 0, 4), u64::from(u32::MAX));
     assert_eq!(root.functions().len(), 5);
 }
+
+/// An endpoint whose BAR writes block until the test releases them, as an aperture-dma
+/// doorbell does while the host maps 128 buffers.
+struct BlockingEndpoint {
+    config: ConfigSpace,
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    bar_writes: BarLog,
+}
+
+impl PciFunction for BlockingEndpoint {
+    fn name(&self) -> &str {
+        "blocking"
+    }
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.entered.send(()).unwrap();
+        self.release.recv().unwrap();
+        self.bar_writes.lock().unwrap().push((bar, offset, data.to_vec()));
+    }
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        self.config.bar_regions()
+    }
+}
+
+#[test]
+fn a_blocked_bar_write_stalls_only_its_own_function() {
+    use std::sync::mpsc::channel;
+    let (entered_tx, entered) = channel();
+    let (release, release_rx) = channel();
+    let slow_writes = BarLog::default();
+    let mut config = ConfigSpace::new_endpoint(&PciIds { vendor_id: 0x1b36, ..PciIds::default() });
+    config.add_memory_bar(0, 0x1000, BarKind::Memory32, false).unwrap();
+    let slow = BlockingEndpoint {
+        config,
+        entered: entered_tx,
+        release: release_rx,
+        bar_writes: slow_writes.clone(),
+    };
+    let root = PciRoot::new();
+    let port = root.add_root_port().unwrap();
+    root.attach_to_port(port, Box::new(slow)).unwrap();
+    let (other, _, other_writes) = FakeEndpoint::new();
+    let other_id = root.add_function(Box::new(other)).unwrap();
+    assert_eq!(other_id, FunctionId::Bus0 { device: 2 });
+    // The views the vCPUs use.
+    let ecam = PciEcam::new(root.clone());
+    let window = PciMmioWindow::new(root.clone(), 0x1000_0000);
+    // Port 00:01.0 numbered bus 1; the slow function's BAR at 0x1000_0000, the other's at
+    // 0x1000_4000, both decoding.
+    ecam.write(ecam_offset(0, 1, 0x18), &0x0001_0100u32.to_le_bytes());
+    ecam.write(ecam_offset(1, 0, BAR0), &0x1000_0000u32.to_le_bytes());
+    ecam.write(ecam_offset(1, 0, COMMAND), &[2, 0]);
+    ecam.write(ecam_offset(0, 2, BAR0), &0x1000_4000u32.to_le_bytes());
+    ecam.write(ecam_offset(0, 2, BAR0 + 4), &0u32.to_le_bytes());
+    ecam.write(ecam_offset(0, 2, COMMAND), &[2, 0]);
+
+    let blocked = {
+        let window = window.clone();
+        std::thread::spawn(move || window.write(0x10, &[0xd0, 0xbe, 0, 0]))
+    };
+    entered.recv().unwrap();
+    // The slow function now holds its lock inside its BAR write. Another vCPU reaches the
+    // rest of the hierarchy, and even moves the other function's BAR.
+    let (done_tx, done) = channel();
+    let other_vcpu = std::thread::spawn(move || {
+        let read32 = |offset| read_le(4, |d| ecam.read(offset, d)) as u32;
+        let ids = [
+            read32(ecam_offset(0, 0, 0)),
+            read32(ecam_offset(0, 1, 0)),
+            read32(ecam_offset(0, 2, 0)),
+        ];
+        window.write(0x4008, &[1; 4]);
+        let bar = read_le(4, |d| window.read(0x4010, d));
+        ecam.write(ecam_offset(0, 2, BAR0), &0x1000_8000u32.to_le_bytes());
+        window.write(0x8008, &[2; 4]);
+        done_tx.send((ids, bar)).unwrap();
+    });
+    // A deadlock guard, not a timing assertion: a broken lock order would hang here forever.
+    let (ids, bar) = done.recv_timeout(std::time::Duration::from_secs(60)).expect(
+        "configuration and BAR accesses of other functions must not wait for a blocked one",
+    );
+    assert_eq!(ids, [0x0008_1b36, 0x000c_1b36, 0x2204_10de]);
+    assert_eq!(bar, 0x1000, "BAR 0 at offset 0x10 of the other function");
+    assert_eq!(*other_writes.lock().unwrap(), vec![(0, 8, vec![1; 4]), (0, 8, vec![2; 4])]);
+    assert!(slow_writes.lock().unwrap().is_empty(), "still blocked");
+    other_vcpu.join().unwrap();
+    release.send(()).unwrap();
+    blocked.join().unwrap();
+    assert_eq!(*slow_writes.lock().unwrap(), vec![(0, 0x10, vec![0xd0, 0xbe, 0, 0])]);
+}
+
+#[test]
+fn a_hook_that_reenters_pci_is_a_lock_order_violation_not_a_deadlock() {
+    let root = PciRoot::new();
+    let (endpoint, _, _) = FakeEndpoint::new();
+    root.add_function(Box::new(endpoint)).unwrap();
+    let inner = root.clone();
+    // A trace hook runs with the traced function locked; reading that function's config
+    // space from it would deadlock, and is caught as taking a second function lock.
+    root.set_trace_hook(Some(Box::new(move |e: &TraceEvent<'_>| {
+        if e.kind == TraceKind::ConfigRead {
+            inner.ecam_read(ecam_offset(0, 1, 4), &mut [0; 4]);
+        }
+    })));
+    let reader = root.clone();
+    let result = std::thread::spawn(move || {
+        reader.ecam_read(ecam_offset(0, 1, 0), &mut [0; 4]);
+    })
+    .join();
+    let payload = result.unwrap_err();
+    let message = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("lock order violated"), "{message:?}");
+    assert!(message.contains("taking Function while holding Function"), "{message:?}");
+    // The root still works afterwards (poisoned locks are recovered).
+    root.set_trace_hook(None);
+    assert_eq!(ecam_read32(&root, 0, 1, 0), 0x2204_10de);
+}
