@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arch::layout::{self, MemoryLayout};
 use devices::pci::{
@@ -219,8 +219,8 @@ pub struct PciExtras {
 /// The PCI hierarchy built.
 #[derive(Debug)]
 pub struct PciHierarchy {
-    /// The root complex, as the MMIO bus reaches it.
-    pub root: Arc<Mutex<PciRoot>>,
+    /// The root complex (a handle; the MMIO bus holds its ECAM and window views).
+    pub root: PciRoot,
     /// Assigned functions' INTx with their SPIs, to connect once the GIC exists.
     pub intx: Vec<AssignedIntx>,
 }
@@ -252,7 +252,7 @@ pub fn build_pci(
     } = extras;
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let mut direct_bars = HashMap::new();
     let mut intx = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();
@@ -319,25 +319,26 @@ pub fn build_pci(
     if let Some(sink) = trace {
         root.set_trace_hook(Some(trace_hook(sink)));
     }
-    let root = Arc::new(Mutex::new(root));
-    bus.insert(
+    // No lock around these views: ECAM locks the topology only to find a function, the
+    // windows look up the BAR routes, then each access locks its one function.
+    bus.insert_shared(
         "pci-ecam",
         layout::PCI_ECAM_BASE,
         layout::PCI_ECAM_SIZE,
-        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+        Arc::new(PciEcam::new(root.clone())),
     )?;
-    bus.insert(
+    bus.insert_shared(
         "pci-mmio32",
         layout::PCI_MMIO32_BASE,
         layout::PCI_MMIO32_SIZE,
-        Arc::new(Mutex::new(PciMmioWindow::new(root.clone(), layout::PCI_MMIO32_BASE))),
+        Arc::new(PciMmioWindow::new(root.clone(), layout::PCI_MMIO32_BASE)),
     )?;
     let window = memory_layout.pci_mmio64;
-    bus.insert(
+    bus.insert_shared(
         "pci-mmio64",
         window.base,
         window.size,
-        Arc::new(Mutex::new(PciMmioWindow::new(root.clone(), window.base))),
+        Arc::new(PciMmioWindow::new(root.clone(), window.base)),
     )?;
     Ok(PciHierarchy { root, intx })
 }
@@ -416,7 +417,7 @@ mod tests {
     #[test]
     fn root_ports_get_the_slots_the_spis_assume() {
         // What build_pci relies on: the host bridge is 00:00.0, the first root port 00:01.0.
-        let mut root = PciRoot::new();
+        let root = PciRoot::new();
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 1 });
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 2 });
     }
