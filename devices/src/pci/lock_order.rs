@@ -216,17 +216,21 @@ mod tests {
         assert_eq!(*routes.read(), 4);
     }
 
-    #[test]
-    fn a_function_lock_under_the_topology_lock_panics() {
-        let topology = OrderedMutex::new(LockLevel::Topology, ());
-        let function = OrderedMutex::new(LockLevel::Function, ());
-        let message = panic_message(
+    /// Takes `first` then `second` on a thread of its own; returns the panic message.
+    fn take_in_order(first: LockLevel, second: LockLevel) -> String {
+        let (a, b) = (OrderedMutex::new(first, ()), OrderedMutex::new(second, ()));
+        panic_message(
             std::thread::spawn(move || {
-                let _t = topology.lock();
-                let _f = function.lock();
+                let _a = a.lock();
+                let _b = b.lock();
             })
             .join(),
-        );
+        )
+    }
+
+    #[test]
+    fn a_function_lock_under_the_topology_lock_panics() {
+        let message = take_in_order(LockLevel::Topology, LockLevel::Function);
         assert!(
             message.contains("taking Function while holding Topology"),
             "unexpected panic: {message:?}"
@@ -235,15 +239,7 @@ mod tests {
 
     #[test]
     fn two_locks_of_one_level_panic() {
-        let a = OrderedMutex::new(LockLevel::Function, ());
-        let b = OrderedMutex::new(LockLevel::Function, ());
-        let message = panic_message(
-            std::thread::spawn(move || {
-                let _a = a.lock();
-                let _b = b.lock();
-            })
-            .join(),
-        );
+        let message = take_in_order(LockLevel::Function, LockLevel::Function);
         assert!(message.contains("taking Function while holding Function"), "{message:?}");
     }
 
