@@ -6,6 +6,11 @@
 //! store lands in [`DmaWindowDevice`], which serves every entry from the shared
 //! [`WindowManager`] before the guest runs on, and writes each entry's status (and for MAP
 //! the device address the host picked) back into the page. Portable: no OS calls.
+//!
+//! Locking: a doorbell runs inside the trapped BAR write, so it holds this function's own
+//! lock (`devices::pci::lock_order::LockLevel::Function`) and, while serving entries, its
+//! window manager's lock; nothing another PCI function or the topology needs. A long batch of
+//! host maps therefore stalls only accesses to this function.
 
 pub mod protocol;
 
@@ -255,7 +260,8 @@ impl DmaWindowDevice {
             self.refuse_doorbell(count, Status::Erange, &why);
             return;
         }
-        // Clone the handle so the lock guard does not borrow `self`.
+        // Clone the handle so the lock guard does not borrow `self`. Only this device's
+        // windows are locked while the host maps: no PCI-wide lock is held here.
         let windows = self.windows.clone();
         let mut windows = windows.lock().unwrap_or_else(|e| e.into_inner());
         for (index, bytes) in page.chunks_exact(ENTRY_SIZE).enumerate() {

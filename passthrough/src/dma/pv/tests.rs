@@ -553,3 +553,105 @@ fn random_guests_never_break_it() {
         r.check();
     }
 }
+
+/// A mapper whose maps, once armed, block until the test releases them: a slow host map.
+#[derive(Debug)]
+struct BlockingMapper {
+    inner: FakeMapper,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl HostMapper for BlockingMapper {
+    fn limits(&self) -> &MapperLimits {
+        self.inner.limits()
+    }
+
+    fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
+        if self.armed.load(Ordering::SeqCst) {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        self.inner.map(gpa, len)
+    }
+
+    fn unmap(&mut self, device_addr: u64, len: u64) -> Result<(), MapperError> {
+        self.inner.unmap(device_addr, len)
+    }
+}
+
+#[test]
+fn a_doorbell_blocked_in_a_host_map_stalls_no_other_function() {
+    use devices::pci::{PciEcam, PciMmioWindow, PciRoot};
+    use devices::MmioTarget as _;
+    use std::sync::mpsc::channel;
+
+    let (entered_tx, entered) = channel();
+    let (release, release_rx) = channel();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limits = MapperLimits {
+        max_mapped_bytes: BUDGET,
+        max_mappings: MAX_MAPS,
+        alignment: K16,
+        policy: AddressPolicy::HostPicks,
+    };
+    let mapper: Box<dyn HostMapper> = Box::new(BlockingMapper {
+        inner: FakeMapper::new(limits),
+        armed: armed.clone(),
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let config = WindowConfig { window_size: K64, cache_released: true };
+    let ram = [GuestRamRange { start: RAM_BASE, len: RAM_LEN }];
+    let windows = Arc::new(Mutex::new(WindowManager::new(mapper, config, &ram).unwrap()));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM_LEN as usize)]).unwrap();
+    let rid = Arc::new(AtomicU32::new(protocol::TARGET_RID_UNKNOWN));
+    let slow = DmaWindowDevice::new("aperture-dma0", windows, mem.clone(), rid, None).unwrap();
+    // Two aperture-dma functions (one per assigned device) at 00:01.0 and 00:02.0.
+    let root = PciRoot::new();
+    root.add_function(Box::new(slow)).unwrap();
+    root.add_function(Box::new(rig().dev)).unwrap();
+    let ecam = PciEcam::new(root.clone());
+    let window = PciMmioWindow::new(root.clone(), 0x1000_0000);
+    for (device, bar) in [(1u64, 0x1000_0000u32), (2, 0x1000_1000)] {
+        ecam.write(device << 15 | 0x10, &bar.to_le_bytes());
+        ecam.write(device << 15 | 0x04, &[2, 0]);
+    }
+    mem.write_slice(&map(RAM_BASE + 0x10_0000, K16).to_bytes(), GuestAddress(CMD_PAGE)).unwrap();
+    window.write(reg::CMD_ADDR_LO, &(CMD_PAGE as u32).to_le_bytes());
+    window.write(reg::CMD_ADDR_HI, &0u32.to_le_bytes());
+    armed.store(true, Ordering::SeqCst);
+    let doorbell = {
+        let window = window.clone();
+        std::thread::spawn(move || window.write(reg::DOORBELL, &1u32.to_le_bytes()))
+    };
+    entered.recv().unwrap();
+    // The first doorbell is inside the host map now. Another vCPU reads the other
+    // function's configuration space and registers.
+    let (done_tx, done) = channel();
+    let other_vcpu = {
+        let window = window.clone();
+        std::thread::spawn(move || {
+            let mut id = [0u8; 4];
+            ecam.read(2 << 15, &mut id);
+            let mut magic = [0u8; 4];
+            window.read(0x1000 + reg::MAGIC, &mut magic);
+            done_tx.send((u32::from_le_bytes(id), u32::from_le_bytes(magic))).unwrap();
+        })
+    };
+    // A deadlock guard, not a timing assertion: a shared lock would hang here forever.
+    let (id, magic) = done
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the other function must answer while a doorbell blocks in a host map");
+    assert_eq!((id, magic), (0xa9e0_1234, protocol::MAGIC));
+    other_vcpu.join().unwrap();
+    release.send(()).unwrap();
+    doorbell.join().unwrap();
+    let mut device_status = [0xffu8; 4];
+    window.read(reg::STATUS, &mut device_status);
+    assert_eq!(u32::from_le_bytes(device_status), 0, "the blocked doorbell completed");
+    let mut entry = [0u8; ENTRY_SIZE];
+    mem.read_slice(&mut entry, GuestAddress(CMD_PAGE)).unwrap();
+    assert_eq!(status(&CommandEntry::from_bytes(&entry)), Status::Ok);
+}
