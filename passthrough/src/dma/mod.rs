@@ -72,7 +72,10 @@ pub use error::DmaError;
 pub use extent::WindowInfo;
 pub use guest_ram::{GuestRam, GuestRamError, GuestRamRange};
 pub use host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
-pub use mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+pub use mapper::{
+    auto_alignment, AddressPolicy, ConstraintKind, HostMapper, MapConstraints, MapperError,
+    MapperLimits, AUTO_ALIGN_MAX, AUTO_ALIGN_MIN,
+};
 pub use pv::{DmaWindowDevice, PvDeviceError, SharedWindows};
 pub use stats::{DmaStats, FailureCounts, FailureReason};
 pub use units::Bytes;

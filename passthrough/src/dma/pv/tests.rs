@@ -196,8 +196,8 @@ fn registers_read_back() {
     let mut r = rig();
     assert_eq!(r.read(reg::MAGIC), 0x4d44_5041);
     assert_eq!(&r.read(reg::MAGIC).to_le_bytes(), b"APDM");
-    assert_eq!(r.read(reg::VERSION), 0x0001_0000);
-    assert_eq!(r.read(reg::FEATURES), 0b11);
+    assert_eq!(r.read(reg::VERSION), 0x0001_0001, "1.1");
+    assert_eq!(r.read(reg::FEATURES), 0b1111, "BATCH, FLUSH, MASK, ALIGN");
     assert_eq!(r.read(reg::TARGET_RID), 0xffff_ffff);
     r.rid.store(0x0100, Ordering::Relaxed);
     assert_eq!(r.read(reg::TARGET_RID), 0x0100, "follows what the VMM stores");
@@ -392,11 +392,13 @@ fn status_codes_follow_the_spec() {
         (4, "ENOENT"),
         (5, "EIO"),
         (6, "EOPNOTSUPP"),
+        (7, "EMASK"),
+        (8, "EALIGN"),
     ] {
         let status = Status::from_code(code).unwrap();
         assert_eq!((status.code(), status.name()), (code, name));
     }
-    assert_eq!(Status::from_code(7), None);
+    assert_eq!(Status::from_code(9), None);
     let e = CommandEntry { op: 1, status: 2, addr: 3, len: 4, dev_addr: 0x0102_0304_0506_0708 };
     let bytes = e.to_bytes();
     assert_eq!(bytes[24..32], [8, 7, 6, 5, 4, 3, 2, 1]);
