@@ -138,11 +138,8 @@ impl HostPicksAllocator {
     ) -> Result<Self, AllocatorError> {
         let mut sorted = ranges.to_vec();
         sorted.sort_unstable();
-        let bad = |&(base, size): &(u64, u64)| AllocatorError::InvalidAperture {
-            base,
-            size,
-            alignment,
-        };
+        let bad =
+            |&(base, size): &(u64, u64)| AllocatorError::InvalidAperture { base, size, alignment };
         if sorted.is_empty() {
             return Err(bad(&(0, 0)));
         }

@@ -307,7 +307,9 @@ mod tests {
         assert_eq!(MapConstraints::NONE.mask(), "64-bit DMA mask");
         let odd = MapConstraints { max_device_addr: 0x1234, alignment: 1 };
         assert_eq!(odd.mask(), "DMA reach up to 0x1234");
-        assert!(AddressPolicy::HostPicksWithin.host_picks() && !AddressPolicy::Identity.host_picks());
+        assert!(
+            AddressPolicy::HostPicksWithin.host_picks() && !AddressPolicy::Identity.host_picks()
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod error;
 mod extent;
 mod guest_ram;
 mod host_picks;
+mod iova_aperture;
 mod lru;
 mod mapper;
 pub mod pv;
@@ -72,6 +73,10 @@ pub use error::DmaError;
 pub use extent::WindowInfo;
 pub use guest_ram::{GuestRam, GuestRamError, GuestRamRange};
 pub use host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
+pub use iova_aperture::{
+    parse_vfio_iova_ranges, usable_iova_ranges, ARM64_SMMU_MSI_WINDOW, DEFAULT_DMA_REACH,
+    IOVA_FLOOR, VFIO_IOMMU_INFO_SIZE,
+};
 pub use mapper::{
     auto_alignment, AddressPolicy, ConstraintKind, HostMapper, MapConstraints, MapperError,
     MapperLimits, AUTO_ALIGN_MAX, AUTO_ALIGN_MIN,

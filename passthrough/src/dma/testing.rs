@@ -254,9 +254,7 @@ impl HostMapper for FakeMapper {
                     let reason = e.to_string();
                     return Err(MapperError::Unplaceable { gpa, len, constraints, kind, reason });
                 }
-                Err(e) => {
-                    return Err(MapperError::MapFailed { gpa, len, reason: e.to_string() })
-                }
+                Err(e) => return Err(MapperError::MapFailed { gpa, len, reason: e.to_string() }),
             },
         };
         if let Some((start, l)) = self.device_overlap(device_addr, len) {

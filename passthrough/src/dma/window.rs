@@ -546,9 +546,10 @@ impl<M: HostMapper> WindowManager<M> {
     /// Unmaps the least recently released cached extent whose device range starts at or below
     /// `max_device_addr`; returns whether one went.
     fn evict_below(&mut self, max_device_addr: u64) -> bool {
-        let victim = self.cache.iter().find(|id| {
-            self.extents.get(id).is_some_and(|e| e.device_addr <= max_device_addr)
-        });
+        let victim = self
+            .cache
+            .iter()
+            .find(|id| self.extents.get(id).is_some_and(|e| e.device_addr <= max_device_addr));
         let Some(victim) = victim else { return false };
         match self.unmap_extent(victim) {
             Ok(()) => {
@@ -581,9 +582,9 @@ impl<M: HostMapper> WindowManager<M> {
             }
             Err(source) => return Err(DmaError::HostMap { gpa: start, len, source }),
         };
-        let breach = self.contract_breach(start, len, device_addr).map(|what| {
-            DmaError::MapperContract { gpa: start, len, what }
-        });
+        let breach = self
+            .contract_breach(start, len, device_addr)
+            .map(|what| DmaError::MapperContract { gpa: start, len, what });
         let breach = breach.or_else(|| {
             let inside = self.limits.policy.host_picks()
                 && (start..end).contains(&request.gpa)
