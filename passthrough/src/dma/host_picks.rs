@@ -432,6 +432,118 @@ mod tests {
         assert!(err.to_string().contains("the largest run is 32 KiB"), "{err}");
     }
 
+    #[test]
+    fn several_ranges_never_hand_out_the_gaps() {
+        let ranges = [(0x10_0000, 4 * K16), (0x100_0000, 4 * K16), (0x10_0000 + 4 * K16, K16)];
+        let mut a = HostPicksAllocator::with_ranges(&ranges, K16, FitPolicy::FirstFit).unwrap();
+        assert_eq!(a.free_runs(), 2, "touching ranges merge");
+        assert_eq!(a.aperture(), (0x10_0000, 0x100_0000 + 4 * K16 - 0x10_0000));
+        let x = a.allocate(5 * K16).unwrap();
+        assert_eq!(x, 0x10_0000);
+        assert_eq!(a.allocate(4 * K16).unwrap(), 0x100_0000);
+        assert!(matches!(a.allocate(K16), Err(AllocatorError::Exhausted { .. })));
+        assert!(HostPicksAllocator::with_ranges(
+            &[(0, 2 * K16), (K16, K16)],
+            K16,
+            FitPolicy::TopDown
+        )
+        .is_err());
+        assert!(HostPicksAllocator::with_ranges(&[], K16, FitPolicy::TopDown).is_err());
+    }
+
+    #[test]
+    fn top_down_keeps_low_addresses_free() {
+        let ranges = [(1 << 20, (1 << 30) - (1 << 20)), (4 << 30, (1 << 40) - (4 << 30))];
+        let mut a = HostPicksAllocator::with_ranges(&ranges, K16, FitPolicy::TopDown).unwrap();
+        let x = a.allocate(K16).unwrap();
+        assert_eq!(x, (1 << 40) - K16);
+        let c32 = MapConstraints::below_mask(32);
+        assert_eq!(a.allocate_within(K16, 0, &c32).unwrap(), (1 << 30) - K16);
+        let c40 = MapConstraints::below_mask(40).aligned(2 << 20);
+        assert_eq!(a.allocate_within(2 << 20, 0, &c40).unwrap(), (1 << 40) - (4 << 20));
+    }
+
+    #[test]
+    fn placements_keep_the_guest_offset_modulo_the_alignment() {
+        for fit in [FitPolicy::FirstFit, FitPolicy::BestFit, FitPolicy::TopDown] {
+            let mut a = HostPicksAllocator::new(0x10_0000 + K16, 1 << 30, K16, fit).unwrap();
+            let c = MapConstraints::NONE.aligned(256 << 10);
+            for gpa in [0x4000_0000, 0x4000_4000, 0x4003_c000] {
+                let at = a.allocate_within(3 * K16, gpa, &c).unwrap();
+                assert_eq!(at % (256 << 10), gpa % (256 << 10), "{fit:?} {gpa:#x} at {at:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn failures_say_which_constraint_is_in_the_way() {
+        let mut a = HostPicksAllocator::new(1 << 32, 1 << 30, K16, FitPolicy::TopDown).unwrap();
+        let err = a.allocate_within(K16, 0, &MapConstraints::below_mask(32)).unwrap_err();
+        assert!(matches!(err, AllocatorError::Unplaceable { kind: ConstraintKind::Mask, .. }));
+        assert!(err.to_string().contains("32-bit DMA mask"), "{err}");
+        // Fill all but one granule-sized hole at an odd place: 64 KiB alignment cannot fit.
+        let mut b = HostPicksAllocator::new(0, 8 * K16, K16, FitPolicy::FirstFit).unwrap();
+        let blocks: Vec<u64> = (0..8).map(|_| b.allocate(K16).unwrap()).collect();
+        b.free(blocks[5], K16).unwrap();
+        b.free(blocks[6], K16).unwrap();
+        let c = MapConstraints::NONE.aligned(4 * K16);
+        let err = b.allocate_within(2 * K16, 0, &c).unwrap_err();
+        assert!(matches!(err, AllocatorError::Unplaceable { kind: ConstraintKind::Alignment, .. }));
+        assert!(matches!(b.allocate(4 * K16), Err(AllocatorError::Exhausted { .. })));
+        assert_eq!(b.allocate_within(2 * K16, 0, &MapConstraints::NONE).unwrap(), 5 * K16);
+    }
+
+    /// Random constrained allocations and frees: every placement meets its constraints, and
+    /// a refusal is right (nothing in the free runs would have fit).
+    #[test]
+    fn random_constrained_allocations_meet_their_constraints() {
+        for seed in 1..=4u64 {
+            let ranges = [(1 << 20, 255 << 20), (1 << 30, 3 << 30)];
+            let mut a = HostPicksAllocator::with_ranges(&ranges, K16, FitPolicy::TopDown).unwrap();
+            let mut rng = XorShift::new(seed);
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..5_000 {
+                if rng.below(3) != 0 {
+                    let len = K16 << rng.below(8);
+                    let c = MapConstraints::below_mask(26 + rng.below(10) as u32)
+                        .aligned(1 << (12 + rng.below(10)));
+                    let gpa = rng.below(1 << 30) & !(K16 - 1);
+                    match a.allocate_within(len, gpa, &c) {
+                        Ok(at) => {
+                            assert!(c.admit(gpa, at, len), "{at:#x}+{len:#x} for {gpa:#x} {c:x?}");
+                            assert!(ranges.iter().any(|&(s, l)| at >= s && at + len <= s + l));
+                            live.push((at, len));
+                        }
+                        Err(
+                            AllocatorError::Unplaceable { .. } | AllocatorError::Exhausted { .. },
+                        ) => {
+                            let free: Vec<(u64, u64)> =
+                                a.free_by_start.iter().map(|(&s, &l)| (s, l)).collect();
+                            // The lowest place in a run congruent to the guest address
+                            // fits if any does.
+                            let p = c.alignment.max(K16);
+                            for (s, l) in free {
+                                let at = s + ((gpa % p + p - s % p) % p);
+                                assert!(
+                                    at + len > s + l || !c.admit(gpa, at, len),
+                                    "{at:#x} would have fit {len:#x} {c:x?}"
+                                );
+                            }
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                } else if !live.is_empty() {
+                    let (at, len) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    a.free(at, len).unwrap();
+                }
+            }
+            for (at, len) in live {
+                a.free(at, len).unwrap();
+            }
+            assert_eq!(a.free_runs(), 2);
+        }
+    }
+
     /// With an aperture four times the live total, mixed-size allocations never fail over a
     /// long random run, and the free runs stay few: best fit plus coalescing keeps the
     /// device-address space from fragmenting.
