@@ -19,7 +19,7 @@ use log::{debug, info, warn};
 use super::bars::{self, BarLayout, BAR_COUNT};
 use super::capabilities::{self, CapabilityLayout};
 use super::error::AssignError;
-use super::host::{HostFunction, InterruptHost};
+use super::host::{HostFunction, InterruptHost, InterruptKind};
 use super::msi::{AssignedMsi, MsiCapability};
 use super::msix::{AssignedMsix, MsixPlacement};
 use super::nvidia::{ConfigMirror, CONFIG_MIRROR_BAR};
@@ -123,7 +123,26 @@ impl AssignedFunction {
         let placement = device
             .find_capability(MSIX_CAPABILITY_ID)
             .and_then(|offset| MsixPlacement::read(name, &device, offset, &bars));
-        let capabilities = capabilities::build(name, &device, &mut config, placement.is_some());
+        let mut capabilities = capabilities::build(name, &device, &mut config, placement.is_some());
+        if let (Some(msi), Some(host_max)) =
+            (capabilities.msi.as_mut(), interrupts.max_vectors(InterruptKind::Msi))
+        {
+            let limited = msi.limited_to(host_max);
+            if limited != *msi {
+                info!(
+                    "{name}: the device has {} MSI vectors, the host delivers {host_max}: the \
+                     guest is offered {}",
+                    msi.vectors(),
+                    limited.vectors()
+                );
+                *msi = limited;
+                // Re-offer with the smaller Multiple Message Capable, keeping the relinked
+                // header.
+                let header = config.read_u16(msi.offset);
+                msi.offer(&device, &mut config);
+                config.set_u16(msi.offset, header);
+            }
+        }
         let msix = match (capabilities.msix, placement) {
             (Some(offset), Some(placement)) => Some(AssignedMsix::new(name, offset, placement)?),
             _ => None,
@@ -283,11 +302,8 @@ impl AssignedFunction {
         let mut traced = Vec::with_capacity(ranges.len());
         for (bar, range) in ranges {
             let bar = *bar;
-            let error = |reason: String| AssignError::TraceBar {
-                name: self.name.clone(),
-                bar,
-                reason,
-            };
+            let error =
+                |reason: String| AssignError::TraceBar { name: self.name.clone(), bar, reason };
             let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
                 let offered: Vec<String> = self
                     .bars

@@ -75,7 +75,11 @@ fn mirror_reads_equal_virtual_config_reads() {
     f.config_write(PCIE_CAP + 8, &0x2000u16.to_le_bytes());
     fake.log.lock().unwrap().config[0x06] |= 0x08; // the device's Interrupt Status
     for offset in (0..0x1000u16).step_by(4) {
-        assert_eq!(mirror_read(&mut f, offset, 4), u64::from(read32(&mut f, offset)), "{offset:#x}");
+        assert_eq!(
+            mirror_read(&mut f, offset, 4),
+            u64::from(read32(&mut f, offset)),
+            "{offset:#x}"
+        );
     }
     for offset in [0x00, 0x06, 0x3d, MSI_CAP + 2, PCIE_CAP + 8] {
         assert_eq!(mirror_read(&mut f, offset, 2), u64::from(read16(&mut f, offset)));
