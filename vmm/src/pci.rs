@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{self, MemoryLayout};
+use devices::pci::root_port::PcieLink;
 use devices::pci::{
     BarChange, FunctionId, MsiMessage, MsiSink, PciEcam, PciMmioWindow, PciRoot, TraceEvent,
     TraceKind, VirtioPci,
@@ -258,7 +259,14 @@ pub fn build_pci(
     let mut slots = group_by_host_slot(assigned).into_iter();
     for _ in 0..slots.len().max(MIN_ROOT_PORTS) {
         let port = root.add_root_port().map_err(topology)?;
-        for (number, pending) in slots.next().unwrap_or_default() {
+        for (number, mut pending) in slots.next().unwrap_or_default() {
+            // The port reports the real link of the device behind it.
+            if number == 0 {
+                let link = PcieLink::read_from(pending.function.as_mut());
+                if let Some((link, port)) = link.zip(root.root_port_mut(port)) {
+                    port.set_link(link);
+                }
+            }
             let id =
                 root.attach_function_to_port(port, number, pending.function).map_err(topology)?;
             info!("{}: assigned as {id}", pending.name);
@@ -419,5 +427,10 @@ mod tests {
         let mut root = PciRoot::new();
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 1 });
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 2 });
+        // build_pci gives each port its device's link.
+        let port = root.root_port_mut(FunctionId::Bus0 { device: 2 }).unwrap();
+        port.set_link(PcieLink::new(3, 4).unwrap());
+        assert_eq!(port.link(), PcieLink::new(3, 4));
+        assert!(root.root_port_mut(FunctionId::Bus0 { device: 0 }).is_none(), "host bridge");
     }
 }

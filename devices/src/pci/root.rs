@@ -335,6 +335,15 @@ impl PciRoot {
         Self::lookup(&mut self.slots, id)
     }
 
+    /// The root port at `id` (to report its assigned device's link).
+    pub fn root_port_mut(&mut self, id: FunctionId) -> Option<&mut RootPort> {
+        let FunctionId::Bus0 { device } = id else { return None };
+        match self.slots.get_mut(usize::from(device))?.as_mut()? {
+            Slot::Port { port, .. } => Some(port.as_mut()),
+            Slot::Function(_) => None,
+        }
+    }
+
     fn lookup(slots: &mut [Option<Slot>], id: FunctionId) -> Option<&mut dyn PciFunction> {
         match id {
             FunctionId::Bus0 { device } => match slots.get_mut(usize::from(device))?.as_mut()? {

@@ -13,6 +13,7 @@ use devices::pci::config::{
     SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
 };
 use devices::pci::msix::MSIX_CAPABILITY_ID;
+use devices::pci::root_port::PcieLink;
 use devices::pci::{BarRegion, PciFunction, PciIds};
 use log::{debug, info, warn};
 
@@ -48,6 +49,8 @@ pub struct AssignedFunction {
     intx_pin: Option<u8>,
     /// Whether the host delivers the pin's interrupts (else the pin is only shown).
     intx_delivered: bool,
+    /// The device's PCIe link (negotiated, else its capability), for the root port above it.
+    pcie_link: Option<PcieLink>,
     /// NVIDIA's configuration mirror in BAR0, trapped and virtualized.
     config_mirror: Option<ConfigMirror>,
     /// BAR ranges trapped so that every access to them is traced (`trace-bar`).
@@ -154,6 +157,10 @@ impl AssignedFunction {
         if let Some(pin) = intx_pin {
             config.set_interrupt_pin(pin);
         }
+        let pcie_link = capabilities.pcie.and_then(|at| {
+            let link_status = device.read_u16(at + capabilities::PCIE_LNKSTA);
+            PcieLink::from_registers(device.read_u32(at + capabilities::PCIE_LNKCAP), link_status)
+        });
         let config_mirror = ConfigMirror::probe(&ids, &device, &bars, &capabilities);
         if config_mirror.is_some() {
             info!(
@@ -196,6 +203,7 @@ impl AssignedFunction {
             msi,
             intx_pin,
             intx_delivered: intx.is_some_and(|(_, delivered)| delivered),
+            pcie_link,
             config_mirror,
             traced: Vec::new(),
             requester_id: 0,
@@ -343,6 +351,13 @@ impl AssignedFunction {
     /// The BAR ranges trapped for `trace-bar`.
     pub fn traced_bar_ranges(&self) -> &[(usize, Range<u64>)] {
         &self.traced
+    }
+
+    /// The device's PCIe link as it was when assigned: the negotiated speed and width, or
+    /// its Link Capabilities if the link reported none. The VMM gives the root port above
+    /// the function the same link ([`devices::pci::RootPort::set_link`]).
+    pub fn pcie_link(&self) -> Option<PcieLink> {
+        self.pcie_link
     }
 
     /// Whether NVIDIA's configuration mirror in BAR0 is trapped and virtualized.

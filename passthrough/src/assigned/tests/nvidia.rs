@@ -196,3 +196,19 @@ fn mirror_geometry() {
     assert_eq!(ConfigMirror::config_offset(1, 0x88000, 4), None, "not BAR0");
     assert_eq!(ConfigMirror::config_offset(0, u64::MAX, 4), None);
 }
+
+#[test]
+fn the_devices_link_is_reported_for_the_root_port() {
+    use devices::pci::root_port::PcieLink;
+    // pcie_body: LNKSTA 0x1011, x1 at 2.5 GT/s.
+    assert_eq!(assign(&geforce()).0.pcie_link(), PcieLink::new(1, 1));
+    let mut b = geforce();
+    b.u32(usize::from(PCIE_CAP) + 0x0c, 0x0000_0104).u16(usize::from(PCIE_CAP) + 0x12, 0x1083);
+    assert_eq!(assign(&b).0.pcie_link(), PcieLink::new(3, 8), "negotiated x8 Gen3");
+    b.u16(usize::from(PCIE_CAP) + 0x12, 0);
+    assert_eq!(assign(&b).0.pcie_link(), PcieLink::new(4, 16), "link down: the capability");
+    // No PCIe capability: no link.
+    let mut plain = ConfigBuilder::new(0x1234, 0x5678, 0x020000, 0);
+    plain.bar(0, 0xfe00_0000, region(0x1000));
+    assert_eq!(assign(&plain).0.pcie_link(), None);
+}
