@@ -138,7 +138,7 @@ const DEVICE_FORM: &str = "the form is BDF[,dma=identity|window][,dma-limit=SIZE
     0000:01:00.0,dma=window,dma-limit=1536M";
 
 const TRACE_BAR_FORM: &str = "the form is trace-bar=N (the whole BAR) or \
-    trace-bar=N:OFFSET+LEN, N a BAR index 0-5, e.g. trace-bar=0:0x88000+0x1000";
+    trace-bar=N:OFFSET+LEN, N a BAR index 0-5, e.g. trace-bar=0:0x100000+0x1000";
 
 /// A byte offset or length: hex with 0x, or decimal with an optional K, M or G suffix.
 fn parse_bar_number(text: &str) -> Option<u64> {
