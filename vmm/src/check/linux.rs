@@ -84,8 +84,9 @@ impl HostEnv for RealHost {
         if unsafe { libc::uname(&mut names) } != 0 {
             return None;
         }
+        // c_char is i8 on some targets and u8 on others; the bytes are the same.
         let bytes: Vec<u8> =
-            names.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+            names.release.iter().take_while(|&&c| c != 0).map(|&c| c.to_ne_bytes()[0]).collect();
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
@@ -498,6 +499,12 @@ mod tests {
         let f = memlock(root, 512 * MIB);
         assert_eq!(f.status, Status::Ok, "{f}");
         assert!(f.detail.contains("CAP_IPC_LOCK"), "{f}");
+    }
+
+    #[test]
+    fn this_hosts_kernel_release_parses() {
+        let release = RealHost::default().kernel_release().unwrap();
+        assert!(kernel::parse_release(&release).is_some(), "{release:?}");
     }
 
     #[test]
