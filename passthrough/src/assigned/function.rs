@@ -2,8 +2,8 @@
 //! configuration space, with its BARs trapped or mapped and its MSI and MSI-X emulated.
 //!
 //! INTx: the device's Interrupt Pin is shown (read-only) when the host can deliver INTx, and
-//! for every function with MSI even when it cannot (see [`offered_intx`]); Interrupt Line is the guest's scratch register, as on real hardware. COMMAND's Interrupt
-//! Disable reaches the device and STATUS's Interrupt Status comes from it (see
+//! for every function with MSI even when it cannot (see [`offered_intx`]); Interrupt Line is
+//! the guest's scratch register, as on real hardware. COMMAND's Interrupt Disable reaches the device and STATUS's Interrupt Status comes from it (see
 //! [`super::policy`]); the host (VFIO) masks and routes the line itself.
 
 use std::ops::Range;
@@ -67,6 +67,8 @@ impl std::fmt::Debug for AssignedFunction {
             .field("msix", &self.msix.as_ref().map(AssignedMsix::placement))
             .field("msi", &self.msi.as_ref().map(AssignedMsi::capability))
             .field("intx_pin", &self.intx_pin)
+            .field("intx_delivered", &self.intx_delivered)
+            .field("pcie_link", &self.pcie_link)
             .field("config_mirror", &self.config_mirror)
             .field("traced", &self.traced)
             .field("requester_id", &self.requester_id)
@@ -127,24 +129,8 @@ impl AssignedFunction {
             .find_capability(MSIX_CAPABILITY_ID)
             .and_then(|offset| MsixPlacement::read(name, &device, offset, &bars));
         let mut capabilities = capabilities::build(name, &device, &mut config, placement.is_some());
-        if let (Some(msi), Some(host_max)) =
-            (capabilities.msi.as_mut(), interrupts.max_vectors(InterruptKind::Msi))
-        {
-            let limited = msi.limited_to(host_max);
-            if limited != *msi {
-                info!(
-                    "{name}: the device has {} MSI vectors, the host delivers {host_max}: the \
-                     guest is offered {}",
-                    msi.vectors(),
-                    limited.vectors()
-                );
-                *msi = limited;
-                // Re-offer with the smaller Multiple Message Capable, keeping the relinked
-                // header.
-                let header = config.read_u16(msi.offset);
-                msi.offer(&device, &mut config);
-                config.set_u16(msi.offset, header);
-            }
+        if let Some(msi) = capabilities.msi.as_mut() {
+            limit_msi(name, msi, interrupts.as_ref(), &device, &mut config);
         }
         let msix = match (capabilities.msix, placement) {
             (Some(offset), Some(placement)) => Some(AssignedMsix::new(name, offset, placement)?),
@@ -612,6 +598,33 @@ impl PciFunction for AssignedFunction {
             msi.requester_id_changed(&self.name, self.interrupts.as_mut(), requester_id);
         }
     }
+}
+
+/// Offers no more MSI vectors than the host delivers (DriverKit may set up only one): the
+/// guest sees a smaller Multiple Message Capable in `config`.
+fn limit_msi(
+    name: &str,
+    msi: &mut MsiCapability,
+    interrupts: &dyn InterruptHost,
+    device: &ConfigSpace,
+    config: &mut ConfigSpace,
+) {
+    let Some(host_max) = interrupts.max_vectors(InterruptKind::Msi) else { return };
+    let limited = msi.limited_to(host_max);
+    if limited == *msi {
+        return;
+    }
+    info!(
+        "{name}: the device has {} MSI vectors, the host delivers {host_max}: the guest is \
+         offered {}",
+        msi.vectors(),
+        limited.vectors()
+    );
+    *msi = limited;
+    // Re-offer with the smaller Multiple Message Capable, keeping the relinked header.
+    let header = config.read_u16(msi.offset);
+    msi.offer(device, config);
+    config.set_u16(msi.offset, header);
 }
 
 /// The INTx pin to show, and whether the host delivers it. The device's pin when the host
