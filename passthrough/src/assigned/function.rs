@@ -25,6 +25,7 @@ use super::msi::{AssignedMsi, MsiCapability};
 use super::msix::{AssignedMsix, MsixPlacement};
 use super::nvidia::{ConfigMirror, CONFIG_MIRROR_BAR};
 use super::policy::{aligned_chunks, ConfigPolicy, HEADER_RULES};
+use super::traced;
 
 /// The BAR index under which the expansion ROM appears in
 /// [`PciFunction::bar_regions`] and [`PciFunction::bar_read`]: reads go to
@@ -293,44 +294,7 @@ impl AssignedFunction {
         &mut self,
         ranges: &[(usize, Option<Range<u64>>)],
     ) -> Result<(), AssignError> {
-        let mut traced = Vec::with_capacity(ranges.len());
-        for (bar, range) in ranges {
-            let bar = *bar;
-            let error =
-                |reason: String| AssignError::TraceBar { name: self.name.clone(), bar, reason };
-            let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
-                let offered: Vec<String> = self
-                    .bars
-                    .bars
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.is_some())
-                    .map(|(i, _)| i.to_string())
-                    .collect();
-                return Err(error(format!(
-                    "the device offers no memory BAR {bar} (memory BARs: {})",
-                    if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
-                )));
-            };
-            let size = assigned.host.size;
-            let range = range.clone().unwrap_or(0..size);
-            if range.is_empty() || range.end > size {
-                return Err(error(format!(
-                    "{:#x}+{:#x} is not inside the BAR, which is {size:#x} bytes; give \
-                     OFFSET+LEN with OFFSET+LEN <= {size:#x}",
-                    range.start,
-                    range.end.saturating_sub(range.start)
-                )));
-            }
-            info!(
-                "{}: BAR{bar} {:#x}+{:#x} trapped and traced (slow)",
-                self.name,
-                range.start,
-                range.end - range.start
-            );
-            traced.push((bar, range));
-        }
-        self.traced = traced;
+        self.traced = traced::checked_ranges(&self.name, &self.bars, ranges)?;
         Ok(())
     }
 
