@@ -175,7 +175,11 @@ impl AssignedFunction {
                 if m.capability().is_64bit { ", 64-bit" } else { "" },
                 if m.capability().per_vector_mask { ", maskable" } else { "" }
             )),
-            intx_pin.map_or("none".to_string(), intx_pin_name)
+            match intx {
+                Some((pin, true)) => intx_pin_name(pin),
+                Some((pin, false)) => format!("{} (shown, never fires)", intx_pin_name(pin)),
+                None => "none".to_string(),
+            }
         );
         Ok(Self {
             name: name.into(),
