@@ -113,8 +113,14 @@ pub struct RunArgs {
     /// `dma=window` maps its DMA on request through the aperture-dma device and the guest's
     /// aperture_dma module, within `dma-limit` (1536M), `dma-max-maps` (65536), `dma-align`
     /// (16K) and a `dma-window` (256K) coalescing window; `dma=identity` (default on Linux)
-    /// maps all guest RAM at guest physical addresses.
-    #[arg(long = "device", value_name = "BDF[,dma=identity|window][,dma-limit=SIZE,...]")]
+    /// maps all guest RAM at guest physical addresses. `trace-bar=N[:OFFSET+LEN]` (repeatable;
+    /// N alone: the whole BAR, e.g. trace-bar=0:0x100000+0x1000) traps that BAR range instead
+    /// of mapping it and records every read and write in the --trace-pci output (needs
+    /// --trace-pci); slow by design.
+    #[arg(
+        long = "device",
+        value_name = "BDF[,dma=identity|window][,dma-limit=SIZE,...][,trace-bar=N[:OFFSET+LEN]]"
+    )]
     pub devices: Vec<String>,
 
     /// Trace PCI bring-up to this file (`-` for stderr), with timestamps: every

@@ -1,5 +1,6 @@
 //! Typed VM configuration, validated once from the command line.
 
+use std::ops::Range;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -126,15 +127,72 @@ pub struct DeviceConfig {
     pub address: passthrough::PciAddress,
     /// How its DMA is mapped.
     pub dma: DmaMode,
+    /// `trace-bar=N[:OFFSET+LEN]`: BAR ranges trapped and traced (`None`: the whole BAR),
+    /// as `passthrough::assigned::AssignedFunction::set_traced_bar_ranges` takes them. The
+    /// ranges are checked against the BARs when the device is opened.
+    pub trace_bars: Vec<(usize, Option<Range<u64>>)>,
 }
 
 const DEVICE_FORM: &str = "the form is BDF[,dma=identity|window][,dma-limit=SIZE]\
-    [,dma-max-maps=N][,dma-align=SIZE][,dma-window=SIZE], e.g. \
+    [,dma-max-maps=N][,dma-align=SIZE][,dma-window=SIZE][,trace-bar=N[:OFFSET+LEN]]..., e.g. \
     0000:01:00.0,dma=window,dma-limit=1536M";
+
+const TRACE_BAR_FORM: &str = "the form is trace-bar=N (the whole BAR) or \
+    trace-bar=N:OFFSET+LEN, N a BAR index 0-5, e.g. trace-bar=0:0x100000+0x1000";
+
+/// A byte offset or length: hex with 0x, or decimal with an optional K, M or G suffix.
+fn parse_bar_number(text: &str) -> Option<u64> {
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits_end);
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Parses the value of `trace-bar=N[:OFFSET+LEN]`.
+fn parse_trace_bar(value: &str) -> Result<(usize, Option<Range<u64>>), String> {
+    let (bar, range) = match value.split_once(':') {
+        Some((bar, range)) => (bar, Some(range)),
+        None => (value, None),
+    };
+    let bar = bar.parse::<usize>().ok().filter(|&bar| bar < 6).ok_or_else(|| {
+        format!("trace-bar={value}: {bar:?} is not a BAR index 0-5; {TRACE_BAR_FORM}")
+    })?;
+    let Some(range) = range else { return Ok((bar, None)) };
+    let (offset, len) = range
+        .split_once('+')
+        .ok_or_else(|| format!("trace-bar={value}: no +LEN after the offset; {TRACE_BAR_FORM}"))?;
+    let number = |what: &str, text: &str| {
+        parse_bar_number(text).ok_or_else(|| {
+            format!(
+                "trace-bar={value}: {what} {text:?} is not a number (hex with 0x, or decimal \
+                 with an optional K, M or G); {TRACE_BAR_FORM}"
+            )
+        })
+    };
+    let offset = number("OFFSET", offset)?;
+    let len = number("LEN", len)?;
+    if len == 0 {
+        return Err(format!("trace-bar={value}: LEN is 0; trace at least one byte"));
+    }
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| format!("trace-bar={value}: OFFSET+LEN overflows; {TRACE_BAR_FORM}"))?;
+    Ok((bar, Some(offset..end)))
+}
 
 impl DeviceConfig {
     /// Parses `BDF[,dma=identity|window][,dma-limit=SIZE][,dma-max-maps=N][,dma-align=SIZE]
-    /// [,dma-window=SIZE]`; the limits imply `dma=window`.
+    /// [,dma-window=SIZE][,trace-bar=N[:OFFSET+LEN]]...`; the limits imply `dma=window`;
+    /// `trace-bar` may be repeated.
     fn parse(text: &str) -> Result<Self, ConfigError> {
         let error = |why: String| ConfigError::Device(text.into(), why);
         let mut parts = text.split(',');
@@ -146,6 +204,7 @@ impl DeviceConfig {
         let mut mode: Option<&str> = None;
         let mut limits = DmaWindowLimits::default();
         let mut limits_given = false;
+        let mut trace_bars = Vec::new();
         for option in parts {
             let (key, value) = option.split_once('=').unwrap_or((option, ""));
             let size = || {
@@ -167,6 +226,7 @@ impl DeviceConfig {
                             error(format!("dma-max-maps={value:?} is not a positive count"))
                         })?
                 }
+                "trace-bar" => trace_bars.push(parse_trace_bar(value).map_err(error)?),
                 _ => return Err(error(format!("unknown option {option:?}; {DEVICE_FORM}"))),
             }
             limits_given |= key.starts_with("dma-");
@@ -204,7 +264,7 @@ impl DeviceConfig {
                 )));
             }
         }
-        Ok(Self { address, dma })
+        Ok(Self { address, dma, trace_bars })
     }
 }
 
@@ -295,6 +355,14 @@ impl VmConfig {
             let device = DeviceConfig::parse(text)?;
             if devices.iter().any(|d| d.address == device.address) {
                 return Err(ConfigError::DuplicateDevice(device.address.to_string()));
+            }
+            if !device.trace_bars.is_empty() && args.trace_pci.is_none() {
+                return Err(ConfigError::Device(
+                    text.clone(),
+                    "trace-bar records into the PCI trace: add --trace-pci FILE (or - for \
+                     stderr)"
+                        .into(),
+                ));
             }
             devices.push(device);
         }
@@ -460,6 +528,41 @@ mod tests {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.starts_with(&format!("--device {bad}: ")) && err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn device_trace_bar() {
+        let parse = |text: &str| DeviceConfig::parse(text).map(|d| d.trace_bars);
+        assert_eq!(parse("01:00.0").unwrap(), vec![]);
+        assert_eq!(
+            parse("01:00.0,trace-bar=0,trace-bar=1:0x88000+0x1000,trace-bar=5:16K+4").unwrap(),
+            vec![(0, None), (1, Some(0x88000..0x89000)), (5, Some(0x4000..0x4004))]
+        );
+        assert_eq!(
+            parse("01:00.0,dma=window,trace-bar=3:0+1M").unwrap(),
+            vec![(3, Some(0..1 << 20))]
+        );
+        for (bad, needle) in [
+            ("01:00.0,trace-bar=6", "not a BAR index 0-5"),
+            ("01:00.0,trace-bar=", "not a BAR index 0-5"),
+            ("01:00.0,trace-bar=rom", "not a BAR index 0-5"),
+            ("01:00.0,trace-bar=0:0x100", "no +LEN"),
+            ("01:00.0,trace-bar=0:0x100+0", "LEN is 0"),
+            ("01:00.0,trace-bar=0:zz+4", "OFFSET \"zz\" is not a number"),
+            ("01:00.0,trace-bar=0:0+4X", "LEN \"4X\" is not a number"),
+            ("01:00.0,trace-bar=0:0xffffffffffffffff+2", "overflows"),
+        ] {
+            let err = DeviceConfig::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--device {bad}: ")) && err.contains(needle), "{err}");
+            assert!(err.contains("trace-bar"), "{err}");
+        }
+        // Tracing needs a trace to write to.
+        let mut a = args(&existing_file());
+        a.devices = vec!["01:00.0,trace-bar=0".into()];
+        let err = VmConfig::from_run_args(&a).unwrap_err().to_string();
+        assert!(err.contains("add --trace-pci"), "{err}");
+        a.trace_pci = Some("-".into());
+        assert_eq!(VmConfig::from_run_args(&a).unwrap().devices[0].trace_bars, vec![(0, None)]);
     }
 
     #[test]

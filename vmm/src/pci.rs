@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use arch::layout::{self, MemoryLayout};
+use devices::pci::root_port::PcieLink;
 use devices::pci::{
     BarChange, FunctionId, MsiMessage, MsiSink, PciEcam, PciMmioWindow, PciRoot, TraceEvent,
     TraceKind, VirtioPci,
@@ -257,8 +258,13 @@ pub fn build_pci(
     let mut intx = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();
     for _ in 0..slots.len().max(MIN_ROOT_PORTS) {
-        let port = root.add_root_port().map_err(topology)?;
-        for (number, pending) in slots.next().unwrap_or_default() {
+        let mut functions = slots.next().unwrap_or_default();
+        // The port reports the real link of the device behind it (its function 0).
+        let link = functions
+            .first_mut()
+            .and_then(|(_, pending)| PcieLink::read_from(pending.function.as_mut()));
+        let port = root.add_root_port_with_link(link).map_err(topology)?;
+        for (number, pending) in functions {
             let id =
                 root.attach_function_to_port(port, number, pending.function).map_err(topology)?;
             info!("{}: assigned as {id}", pending.name);
@@ -420,6 +426,12 @@ mod tests {
         let root = PciRoot::new();
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 1 });
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 2 });
+        // build_pci gives each port its device's link: the port's PCIe capability reads it.
+        let link = PcieLink::new(3, 4).unwrap();
+        let id = root.add_root_port_with_link(Some(link)).unwrap();
+        assert_eq!(id, FunctionId::Bus0 { device: 3 });
+        let read = root.with_function(id, |port| PcieLink::read_from(port)).flatten();
+        assert_eq!(read, Some(link));
     }
 
     /// Records the guest mappings the BAR-change hook makes.

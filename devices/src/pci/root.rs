@@ -380,12 +380,25 @@ impl PciRoot {
 
     /// Adds a root port at the next free device number of bus 0, named `root-portN`.
     pub fn add_root_port(&self) -> Result<FunctionId, PciRootError> {
+        self.add_root_port_with_link(None)
+    }
+
+    /// Adds a root port whose PCIe capability reports `link` (the real link of the assigned
+    /// device that will sit behind it) instead of the default.
+    pub fn add_root_port_with_link(
+        &self,
+        link: Option<super::root_port::PcieLink>,
+    ) -> Result<FunctionId, PciRootError> {
         let mut topology = self.shared.topology.lock();
         let device = topology.free_device()?;
         topology.ports_added = topology.ports_added.saturating_add(1);
         let number = topology.ports_added;
         let id = FunctionId::Bus0 { device };
-        let port = Box::new(RootPort::new(format!("root-port{number}"), number));
+        let mut port = RootPort::new(format!("root-port{number}"), number);
+        if let Some(link) = link {
+            port.set_link(link);
+        }
+        let port = Box::new(port);
         let port = self.new_cell(id, port, Some(u16::from(device) << 3));
         topology.slots[usize::from(device)] =
             Some(Slot::Port { port, buses: None, downstream: std::array::from_fn(|_| None) });

@@ -10,8 +10,8 @@ use std::ops::RangeInclusive;
 use log::debug;
 
 use super::config::{
-    BarRegion, ConfigSpace, PciIds, MEMORY_BASE, MEMORY_LIMIT, PREF_BASE_UPPER, PREF_LIMIT_UPPER,
-    PREF_MEMORY_BASE, PREF_MEMORY_LIMIT, SECONDARY_BUS, SUBORDINATE_BUS,
+    walk_capabilities, BarRegion, ConfigSpace, PciIds, MEMORY_BASE, MEMORY_LIMIT, PREF_BASE_UPPER,
+    PREF_LIMIT_UPPER, PREF_MEMORY_BASE, PREF_MEMORY_LIMIT, SECONDARY_BUS, SUBORDINATE_BUS,
 };
 use super::PciFunction;
 
@@ -39,8 +39,17 @@ const LINK_STATUS_FLAGS: u16 = 1 << 12 | 1 << 13;
 /// Link capabilities 2: 2.5, 5, 8 and 16 GT/s supported.
 const LINK_CAPS2_SPEEDS: u32 = 0b1_1110;
 
+/// The fastest link speed code the capability can state (64 GT/s, PCIe 6.0).
+const MAX_LINK_SPEED: u8 = 6;
+/// Device capabilities 2: AtomicOp completer bits (32-bit, 64-bit, 128-bit CAS).
+const DEVICE_CAPS2_ATOMIC_COMPLETER: u32 = 0b111 << 7;
+
 // Register offsets inside the PCI Express capability.
 const PCIE_DEVICE_CONTROL: u16 = 0x08;
+const PCIE_LINK_CAPS: u16 = 0x0c;
+const PCIE_LINK_STATUS: u16 = 0x12;
+const PCIE_DEVICE_CAPS2: u16 = 0x24;
+const PCIE_LINK_CAPS2: u16 = 0x2c;
 const PCIE_DEVICE_STATUS: u16 = 0x0a;
 const PCIE_LINK_CONTROL: u16 = 0x10;
 const PCIE_ROOT_CONTROL: u16 = 0x1c;
@@ -49,6 +58,46 @@ const PCIE_DEVICE_CONTROL2: u16 = 0x28;
 const PCIE_LINK_CONTROL2: u16 = 0x30;
 /// Bytes of a version 2 PCI Express capability after the id/next header.
 const PCIE_CAPABILITY_BODY: usize = 0x3c - 2;
+
+/// A trained PCIe link: speed code (1 = 2.5 GT/s, 2 = 5, 3 = 8, 4 = 16, 5 = 32, 6 = 64 GT/s)
+/// and width in lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcieLink {
+    /// Link speed code.
+    pub speed: u8,
+    /// Lanes.
+    pub width: u8,
+}
+
+impl PcieLink {
+    /// A link, if `speed` is a known code and `width` a lane count PCIe has.
+    pub fn new(speed: u8, width: u8) -> Option<Self> {
+        ((1..=MAX_LINK_SPEED).contains(&speed) && matches!(width, 1 | 2 | 4 | 8 | 12 | 16 | 32))
+            .then_some(Self { speed, width })
+    }
+
+    /// The link a device's PCI Express capability reports: the negotiated one (Link
+    /// Status), or the most it can do (Link Capabilities) if Link Status holds none.
+    pub fn from_registers(link_caps: u32, link_status: u16) -> Option<Self> {
+        let negotiated = Self::new((link_status & 0xf) as u8, (link_status >> 4 & 0x3f) as u8);
+        negotiated.or_else(|| Self::new((link_caps & 0xf) as u8, (link_caps >> 4 & 0x3f) as u8))
+    }
+
+    /// The link of `function` (an endpoint, through its configuration reads), if it has a
+    /// PCI Express capability reporting one.
+    pub fn read_from(function: &mut dyn PciFunction) -> Option<Self> {
+        let mut read32 = |offset: u16| {
+            let mut data = [0u8; 4];
+            function.config_read(offset, &mut data);
+            u32::from_le_bytes(data)
+        };
+        let at =
+            walk_capabilities(&mut read32).into_iter().find(|c| c.id == PCIE_CAPABILITY_ID)?.offset;
+        let link_caps = read32(at + PCIE_LINK_CAPS);
+        let link_status = (read32(at + PCIE_LINK_STATUS - 2) >> 16) as u16;
+        Self::from_registers(link_caps, link_status)
+    }
+}
 
 /// A PCIe root port on bus 0.
 #[derive(Debug)]
@@ -81,6 +130,52 @@ impl RootPort {
     /// Offset of the PCI Express capability.
     pub fn pcie_capability(&self) -> u16 {
         self.pcie_capability
+    }
+
+    /// Reports a trained link of `link` (the assigned device's real one) instead of x16 at
+    /// 16 GT/s: Link Capabilities, Link Status, the supported speeds and the target speed.
+    pub fn set_link(&mut self, link: PcieLink) {
+        let at = self.pcie_capability;
+        if at == 0 {
+            return;
+        }
+        let (speed, width) = (u32::from(link.speed), u32::from(link.width));
+        let link_caps = self.config.read_u32(at + PCIE_LINK_CAPS) & !0x3ff | speed | width << 4;
+        self.config.set_u32(at + PCIE_LINK_CAPS, link_caps);
+        let link_status =
+            self.config.read_u16(at + PCIE_LINK_STATUS) & !0x3ff | (speed | width << 4) as u16;
+        self.config.set_u16(at + PCIE_LINK_STATUS, link_status);
+        // Supported Link Speeds Vector: every speed up to this one.
+        let speeds = ((1u32 << speed) - 1) << 1;
+        self.config.set_u32(at + PCIE_LINK_CAPS2, speeds);
+        let control2 = self.config.read_u16(at + PCIE_LINK_CONTROL2) & !0xf | speed as u16;
+        self.config.set_u16(at + PCIE_LINK_CONTROL2, control2);
+        debug!("{}: link x{} at speed code {}", self.name, link.width, link.speed);
+    }
+
+    /// Whether the port reports that the root complex completes AtomicOps (32-bit, 64-bit
+    /// and 128-bit CAS) for the device behind it: only when the host path does, or the
+    /// guest driver would issue AtomicOps that fail.
+    pub fn set_atomic_completer(&mut self, supported: bool) {
+        let at = self.pcie_capability;
+        if at == 0 {
+            return;
+        }
+        let caps2 = self.config.read_u32(at + PCIE_DEVICE_CAPS2) & !DEVICE_CAPS2_ATOMIC_COMPLETER;
+        let completer = if supported { DEVICE_CAPS2_ATOMIC_COMPLETER } else { 0 };
+        self.config.set_u32(at + PCIE_DEVICE_CAPS2, caps2 | completer);
+    }
+
+    /// The link the port reports.
+    pub fn link(&self) -> Option<PcieLink> {
+        let at = self.pcie_capability;
+        if at == 0 {
+            return None;
+        }
+        PcieLink::from_registers(
+            self.config.read_u32(at + PCIE_LINK_CAPS),
+            self.config.read_u16(at + PCIE_LINK_STATUS),
+        )
     }
 
     /// The secondary bus number.

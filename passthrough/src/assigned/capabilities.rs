@@ -29,6 +29,10 @@ pub const PCIE_CAPABILITY_ID: u8 = 0x10;
 pub const PCIE_DEVCAP: u16 = 0x04;
 /// PCIe capability: Device Control.
 pub const PCIE_DEVCTL: u16 = 0x08;
+/// PCIe capability: Link Capabilities.
+pub const PCIE_LNKCAP: u16 = 0x0c;
+/// PCIe capability: Link Status.
+pub const PCIE_LNKSTA: u16 = 0x12;
 /// PCIe capability: Device Control 2.
 pub const PCIE_DEVCTL2: u16 = 0x28;
 /// DEVCAP: Function Level Reset capability.

@@ -85,4 +85,14 @@ pub enum AssignError {
         /// Why.
         source: MsixError,
     },
+    /// A `trace-bar` range cannot be traced.
+    #[error("--device {name},trace-bar={bar}: {reason}")]
+    TraceBar {
+        /// The function's name.
+        name: String,
+        /// BAR index.
+        bar: usize,
+        /// Why, and the fix.
+        reason: String,
+    },
 }

@@ -1,9 +1,9 @@
 //! [`AssignedFunction`]: a physical PCI function offered to the guest through a virtual
 //! configuration space, with its BARs trapped or mapped and its MSI and MSI-X emulated.
 //!
-//! INTx: the device's Interrupt Pin is shown (read-only) when the host can deliver INTx;
-//! Interrupt Line is the guest's scratch register, as on real hardware. COMMAND's Interrupt
-//! Disable reaches the device and STATUS's Interrupt Status comes from it (see
+//! INTx: the device's Interrupt Pin is shown (read-only) when the host can deliver INTx, and
+//! for every function with MSI even when it cannot (see [`offered_intx`]); Interrupt Line is
+//! the guest's scratch register, as on real hardware. COMMAND's Interrupt Disable reaches the device and STATUS's Interrupt Status comes from it (see
 //! [`super::policy`]); the host (VFIO) masks and routes the line itself.
 
 use std::ops::Range;
@@ -13,16 +13,19 @@ use devices::pci::config::{
     SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
 };
 use devices::pci::msix::MSIX_CAPABILITY_ID;
+use devices::pci::root_port::PcieLink;
 use devices::pci::{BarRegion, PciFunction, PciIds};
 use log::{debug, info, warn};
 
 use super::bars::{self, BarLayout, BAR_COUNT};
 use super::capabilities::{self, CapabilityLayout};
 use super::error::AssignError;
-use super::host::{HostFunction, InterruptHost};
+use super::host::{HostFunction, InterruptHost, InterruptKind};
 use super::msi::{AssignedMsi, MsiCapability};
 use super::msix::{AssignedMsix, MsixPlacement};
+use super::nvidia::{ConfigMirror, CONFIG_MIRROR_BAR};
 use super::policy::{aligned_chunks, ConfigPolicy, HEADER_RULES};
+use super::traced;
 
 /// The BAR index under which the expansion ROM appears in
 /// [`PciFunction::bar_regions`] and [`PciFunction::bar_read`]: reads go to
@@ -45,6 +48,14 @@ pub struct AssignedFunction {
     msi: Option<AssignedMsi>,
     /// The INTx pin offered (1 = INTA .. 4 = INTD), if any.
     intx_pin: Option<u8>,
+    /// Whether the host delivers the pin's interrupts (else the pin is only shown).
+    intx_delivered: bool,
+    /// The device's PCIe link (negotiated, else its capability), for the root port above it.
+    pcie_link: Option<PcieLink>,
+    /// NVIDIA's configuration mirror in BAR0, trapped and virtualized.
+    config_mirror: Option<ConfigMirror>,
+    /// BAR ranges trapped so that every access to them is traced (`trace-bar`).
+    traced: Vec<(usize, Range<u64>)>,
     requester_id: u16,
 }
 
@@ -57,6 +68,10 @@ impl std::fmt::Debug for AssignedFunction {
             .field("msix", &self.msix.as_ref().map(AssignedMsix::placement))
             .field("msi", &self.msi.as_ref().map(AssignedMsi::capability))
             .field("intx_pin", &self.intx_pin)
+            .field("intx_delivered", &self.intx_delivered)
+            .field("pcie_link", &self.pcie_link)
+            .field("config_mirror", &self.config_mirror)
+            .field("traced", &self.traced)
             .field("requester_id", &self.requester_id)
             .finish()
     }
@@ -109,35 +124,39 @@ impl AssignedFunction {
             subsystem_vendor_id: device.read_u16(SUBSYSTEM_VENDOR_ID),
             subsystem_id: device.read_u16(SUBSYSTEM_ID),
         };
-        // Single function; the pin only if the host can deliver INTx (a pin without a line
-        // would make the guest wait for interrupts that never come).
         let mut config = ConfigSpace::new_endpoint(&ids);
-        let device_pin = device.read_u8(INTERRUPT_PIN);
-        let intx_pin = match device_pin {
-            0 => None,
-            pin @ 1..=4 if host.intx_available() => Some(pin),
-            1..=4 => {
-                debug!("{name}: INTx pin {device_pin} not offered: the host cannot deliver it");
-                None
-            }
-            _ => {
-                warn!("{name}: the device reports INTx pin {device_pin:#x}; no INTx offered");
-                None
-            }
-        };
-        if let Some(pin) = intx_pin {
-            config.set_interrupt_pin(pin);
-        }
         let bars = bars::build(name, &device, host.as_ref(), &mut config)?;
         let placement = device
             .find_capability(MSIX_CAPABILITY_ID)
             .and_then(|offset| MsixPlacement::read(name, &device, offset, &bars));
-        let capabilities = capabilities::build(name, &device, &mut config, placement.is_some());
+        let mut capabilities = capabilities::build(name, &device, &mut config, placement.is_some());
+        if let Some(msi) = capabilities.msi.as_mut() {
+            limit_msi(name, msi, interrupts.as_ref(), &device, &mut config);
+        }
         let msix = match (capabilities.msix, placement) {
             (Some(offset), Some(placement)) => Some(AssignedMsix::new(name, offset, placement)?),
             _ => None,
         };
         let msi = capabilities.msi.map(AssignedMsi::new);
+        let device_pin = device.read_u8(INTERRUPT_PIN);
+        let intx = offered_intx(name, device_pin, host.intx_available(), msi.is_some());
+        let intx_pin = intx.map(|(pin, _)| pin);
+        if let Some(pin) = intx_pin {
+            config.set_interrupt_pin(pin);
+        }
+        let pcie_link = capabilities.pcie.and_then(|at| {
+            let link_status = device.read_u16(at + capabilities::PCIE_LNKSTA);
+            PcieLink::from_registers(device.read_u32(at + capabilities::PCIE_LNKCAP), link_status)
+        });
+        let config_mirror = ConfigMirror::probe(&ids, &device, &bars, &capabilities);
+        if config_mirror.is_some() {
+            info!(
+                "{name}: BAR{CONFIG_MIRROR_BAR} {:#x}+{:#x} mirrors the configuration space: \
+                 trapped and virtualized",
+                ConfigMirror::range().start,
+                CONFIG_SPACE_SIZE
+            );
+        }
         let mut policy = ConfigPolicy::default();
         for rule in HEADER_RULES.iter().chain(&capabilities.rules) {
             policy.apply(rule);
@@ -156,7 +175,11 @@ impl AssignedFunction {
                 if m.capability().is_64bit { ", 64-bit" } else { "" },
                 if m.capability().per_vector_mask { ", maskable" } else { "" }
             )),
-            intx_pin.map_or("none".to_string(), intx_pin_name)
+            match intx {
+                Some((pin, true)) => intx_pin_name(pin),
+                Some((pin, false)) => format!("{} (shown, never fires)", intx_pin_name(pin)),
+                None => "none".to_string(),
+            }
         );
         Ok(Self {
             name: name.into(),
@@ -170,6 +193,10 @@ impl AssignedFunction {
             msix,
             msi,
             intx_pin,
+            intx_delivered: intx.is_some_and(|(_, delivered)| delivered),
+            pcie_link,
+            config_mirror,
+            traced: Vec::new(),
             requester_id: 0,
         })
     }
@@ -199,15 +226,23 @@ impl AssignedFunction {
         self.msi.as_ref().map(AssignedMsi::capability)
     }
 
-    /// The INTx pin offered to the guest (1 = INTA .. 4 = INTD), if any: the VMM routes it.
+    /// The INTx pin the guest sees (1 = INTA .. 4 = INTD), if any. It may be shown without
+    /// the host delivering it (see [`Self::intx_delivered`]); the VMM routes it only where
+    /// the host has an INTx handle.
     pub fn intx_pin(&self) -> Option<u8> {
         self.intx_pin
     }
 
-    /// Whether the guest can get interrupts from the device at all (MSI, MSI-X or INTx
-    /// offered).
+    /// Whether the host delivers the shown pin's interrupts. False for a pin shown only so
+    /// that an MSI-only function gets a non-zero guest irq (nvidia.ko's probe needs one).
+    pub fn intx_delivered(&self) -> bool {
+        self.intx_delivered
+    }
+
+    /// Whether the guest can get interrupts from the device at all (MSI, MSI-X or a
+    /// delivered INTx offered).
     pub fn has_interrupts(&self) -> bool {
-        self.msix.is_some() || self.msi.is_some() || self.intx_pin.is_some()
+        self.msix.is_some() || self.msi.is_some() || self.intx_delivered
     }
 
     /// Sends MSI and MSI-X programming events to `trace` (configuration and trapped BAR
@@ -228,7 +263,8 @@ impl AssignedFunction {
 
     /// The parts of BAR `bar` the VMM should mmap straight into the guest, as (offset in the
     /// BAR, length): the whole host region minus the `page_size` pages holding the MSI-X
-    /// table and PBA. Empty if the host cannot mmap the region or it is smaller than a page;
+    /// table and PBA, NVIDIA's configuration mirror and the `trace-bar` ranges (a trapped
+    /// page traps its neighbours too: 16 KiB on macOS). Empty if the host cannot mmap the region or it is smaller than a page;
     /// everything not listed is trapped and reaches [`PciFunction::bar_read`]/`bar_write`.
     pub fn mappable_bar_ranges(&self, bar: usize, page_size: u64) -> Vec<(u64, u64)> {
         let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
@@ -246,7 +282,77 @@ impl AssignedFunction {
                 trapped.push(p.pba.clone());
             }
         }
+        if self.config_mirror.is_some() && bar == CONFIG_MIRROR_BAR {
+            trapped.push(ConfigMirror::range());
+        }
+        trapped.extend(self.traced.iter().filter(|(b, _)| *b == bar).map(|(_, r)| r.clone()));
         bars::mappable_ranges(assigned.host.size, &trapped, page_size)
+    }
+
+    /// Traps BAR ranges instead of mapping them, so that every guest access to them is
+    /// traced (`--device BDF,trace-bar=N[:OFFSET+LEN]`): (BAR index, range or `None` for the
+    /// whole BAR). Accesses still reach the device. Call before taking
+    /// [`Self::mappable_bar_ranges`]. Fails if a BAR is not offered or a range is empty or
+    /// not inside the BAR.
+    pub fn set_traced_bar_ranges(
+        &mut self,
+        ranges: &[(usize, Option<Range<u64>>)],
+    ) -> Result<(), AssignError> {
+        self.traced = traced::checked_ranges(&self.name, &self.bars, ranges)?;
+        Ok(())
+    }
+
+    /// The BAR ranges trapped for `trace-bar`.
+    pub fn traced_bar_ranges(&self) -> &[(usize, Range<u64>)] {
+        &self.traced
+    }
+
+    /// The device's PCIe link as it was when assigned: the negotiated speed and width, or
+    /// its Link Capabilities if the link reported none. The VMM gives the root port above
+    /// the function the same link ([`devices::pci::RootPort::set_link`]).
+    pub fn pcie_link(&self) -> Option<PcieLink> {
+        self.pcie_link
+    }
+
+    /// Whether NVIDIA's configuration mirror in BAR0 is trapped and virtualized.
+    pub fn has_config_mirror(&self) -> bool {
+        self.config_mirror.is_some()
+    }
+
+    /// A read of NVIDIA's configuration mirror at configuration offset `offset`: the device
+    /// is read too (its value dropped, in case reading has effects), then the virtual
+    /// configuration space answers.
+    fn mirror_read(&mut self, offset: u16, data: &mut [u8]) {
+        let bar_offset = ConfigMirror::range().start + u64::from(offset);
+        if let Err(e) = self.host.bar_read(CONFIG_MIRROR_BAR, bar_offset, &mut vec![0; data.len()])
+        {
+            debug!("{}: config mirror read at {offset:#x} failed: {e}", self.name);
+        }
+        let start = usize::from(offset);
+        for chunk in aligned_chunks(start..start + data.len()) {
+            // Inside the 4 KiB mirror.
+            let at = chunk.start as u16;
+            self.config_read(at, &mut data[chunk.start - start..chunk.end - start]);
+        }
+    }
+
+    /// A write to NVIDIA's configuration mirror: the fast-path registers go straight to the
+    /// device's mirror, everything else through the virtual configuration space.
+    fn mirror_write(&mut self, offset: u16, data: &[u8]) {
+        let mirror = self.config_mirror.as_ref();
+        if mirror.is_some_and(|m| m.is_fast_path(offset, data.len())) {
+            let bar_offset = ConfigMirror::range().start + u64::from(offset);
+            if let Err(e) = self.host.bar_write(CONFIG_MIRROR_BAR, bar_offset, data) {
+                debug!("{}: config mirror write at {offset:#x} failed: {e}", self.name);
+            }
+            return;
+        }
+        let start = usize::from(offset);
+        for chunk in aligned_chunks(start..start + data.len()) {
+            // Inside the 4 KiB mirror.
+            let at = chunk.start as u16;
+            self.config_write(at, &data[chunk.start - start..chunk.end - start]);
+        }
     }
 
     /// Back to the power-on view: configuration registers, BARs, MSI and MSI-X (the host is
@@ -379,6 +485,12 @@ impl PciFunction for AssignedFunction {
         if self.msix.as_ref().is_some_and(|m| m.read(bar, offset, data)) {
             return;
         }
+        if self.config_mirror.is_some() {
+            if let Some(config_offset) = ConfigMirror::config_offset(bar, offset, data.len()) {
+                self.mirror_read(config_offset, data);
+                return;
+            }
+        }
         let Some(assigned) = self.bars.bars.get(bar).copied().flatten() else {
             data.fill(0xff);
             return;
@@ -404,6 +516,12 @@ impl PciFunction for AssignedFunction {
                 self.interrupts.as_mut(),
                 self.requester_id,
             ) {
+                return;
+            }
+        }
+        if self.config_mirror.is_some() {
+            if let Some(config_offset) = ConfigMirror::config_offset(bar, offset, data.len()) {
+                self.mirror_write(config_offset, data);
                 return;
             }
         }
@@ -446,6 +564,62 @@ impl PciFunction for AssignedFunction {
         }
         if let Some(msi) = self.msi.as_mut() {
             msi.requester_id_changed(&self.name, self.interrupts.as_mut(), requester_id);
+        }
+    }
+}
+
+/// Offers no more MSI vectors than the host delivers (DriverKit may set up only one): the
+/// guest sees a smaller Multiple Message Capable in `config`.
+fn limit_msi(
+    name: &str,
+    msi: &mut MsiCapability,
+    interrupts: &dyn InterruptHost,
+    device: &ConfigSpace,
+    config: &mut ConfigSpace,
+) {
+    let Some(host_max) = interrupts.max_vectors(InterruptKind::Msi) else { return };
+    let limited = msi.limited_to(host_max);
+    if limited == *msi {
+        return;
+    }
+    info!(
+        "{name}: the device has {} MSI vectors, the host delivers {host_max}: the guest is \
+         offered {}",
+        msi.vectors(),
+        limited.vectors()
+    );
+    *msi = limited;
+    // Re-offer with the smaller Multiple Message Capable, keeping the relinked header.
+    let header = config.read_u16(msi.offset);
+    msi.offer(device, config);
+    config.set_u16(msi.offset, header);
+}
+
+/// The INTx pin to show, and whether the host delivers it. The device's pin when the host
+/// can deliver INTx. Also, for a function with MSI, when it cannot (DriverKit): nvidia.ko's
+/// probe fails with "Can't find an IRQ" when the guest irq is 0 and there is no MSI-X, before
+/// it tries MSI, so the pin is shown (INTA if the device reports none) although INTx itself
+/// never fires.
+fn offered_intx(name: &str, device_pin: u8, host_intx: bool, has_msi: bool) -> Option<(u8, bool)> {
+    match device_pin {
+        1..=4 if host_intx => Some((device_pin, true)),
+        0..=4 if has_msi => {
+            let pin = device_pin.max(1);
+            warn!(
+                "{name}: INTx pin {} shown so the guest driver gets an irq, but the host \
+                 cannot deliver INTx: it never fires, the driver must use MSI",
+                intx_pin_name(pin)
+            );
+            Some((pin, false))
+        }
+        0 => None,
+        1..=4 => {
+            debug!("{name}: INTx pin {device_pin} not offered: the host cannot deliver it");
+            None
+        }
+        _ => {
+            warn!("{name}: the device reports INTx pin {device_pin:#x}; no INTx offered");
+            None
         }
     }
 }

@@ -62,6 +62,12 @@ impl std::fmt::Display for InterruptKind {
 /// The assigned function never has both kinds enabled: it disables one (count 0) before it
 /// enables the other, so a host may serve both from one pool of routes.
 pub trait InterruptHost: Send {
+    /// The most vectors of `kind` the host can deliver, if it knows (VFIO: its IRQ info;
+    /// DriverKit: the vectors the extension set up, one MSI vector when it fell back to
+    /// MSI). The guest is then offered no more MSI vectors than that.
+    fn max_vectors(&self, _kind: InterruptKind) -> Option<u16> {
+        None
+    }
     /// The guest enabled `kind` with `vectors` vectors, or disabled it (0). A new count while
     /// `kind` is enabled replaces the old one (MSI: the guest changed Multiple Message
     /// Enable); every vector starts disconnected until [`Self::set_vector`] routes it.

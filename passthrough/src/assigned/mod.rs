@@ -6,6 +6,8 @@
 //! - [`capabilities`]: the capability lists the guest sees (SR-IOV, Resizable BAR... hidden).
 //! - [`bars`]: virtual BARs sized from the host regions, and what can be mmapped.
 //! - [`msix`]: emulated MSI-X table that drives the host's interrupt routes.
+//! - [`nvidia`]: NVIDIA's configuration mirror in BAR0, trapped and virtualized.
+//! - `traced`: the `trace-bar` ranges, trapped so that every access is traced.
 //! - [`msi`]: emulated MSI capability that drives the same routes (one of the two is enabled
 //!   at a time).
 //!
@@ -18,7 +20,9 @@ mod function;
 mod host;
 pub mod msi;
 pub mod msix;
+pub mod nvidia;
 pub mod policy;
+mod traced;
 
 pub use bars::{AssignedBar, BarLayout, MIN_BAR_SIZE};
 pub use capabilities::CapabilityLayout;
@@ -27,6 +31,7 @@ pub use function::{intx_pin_name, AssignedFunction, ROM_BAR_INDEX};
 pub use host::{HostFunction, InterruptHost, InterruptKind, RegionInfo};
 pub use msi::MsiCapability;
 pub use msix::MsixPlacement;
+pub use nvidia::ConfigMirror;
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,16 @@ impl MsiCapability {
         }
     }
 
+    /// At most `vectors` vectors (a power of two at or below it, at least 1): the host
+    /// cannot deliver more.
+    pub fn limited_to(self, vectors: u16) -> Self {
+        let mut log2_vectors = self.log2_vectors;
+        while log2_vectors > 0 && 1u16 << log2_vectors > vectors {
+            log2_vectors -= 1;
+        }
+        Self { log2_vectors, ..self }
+    }
+
     /// The most vectors the guest may enable (1-32).
     pub fn vectors(&self) -> u16 {
         1 << self.log2_vectors

@@ -10,7 +10,7 @@
 //!   macOS STATUS writes must not reach the device at all. Reads show the device's bits,
 //!   Interrupt Status (bit 3) among them, for a guest's INTx handler that checks it.
 //! - Interrupt Line and Pin: Line is the guest's scratch register; Pin is the device's, shown
-//!   only when the host can deliver INTx (see [`super::AssignedFunction`]).
+//!   when the host can deliver INTx or the function has MSI (see [`super::AssignedFunction`]).
 //! - MSI and MSI-X capabilities: the host programs the device's real messages (VFIO through
 //!   its interrupt ioctls); the guest's addresses are guest doorbells.
 //! - DEVCTL and DEVCTL2 (PCIe capability +0x08, +0x28): changing Max Payload Size or Max

@@ -92,12 +92,19 @@ pub struct FakeHost {
     pub open_errors: Vec<(String, i32)>,
     /// What the KVM probe says.
     pub kvm: KvmProbe,
+    /// What `uname -r` says.
+    pub kernel_release: Option<String>,
 }
 
 impl FakeHost {
     /// An empty tree, KVM with everything.
     pub fn new() -> Self {
-        Self { tree: FakeTree::new(), open_errors: Vec::new(), kvm: KvmProbe::Caps(full_caps()) }
+        Self {
+            tree: FakeTree::new(),
+            open_errors: Vec::new(),
+            kvm: KvmProbe::Caps(full_caps()),
+            kernel_release: Some("6.8.0-45-generic".into()),
+        }
     }
 }
 
@@ -121,5 +128,9 @@ impl HostEnv for FakeHost {
 
     fn probe_kvm(&self) -> KvmProbe {
         self.kvm.clone()
+    }
+
+    fn kernel_release(&self) -> Option<String> {
+        self.kernel_release.clone()
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use passthrough::vfio::check_memlock;
 
-use super::{device, ipa_finding, CheckOptions, Finding};
+use super::{device, ipa_finding, kernel, CheckOptions, Finding};
 
 /// What KVM offers that Aperture uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,8 @@ pub trait HostEnv {
     fn try_open(&self, path: &Path) -> std::io::Result<()>;
     /// Asks KVM what it offers.
     fn probe_kvm(&self) -> KvmProbe;
+    /// The kernel release (`uname -r`), if known.
+    fn kernel_release(&self) -> Option<String>;
 }
 
 /// This host.
@@ -74,6 +76,19 @@ impl HostEnv for RealHost {
         #[cfg(not(target_arch = "aarch64"))]
         KvmProbe::Unsupported(std::env::consts::ARCH)
     }
+
+    fn kernel_release(&self) -> Option<String> {
+        // SAFETY: utsname is plain bytes, all-zero is a valid value.
+        let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: uname fills the struct we own and touches nothing else.
+        if unsafe { libc::uname(&mut names) } != 0 {
+            return None;
+        }
+        // c_char is i8 on some targets and u8 on others; the bytes are the same.
+        let bytes: Vec<u8> =
+            names.release.iter().take_while(|&&c| c != 0).map(|&c| c.to_ne_bytes()[0]).collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
 }
 
 /// Every check for `options` on `env`.
@@ -87,6 +102,7 @@ pub fn check_host(env: &dyn HostEnv, options: &CheckOptions) -> Vec<Finding> {
     findings.push(vfio(env, passthrough));
     if passthrough {
         findings.push(memlock(env.root(), options.memory_bytes));
+        findings.push(kernel::bar_memory_type(env.kernel_release().as_deref()));
         for address in &options.devices {
             findings.extend(device::check_device(env, address));
         }
@@ -486,6 +502,12 @@ mod tests {
     }
 
     #[test]
+    fn this_hosts_kernel_release_parses() {
+        let release = RealHost::default().kernel_release().unwrap();
+        assert!(kernel::parse_release(&release).is_some(), "{release:?}");
+    }
+
+    #[test]
     fn passthrough_checks_only_with_devices() {
         let host = FakeHost::new();
         host.tree.file("dev/kvm", "");
@@ -507,6 +529,12 @@ mod tests {
         assert_eq!(super::super::exit_status(&findings), 0, "{findings:?}");
         let findings = check_host(&host, &options(&["0000:01:00.0"]));
         assert!(findings.iter().any(|f| f.what == "locked memory"));
+        assert_eq!(find(&findings, kernel::WHAT).status, Status::Ok, "fake host runs 6.8");
+        let old = FakeHost { kernel_release: Some("6.1.0-18-arm64".into()), ..FakeHost::new() };
+        old.tree.file("dev/kvm", "");
+        let findings = check_host(&old, &options(&["0000:01:00.0"]));
+        let f = find(&findings, kernel::WHAT);
+        assert!(f.status == Status::Warn && f.detail.contains("6.1.0-18-arm64"), "{f}");
         assert_eq!(find(&findings, "IOMMU").status, Status::Fail);
         assert_eq!(find(&findings, "0000:01:00.0").status, Status::Fail);
         assert_eq!(super::super::exit_status(&findings), 1);

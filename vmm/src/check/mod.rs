@@ -10,6 +10,9 @@ pub mod device;
 #[cfg(test)]
 #[cfg(target_os = "linux")]
 pub(crate) mod fake;
+// Pure logic, unit-tested on any host.
+#[cfg(any(test, target_os = "linux"))]
+pub mod kernel;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 mod kvm_probe;
 #[cfg(target_os = "linux")]

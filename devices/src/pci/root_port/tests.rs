@@ -117,3 +117,59 @@ fn random_accesses_keep_read_only_fields() {
     assert_eq!(port.config().capabilities().len(), 1);
     assert_eq!(read32(&mut port, at + 0x10) >> 16, link_status);
 }
+
+#[test]
+fn link_follows_the_assigned_device() {
+    let mut port = RootPort::new("rp", 2);
+    assert_eq!(port.link(), PcieLink::new(4, 16), "x16 at 16 GT/s until told");
+    let at = port.pcie_capability();
+    // A GPU on a Thunderbolt enclosure: x4 at 8 GT/s.
+    port.set_link(PcieLink::new(3, 4).unwrap());
+    assert_eq!(port.link(), PcieLink::new(3, 4));
+    let link_caps = read32(&mut port, at + 0x0c);
+    assert_eq!(link_caps & 0x3ff, 3 | 4 << 4);
+    assert_eq!(link_caps >> 24, 2, "port number kept");
+    assert_ne!(link_caps & 1 << 20, 0, "DLL active reporting kept");
+    let link_status = read32(&mut port, at + 0x10) >> 16;
+    assert_eq!(link_status & 0x3ff, 3 | 4 << 4);
+    assert_ne!(link_status & 1 << 13, 0, "link up");
+    assert_eq!(read32(&mut port, at + 0x2c), 0b1110, "2.5, 5 and 8 GT/s");
+    assert_eq!(read32(&mut port, at + 0x30) & 0xf, 3, "target speed");
+    // Still read-only to the guest.
+    write32(&mut port, at + 0x0c, 0);
+    write32(&mut port, at + 0x10, 0xffff_ffff);
+    assert_eq!(port.link(), PcieLink::new(3, 4));
+}
+
+#[test]
+fn links_parse_from_device_registers() {
+    assert_eq!(PcieLink::new(0, 16), None);
+    assert_eq!(PcieLink::new(7, 16), None);
+    assert_eq!(PcieLink::new(4, 3), None);
+    assert_eq!(PcieLink::new(6, 32), Some(PcieLink { speed: 6, width: 32 }));
+    // Negotiated x8 Gen3 on an x16 Gen4 device: the negotiated one.
+    assert_eq!(PcieLink::from_registers(0x0000_0104, 0x1083), PcieLink::new(3, 8));
+    // Link Status empty (link down): the capability.
+    assert_eq!(PcieLink::from_registers(0x0000_0104, 0), PcieLink::new(4, 16));
+    assert_eq!(PcieLink::from_registers(0, 0), None);
+    // Read through a function's configuration space.
+    let mut port = RootPort::new("rp", 1);
+    port.set_link(PcieLink::new(2, 1).unwrap());
+    assert_eq!(PcieLink::read_from(&mut port), PcieLink::new(2, 1));
+    let mut absent = RootPort::new("rp", 1);
+    absent.config.set_u8(super::super::config::CAPABILITIES_POINTER, 0);
+    assert_eq!(PcieLink::read_from(&mut absent), None);
+}
+
+#[test]
+fn atomic_completion_only_when_the_host_path_supports_it() {
+    let mut port = RootPort::new("rp", 1);
+    let at = port.pcie_capability();
+    assert_eq!(read32(&mut port, at + 0x24) & 0x380, 0, "off by default");
+    port.set_atomic_completer(true);
+    assert_eq!(read32(&mut port, at + 0x24) & 0x380, 0x380, "32, 64 and 128-bit CAS");
+    write32(&mut port, at + 0x24, 0);
+    assert_eq!(read32(&mut port, at + 0x24) & 0x380, 0x380, "read-only");
+    port.set_atomic_completer(false);
+    assert_eq!(read32(&mut port, at + 0x24) & 0x380, 0);
+}

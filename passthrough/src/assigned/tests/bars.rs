@@ -28,10 +28,12 @@ fn exclusive_msix_bar_leaves_bar0_whole() {
 fn gpu_bars_with_4k_and_16k_pages() {
     let (f, _, _) = assign(&gpu());
     let end = 16 << 20;
+    // NVIDIA's configuration mirror at 0x88000 is trapped as well as the MSI-X table and PBA.
     assert_eq!(
         f.mappable_bar_ranges(0, 4096),
         vec![
-            (0, GPU_TABLE),
+            (0, 0x88000),
+            (0x89000, GPU_TABLE - 0x89000),
             (GPU_TABLE + 0x1000, GPU_PBA - GPU_TABLE - 0x1000),
             (GPU_PBA + 0x1000, end - GPU_PBA - 0x1000)
         ]
@@ -39,7 +41,8 @@ fn gpu_bars_with_4k_and_16k_pages() {
     assert_eq!(
         f.mappable_bar_ranges(0, 16384),
         vec![
-            (0, GPU_TABLE),
+            (0, 0x88000),
+            (0x8c000, GPU_TABLE - 0x8c000),
             (GPU_TABLE + 0x4000, GPU_PBA - GPU_TABLE - 0x4000),
             (GPU_PBA + 0x4000, end - GPU_PBA - 0x4000)
         ]

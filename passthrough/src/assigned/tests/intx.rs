@@ -1,9 +1,9 @@
-//! INTx: the pin offered when the host can deliver it, the guest's Interrupt Line, and the
+//! INTx: the pin offered when the host can deliver it or the function has MSI, the guest's Interrupt Line, and the
 //! COMMAND and STATUS bits that reach or come from the device.
 
 use devices::pci::PciFunction;
 
-use super::fake::{assign, nvme, region, ConfigBuilder};
+use super::fake::{assign, gpu, msi_only, nvme, region, ConfigBuilder, MSI_64BIT};
 use super::{read16, read32, write16};
 use crate::assigned::intx_pin_name;
 
@@ -27,6 +27,33 @@ fn pin_is_offered_only_when_the_host_delivers_intx() {
     let (mut f, _, _) = assign(nvme(false).intx().u8(0x3d, 3));
     assert_eq!(pin_and_line(&mut f).0, 3);
     assert_eq!(f.intx_pin(), Some(3));
+}
+
+#[test]
+fn msi_functions_show_a_pin_even_without_host_intx() {
+    // A GeForce-like MSI-only function that reports no pin, on a host without INTx
+    // (DriverKit): INTA is shown so that the guest's irq is non-zero (nvidia.ko's probe
+    // fails without one before it tries MSI), but it is not delivered.
+    let (mut f, _, _) = assign(&msi_only(MSI_64BIT));
+    assert_eq!(pin_and_line(&mut f), (1, 0));
+    assert_eq!(f.intx_pin(), Some(1));
+    assert!(!f.intx_delivered());
+    assert!(f.has_interrupts(), "through MSI");
+    // The device's own pin when it reports one.
+    let (mut f, _, _) = assign(msi_only(MSI_64BIT).u8(0x3d, 2));
+    assert_eq!(pin_and_line(&mut f).0, 2);
+    // A GPU with MSI and MSI-X keeps its pin, delivered only where the host has INTx.
+    let (mut f, _, _) = assign(&gpu());
+    assert_eq!((pin_and_line(&mut f).0, f.intx_delivered()), (1, false));
+    let (mut f, _, _) = assign(gpu().intx());
+    assert_eq!((pin_and_line(&mut f).0, f.intx_delivered()), (1, true));
+    // The shown pin survives a reset and ignores writes.
+    f.config_write(0x3d, &[0]);
+    f.reset();
+    assert_eq!(pin_and_line(&mut f).0, 1);
+    // An invalid pin value is not shown, MSI or not.
+    let (mut f, _, _) = assign(msi_only(MSI_64BIT).u8(0x3d, 9));
+    assert_eq!((pin_and_line(&mut f).0, f.intx_pin()), (0, None));
 }
 
 #[test]
@@ -91,9 +118,11 @@ fn an_intx_only_device_has_interrupts() {
     b.bar(0, 0xfe00_0000, region(0x1000)).u8(0x3d, 2);
     let (f, _, _) = assign(&b);
     assert!(!f.has_interrupts(), "no MSI, MSI-X or deliverable INTx");
+    assert_eq!(f.intx_pin(), None, "no MSI: a pin that never fires is not shown");
     let (f, _, _) = assign(b.intx());
     assert!(f.has_interrupts());
     assert_eq!(f.intx_pin(), Some(2));
+    assert!(f.intx_delivered());
 }
 
 #[test]

@@ -7,6 +7,8 @@ mod fuzz;
 mod intx;
 mod msi;
 mod msix;
+mod nvidia;
+mod trace_bar;
 
 use devices::pci::PciFunction;
 

@@ -303,3 +303,61 @@ fn gpu_msi() {
     // The capability after MSI is untouched by MSI's registers.
     assert_eq!(read32(&mut f, 0x78) & 0xff, 0x10);
 }
+
+/// A host that delivers at most `max` MSI vectors (DriverKit's one-vector fallback).
+#[derive(Debug)]
+struct LimitedHost {
+    inner: super::fake::RecordingHost,
+    max: u16,
+}
+
+impl crate::assigned::InterruptHost for LimitedHost {
+    fn max_vectors(&self, kind: crate::assigned::InterruptKind) -> Option<u16> {
+        (kind == Msi).then_some(self.max)
+    }
+
+    fn set_vector_count(
+        &mut self,
+        kind: crate::assigned::InterruptKind,
+        vectors: u16,
+    ) -> std::io::Result<()> {
+        assert!(kind != Msi || vectors <= self.max, "{vectors} MSI vectors asked");
+        self.inner.set_vector_count(kind, vectors)
+    }
+
+    fn set_vector(
+        &mut self,
+        kind: crate::assigned::InterruptKind,
+        vector: u16,
+        message: Option<MsiMessage>,
+        requester_id: u16,
+    ) -> std::io::Result<()> {
+        self.inner.set_vector(kind, vector, message, requester_id)
+    }
+}
+
+#[test]
+fn multiple_messages_are_limited_to_what_the_host_delivers() {
+    for (max, offered) in [(1, 1), (3, 2), (8, 8), (64, 8)] {
+        let fake = msi_only(MSI_64BIT | MSI_PVM | 3 << 1).build();
+        let inner = super::fake::RecordingHost::default();
+        let host = LimitedHost { inner: inner.clone(), max };
+        let mut f = AssignedFunction::new("test-dev", Box::new(fake), Box::new(host)).unwrap();
+        assert_eq!(f.msi_capability().map(|m| m.vectors()), Some(offered), "host max {max}");
+        let log2 = offered.trailing_zeros() as u16;
+        assert_eq!(read16(&mut f, CONTROL), 0x0180 | log2 << 1);
+        assert_eq!(std_caps(&mut f), vec![(0x05, CAP), (0x10, 0x60)], "still linked");
+        // The guest asks for 8: it gets what the host delivers, end to end.
+        write32(&mut f, ADDRESS, 0x0808_0040);
+        write16(&mut f, DATA_64, 0x20);
+        write16(&mut f, CONTROL, 3 << 4 | 1);
+        assert_eq!(read16(&mut f, CONTROL) >> 4 & 7, log2);
+        assert_eq!(inner.enabled(Msi), offered);
+        let routed = inner
+            .take()
+            .iter()
+            .filter(|c| matches!(c, HostCall::Vector(Msi, _, Some(_), _)))
+            .count();
+        assert_eq!(routed, usize::from(offered));
+    }
+}
