@@ -7,7 +7,7 @@ use passthrough::PciAddress;
 
 use super::macos_logic::{self, DextProbe, MacProbe};
 use super::{CheckOptions, Finding};
-use crate::hypervisor::hvf_logic::status;
+use crate::hypervisor::hvf::status;
 
 /// `kern.osproductversion` ("15.3.1").
 fn os_version() -> Option<String> {

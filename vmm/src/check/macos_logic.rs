@@ -5,7 +5,7 @@ use passthrough::driverkit::DextError;
 use passthrough::PciAddress;
 
 use super::{ipa_finding, Finding};
-use crate::hypervisor::hvf_logic::{status, version};
+use crate::hypervisor::hvf::{status, version};
 
 /// What the macOS probes found.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ fn entitlement(vm_create: i32) -> Finding {
         ),
         code => Finding::fail(
             WHAT,
-            status::vm_create_error(code).to_string(),
+            status::vm_create_message(code),
             "close other VMs and retry; on a Mac inside a VM, run Aperture on the host",
         ),
     }
