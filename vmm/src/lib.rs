@@ -10,6 +10,7 @@ pub mod console;
 pub mod control;
 pub mod devices_list;
 pub mod docs;
+pub mod host;
 pub mod hypervisor;
 pub mod memory;
 pub mod pci;

@@ -50,7 +50,7 @@ impl Hvf {
     /// Checks that this macOS has the in-kernel GIC (macOS 15 or later). Whether the process
     /// may use the hypervisor (the entitlement) shows when the VM is created.
     pub fn open() -> Result<Self> {
-        let version = os::os_version();
+        let version = crate::host::sys::os_version();
         debug!("macOS {}", version.as_deref().unwrap_or("(unknown version)"));
         let gic = GicApi::resolve().ok_or(HypervisorError::HvfNoGic { macos_version: version })?;
         Ok(Self { gic })
