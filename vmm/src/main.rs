@@ -65,13 +65,12 @@ fn run() -> i32 {
         Command::Check(args) => vmm::check::run(&args),
         Command::Devices(args) => vmm::devices_list::run(&args),
         Command::Run(args) => {
-            let outcome = VmConfig::from_run_args(&args)
-                .map_err(|e| e.to_string())
-                .and_then(|config| vm::run(&config).map_err(|e| e.to_string()));
-            match outcome {
-                Ok(reason) => report(&reason),
-                Err(message) => report(&StopReason::Error(message)),
-            }
+            // The typed errors end here, as the one line the user reads.
+            let reason = match VmConfig::from_run_args(&args) {
+                Ok(config) => vm::run(&config).unwrap_or_else(|e| StopReason::Error(e.to_string())),
+                Err(e) => StopReason::Error(e.to_string()),
+            };
+            report(&reason)
         }
     }
 }
