@@ -14,6 +14,7 @@ pub mod host;
 pub mod hypervisor;
 pub mod memory;
 pub mod pci;
+pub mod report;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu_thread;

@@ -74,6 +74,15 @@ pub enum HypervisorError {
         #[source]
         source: SlotError,
     },
+    /// KVM refused to create the VM.
+    #[error("KVM_CREATE_VM with a {ipa_bits}-bit IPA space: {source}")]
+    KvmCreateVm {
+        /// The guest physical address size asked for.
+        ipa_bits: u32,
+        /// The ioctl's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// KVM cannot create the in-kernel interrupt controller.
     #[error(
         "this host's KVM cannot create an in-kernel {device} ({source}); Aperture needs a GICv3 \

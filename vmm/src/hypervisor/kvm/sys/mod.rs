@@ -54,10 +54,7 @@ impl Hypervisor for Kvm {
 
     fn create_vm(&self, spec: &VmSpec) -> Result<Arc<dyn Vm>> {
         let fd = self.kvm.create_vm_with_ipa_size(spec.ipa_bits).map_err(|e| {
-            HypervisorError::call(
-                format!("KVM_CREATE_VM with a {}-bit IPA space", spec.ipa_bits),
-                e,
-            )
+            HypervisorError::KvmCreateVm { ipa_bits: spec.ipa_bits, source: e.into() }
         })?;
         info!("KVM VM created with a {}-bit guest physical address space", spec.ipa_bits);
         let memslots = u32::try_from(self.kvm.get_nr_memslots()).unwrap_or(u32::MAX);
