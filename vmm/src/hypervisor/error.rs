@@ -133,6 +133,11 @@ impl HypervisorError {
         Self::Call { what: what.into(), source: source.into() }
     }
 
+    /// A refused unmapping of `slot`.
+    pub fn unmapping(slot: &super::MemorySlot, source: SlotError) -> Self {
+        Self::Mapping { guest_addr: slot.guest_addr, size: slot.size, source }
+    }
+
     /// The guest program counter the message already names, so a report does not add it twice.
     pub fn guest_pc(&self) -> Option<u64> {
         match self {

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::MemorySlot;
+
 /// What a mapping holds; decides its permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryKind {
@@ -140,14 +142,22 @@ impl SlotTable {
         Ok(id)
     }
 
-    /// Forgets slot `id` if it maps `guest..guest + size`, returning what it mapped.
-    pub fn remove(&mut self, id: u32, guest: u64, size: u64) -> Result<Mapping, SlotError> {
-        if self.map.get(&id).is_some_and(|m| m.guest == guest && m.size == size) {
-            if let Some(mapping) = self.map.remove(&id) {
-                return Ok(mapping);
-            }
-        }
-        Err(SlotError::Unknown { id, guest, size })
+    /// What `slot` maps, if this table made it (its number, start and size all match).
+    pub fn find(&self, slot: &MemorySlot) -> Result<&Mapping, SlotError> {
+        self.map
+            .get(&slot.id)
+            .filter(|m| m.guest == slot.guest_addr && m.size == slot.size)
+            .ok_or(SlotError::Unknown { id: slot.id, guest: slot.guest_addr, size: slot.size })
+    }
+
+    /// Forgets `slot` (checked as by [`SlotTable::find`]), returning what it mapped.
+    pub fn remove(&mut self, slot: &MemorySlot) -> Result<Mapping, SlotError> {
+        self.find(slot)?;
+        self.map.remove(&slot.id).ok_or(SlotError::Unknown {
+            id: slot.id,
+            guest: slot.guest_addr,
+            size: slot.size,
+        })
     }
 
     /// Slot `id`'s mapping.
@@ -214,12 +224,16 @@ mod tests {
         // Touching ends do not overlap.
         assert_eq!(slots.insert(ram(0x4010_0000, 0x4000, 0x3000_0000)), Ok(2));
         // Removing checks what the slot maps; its number is used again.
+        let wrong = MemorySlot { id: b, guest_addr: 0x1000_0000, size: 0x8000 };
         assert_eq!(
-            slots.remove(b, 0x1000_0000, 0x8000),
+            slots.remove(&wrong),
             Err(SlotError::Unknown { id: b, guest: 0x1000_0000, size: 0x8000 })
         );
-        assert_eq!(slots.remove(b, 0x1000_0000, 0x4000), Ok(bar()));
-        assert!(slots.remove(b, 0x1000_0000, 0x4000).is_err());
+        let slot = MemorySlot { id: b, guest_addr: 0x1000_0000, size: 0x4000 };
+        assert_eq!(slots.find(&slot), Ok(&bar()));
+        assert_eq!(slots.remove(&slot), Ok(bar()));
+        assert!(slots.remove(&slot).is_err());
+        assert!(slots.find(&slot).is_err());
         assert_eq!(slots.insert(bar()), Ok(1));
     }
 

@@ -14,7 +14,7 @@ use super::vcpu::HvfVcpu;
 use crate::hypervisor::hvf::gic::{self, GicLimits, GicPlan};
 use crate::hypervisor::hvf::power::VcpuPower;
 use crate::hypervisor::hvf::status;
-use crate::hypervisor::slots::{Mapping, MemoryKind, SlotError, SlotTable};
+use crate::hypervisor::slots::{Mapping, MemoryKind, SlotTable};
 use crate::hypervisor::{GicSpec, HypervisorError, MemorySlot, MsiController, Result, Vcpu, Vm};
 
 /// What the VM and its vCPUs share. Dropped last (vCPUs and kickers hold it), which destroys
@@ -179,11 +179,9 @@ impl HvfVm {
             Shared { ipa_bits, gic, plan, power: VcpuPower::default(), slots: Mutex::new(slots) };
         Ok(Self { shared: Arc::new(shared) })
     }
+}
 
-    /// Maps `size` bytes at `host_addr` to `guest_addr` as `kind`.
-    ///
-    /// # Safety
-    /// As for [`Vm::map_memory`].
+impl Vm for HvfVm {
     unsafe fn map(
         &self,
         guest_addr: u64,
@@ -209,51 +207,21 @@ impl HvfVm {
         // granule-aligned and overlaps no other mapping.
         let ret = unsafe { hv_vm_map(host_addr.cast::<c_void>(), guest_addr, len, flags) };
         if let Err(e) = status::check(ret, || format!("hv_vm_map {}", what())) {
-            let _ = slots.remove(id, guest_addr, size);
+            let _ = slots.remove(&MemorySlot { id, guest_addr, size });
             return Err(e);
         }
         debug!("slot {id}: guest {guest_addr:#x}+{size:#x} at host {host_addr:p} ({kind:?})");
         Ok(MemorySlot { id, guest_addr, size })
     }
-}
-
-impl Vm for HvfVm {
-    unsafe fn map_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
-    }
-
-    unsafe fn map_device_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_device_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
-    }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
         let mut slots = self.shared.slots();
-        let mapped =
-            slots.get(slot.id).is_some_and(|m| m.guest == slot.guest_addr && m.size == slot.size);
-        if !mapped {
-            return Err(HypervisorError::Mapping {
-                guest_addr: slot.guest_addr,
-                size: slot.size,
-                source: SlotError::Unknown { id: slot.id, guest: slot.guest_addr, size: slot.size },
-            });
-        }
+        slots.find(&slot).map_err(|e| HypervisorError::unmapping(&slot, e))?;
         let len = usize::try_from(slot.size).unwrap_or(usize::MAX);
         // SAFETY: removes a mapping this VM made; the guest loses access to the range.
         let ret = unsafe { hv_vm_unmap(slot.guest_addr, len) };
         status::check(ret, || format!("hv_vm_unmap {:#x}+{:#x}", slot.guest_addr, slot.size))?;
-        let _ = slots.remove(slot.id, slot.guest_addr, slot.size);
+        let _ = slots.remove(&slot);
         debug!("slot {} removed ({:#x}+{:#x})", slot.id, slot.guest_addr, slot.size);
         Ok(())
     }

@@ -18,7 +18,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use log::{debug, info};
 
-use crate::hypervisor::slots::{Mapping, MemoryKind, SlotError, SlotTable};
+use crate::hypervisor::slots::{Mapping, MemoryKind, SlotTable};
 
 use crate::hypervisor::{
     GicSpec, Hypervisor, HypervisorError, MemorySlot, MsiController, Result, Vcpu, Vm, VmSpec,
@@ -85,11 +85,7 @@ fn host_page_size() -> u64 {
     u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
-impl KvmVm {
-    /// Maps `size` bytes at `host_addr` to `guest_addr` as `kind`.
-    ///
-    /// # Safety
-    /// As for [`Vm::map_memory`].
+impl Vm for KvmVm {
     unsafe fn map(
         &self,
         guest_addr: u64,
@@ -117,7 +113,7 @@ impl KvmVm {
         match unsafe { self.fd.set_user_memory_region(region) } {
             Ok(()) => Ok(MemorySlot { id: slot, guest_addr, size }),
             Err(e) => {
-                let _ = slots.remove(slot, guest_addr, size);
+                let _ = slots.remove(&MemorySlot { id: slot, guest_addr, size });
                 Err(HypervisorError::call(
                     format!("KVM_SET_USER_MEMORY_REGION {guest_addr:#x}+{size:#x}"),
                     e,
@@ -125,38 +121,10 @@ impl KvmVm {
             }
         }
     }
-}
-
-impl Vm for KvmVm {
-    unsafe fn map_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
-    }
-
-    unsafe fn map_device_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_device_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
-    }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.get(slot.id).is_none_or(|m| m.guest != slot.guest_addr || m.size != slot.size) {
-            return Err(HypervisorError::Mapping {
-                guest_addr: slot.guest_addr,
-                size: slot.size,
-                source: SlotError::Unknown { id: slot.id, guest: slot.guest_addr, size: slot.size },
-            });
-        }
+        slots.find(&slot).map_err(|e| HypervisorError::unmapping(&slot, e))?;
         // A zero-sized region deletes the slot.
         let region = kvm_userspace_memory_region {
             slot: slot.id,
@@ -170,9 +138,7 @@ impl Vm for KvmVm {
         unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| {
             HypervisorError::call(format!("KVM_SET_USER_MEMORY_REGION delete slot {}", slot.id), e)
         })?;
-        slots.remove(slot.id, slot.guest_addr, slot.size).map_err(|source| {
-            HypervisorError::Mapping { guest_addr: slot.guest_addr, size: slot.size, source }
-        })?;
+        slots.remove(&slot).map_err(|e| HypervisorError::unmapping(&slot, e))?;
         Ok(())
     }
 
