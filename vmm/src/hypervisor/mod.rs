@@ -16,7 +16,6 @@ pub mod kvm;
 pub mod slots;
 
 pub use error::{GuestError, HypervisorError, InstructionWord};
-pub use slots::MemoryKind;
 
 use std::sync::Arc;
 
@@ -77,46 +76,33 @@ pub enum MsiController {
 
 /// A VM: guest memory, vCPUs and the interrupt controller.
 pub trait Vm: Send + Sync {
-    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr` as
-    /// `kind`: guest RAM, or device memory (a passed-through BAR mmapped from the host
-    /// device), which is readable and writable, never executable (Hypervisor.framework panics
-    /// the host when the guest executes from device memory mapped executable).
+    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`
+    /// (RAM, or a passed-through BAR mmapped from the host device).
     ///
     /// # Safety
     /// `host_addr..host_addr + size` must stay mapped and valid until the slot is unmapped
     /// or the VM is gone.
-    unsafe fn map(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-        kind: MemoryKind,
-    ) -> Result<MemorySlot>;
-    /// Maps guest RAM ([`Vm::map`] with [`MemoryKind::Ram`]).
-    ///
-    /// # Safety
-    /// As for [`Vm::map`].
     unsafe fn map_memory(
         &self,
         guest_addr: u64,
         size: u64,
         host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map's contract, which is this function's.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
-    }
-    /// Maps device memory ([`Vm::map`] with [`MemoryKind::Device`]).
+    ) -> Result<MemorySlot>;
+    /// Maps device memory (a passed-through BAR mmapped from the host device) into the guest:
+    /// readable and writable, never executable. Hypervisor.framework panics the host when the
+    /// guest executes from device memory mapped executable; KVM needs nothing special, so the
+    /// default is [`Vm::map_memory`].
     ///
     /// # Safety
-    /// As for [`Vm::map`].
+    /// As for [`Vm::map_memory`].
     unsafe fn map_device_memory(
         &self,
         guest_addr: u64,
         size: u64,
         host_addr: *mut u8,
     ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map's contract, which is this function's.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
+        // SAFETY: the caller upholds map_memory's contract, which is this function's.
+        unsafe { self.map_memory(guest_addr, size, host_addr) }
     }
     /// Removes a mapping made by [`Vm::map_memory`] or [`Vm::map_device_memory`]; guest
     /// accesses there exit as MMIO again.

@@ -179,9 +179,11 @@ impl HvfVm {
             Shared { ipa_bits, gic, plan, power: VcpuPower::default(), slots: Mutex::new(slots) };
         Ok(Self { shared: Arc::new(shared) })
     }
-}
 
-impl Vm for HvfVm {
+    /// Maps `size` bytes at `host_addr` to `guest_addr` as `kind`.
+    ///
+    /// # Safety
+    /// As for [`Vm::map_memory`].
     unsafe fn map(
         &self,
         guest_addr: u64,
@@ -212,6 +214,28 @@ impl Vm for HvfVm {
         }
         debug!("slot {id}: guest {guest_addr:#x}+{size:#x} at host {host_addr:p} ({kind:?})");
         Ok(MemorySlot { id, guest_addr, size })
+    }
+}
+
+impl Vm for HvfVm {
+    unsafe fn map_memory(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MemorySlot> {
+        // SAFETY: the caller upholds map_memory's contract.
+        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
+    }
+
+    unsafe fn map_device_memory(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+    ) -> Result<MemorySlot> {
+        // SAFETY: the caller upholds map_device_memory's contract.
+        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
     }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
