@@ -12,6 +12,16 @@ pub trait MmioDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// An MMIO region served without a lock around it: the implementation locks only what an
+/// access needs (the PCI ECAM and memory windows, which must not serialize the vCPUs behind
+/// one device that is busy). Same access rules as [`MmioDevice`].
+pub trait MmioTarget: Send + Sync {
+    /// Handles a guest load of `data.len()` bytes at `offset`.
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// Handles a guest store of `data` at `offset`.
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
 /// A level-sensitive interrupt line into the guest's interrupt controller (an SPI).
 pub trait IrqLine: Send + Sync {
     /// Drives the line high (`true`) or low (`false`).

@@ -20,7 +20,7 @@ mod testing;
 pub mod trace;
 pub mod virtio;
 
-pub use bus::{IrqLine, MmioDevice};
+pub use bus::{IrqLine, MmioDevice, MmioTarget};
 pub use pl011::Pl011;
 pub use pl031::Pl031;
 pub use test_exit::{ExitRequest, TestExit};

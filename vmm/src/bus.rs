@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::MmioDevice;
+use devices::{MmioDevice, MmioTarget};
 use log::warn;
 
 use crate::hypervisor::MmioHandler;
@@ -27,11 +27,40 @@ pub enum BusError {
     BadRange(String),
 }
 
+/// How the bus reaches a region's handler.
+enum Handler {
+    /// A device behind a mutex of its own, held for the access.
+    Locked(Arc<Mutex<dyn MmioDevice>>),
+    /// A region that locks only what an access needs (the PCI ECAM and memory windows, which
+    /// route to per-function locks).
+    Shared(Arc<dyn MmioTarget>),
+}
+
+impl Handler {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        match self {
+            Self::Locked(device) => {
+                device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data)
+            }
+            Self::Shared(target) => target.read(offset, data),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        match self {
+            Self::Locked(device) => {
+                device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data)
+            }
+            Self::Shared(target) => target.write(offset, data),
+        }
+    }
+}
+
 struct BusEntry {
     base: u64,
     size: u64,
     name: String,
-    device: Arc<Mutex<dyn MmioDevice>>,
+    handler: Handler,
 }
 
 /// Devices by guest physical address range, sorted by base.
@@ -50,13 +79,34 @@ impl std::fmt::Debug for MmioBus {
 }
 
 impl MmioBus {
-    /// Adds `device` at `base..base + size`.
+    /// Adds `device` at `base..base + size`; each access locks it.
     pub fn insert(
         &mut self,
         name: &str,
         base: u64,
         size: u64,
         device: Arc<Mutex<dyn MmioDevice>>,
+    ) -> Result<(), BusError> {
+        self.insert_handler(name, base, size, Handler::Locked(device))
+    }
+
+    /// Adds `target` at `base..base + size`; the bus takes no lock around its accesses.
+    pub fn insert_shared(
+        &mut self,
+        name: &str,
+        base: u64,
+        size: u64,
+        target: Arc<dyn MmioTarget>,
+    ) -> Result<(), BusError> {
+        self.insert_handler(name, base, size, Handler::Shared(target))
+    }
+
+    fn insert_handler(
+        &mut self,
+        name: &str,
+        base: u64,
+        size: u64,
+        handler: Handler,
     ) -> Result<(), BusError> {
         let end = base
             .checked_add(size)
@@ -72,7 +122,7 @@ impl MmioBus {
             });
         }
         let at = self.entries.partition_point(|e| e.base < base);
-        self.entries.insert(at, BusEntry { base, size, name: name.into(), device });
+        self.entries.insert(at, BusEntry { base, size, name: name.into(), handler });
         Ok(())
     }
 
@@ -94,9 +144,7 @@ impl MmioBus {
 impl MmioHandler for MmioBus {
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr, data.len()) {
-            Some((entry, offset)) => {
-                entry.device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data)
-            }
+            Some((entry, offset)) => entry.handler.read(offset, data),
             None => {
                 data.fill(0);
                 self.stray("read", addr, data.len());
@@ -106,9 +154,7 @@ impl MmioHandler for MmioBus {
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         match self.find(addr, data.len()) {
-            Some((entry, offset)) => {
-                entry.device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data)
-            }
+            Some((entry, offset)) => entry.handler.write(offset, data),
             None => self.stray("write", addr, data.len()),
         }
     }
@@ -160,6 +206,34 @@ mod tests {
         assert_eq!(data, [0; 8]);
         bus.mmio_write(0x3000, &[1]);
         assert!(a.lock().unwrap().writes.is_empty());
+    }
+
+    /// Records through `&self`, as the PCI views do.
+    #[derive(Default)]
+    struct SharedRecorder(Mutex<Vec<(u64, Vec<u8>)>>);
+
+    impl MmioTarget for SharedRecorder {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 | 0x80);
+        }
+        fn write(&self, offset: u64, data: &[u8]) {
+            self.0.lock().unwrap().push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn shared_targets_route_like_devices_and_cannot_overlap_them() {
+        let shared = Arc::new(SharedRecorder::default());
+        let mut bus = MmioBus::default();
+        bus.insert("a", 0x1000, 0x1000, Arc::new(Mutex::new(Recorder::default()))).unwrap();
+        bus.insert_shared("s", 0x4000, 0x1000, shared.clone()).unwrap();
+        bus.mmio_write(0x4010, &[5, 6]);
+        let mut data = [0u8; 2];
+        bus.mmio_read(0x4003, &mut data);
+        assert_eq!(data, [0x83; 2]);
+        assert_eq!(*shared.0.lock().unwrap(), vec![(0x10, vec![5, 6])]);
+        let err = bus.insert_shared("t", 0x1800, 0x10, shared).unwrap_err();
+        assert!(err.to_string().contains("overlaps a"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arch::layout::{self, MemoryLayout};
 use devices::pci::{
@@ -219,8 +219,8 @@ pub struct PciExtras {
 /// The PCI hierarchy built.
 #[derive(Debug)]
 pub struct PciHierarchy {
-    /// The root complex, as the MMIO bus reaches it.
-    pub root: Arc<Mutex<PciRoot>>,
+    /// The root complex (a handle; the MMIO bus holds its ECAM and window views).
+    pub root: PciRoot,
     /// Assigned functions' INTx with their SPIs, to connect once the GIC exists.
     pub intx: Vec<AssignedIntx>,
 }
@@ -252,7 +252,7 @@ pub fn build_pci(
     } = extras;
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let mut direct_bars = HashMap::new();
     let mut intx = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();
@@ -319,25 +319,26 @@ pub fn build_pci(
     if let Some(sink) = trace {
         root.set_trace_hook(Some(trace_hook(sink)));
     }
-    let root = Arc::new(Mutex::new(root));
-    bus.insert(
+    // No lock around these views: ECAM locks the topology only to find a function, the
+    // windows look up the BAR routes, then each access locks its one function.
+    bus.insert_shared(
         "pci-ecam",
         layout::PCI_ECAM_BASE,
         layout::PCI_ECAM_SIZE,
-        Arc::new(Mutex::new(PciEcam::new(root.clone()))),
+        Arc::new(PciEcam::new(root.clone())),
     )?;
-    bus.insert(
+    bus.insert_shared(
         "pci-mmio32",
         layout::PCI_MMIO32_BASE,
         layout::PCI_MMIO32_SIZE,
-        Arc::new(Mutex::new(PciMmioWindow::new(root.clone(), layout::PCI_MMIO32_BASE))),
+        Arc::new(PciMmioWindow::new(root.clone(), layout::PCI_MMIO32_BASE)),
     )?;
     let window = memory_layout.pci_mmio64;
-    bus.insert(
+    bus.insert_shared(
         "pci-mmio64",
         window.base,
         window.size,
-        Arc::new(Mutex::new(PciMmioWindow::new(root.clone(), window.base))),
+        Arc::new(PciMmioWindow::new(root.clone(), window.base)),
     )?;
     Ok(PciHierarchy { root, intx })
 }
@@ -416,8 +417,128 @@ mod tests {
     #[test]
     fn root_ports_get_the_slots_the_spis_assume() {
         // What build_pci relies on: the host bridge is 00:00.0, the first root port 00:01.0.
-        let mut root = PciRoot::new();
+        let root = PciRoot::new();
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 1 });
         assert_eq!(root.add_root_port().unwrap(), FunctionId::Bus0 { device: 2 });
+    }
+
+    /// Records the guest mappings the BAR-change hook makes.
+    #[derive(Debug, Default)]
+    struct MapRecorder {
+        log: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Vm for MapRecorder {
+        unsafe fn map_memory(
+            &self,
+            guest_addr: u64,
+            size: u64,
+            _host_addr: *mut u8,
+        ) -> crate::hypervisor::Result<MemorySlot> {
+            self.log.lock().unwrap().push(format!("map {guest_addr:#x}+{size:#x}"));
+            Ok(MemorySlot { id: 7, guest_addr, size })
+        }
+        fn unmap_memory(&self, slot: MemorySlot) -> crate::hypervisor::Result<()> {
+            self.log.lock().unwrap().push(format!("unmap {:#x}", slot.guest_addr));
+            Ok(())
+        }
+        fn create_vcpu(
+            &self,
+            _index: u32,
+        ) -> crate::hypervisor::Result<Box<dyn crate::hypervisor::Vcpu>> {
+            Err(crate::hypervisor::HypervisorError::Unavailable("no vCPUs in this test".into()))
+        }
+        fn create_gic(&self, _spec: &crate::hypervisor::GicSpec) -> crate::hypervisor::Result<()> {
+            Ok(())
+        }
+        fn msi_controller(&self) -> crate::hypervisor::MsiController {
+            crate::hypervisor::MsiController::Its
+        }
+        fn set_spi_level(&self, _spi: u32, _asserted: bool) -> crate::hypervisor::Result<()> {
+            Ok(())
+        }
+        fn signal_msi(
+            &self,
+            _address: u64,
+            _data: u32,
+            _devid: u32,
+        ) -> crate::hypervisor::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A page of host memory standing in for a BAR mmapped from the host device.
+    struct Page(Vec<u8>);
+
+    impl crate::assign::HostMemory for Page {
+        fn host_addr(&self) -> *mut u8 {
+            self.0.as_ptr().cast_mut()
+        }
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+    }
+
+    /// An endpoint with one 16 KiB 64-bit BAR.
+    struct OneBar(devices::pci::ConfigSpace);
+
+    impl devices::pci::PciFunction for OneBar {
+        fn name(&self) -> &str {
+            "gpu"
+        }
+        fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+            self.0.read(offset, data);
+        }
+        fn config_write(&mut self, offset: u16, data: &[u8]) {
+            self.0.write(offset, data);
+        }
+        fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+        fn bar_regions(&self) -> Vec<devices::pci::BarRegion> {
+            self.0.bar_regions()
+        }
+    }
+
+    #[test]
+    fn direct_bar_pieces_follow_the_bar_the_guest_programs() {
+        let recorder = Arc::new(MapRecorder::default());
+        let vm: Arc<dyn Vm> = recorder.clone();
+        let ids = devices::pci::PciIds { vendor_id: 0x10de, ..Default::default() };
+        let mut config = devices::pci::ConfigSpace::new_endpoint(&ids);
+        config.add_memory_bar(0, 0x4000, devices::pci::BarKind::Memory64, false).unwrap();
+        let root = PciRoot::new();
+        let port = root.add_root_port().unwrap();
+        let id = root.attach_to_port(port, Box::new(OneBar(config))).unwrap();
+        let piece = DirectBar { bar: 0, offset: 0x1000, memory: Box::new(Page(vec![0; 0x1000])) };
+        let mut mapper = DirectBarMapper {
+            vm,
+            bars: HashMap::from([(id, vec![piece])]),
+            slots: HashMap::new(),
+            trace: None,
+        };
+        root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| mapper.changed(c))));
+        // Through ECAM as the guest does: number the port, place BAR 0, turn decoding on.
+        let ecam = PciEcam::new(root.clone());
+        let write32 = |bus: u64, register: u64, value: u32| {
+            devices::MmioTarget::write(&ecam, bus << 20 | register, &value.to_le_bytes());
+        };
+        write32(0, 1 << 15 | 0x18, 0x0001_0100);
+        write32(1, 0x10, 0x1000_4000);
+        write32(1, 0x14, 0);
+        assert!(recorder.log.lock().unwrap().is_empty(), "not decoding yet");
+        write32(1, 0x04, 2);
+        write32(1, 0x14, 0x80);
+        write32(1, 0x04, 0);
+        assert_eq!(
+            *recorder.log.lock().unwrap(),
+            [
+                "map 0x10005000+0x1000",
+                "unmap 0x10005000",
+                "map 0x8010005000+0x1000",
+                "unmap 0x8010005000",
+            ]
+        );
     }
 }

@@ -4,17 +4,22 @@
 //!   write-1-to-clear masks, BARs, expansion ROM and capability lists.
 //! - [`msix`]: MSI-X capability, table and pending-bit array.
 //! - [`root_port`], [`host_bridge`]: the bridge functions Aperture emulates.
-//! - [`root`]: [`PciRoot`], which owns every function, decodes ECAM and routes BAR accesses;
-//!   [`PciEcam`] and [`PciMmioWindow`] are its views for the MMIO bus.
+//! - [`root`]: [`PciRoot`], the topology (slots, root ports, bus numbers) and ECAM decode;
+//!   [`PciEcam`] and [`PciMmioWindow`] are its views for the MMIO bus. Each function sits
+//!   behind its own lock; [`routes`] holds the decoded BARs the windows route by.
+//! - [`lock_order`]: the lock levels every path takes locks in, checked in debug builds.
 //! - [`virtio_pci`]: the virtio 1.x modern PCI transport for the devices in `crate::virtio`.
 //!
 //! Interfaces shared by every PCI function Aperture emulates or passes through are below.
 
 pub mod config;
+mod function;
 pub mod host_bridge;
+pub mod lock_order;
 pub mod msix;
 pub mod root;
 pub mod root_port;
+pub mod routes;
 #[cfg(test)]
 mod testing;
 pub mod virtio_pci;
@@ -42,8 +47,8 @@ pub struct MsiMessage {
 /// bus/device/function (`bus << 8 | devfn`), which the ITS uses as the device id through
 /// the host bridge's `msi-map`.
 ///
-/// Called from vCPU threads (while the PCI root is locked) and from device worker threads;
-/// an implementation must not lock the PCI root.
+/// Called from vCPU threads (while the sending function is locked) and from device worker
+/// threads; an implementation must not touch the PCI topology or other functions.
 pub trait MsiSink: Send + Sync {
     /// Sends one message.
     fn signal_msi(&self, message: MsiMessage, requester_id: u16);
@@ -68,4 +73,10 @@ pub trait PciFunction: Send {
     /// The function's requester id (`bus << 8 | devfn`) changed because the guest numbered
     /// the buses; functions that send MSIs keep it for [`MsiSink::signal_msi`].
     fn set_requester_id(&mut self, _requester_id: u16) {}
+    /// For a bridge (a root port), the buses behind it as the guest numbered them; `None`
+    /// for endpoints and for bridges not numbered yet. [`PciRoot`] asks after every
+    /// configuration write, to route configuration accesses to the buses behind.
+    fn bridge_buses(&self) -> Option<std::ops::RangeInclusive<u8>> {
+        None
+    }
 }

@@ -11,25 +11,33 @@
 //! single-function header, so [`PciRoot`] sets the multi-function bit of function 0's header
 //! type itself whenever the port has more than one function: guests only look for functions
 //! 1-7 when function 0 has it.
+//!
+//! Locking: [`PciRoot`] is a handle to the topology behind one lock (level
+//! [`LockLevel::Topology`]); each function sits behind its own (level
+//! [`LockLevel::Function`], below the topology). A configuration access locks the topology
+//! only to find its target, releases it, then locks the function; nothing waits for a
+//! function while holding the topology, so a function busy for long (an aperture-dma
+//! doorbell) stalls only accesses to itself. BAR accesses do not touch the topology at all:
+//! they go through [`BarRoutes`], which each function updates when its BARs move.
 
-use std::sync::{Arc, Mutex};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use log::debug;
 
 use super::config::BarRegion;
+use super::function::{FunctionCell, Hooks};
 use super::host_bridge::HostBridge;
+use super::lock_order::{LockLevel, OrderedMutex};
 use super::root_port::RootPort;
+use super::routes::BarRoutes;
 use super::PciFunction;
-use crate::bus::MmioDevice;
+use crate::bus::MmioTarget;
 
 /// Device numbers on a bus.
 const DEVICES_PER_BUS: usize = 32;
 /// Function numbers of a device.
 const FUNCTIONS_PER_DEVICE: usize = 8;
-/// Header type register (one byte).
-const HEADER_TYPE: u16 = super::config::HEADER_TYPE;
-/// Header type bit 7: the device has functions besides function 0.
-const HEADER_TYPE_MULTI_FUNCTION: u8 = 0x80;
 /// ECAM: bits 27:20 of the offset select the bus.
 const ECAM_BUS_SHIFT: u64 = 20;
 /// ECAM: bits 19:12 select device and function.
@@ -145,9 +153,9 @@ pub struct TraceEvent<'a> {
     pub value: u64,
 }
 
-/// Called for every configuration and BAR access while the root is locked; must not lock the
-/// root itself.
-pub type TraceHook = Box<dyn Fn(&TraceEvent<'_>) + Send>;
+/// Called for every configuration and BAR access while the accessed function is locked (and
+/// nothing else PCI is); must not access PCI itself.
+pub type TraceHook = Box<dyn Fn(&TraceEvent<'_>) + Send + Sync>;
 
 /// A BAR that appeared, moved or disappeared (memory decoding switched on or off, or the guest
 /// reprogrammed it). The VMM maps passed-through BARs from these.
@@ -165,7 +173,8 @@ pub struct BarChange {
     pub new: Option<BarRegion>,
 }
 
-/// Called after a configuration write changed where BARs decode; must not lock the root.
+/// Called after a configuration write changed where BARs decode, while the function is locked
+/// (lock level [`LockLevel::BarHook`]); must not access PCI itself.
 pub type BarChangeHook = Box<dyn FnMut(&BarChange) + Send>;
 
 /// A function listed for tracing and device-tree building.
@@ -181,187 +190,48 @@ pub struct FunctionInfo {
     pub bars: Vec<BarRegion>,
 }
 
-/// A function behind a root port, with the requester id it was last told.
-struct Downstream {
-    function: Box<dyn PciFunction>,
-    requester_id: Option<u16>,
-}
-
 /// The functions behind a root port, indexed by function number.
-type Downstreams = [Option<Downstream>; FUNCTIONS_PER_DEVICE];
+type Downstreams = [Option<Arc<FunctionCell>>; FUNCTIONS_PER_DEVICE];
 
 enum Slot {
-    Function(Box<dyn PciFunction>),
-    Port { port: Box<RootPort>, downstream: Downstreams },
+    Function(Arc<FunctionCell>),
+    Port {
+        port: Arc<FunctionCell>,
+        /// The port's bus numbers as of its last configuration write (the port updates this
+        /// while it is locked, so renumberings land in order).
+        buses: Option<RangeInclusive<u8>>,
+        downstream: Downstreams,
+    },
 }
 
-/// The requester id of function `function` behind `port`, once the guest numbered the port.
-fn downstream_requester_id(port: &RootPort, function: u8) -> Option<u16> {
-    port.bus_range().map(|buses| u16::from(*buses.start()) << 8 | u16::from(function))
+/// The requester id of function `function` behind a port numbered `buses`.
+fn downstream_requester_id(buses: &Option<RangeInclusive<u8>>, function: u8) -> Option<u16> {
+    buses.as_ref().map(|buses| u16::from(*buses.start()) << 8 | u16::from(function))
 }
 
-/// A decoded BAR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Route {
-    id: FunctionId,
-    region: BarRegion,
-}
-
-/// The root complex.
-pub struct PciRoot {
+/// What the topology lock protects.
+struct Topology {
     slots: Vec<Option<Slot>>,
-    routes: Vec<Route>,
     ports_added: u8,
-    trace: Option<TraceHook>,
-    bar_change: Option<BarChangeHook>,
 }
 
-impl std::fmt::Debug for PciRoot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PciRoot")
-            .field("functions", &self.functions())
-            .field("trace", &self.trace.is_some())
-            .finish()
-    }
-}
-
-impl Default for PciRoot {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn value_of(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = data.len().min(8);
-    bytes[..n].copy_from_slice(&data[..n]);
-    u64::from_le_bytes(bytes)
-}
-
-impl PciRoot {
-    /// A root complex with only the host bridge at 00:00.0.
-    pub fn new() -> Self {
-        let mut slots: Vec<Option<Slot>> = (0..DEVICES_PER_BUS).map(|_| None).collect();
-        slots[0] = Some(Slot::Function(Box::new(HostBridge::new())));
-        Self { slots, routes: Vec::new(), ports_added: 0, trace: None, bar_change: None }
-    }
-
+impl Topology {
     fn free_device(&self) -> Result<u8, PciRootError> {
         let device = self.slots.iter().position(Option::is_none).ok_or(PciRootError::NoFreeSlot)?;
         // DEVICES_PER_BUS fits in a u8.
         Ok(device as u8)
     }
 
-    /// Adds a root port at the next free device number of bus 0, named `root-portN`.
-    pub fn add_root_port(&mut self) -> Result<FunctionId, PciRootError> {
-        let device = self.free_device()?;
-        self.ports_added = self.ports_added.saturating_add(1);
-        let port = RootPort::new(format!("root-port{}", self.ports_added), self.ports_added);
-        self.slots[usize::from(device)] =
-            Some(Slot::Port { port: Box::new(port), downstream: std::array::from_fn(|_| None) });
-        Ok(FunctionId::Bus0 { device })
-    }
-
-    /// Adds an integrated endpoint at the next free device number of bus 0.
-    pub fn add_function(
-        &mut self,
-        mut function: Box<dyn PciFunction>,
-    ) -> Result<FunctionId, PciRootError> {
-        let device = self.free_device()?;
-        function.set_requester_id(u16::from(device) << 3);
-        self.slots[usize::from(device)] = Some(Slot::Function(function));
-        self.rebuild_routes();
-        Ok(FunctionId::Bus0 { device })
-    }
-
-    /// Puts `function` behind root port `port` as function 0 of device 0 of its secondary bus
-    /// (a single-function device, or the first function of a multi-function one).
-    pub fn attach_to_port(
-        &mut self,
-        port: FunctionId,
-        function: Box<dyn PciFunction>,
-    ) -> Result<FunctionId, PciRootError> {
-        self.attach_function_to_port(port, 0, function)
-    }
-
-    /// Puts `function` behind root port `port` as function `function_number` (0-7) of device 0
-    /// of its secondary bus. Function 0 must come first: a guest looks for the others only
-    /// through it.
-    pub fn attach_function_to_port(
-        &mut self,
-        port: FunctionId,
-        function_number: u8,
-        mut function: Box<dyn PciFunction>,
-    ) -> Result<FunctionId, PciRootError> {
-        let FunctionId::Bus0 { device } = port else {
-            return Err(PciRootError::NotARootPort(port));
-        };
-        let Some(Some(Slot::Port { port: root_port, downstream })) =
-            self.slots.get_mut(usize::from(device))
-        else {
-            return Err(PciRootError::NotARootPort(port));
-        };
-        let Some(entry) = downstream.get(usize::from(function_number)) else {
-            return Err(PciRootError::BadFunctionNumber(function_number));
-        };
-        let name = || root_port.name().to_string();
-        if entry.is_some() {
-            return Err(PciRootError::PortOccupied { port: name(), function: function_number });
-        }
-        if downstream[0].is_none() && function_number != 0 {
-            return Err(PciRootError::NoFunctionZero { port: name(), function: function_number });
-        }
-        let requester_id = downstream_requester_id(root_port, function_number);
-        if let Some(id) = requester_id {
-            function.set_requester_id(id);
-        }
-        downstream[usize::from(function_number)] = Some(Downstream { function, requester_id });
-        self.rebuild_routes();
-        Ok(FunctionId::BehindPort { port: device, function: function_number })
-    }
-
-    /// Sets (or clears) the access trace hook.
-    pub fn set_trace_hook(&mut self, hook: Option<TraceHook>) {
-        self.trace = hook;
-    }
-
-    /// Sets (or clears) the hook told about BARs that appear, move or disappear.
-    pub fn set_bar_change_hook(&mut self, hook: Option<BarChangeHook>) {
-        self.bar_change = hook;
-    }
-
-    /// The function at `id`.
-    pub fn function_mut(&mut self, id: FunctionId) -> Option<&mut dyn PciFunction> {
-        Self::lookup(&mut self.slots, id)
-    }
-
-    fn lookup(slots: &mut [Option<Slot>], id: FunctionId) -> Option<&mut dyn PciFunction> {
-        match id {
-            FunctionId::Bus0 { device } => match slots.get_mut(usize::from(device))?.as_mut()? {
-                Slot::Function(function) => Some(function.as_mut()),
-                Slot::Port { port, .. } => Some(port.as_mut()),
-            },
-            FunctionId::BehindPort { port, function } => {
-                match slots.get_mut(usize::from(port))?.as_mut()? {
-                    Slot::Port { downstream, .. } => {
-                        Some(downstream.get_mut(usize::from(function))?.as_mut()?.function.as_mut())
-                    }
-                    Slot::Function(_) => None,
-                }
-            }
-        }
-    }
-
-    fn function_ref(&self, id: FunctionId) -> Option<&dyn PciFunction> {
+    fn cell(&self, id: FunctionId) -> Option<&Arc<FunctionCell>> {
         match id {
             FunctionId::Bus0 { device } => match self.slots.get(usize::from(device))?.as_ref()? {
-                Slot::Function(function) => Some(function.as_ref()),
-                Slot::Port { port, .. } => Some(port.as_ref()),
+                Slot::Function(function) => Some(function),
+                Slot::Port { port, .. } => Some(port),
             },
             FunctionId::BehindPort { port, function } => {
                 match self.slots.get(usize::from(port))?.as_ref()? {
                     Slot::Port { downstream, .. } => {
-                        Some(downstream.get(usize::from(function))?.as_ref()?.function.as_ref())
+                        downstream.get(usize::from(function))?.as_ref()
                     }
                     Slot::Function(_) => None,
                 }
@@ -369,42 +239,33 @@ impl PciRoot {
         }
     }
 
-    /// Every function's id, in bus-0 device order with each port's functions (in function
-    /// order) after the port.
-    fn ids(&self) -> Vec<FunctionId> {
-        let mut ids = Vec::new();
-        for (device, slot) in self.slots.iter().enumerate() {
-            let device = device as u8;
+    /// Every function, in bus-0 device order with each port's functions (in function order)
+    /// after the port.
+    fn cells(&self) -> Vec<Arc<FunctionCell>> {
+        let mut cells = Vec::new();
+        for slot in self.slots.iter().flatten() {
             match slot {
-                Some(Slot::Function(_)) => ids.push(FunctionId::Bus0 { device }),
-                Some(Slot::Port { downstream, .. }) => {
-                    ids.push(FunctionId::Bus0 { device });
-                    let present = downstream.iter().enumerate().filter(|(_, d)| d.is_some());
-                    ids.extend(present.map(|(function, _)| FunctionId::BehindPort {
-                        port: device,
-                        // FUNCTIONS_PER_DEVICE fits in a u8.
-                        function: function as u8,
-                    }));
+                Slot::Function(function) => cells.push(function.clone()),
+                Slot::Port { port, downstream, .. } => {
+                    cells.push(port.clone());
+                    cells.extend(downstream.iter().flatten().cloned());
                 }
-                None => {}
             }
         }
-        ids
+        cells
     }
 
-    /// The requester id (`bus << 8 | devfn`) of `id`, or `None` if it is absent or behind a
-    /// port the guest has not numbered.
-    pub fn requester_id(&self, id: FunctionId) -> Option<u16> {
+    fn requester_id(&self, id: FunctionId) -> Option<u16> {
         match id {
             FunctionId::Bus0 { device } => {
-                self.function_ref(id)?;
+                self.cell(id)?;
                 Some(u16::from(device) << 3)
             }
             FunctionId::BehindPort { port, function } => {
                 match self.slots.get(usize::from(port))?.as_ref()? {
-                    Slot::Port { port: root_port, downstream } => {
+                    Slot::Port { buses, downstream, .. } => {
                         downstream.get(usize::from(function))?.as_ref()?;
-                        downstream_requester_id(root_port, function)
+                        downstream_requester_id(buses, function)
                     }
                     Slot::Function(_) => None,
                 }
@@ -412,37 +273,14 @@ impl PciRoot {
         }
     }
 
-    /// Every function, for traces and the device tree.
-    pub fn functions(&self) -> Vec<FunctionInfo> {
-        self.ids()
-            .into_iter()
-            .filter_map(|id| {
-                let function = self.function_ref(id)?;
-                Some(FunctionInfo {
-                    id,
-                    name: function.name().to_string(),
-                    requester_id: self.requester_id(id),
-                    bars: function.bar_regions(),
-                })
-            })
-            .collect()
-    }
-
-    /// Every decoded BAR.
-    pub fn bar_regions(&self) -> Vec<(FunctionId, BarRegion)> {
-        self.routes.iter().map(|r| (r.id, r.region)).collect()
-    }
-
-    /// The function a configuration access to `bus`/`devfn` reaches, if any.
-    pub fn resolve(&self, bus: u8, devfn: u8) -> Option<FunctionId> {
+    fn resolve(&self, bus: u8, devfn: u8) -> Option<FunctionId> {
         if bus == 0 {
             let device = devfn >> 3;
             return (devfn & 7 == 0 && self.slots.get(usize::from(device))?.is_some())
                 .then_some(FunctionId::Bus0 { device });
         }
         for (device, slot) in self.slots.iter().enumerate() {
-            let Some(Slot::Port { port, downstream }) = slot else { continue };
-            let Some(buses) = port.bus_range() else { continue };
+            let Some(Slot::Port { buses: Some(buses), downstream, .. }) = slot else { continue };
             if buses.contains(&bus) {
                 // Only device 0 exists on the secondary bus (a root port's link has one
                 // device), so devfn is the function number; buses further down are empty.
@@ -455,52 +293,302 @@ impl PciRoot {
         None
     }
 
-    fn trace(&self, kind: TraceKind, id: FunctionId, offset: u64, data: &[u8]) {
-        let Some(hook) = &self.trace else { return };
-        let Some(function) = self.function_ref(id) else { return };
-        hook(&TraceEvent {
-            kind,
-            function: function.name(),
+    /// Whether `id` is function 0 behind a port that has other functions: its header type
+    /// then reads with the multi-function bit. The functions do not know about each other
+    /// (two passed-through physical functions, say), so the root owns this bit; without it a
+    /// guest never looks for functions 1-7.
+    fn multi_function(&self, id: FunctionId) -> bool {
+        let FunctionId::BehindPort { port, function: 0 } = id else { return false };
+        let Some(Some(Slot::Port { downstream, .. })) = self.slots.get(usize::from(port)) else {
+            return false;
+        };
+        downstream.iter().flatten().count() > 1
+    }
+}
+
+/// What every handle of one root complex shares.
+struct RootShared {
+    topology: OrderedMutex<Topology>,
+    hooks: Arc<Hooks>,
+    routes: Arc<BarRoutes>,
+}
+
+/// The root complex: a cheap handle, cloned for the ECAM and memory-window views.
+#[derive(Clone)]
+pub struct PciRoot {
+    shared: Arc<RootShared>,
+}
+
+impl std::fmt::Debug for PciRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: listing BARs would wait for busy functions.
+        let cells = self.shared.topology.lock().cells();
+        let names: Vec<_> = cells.iter().map(|c| (c.id(), c.name().to_string())).collect();
+        f.debug_struct("PciRoot")
+            .field("functions", &names)
+            .field("trace", &self.shared.hooks.has_trace())
+            .finish()
+    }
+}
+
+impl Default for PciRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PciRoot {
+    /// A root complex with only the host bridge at 00:00.0.
+    pub fn new() -> Self {
+        let hooks = Arc::new(Hooks::new());
+        let routes = Arc::new(BarRoutes::new());
+        let mut slots: Vec<Option<Slot>> = (0..DEVICES_PER_BUS).map(|_| None).collect();
+        let id = FunctionId::Bus0 { device: 0 };
+        let bridge = Box::new(HostBridge::new());
+        slots[0] = Some(Slot::Function(FunctionCell::new(
             id,
-            offset,
-            size: data.len(),
-            value: value_of(data),
-        });
+            bridge,
+            Some(0),
+            hooks.clone(),
+            routes.clone(),
+        )));
+        let topology = OrderedMutex::new(LockLevel::Topology, Topology { slots, ports_added: 0 });
+        Self { shared: Arc::new(RootShared { topology, hooks, routes }) }
+    }
+
+    fn new_cell(
+        &self,
+        id: FunctionId,
+        function: Box<dyn PciFunction>,
+        requester_id: Option<u16>,
+    ) -> Arc<FunctionCell> {
+        FunctionCell::new(
+            id,
+            function,
+            requester_id,
+            self.shared.hooks.clone(),
+            self.shared.routes.clone(),
+        )
+    }
+
+    /// Routes the BARs a new function decodes from the start (none, unless it came up with
+    /// memory decoding on).
+    fn route_new(cell: &Arc<FunctionCell>) {
+        let mut state = cell.lock();
+        cell.update_bars(&mut state);
+    }
+
+    /// Adds a root port at the next free device number of bus 0, named `root-portN`.
+    pub fn add_root_port(&self) -> Result<FunctionId, PciRootError> {
+        let mut topology = self.shared.topology.lock();
+        let device = topology.free_device()?;
+        topology.ports_added = topology.ports_added.saturating_add(1);
+        let number = topology.ports_added;
+        let id = FunctionId::Bus0 { device };
+        let port = Box::new(RootPort::new(format!("root-port{number}"), number));
+        let port = self.new_cell(id, port, Some(u16::from(device) << 3));
+        topology.slots[usize::from(device)] =
+            Some(Slot::Port { port, buses: None, downstream: std::array::from_fn(|_| None) });
+        Ok(id)
+    }
+
+    /// Adds an integrated endpoint at the next free device number of bus 0.
+    pub fn add_function(&self, function: Box<dyn PciFunction>) -> Result<FunctionId, PciRootError> {
+        let cell = {
+            let mut topology = self.shared.topology.lock();
+            let device = topology.free_device()?;
+            let cell =
+                self.new_cell(FunctionId::Bus0 { device }, function, Some(u16::from(device) << 3));
+            topology.slots[usize::from(device)] = Some(Slot::Function(cell.clone()));
+            cell
+        };
+        Self::route_new(&cell);
+        Ok(cell.id())
+    }
+
+    /// Puts `function` behind root port `port` as function 0 of device 0 of its secondary bus
+    /// (a single-function device, or the first function of a multi-function one).
+    pub fn attach_to_port(
+        &self,
+        port: FunctionId,
+        function: Box<dyn PciFunction>,
+    ) -> Result<FunctionId, PciRootError> {
+        self.attach_function_to_port(port, 0, function)
+    }
+
+    /// Puts `function` behind root port `port` as function `function_number` (0-7) of device 0
+    /// of its secondary bus. Function 0 must come first: a guest looks for the others only
+    /// through it.
+    pub fn attach_function_to_port(
+        &self,
+        port: FunctionId,
+        function_number: u8,
+        function: Box<dyn PciFunction>,
+    ) -> Result<FunctionId, PciRootError> {
+        let FunctionId::Bus0 { device } = port else {
+            return Err(PciRootError::NotARootPort(port));
+        };
+        let cell = {
+            let mut topology = self.shared.topology.lock();
+            let Some(Some(Slot::Port { port: root_port, buses, downstream })) =
+                topology.slots.get_mut(usize::from(device))
+            else {
+                return Err(PciRootError::NotARootPort(port));
+            };
+            let Some(entry) = downstream.get(usize::from(function_number)) else {
+                return Err(PciRootError::BadFunctionNumber(function_number));
+            };
+            let name = || root_port.name().to_string();
+            if entry.is_some() {
+                return Err(PciRootError::PortOccupied { port: name(), function: function_number });
+            }
+            if downstream[0].is_none() && function_number != 0 {
+                return Err(PciRootError::NoFunctionZero {
+                    port: name(),
+                    function: function_number,
+                });
+            }
+            let id = FunctionId::BehindPort { port: device, function: function_number };
+            let requester_id = downstream_requester_id(buses, function_number);
+            let cell = self.new_cell(id, function, requester_id);
+            downstream[usize::from(function_number)] = Some(cell.clone());
+            cell
+        };
+        Self::route_new(&cell);
+        Ok(cell.id())
+    }
+
+    /// Sets (or clears) the access trace hook.
+    pub fn set_trace_hook(&self, hook: Option<TraceHook>) {
+        self.shared.hooks.set_trace(hook);
+    }
+
+    /// Sets (or clears) the hook told about BARs that appear, move or disappear.
+    pub fn set_bar_change_hook(&self, hook: Option<BarChangeHook>) {
+        self.shared.hooks.set_bar_change(hook);
+    }
+
+    /// Runs `f` on the function at `id` (locked), if there is one.
+    pub fn with_function<R>(
+        &self,
+        id: FunctionId,
+        f: impl FnOnce(&mut dyn PciFunction) -> R,
+    ) -> Option<R> {
+        let cell = self.shared.topology.lock().cell(id).cloned()?;
+        let mut state = cell.lock();
+        Some(f(state.function.as_mut()))
+    }
+
+    /// The requester id (`bus << 8 | devfn`) of `id`, or `None` if it is absent or behind a
+    /// port the guest has not numbered.
+    pub fn requester_id(&self, id: FunctionId) -> Option<u16> {
+        self.shared.topology.lock().requester_id(id)
+    }
+
+    /// Every function, for traces and the device tree.
+    pub fn functions(&self) -> Vec<FunctionInfo> {
+        let listed: Vec<_> = {
+            let topology = self.shared.topology.lock();
+            topology.cells().into_iter().map(|c| (topology.requester_id(c.id()), c)).collect()
+        };
+        listed
+            .into_iter()
+            .map(|(requester_id, cell)| FunctionInfo {
+                id: cell.id(),
+                name: cell.name().to_string(),
+                requester_id,
+                bars: cell.lock().function.bar_regions(),
+            })
+            .collect()
+    }
+
+    /// Every decoded BAR.
+    pub fn bar_regions(&self) -> Vec<(FunctionId, BarRegion)> {
+        self.shared.routes.regions()
+    }
+
+    /// The decoded BARs, which the memory windows route by.
+    pub fn routes(&self) -> Arc<BarRoutes> {
+        self.shared.routes.clone()
+    }
+
+    /// The function a configuration access to `bus`/`devfn` reaches, if any.
+    pub fn resolve(&self, bus: u8, devfn: u8) -> Option<FunctionId> {
+        self.shared.topology.lock().resolve(bus, devfn)
+    }
+
+    /// The function a configuration access reaches and whether its header reads with the
+    /// multi-function bit; the topology is unlocked when this returns.
+    fn target(&self, bus: u8, devfn: u8) -> Option<(Arc<FunctionCell>, bool)> {
+        let topology = self.shared.topology.lock();
+        let id = topology.resolve(bus, devfn)?;
+        Some((topology.cell(id)?.clone(), topology.multi_function(id)))
     }
 
     /// A configuration read of `bus`/`devfn` at `register`; absent functions and malformed
     /// accesses (not 1, 2 or 4 bytes naturally aligned inside 4 KiB) read all-ones.
-    pub fn config_read(&mut self, bus: u8, devfn: u8, register: u16, data: &mut [u8]) {
+    pub fn config_read(&self, bus: u8, devfn: u8, register: u16, data: &mut [u8]) {
         data.fill(0xff);
         if !config_access_ok(register, data.len()) {
             return;
         }
-        let Some(id) = self.resolve(bus, devfn) else { return };
-        if let Some(function) = Self::lookup(&mut self.slots, id) {
-            function.config_read(register, data);
-        }
-        self.set_multi_function_bit(id, register, data);
-        self.trace(TraceKind::ConfigRead, id, u64::from(register), data);
+        let Some((cell, multi_function)) = self.target(bus, devfn) else { return };
+        cell.config_read(register, data, multi_function);
     }
 
     /// A configuration write; absent functions and malformed accesses ignore it.
-    pub fn config_write(&mut self, bus: u8, devfn: u8, register: u16, data: &[u8]) {
+    pub fn config_write(&self, bus: u8, devfn: u8, register: u16, data: &[u8]) {
         if !config_access_ok(register, data.len()) {
             return;
         }
-        let Some(id) = self.resolve(bus, devfn) else { return };
-        self.trace(TraceKind::ConfigWrite, id, u64::from(register), data);
-        if let Some(function) = Self::lookup(&mut self.slots, id) {
-            function.config_write(register, data);
+        let Some((cell, _)) = self.target(bus, devfn) else { return };
+        let FunctionId::Bus0 { device } = cell.id() else {
+            cell.config_write(register, data, |_| {});
+            return;
+        };
+        // Function -> topology is the allowed order: the port is locked while its new bus
+        // numbers go into the topology.
+        let renumbered = cell.config_write(register, data, |new_buses| {
+            if let Some(Some(Slot::Port { buses, .. })) =
+                self.shared.topology.lock().slots.get_mut(usize::from(device))
+            {
+                *buses = new_buses;
+            }
+        });
+        if renumbered {
+            self.update_downstream_requester_ids(device);
         }
-        if let FunctionId::Bus0 { device } = id {
-            self.update_downstream_requester_id(device);
+    }
+
+    /// Tells the functions behind the port at `device` their requester ids after the guest
+    /// renumbered the port's buses. Each function is locked on its own, and looks up its id
+    /// in the topology while locked: whichever renumbering comes last, each function ends
+    /// with the id of the latest bus numbers.
+    fn update_downstream_requester_ids(&self, device: u8) {
+        let cells: Vec<_> = {
+            let topology = self.shared.topology.lock();
+            let Some(Some(Slot::Port { downstream, .. })) = topology.slots.get(usize::from(device))
+            else {
+                return;
+            };
+            downstream.iter().flatten().cloned().collect()
+        };
+        for cell in cells {
+            let mut state = cell.lock();
+            let requester_id = self.shared.topology.lock().requester_id(cell.id());
+            if requester_id == state.requester_id {
+                continue;
+            }
+            state.requester_id = requester_id;
+            if let Some(id) = requester_id {
+                debug!("{} is now {} behind 00:{device:02x}.0", cell.name(), format_bdf(id));
+                state.function.set_requester_id(id);
+            }
         }
-        self.rebuild_routes();
     }
 
     /// A read at `offset` in the ECAM region.
-    pub fn ecam_read(&mut self, offset: u64, data: &mut [u8]) {
+    pub fn ecam_read(&self, offset: u64, data: &mut [u8]) {
         match decode_ecam(offset) {
             Some((bus, devfn, register)) => self.config_read(bus, devfn, register, data),
             None => data.fill(0xff),
@@ -508,7 +596,7 @@ impl PciRoot {
     }
 
     /// A write at `offset` in the ECAM region.
-    pub fn ecam_write(&mut self, offset: u64, data: &[u8]) {
+    pub fn ecam_write(&self, offset: u64, data: &[u8]) {
         if let Some((bus, devfn, register)) = decode_ecam(offset) {
             self.config_write(bus, devfn, register, data);
         }
@@ -516,134 +604,15 @@ impl PciRoot {
 
     /// A read at guest physical `address` in a PCI memory window: the BAR that decodes it
     /// answers; nothing there reads all-ones. Returns whether a BAR claimed it.
-    pub fn mmio_read(&mut self, address: u64, data: &mut [u8]) -> bool {
-        let Some(route) = self.route(address, data.len()).filter(|_| bar_access_ok(data.len()))
-        else {
-            debug!("PCI read of {} bytes at {address:#x}: no BAR there", data.len());
-            data.fill(0xff);
-            return false;
-        };
-        let offset = address - route.region.address;
-        let bar = route.region.index;
-        match Self::lookup(&mut self.slots, route.id) {
-            Some(function) => function.bar_read(bar, offset, data),
-            None => data.fill(0xff),
-        }
-        self.trace(TraceKind::BarRead { bar }, route.id, offset, data);
-        true
+    pub fn mmio_read(&self, address: u64, data: &mut [u8]) -> bool {
+        self.shared.routes.read(address, data)
     }
 
     /// A write at guest physical `address` in a PCI memory window; returns whether a BAR
     /// claimed it.
-    pub fn mmio_write(&mut self, address: u64, data: &[u8]) -> bool {
-        let Some(route) = self.route(address, data.len()).filter(|_| bar_access_ok(data.len()))
-        else {
-            debug!("PCI write of {} bytes at {address:#x}: no BAR there", data.len());
-            return false;
-        };
-        let offset = address - route.region.address;
-        let bar = route.region.index;
-        self.trace(TraceKind::BarWrite { bar }, route.id, offset, data);
-        if let Some(function) = Self::lookup(&mut self.slots, route.id) {
-            function.bar_write(bar, offset, data);
-        }
-        true
+    pub fn mmio_write(&self, address: u64, data: &[u8]) -> bool {
+        self.shared.routes.write(address, data)
     }
-
-    /// Sets bit 7 of the header type in `data` (read at `register` from `id`) if `id` is
-    /// function 0 behind a port that has other functions. The functions do not know about each
-    /// other (two passed-through physical functions, say), so the root owns this bit; without
-    /// it a guest never looks for functions 1-7.
-    fn set_multi_function_bit(&self, id: FunctionId, register: u16, data: &mut [u8]) {
-        let FunctionId::BehindPort { port, function: 0 } = id else { return };
-        let Some(index) = HEADER_TYPE.checked_sub(register).map(usize::from) else { return };
-        let Some(byte) = data.get_mut(index) else { return };
-        let Some(Some(Slot::Port { downstream, .. })) = self.slots.get(usize::from(port)) else {
-            return;
-        };
-        if downstream.iter().filter(|d| d.is_some()).count() > 1 {
-            *byte |= HEADER_TYPE_MULTI_FUNCTION;
-        }
-    }
-
-    fn route(&self, address: u64, len: usize) -> Option<Route> {
-        self.routes.iter().find(|r| r.region.contains(address, len as u64)).copied()
-    }
-
-    /// Tells the functions behind the port at `device` their requester ids if the guest
-    /// renumbered the port's buses.
-    fn update_downstream_requester_id(&mut self, device: u8) {
-        let Some(Some(Slot::Port { port, downstream })) = self.slots.get_mut(usize::from(device))
-        else {
-            return;
-        };
-        for (number, entry) in downstream.iter_mut().enumerate() {
-            let Some(downstream) = entry else { continue };
-            // FUNCTIONS_PER_DEVICE fits in a u8.
-            let requester_id = downstream_requester_id(port, number as u8);
-            if requester_id == downstream.requester_id {
-                continue;
-            }
-            downstream.requester_id = requester_id;
-            if let Some(id) = requester_id {
-                debug!(
-                    "{} is now {} behind {}",
-                    downstream.function.name(),
-                    format_bdf(id),
-                    port.name()
-                );
-                downstream.function.set_requester_id(id);
-            }
-        }
-    }
-
-    /// Recomputes the decoded BARs and tells the hook what changed.
-    fn rebuild_routes(&mut self) {
-        let mut routes = Vec::new();
-        for id in self.ids() {
-            if let Some(function) = self.function_ref(id) {
-                routes
-                    .extend(function.bar_regions().into_iter().map(|region| Route { id, region }));
-            }
-        }
-        if routes == self.routes {
-            return;
-        }
-        let old = std::mem::replace(&mut self.routes, routes);
-        if self.bar_change.is_none() {
-            return;
-        }
-        let mut changes = Vec::new();
-        let find = |routes: &[Route], id: FunctionId, bar: usize| {
-            routes.iter().find(|r| r.id == id && r.region.index == bar).map(|r| r.region)
-        };
-        for route in old.iter().chain(self.routes.iter()) {
-            let (id, bar) = (route.id, route.region.index);
-            let before = find(&old, id, bar);
-            let after = find(&self.routes, id, bar);
-            let seen = changes.iter().any(|c: &BarChange| c.id == id && c.bar == bar);
-            if before != after && !seen {
-                let function = self.function_ref(id).map(|f| f.name().to_string());
-                changes.push(BarChange {
-                    id,
-                    function: function.unwrap_or_default(),
-                    bar,
-                    old: before,
-                    new: after,
-                });
-            }
-        }
-        if let Some(hook) = self.bar_change.as_mut() {
-            for change in &changes {
-                hook(change);
-            }
-        }
-    }
-}
-
-/// Whether a BAR access has a width a CPU can make (1, 2, 4 or 8 bytes).
-fn bar_access_ok(len: usize) -> bool {
-    matches!(len, 1 | 2 | 4 | 8)
 }
 
 /// Whether a configuration access is 1, 2 or 4 bytes, naturally aligned, inside 4 KiB.
@@ -665,56 +634,58 @@ fn decode_ecam(offset: u64) -> Option<(u8, u8, u16)> {
     Some((bus, devfn, register))
 }
 
-/// The ECAM region as an MMIO device (offsets relative to the ECAM base).
+/// The ECAM region on the MMIO bus (offsets relative to the ECAM base). No lock of its own:
+/// an access locks the topology to find its function, then that function.
 #[derive(Debug, Clone)]
 pub struct PciEcam {
-    root: Arc<Mutex<PciRoot>>,
+    root: PciRoot,
 }
 
 impl PciEcam {
     /// ECAM for `root`; map it at the ECAM base with size [`ECAM_SIZE`].
-    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+    pub fn new(root: PciRoot) -> Self {
         Self { root }
     }
 }
 
-impl MmioDevice for PciEcam {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.root.lock().unwrap_or_else(|e| e.into_inner()).ecam_read(offset, data);
+impl MmioTarget for PciEcam {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        self.root.ecam_read(offset, data);
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        self.root.lock().unwrap_or_else(|e| e.into_inner()).ecam_write(offset, data);
+    fn write(&self, offset: u64, data: &[u8]) {
+        self.root.ecam_write(offset, data);
     }
 }
 
-/// A PCI memory window (32-bit or 64-bit) as an MMIO device: offsets are relative to `base`
-/// and reach the BAR that decodes `base + offset`.
+/// A PCI memory window (32-bit or 64-bit) on the MMIO bus: offsets are relative to `base`
+/// and reach the BAR that decodes `base + offset`, through the root's [`BarRoutes`] (read
+/// side only while looking up), then that function's lock alone.
 #[derive(Debug, Clone)]
 pub struct PciMmioWindow {
-    root: Arc<Mutex<PciRoot>>,
+    routes: Arc<BarRoutes>,
     base: u64,
 }
 
 impl PciMmioWindow {
-    /// The window starting at guest physical `base`.
-    pub fn new(root: Arc<Mutex<PciRoot>>, base: u64) -> Self {
-        Self { root, base }
+    /// The window of `root` starting at guest physical `base`.
+    pub fn new(root: PciRoot, base: u64) -> Self {
+        Self { routes: root.routes(), base }
     }
 }
 
-impl MmioDevice for PciMmioWindow {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
+impl MmioTarget for PciMmioWindow {
+    fn read(&self, offset: u64, data: &mut [u8]) {
         let Some(address) = self.base.checked_add(offset) else {
             data.fill(0xff);
             return;
         };
-        self.root.lock().unwrap_or_else(|e| e.into_inner()).mmio_read(address, data);
+        self.routes.read(address, data);
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) {
+    fn write(&self, offset: u64, data: &[u8]) {
         if let Some(address) = self.base.checked_add(offset) {
-            self.root.lock().unwrap_or_else(|e| e.into_inner()).mmio_write(address, data);
+            self.routes.write(address, data);
         }
     }
 }

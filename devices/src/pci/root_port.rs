@@ -192,6 +192,10 @@ impl PciFunction for RootPort {
     fn bar_regions(&self) -> Vec<BarRegion> {
         Vec::new()
     }
+
+    fn bridge_buses(&self) -> Option<RangeInclusive<u8>> {
+        self.bus_range()
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Why the window manager refused a DMA request, worded for the VMM log and the guest's
 //! error code.
 
-use super::mapper::MapperError;
+use super::mapper::{MapConstraints, MapperError};
 use super::stats::FailureReason;
 use super::units::Bytes;
 
@@ -129,6 +129,43 @@ pub enum DmaError {
         /// The mapper's error.
         source: MapperError,
     },
+    /// The device cannot reach where the map would be: the host picked (and the mapping was
+    /// undone), has room, or with identity mapping the guest address is, above its DMA mask.
+    #[error(
+        "DMA map of {} at guest {gpa:#x} for a device with a {}: {detail}; the map was \
+         refused (no device address over the mask is ever returned)",
+        Bytes(*len), constraints.mask()
+    )]
+    AboveMask {
+        /// Guest-physical address of the request.
+        gpa: u64,
+        /// Length of the request.
+        len: u64,
+        /// What the device needs.
+        constraints: MapConstraints,
+        /// The device address the host picked, if it picked one.
+        device_addr: Option<u64>,
+        /// What the host had instead.
+        detail: String,
+    },
+    /// The device address would not have the alignment the device's driver relies on.
+    #[error(
+        "DMA map of {} at guest {gpa:#x} needs a device address that is a multiple of {}: \
+         {detail}; the map was refused",
+        Bytes(*len), Bytes(constraints.alignment)
+    )]
+    Misaligned {
+        /// Guest-physical address of the request.
+        gpa: u64,
+        /// Length of the request.
+        len: u64,
+        /// What the device needs.
+        constraints: MapConstraints,
+        /// The device address the host picked, if it picked one.
+        device_addr: Option<u64>,
+        /// Why it could not be had.
+        detail: String,
+    },
     /// The host mapper returned an impossible device address.
     #[error(
         "the host mapper broke its contract mapping guest {gpa:#x}+{len:#x}: {what}; this is a \
@@ -158,6 +195,8 @@ impl DmaError {
             Self::HostMap { .. } => FailureReason::HostMap,
             Self::HostUnmap { .. } => FailureReason::HostUnmap,
             Self::MapperContract { .. } => FailureReason::MapperContract,
+            Self::AboveMask { .. } => FailureReason::AboveMask,
+            Self::Misaligned { .. } => FailureReason::Misaligned,
         }
     }
 }

@@ -1,22 +1,28 @@
-//! A device-address (IOVA) allocator over a fixed aperture, for mappers that pick device
+//! A device-address (IOVA) allocator over fixed apertures, for mappers that pick device
 //! addresses themselves (the VFIO mapper imitating the DART, and the fake mapper in tests).
 //!
 //! Free space is kept as maximal runs, indexed both by address and by size, so that freeing
 //! coalesces with both neighbours in O(log n) and best fit is one ordered lookup. Every
-//! allocation is remembered, so a free must name exactly one live allocation.
+//! allocation is remembered, so a free must name exactly one live allocation. Allocations
+//! may be constrained ([`MapConstraints`]): below a device's DMA mask, and congruent to the
+//! guest address modulo an alignment.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::mapper::{ConstraintKind, MapConstraints};
 use super::units::{is_aligned, Bytes};
 
 /// How a free run is chosen for an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FitPolicy {
-    /// The lowest-addressed run that is large enough.
+    /// The lowest-addressed place that fits.
     FirstFit,
-    /// The smallest run that is large enough (lowest address among equals); keeps large runs
-    /// whole for large requests.
+    /// The smallest run that fits (lowest address among equals); keeps large runs whole for
+    /// large requests.
     BestFit,
+    /// The highest place that fits below the request's reach: low addresses stay free for
+    /// devices with narrow DMA masks (as Linux's IOVA allocator does).
+    TopDown,
 }
 
 /// A device-address allocator failure.
@@ -25,11 +31,11 @@ pub enum AllocatorError {
     /// The aperture is unusable.
     #[error(
         "device-address aperture {base:#x}+{size:#x} with alignment {alignment:#x} is unusable: \
-         the alignment must be a power of two, base and size multiples of it, size non-zero, \
-         and the aperture must end below 2^64"
+         the alignment must be a power of two, every range must be non-empty, a multiple of it \
+         and end below 2^64, and ranges must not overlap"
     )]
     InvalidAperture {
-        /// First device address.
+        /// First device address (of the offending range).
         base: u64,
         /// Size in bytes.
         size: u64,
@@ -51,21 +57,37 @@ pub enum AllocatorError {
     },
     /// No free run is large enough.
     #[error(
-        "no free run of {} in device-address aperture {base:#x}+{size:#x}: {} free in total, \
-         the largest run is {}; give the mapper a larger aperture",
+        "no free run of {} in device-address aperture {aperture}: {} free in total, the \
+         largest run is {}; give the mapper a larger aperture",
         Bytes(*len), Bytes(*free), Bytes(*largest)
     )]
     Exhausted {
         /// Requested length.
         len: u64,
-        /// Aperture base.
-        base: u64,
-        /// Aperture size.
-        size: u64,
+        /// The aperture's ranges.
+        aperture: String,
         /// Free bytes in total.
         free: u64,
         /// Largest free run.
         largest: u64,
+    },
+    /// Free runs exist, but none meets the constraints.
+    #[error(
+        "no free place for {} within the {} at {} alignment in device-address aperture \
+         {aperture} ({} free in total)",
+        Bytes(*len), constraints.mask(), Bytes(constraints.alignment), Bytes(*free)
+    )]
+    Unplaceable {
+        /// Requested length.
+        len: u64,
+        /// What was asked.
+        constraints: MapConstraints,
+        /// The constraint that could not be met (without it the allocation would fit).
+        kind: ConstraintKind,
+        /// The aperture's ranges.
+        aperture: String,
+        /// Free bytes in total.
+        free: u64,
     },
     /// A free that does not match a live allocation.
     #[error(
@@ -80,10 +102,11 @@ pub enum AllocatorError {
     },
 }
 
-/// Allocates aligned device-address ranges from `[base, base+size)`.
+/// Allocates aligned device-address ranges from a set of disjoint ranges.
 #[derive(Debug, Clone)]
 pub struct HostPicksAllocator {
-    base: u64,
+    /// The usable ranges, `(start, len)`, by address.
+    ranges: Vec<(u64, u64)>,
     size: u64,
     alignment: u64,
     fit: FitPolicy,
@@ -97,24 +120,46 @@ pub struct HostPicksAllocator {
 }
 
 impl HostPicksAllocator {
-    /// An allocator with the whole aperture free.
+    /// An allocator with the whole aperture `[base, base+size)` free.
     pub fn new(
         base: u64,
         size: u64,
         alignment: u64,
         fit: FitPolicy,
     ) -> Result<Self, AllocatorError> {
-        let usable = alignment.is_power_of_two()
-            && size != 0
-            && is_aligned(base, alignment)
-            && is_aligned(size, alignment)
-            && base.checked_add(size).is_some();
-        if !usable {
-            return Err(AllocatorError::InvalidAperture { base, size, alignment });
+        Self::with_ranges(&[(base, size)], alignment, fit)
+    }
+
+    /// An allocator over several disjoint ranges `(start, len)`, all free.
+    pub fn with_ranges(
+        ranges: &[(u64, u64)],
+        alignment: u64,
+        fit: FitPolicy,
+    ) -> Result<Self, AllocatorError> {
+        let mut sorted = ranges.to_vec();
+        sorted.sort_unstable();
+        let bad =
+            |&(base, size): &(u64, u64)| AllocatorError::InvalidAperture { base, size, alignment };
+        if sorted.is_empty() {
+            return Err(bad(&(0, 0)));
+        }
+        let mut last_end = 0;
+        for (i, r) in sorted.iter().enumerate() {
+            let (base, size) = *r;
+            let usable = alignment.is_power_of_two()
+                && size != 0
+                && is_aligned(base, alignment)
+                && is_aligned(size, alignment)
+                && base.checked_add(size).is_some()
+                && (i == 0 || base >= last_end);
+            if !usable {
+                return Err(bad(r));
+            }
+            last_end = base + size;
         }
         let mut allocator = Self {
-            base,
-            size,
+            size: sorted.iter().map(|r| r.1).sum(),
+            ranges: sorted.clone(),
             alignment,
             fit,
             free_by_start: BTreeMap::new(),
@@ -122,37 +167,118 @@ impl HostPicksAllocator {
             allocated: BTreeMap::new(),
             allocated_bytes: 0,
         };
-        allocator.insert_free(base, size);
+        for (base, size) in sorted {
+            // Touching ranges become one run, so that runs stay maximal.
+            match allocator.free_by_start.range(..base).next_back().map(|(&s, &l)| (s, l)) {
+                Some((s, l)) if s + l == base => {
+                    allocator.remove_free(s, l);
+                    allocator.insert_free(s, l + size);
+                }
+                _ => allocator.insert_free(base, size),
+            }
+        }
         Ok(allocator)
     }
 
     /// Allocates `len` bytes (a non-zero multiple of the granule) and returns the start.
     pub fn allocate(&mut self, len: u64) -> Result<u64, AllocatorError> {
+        self.allocate_within(len, 0, &MapConstraints::NONE)
+    }
+
+    /// Allocates `len` bytes for guest address `gpa` within `constraints`: the whole range at
+    /// or below `max_device_addr`, the start congruent to `gpa` modulo the alignment.
+    pub fn allocate_within(
+        &mut self,
+        len: u64,
+        gpa: u64,
+        constraints: &MapConstraints,
+    ) -> Result<u64, AllocatorError> {
         if len == 0 || !is_aligned(len, self.alignment) {
             return Err(AllocatorError::Misaligned { addr: 0, len, alignment: self.alignment });
         }
-        let found = match self.fit {
-            FitPolicy::BestFit => self.free_by_size.range((len, 0)..).next().map(|&(l, s)| (s, l)),
-            FitPolicy::FirstFit => {
-                self.free_by_start.iter().find(|(_, &l)| l >= len).map(|(&s, &l)| (s, l))
-            }
+        let Some((run, at)) = self.find(len, gpa, constraints) else {
+            return Err(self.why_not(len, gpa, constraints));
         };
-        let Some((start, run_len)) = found else {
-            return Err(AllocatorError::Exhausted {
-                len,
-                base: self.base,
-                size: self.size,
-                free: self.free_bytes(),
-                largest: self.largest_free(),
-            });
-        };
+        let (start, run_len) = run;
         self.remove_free(start, run_len);
-        if run_len > len {
-            self.insert_free(start + len, run_len - len);
+        if at > start {
+            self.insert_free(start, at - start);
         }
-        self.allocated.insert(start, len);
+        let end = start + run_len;
+        if end > at + len {
+            self.insert_free(at + len, end - at - len);
+        }
+        self.allocated.insert(at, len);
         self.allocated_bytes += len;
-        Ok(start)
+        Ok(at)
+    }
+
+    /// The free run `(start, len)` to take and the address in it, if any fits.
+    fn find(&self, len: u64, gpa: u64, c: &MapConstraints) -> Option<((u64, u64), u64)> {
+        let align = c.alignment.max(self.alignment);
+        // The start must be ≡ phase (mod align); the granule part of the phase is 0.
+        let phase = gpa & (align - 1) & !(self.alignment - 1);
+        let place = |&(s, l): &(u64, u64), top_down: bool| -> Option<u64> {
+            let end = s + l;
+            // Highest usable end, at most max_device_addr + 1.
+            let top = if c.max_device_addr < end { c.max_device_addr + 1 } else { end };
+            let highest = top.checked_sub(len)?;
+            let at = if top_down {
+                highest.checked_sub(highest.wrapping_sub(phase) & (align - 1))?
+            } else {
+                s.checked_add(phase.wrapping_sub(s) & (align - 1))?
+            };
+            (at >= s && at <= highest).then_some(at)
+        };
+        match self.fit {
+            FitPolicy::TopDown => self
+                .free_by_start
+                .range(..=c.max_device_addr)
+                .rev()
+                .map(|(&s, &l)| (s, l))
+                .find_map(|r| place(&r, true).map(|at| (r, at))),
+            FitPolicy::BestFit => self
+                .free_by_size
+                .range((len, 0)..)
+                .map(|&(l, s)| (s, l))
+                .find_map(|r| place(&r, false).map(|at| (r, at))),
+            FitPolicy::FirstFit => self
+                .free_by_start
+                .iter()
+                .map(|(&s, &l)| (s, l))
+                .find_map(|r| place(&r, false).map(|at| (r, at))),
+        }
+    }
+
+    /// Why nothing fits: which constraint is in the way, or plain exhaustion.
+    fn why_not(&self, len: u64, gpa: u64, c: &MapConstraints) -> AllocatorError {
+        let unplaceable = |kind| AllocatorError::Unplaceable {
+            len,
+            constraints: *c,
+            kind,
+            aperture: self.describe(),
+            free: self.free_bytes(),
+        };
+        let anywhere = MapConstraints { max_device_addr: u64::MAX, ..*c };
+        if self.find(len, gpa, &anywhere).is_some() {
+            return unplaceable(ConstraintKind::Mask);
+        }
+        if self.find(len, gpa, &MapConstraints { alignment: 1, ..*c }).is_some() {
+            return unplaceable(ConstraintKind::Alignment);
+        }
+        AllocatorError::Exhausted {
+            len,
+            aperture: self.describe(),
+            free: self.free_bytes(),
+            largest: self.largest_free(),
+        }
+    }
+
+    /// The ranges as text: `0x100000..0x40000000, 0x100000000..0x10000000000`.
+    fn describe(&self) -> String {
+        let parts: Vec<String> =
+            self.ranges.iter().map(|&(s, l)| format!("{s:#x}..{:#x}", s + l)).collect();
+        parts.join(", ")
     }
 
     /// Frees exactly one live allocation, merging it with free neighbours.
@@ -177,9 +303,17 @@ impl HostPicksAllocator {
         Ok(())
     }
 
-    /// `(base, size)` of the aperture.
+    /// `(base, size)` spanning the aperture (from its lowest to its highest address; with
+    /// several ranges, the gaps between them are never handed out).
     pub fn aperture(&self) -> (u64, u64) {
-        (self.base, self.size)
+        let base = self.ranges.first().map_or(0, |r| r.0);
+        let end = self.ranges.last().map_or(0, |r| r.0 + r.1);
+        (base, end - base)
+    }
+
+    /// The usable ranges, `(start, len)`, by address.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.ranges
     }
 
     /// Bytes handed out.
@@ -290,13 +424,124 @@ mod tests {
             err,
             AllocatorError::Exhausted {
                 len: 3 * K16,
-                base: 0,
-                size: 4 * K16,
+                aperture: "0x0..0x10000".into(),
                 free: 3 * K16,
                 largest: 2 * K16
             }
         );
         assert!(err.to_string().contains("the largest run is 32 KiB"), "{err}");
+    }
+
+    #[test]
+    fn several_ranges_never_hand_out_the_gaps() {
+        let ranges = [(0x10_0000, 4 * K16), (0x100_0000, 4 * K16), (0x10_0000 + 4 * K16, K16)];
+        let mut a = HostPicksAllocator::with_ranges(&ranges, K16, FitPolicy::FirstFit).unwrap();
+        assert_eq!(a.free_runs(), 2, "touching ranges merge");
+        assert_eq!(a.aperture(), (0x10_0000, 0x100_0000 + 4 * K16 - 0x10_0000));
+        let x = a.allocate(5 * K16).unwrap();
+        assert_eq!(x, 0x10_0000);
+        assert_eq!(a.allocate(4 * K16).unwrap(), 0x100_0000);
+        assert!(matches!(a.allocate(K16), Err(AllocatorError::Exhausted { .. })));
+        assert!(HostPicksAllocator::with_ranges(
+            &[(0, 2 * K16), (K16, K16)],
+            K16,
+            FitPolicy::TopDown
+        )
+        .is_err());
+        assert!(HostPicksAllocator::with_ranges(&[], K16, FitPolicy::TopDown).is_err());
+    }
+
+    #[test]
+    fn top_down_keeps_low_addresses_free() {
+        let ranges = [(1 << 20, (1 << 30) - (1 << 20)), (4 << 30, (1 << 40) - (4 << 30))];
+        let mut a = HostPicksAllocator::with_ranges(&ranges, K16, FitPolicy::TopDown).unwrap();
+        let x = a.allocate(K16).unwrap();
+        assert_eq!(x, (1 << 40) - K16);
+        let c32 = MapConstraints::below_mask(32);
+        assert_eq!(a.allocate_within(K16, 0, &c32).unwrap(), (1 << 30) - K16);
+        let c40 = MapConstraints::below_mask(40).aligned(2 << 20);
+        assert_eq!(a.allocate_within(2 << 20, 0, &c40).unwrap(), (1 << 40) - (4 << 20));
+    }
+
+    #[test]
+    fn placements_keep_the_guest_offset_modulo_the_alignment() {
+        for fit in [FitPolicy::FirstFit, FitPolicy::BestFit, FitPolicy::TopDown] {
+            let mut a = HostPicksAllocator::new(0x10_0000 + K16, 1 << 30, K16, fit).unwrap();
+            let c = MapConstraints::NONE.aligned(256 << 10);
+            for gpa in [0x4000_0000, 0x4000_4000, 0x4003_c000] {
+                let at = a.allocate_within(3 * K16, gpa, &c).unwrap();
+                assert_eq!(at % (256 << 10), gpa % (256 << 10), "{fit:?} {gpa:#x} at {at:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn failures_say_which_constraint_is_in_the_way() {
+        let mut a = HostPicksAllocator::new(1 << 32, 1 << 30, K16, FitPolicy::TopDown).unwrap();
+        let err = a.allocate_within(K16, 0, &MapConstraints::below_mask(32)).unwrap_err();
+        assert!(matches!(err, AllocatorError::Unplaceable { kind: ConstraintKind::Mask, .. }));
+        assert!(err.to_string().contains("32-bit DMA mask"), "{err}");
+        // Fill all but one granule-sized hole at an odd place: 64 KiB alignment cannot fit.
+        let mut b = HostPicksAllocator::new(0, 8 * K16, K16, FitPolicy::FirstFit).unwrap();
+        let blocks: Vec<u64> = (0..8).map(|_| b.allocate(K16).unwrap()).collect();
+        b.free(blocks[5], K16).unwrap();
+        b.free(blocks[6], K16).unwrap();
+        let c = MapConstraints::NONE.aligned(4 * K16);
+        let err = b.allocate_within(2 * K16, 0, &c).unwrap_err();
+        assert!(matches!(err, AllocatorError::Unplaceable { kind: ConstraintKind::Alignment, .. }));
+        assert!(matches!(b.allocate(4 * K16), Err(AllocatorError::Exhausted { .. })));
+        assert_eq!(b.allocate_within(2 * K16, 0, &MapConstraints::NONE).unwrap(), 5 * K16);
+    }
+
+    /// Random constrained allocations and frees: every placement meets its constraints, and
+    /// a refusal is right (nothing in the free runs would have fit).
+    #[test]
+    fn random_constrained_allocations_meet_their_constraints() {
+        for seed in 1..=4u64 {
+            let ranges = [(1 << 20, 255 << 20), (1 << 30, 3 << 30)];
+            let mut a = HostPicksAllocator::with_ranges(&ranges, K16, FitPolicy::TopDown).unwrap();
+            let mut rng = XorShift::new(seed);
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..5_000 {
+                if rng.below(3) != 0 {
+                    let len = K16 << rng.below(8);
+                    let c = MapConstraints::below_mask(26 + rng.below(10) as u32)
+                        .aligned(1 << (12 + rng.below(10)));
+                    let gpa = rng.below(1 << 30) & !(K16 - 1);
+                    match a.allocate_within(len, gpa, &c) {
+                        Ok(at) => {
+                            assert!(c.admit(gpa, at, len), "{at:#x}+{len:#x} for {gpa:#x} {c:x?}");
+                            assert!(ranges.iter().any(|&(s, l)| at >= s && at + len <= s + l));
+                            live.push((at, len));
+                        }
+                        Err(
+                            AllocatorError::Unplaceable { .. } | AllocatorError::Exhausted { .. },
+                        ) => {
+                            let free: Vec<(u64, u64)> =
+                                a.free_by_start.iter().map(|(&s, &l)| (s, l)).collect();
+                            // The lowest place in a run congruent to the guest address
+                            // fits if any does.
+                            let p = c.alignment.max(K16);
+                            for (s, l) in free {
+                                let at = s + ((gpa % p + p - s % p) % p);
+                                assert!(
+                                    at + len > s + l || !c.admit(gpa, at, len),
+                                    "{at:#x} would have fit {len:#x} {c:x?}"
+                                );
+                            }
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                } else if !live.is_empty() {
+                    let (at, len) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    a.free(at, len).unwrap();
+                }
+            }
+            for (at, len) in live {
+                a.free(at, len).unwrap();
+            }
+            assert_eq!(a.free_runs(), 2);
+        }
     }
 
     /// With an aperture four times the live total, mixed-size allocations never fail over a

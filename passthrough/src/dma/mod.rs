@@ -23,6 +23,18 @@
 //!   host picks addresses (so the range is device-contiguous); with identity mapping any set
 //!   of mappings covering it will do, so existing windows are reused and only the holes are
 //!   mapped.
+//! - **Device constraints.** A request may carry [`MapConstraints`]: the device's DMA mask
+//!   and an alignment; a power-of-two request of 64 KiB or more at a guest address aligned to
+//!   `A = min(len, 2 MiB)` needs a device address aligned to `A` anyway ([`auto_alignment`]).
+//!   Device addresses keep the guest address's offset modulo the alignment (windows modulo
+//!   the window size, so aligned requests sharing a window stay aligned). A mapper that can
+//!   be told ([`AddressPolicy::HostPicksWithin`]) places the mapping within them; when it has
+//!   no room there, cached windows below the mask are evicted and it retries. One that cannot
+//!   ([`AddressPolicy::HostPicks`], the DART) has its answer checked: a mapping that breaks
+//!   them is undone and the request refused ([`DmaError::AboveMask`],
+//!   [`DmaError::Misaligned`]). An existing window that breaks them is not reused: a new
+//!   mapping takes over, as for straddling. With identity mapping the guest address is checked
+//!   up front. No device address that breaks a request's constraints is ever returned.
 //! - **Unmap by device address.** `unmap(device_addr, len)` takes what Linux's `dma_unmap_*`
 //!   gets: the returned address and the mapped length. Live requests are recorded under that
 //!   key, so an unmap that matches no live map is refused without touching any count.
@@ -55,6 +67,7 @@ mod error;
 mod extent;
 mod guest_ram;
 mod host_picks;
+mod iova_aperture;
 mod lru;
 mod mapper;
 pub mod pv;
@@ -72,7 +85,14 @@ pub use error::DmaError;
 pub use extent::WindowInfo;
 pub use guest_ram::{GuestRam, GuestRamError, GuestRamRange};
 pub use host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
-pub use mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+pub use iova_aperture::{
+    parse_vfio_iova_ranges, usable_iova_ranges, ARM64_SMMU_MSI_WINDOW, DEFAULT_DMA_REACH,
+    IOVA_FLOOR, VFIO_IOMMU_INFO_SIZE,
+};
+pub use mapper::{
+    auto_alignment, AddressPolicy, ConstraintKind, HostMapper, MapConstraints, MapperError,
+    MapperLimits, AUTO_ALIGN_MAX, AUTO_ALIGN_MIN,
+};
 pub use pv::{DmaWindowDevice, PvDeviceError, SharedWindows};
 pub use stats::{DmaStats, FailureCounts, FailureReason};
 pub use units::Bytes;

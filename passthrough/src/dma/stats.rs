@@ -27,6 +27,10 @@ pub enum FailureReason {
     HostUnmap,
     /// The host mapper broke its contract (wrong or overlapping device address).
     MapperContract,
+    /// The device address would be above the device's DMA mask.
+    AboveMask,
+    /// The device address would not have the alignment asked for.
+    Misaligned,
 }
 
 /// Failed requests by reason.
@@ -52,6 +56,10 @@ pub struct FailureCounts {
     pub host_unmap: u64,
     /// Host mapper contract breaches.
     pub mapper_contract: u64,
+    /// Maps refused because the device address would be above the device's DMA mask.
+    pub above_mask: u64,
+    /// Maps refused because the device address would be misaligned.
+    pub misaligned: u64,
 }
 
 impl FailureCounts {
@@ -67,6 +75,8 @@ impl FailureCounts {
             FailureReason::HostMap => &mut self.host_map,
             FailureReason::HostUnmap => &mut self.host_unmap,
             FailureReason::MapperContract => &mut self.mapper_contract,
+            FailureReason::AboveMask => &mut self.above_mask,
+            FailureReason::Misaligned => &mut self.misaligned,
         }
     }
 
@@ -85,7 +95,7 @@ impl FailureCounts {
         self.named().iter().map(|(n, _)| n).sum()
     }
 
-    fn named(&self) -> [(u64, &'static str); 10] {
+    fn named(&self) -> [(u64, &'static str); 12] {
         [
             (self.zero_length, "zero length"),
             (self.overflow, "wrapping range"),
@@ -97,6 +107,8 @@ impl FailureCounts {
             (self.host_map, "host map failed"),
             (self.host_unmap, "host unmap failed"),
             (self.mapper_contract, "host mapper contract broken"),
+            (self.above_mask, "above the device's DMA mask"),
+            (self.misaligned, "misaligned for the device"),
         ]
     }
 }

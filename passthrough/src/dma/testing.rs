@@ -2,19 +2,26 @@
 //!
 //! It enforces [`MapperLimits`] as a real host would and records every broken rule in
 //! [`FakeMapper::violations`] (also refusing the call), so a test only has to assert that the
-//! list is empty. With [`AddressPolicy::HostPicks`] it hands out device addresses from its own
-//! aperture, far from guest RAM, so a caller that confuses the two corrupts data in tests.
+//! list is empty. With host-picks it hands out device addresses from its own aperture, away
+//! from the tests' guest RAM (at 1 GiB and up), so a caller that confuses the two corrupts data
+//! in tests. Its aperture has a low part (below 1 GiB) and a high one (4 GiB to 2 TiB), handed
+//! out top-down: unconstrained maps land at 1 TiB or above, narrow DMA masks get low addresses.
+//! With [`AddressPolicy::HostPicksWithin`] it honours [`MapConstraints`]; with
+//! [`AddressPolicy::HostPicks`] it ignores them, as the DART does.
 
 use std::collections::BTreeMap;
 
-use super::host_picks::{FitPolicy, HostPicksAllocator};
-use super::mapper::{AddressPolicy, HostMapper, MapperError, MapperLimits};
+use super::host_picks::{AllocatorError, FitPolicy, HostPicksAllocator};
+use super::mapper::{AddressPolicy, HostMapper, MapConstraints, MapperError, MapperLimits};
 use super::units::{is_aligned, Bytes};
 
-/// Where the fake's device addresses start by default (1 TiB, above any test's guest RAM).
+/// Unconstrained device addresses of the fake are at least this (1 TiB, above any test's
+/// guest RAM), as long as less than 1 TiB is mapped.
 pub const FAKE_APERTURE_BASE: u64 = 1 << 40;
-/// Size of the fake's default device-address aperture.
-pub const FAKE_APERTURE_SIZE: u64 = 1 << 40;
+/// The fake's default device-address ranges, `(start, len)`: 16 MiB to 1 GiB (below the
+/// tests' guest RAM) and 4 GiB to 2 TiB.
+pub const FAKE_APERTURE_RANGES: [(u64, u64); 2] =
+    [(16 << 20, (1 << 30) - (16 << 20)), (4 << 30, (2 << 40) - (4 << 30))];
 
 /// One live mapping of the fake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,11 +62,10 @@ impl FakeMapper {
     /// mapped twice at once (at two device addresses) only with host-picks, as the DART and
     /// VFIO allow; identity mapping makes that a device-address overlap.
     pub fn new(limits: MapperLimits) -> Self {
-        let addresses = HostPicksAllocator::new(
-            FAKE_APERTURE_BASE,
-            FAKE_APERTURE_SIZE,
+        let addresses = HostPicksAllocator::with_ranges(
+            &FAKE_APERTURE_RANGES,
             limits.alignment,
-            FitPolicy::BestFit,
+            FitPolicy::TopDown,
         )
         .ok();
         Self::build(limits, addresses)
@@ -71,12 +77,12 @@ impl FakeMapper {
         base: u64,
         size: u64,
     ) -> Result<Self, super::host_picks::AllocatorError> {
-        let addresses = HostPicksAllocator::new(base, size, limits.alignment, FitPolicy::BestFit)?;
+        let addresses = HostPicksAllocator::new(base, size, limits.alignment, FitPolicy::TopDown)?;
         Ok(Self::build(limits, Some(addresses)))
     }
 
     fn build(limits: MapperLimits, addresses: Option<HostPicksAllocator>) -> Self {
-        let host_picks = limits.policy == AddressPolicy::HostPicks;
+        let host_picks = limits.policy.host_picks();
         Self {
             limits,
             addresses: if host_picks { addresses } else { None },
@@ -97,7 +103,7 @@ impl FakeMapper {
 
     /// Whether the same guest bytes may be live in two mappings at once (host-picks only).
     pub fn set_guest_aliasing(&mut self, allow: bool) {
-        self.allow_guest_aliasing = allow && self.limits.policy == AddressPolicy::HostPicks;
+        self.allow_guest_aliasing = allow && self.limits.policy.host_picks();
     }
 
     /// Makes the next `n` map calls fail (without mapping), as a host out of resources would.
@@ -216,7 +222,21 @@ impl HostMapper for FakeMapper {
     }
 
     fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
+        self.map_within(gpa, len, &MapConstraints::NONE)
+    }
+
+    fn map_within(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        constraints: &MapConstraints,
+    ) -> Result<u64, MapperError> {
         self.map_calls += 1;
+        // Only a fake that can be told where to map listens.
+        let constraints = match self.limits.policy {
+            AddressPolicy::HostPicksWithin => *constraints,
+            AddressPolicy::HostPicks | AddressPolicy::Identity => MapConstraints::NONE,
+        };
         if let Some(why) = self.map_violation(gpa, len) {
             return Err(self.refuse_map(gpa, len, why));
         }
@@ -228,11 +248,14 @@ impl HostMapper for FakeMapper {
         }
         let device_addr = match self.addresses.as_mut() {
             None => gpa,
-            Some(addresses) => addresses.allocate(len).map_err(|e| MapperError::MapFailed {
-                gpa,
-                len,
-                reason: e.to_string(),
-            })?,
+            Some(addresses) => match addresses.allocate_within(len, gpa, &constraints) {
+                Ok(device_addr) => device_addr,
+                Err(e @ AllocatorError::Unplaceable { kind, .. }) => {
+                    let reason = e.to_string();
+                    return Err(MapperError::Unplaceable { gpa, len, constraints, kind, reason });
+                }
+                Err(e) => return Err(MapperError::MapFailed { gpa, len, reason: e.to_string() }),
+            },
         };
         if let Some((start, l)) = self.device_overlap(device_addr, len) {
             let why = format!("device range overlaps live mapping {start:#x}+{l:#x}");

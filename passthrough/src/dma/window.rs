@@ -8,7 +8,10 @@ use super::error::DmaError;
 use super::extent::{Extent, ExtentId, WindowInfo};
 use super::guest_ram::{GuestRam, GuestRamRange};
 use super::lru::EvictionOrder;
-use super::mapper::{AddressPolicy, HostMapper, MapperLimits};
+use super::mapper::{
+    auto_alignment, AddressPolicy, ConstraintKind, HostMapper, MapConstraints, MapperError,
+    MapperLimits,
+};
 use super::runs::CurrentRuns;
 use super::stats::DmaStats;
 use super::units::{align_down, align_up};
@@ -33,6 +36,49 @@ struct MapPlan {
 impl MapPlan {
     fn new_bytes(&self) -> u64 {
         self.new.iter().map(|(s, e)| e - s).sum()
+    }
+}
+
+/// A map request and what its device needs (its constraints plus the automatic alignment).
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    gpa: u64,
+    len: u64,
+    need: MapConstraints,
+}
+
+impl Request {
+    /// The refusal for a broken `kind` of constraint; `device_addr` is what the host picked.
+    fn refusal(&self, kind: ConstraintKind, device_addr: Option<u64>, detail: String) -> DmaError {
+        let (gpa, len, constraints) = (self.gpa, self.len, self.need);
+        match kind {
+            ConstraintKind::Mask => {
+                DmaError::AboveMask { gpa, len, constraints, device_addr, detail }
+            }
+            ConstraintKind::Alignment => {
+                DmaError::Misaligned { gpa, len, constraints, device_addr, detail }
+            }
+        }
+    }
+
+    /// The refusal for `device_addr` (of `gpa`), if it breaks the request's needs.
+    fn check(&self, device_addr: u64) -> Option<DmaError> {
+        let end = device_addr.wrapping_add(self.len);
+        let picked = |what: &str| {
+            format!(
+                "the host picked device address {device_addr:#x}..{end:#x}, {what}; the \
+                 mapping was undone"
+            )
+        };
+        if !self.need.reaches(device_addr, self.len) {
+            let detail = picked("over the mask");
+            return Some(self.refusal(ConstraintKind::Mask, Some(device_addr), detail));
+        }
+        if !self.need.keeps_alignment(self.gpa, device_addr) {
+            let detail = picked("not a multiple of it");
+            return Some(self.refusal(ConstraintKind::Alignment, Some(device_addr), detail));
+        }
+        None
     }
 }
 
@@ -92,10 +138,27 @@ impl<M: HostMapper> WindowManager<M> {
 
     /// Makes `[gpa, gpa+len)` reachable by the device and returns the device address of `gpa`
     /// (the guest's `dma_addr_t`); the range is device-contiguous from there. Undo with
-    /// [`WindowManager::unmap`] with that address and the same `len`.
+    /// [`WindowManager::unmap`] with that address and the same `len`. The device address
+    /// follows the automatic alignment rule ([`auto_alignment`]) but may be anywhere.
     pub fn map(&mut self, gpa: u64, len: u64) -> Result<u64, DmaError> {
+        self.map_within(gpa, len, &MapConstraints::NONE)
+    }
+
+    /// [`WindowManager::map`] for a device that reaches only device addresses up to
+    /// `constraints.max_device_addr` and needs the device address to be a multiple of
+    /// `constraints.alignment` (the guest address must be one too). The automatic alignment
+    /// rule applies on top. Where the host picks and can be told, the mapping is placed
+    /// within them; where it cannot, what it picked is checked and a mapping that breaks them
+    /// undone: never is an address returned that breaks them ([`DmaError::AboveMask`],
+    /// [`DmaError::Misaligned`]).
+    pub fn map_within(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        constraints: &MapConstraints,
+    ) -> Result<u64, DmaError> {
         self.stats.map_requests += 1;
-        let result = self.try_map(gpa, len);
+        let result = self.try_map(gpa, len, constraints);
         if let Err(e) = &result {
             self.stats.failures.count(e.reason());
         }
@@ -196,9 +259,11 @@ impl<M: HostMapper> WindowManager<M> {
         self.cache.iter().filter_map(|id| self.extents.get(&id)).map(WindowInfo::from).collect()
     }
 
-    fn try_map(&mut self, gpa: u64, len: u64) -> Result<u64, DmaError> {
+    fn try_map(&mut self, gpa: u64, len: u64, asked: &MapConstraints) -> Result<u64, DmaError> {
         let (pages, region) = self.check_range(gpa, len)?;
-        if let Some(reuse) = self.hit(pages) {
+        let need = asked.aligned(auto_alignment(gpa, len));
+        self.check_constraints(gpa, len, &need)?;
+        if let Some(reuse) = self.hit(gpa, len, pages, &need) {
             let was_cached = reuse.iter().any(|id| self.cache.contains(*id));
             if was_cached {
                 self.stats.cache_hits += 1;
@@ -213,16 +278,20 @@ impl<M: HostMapper> WindowManager<M> {
         let wide = (window != pages)
             .then(|| self.plan(pages, window))
             .filter(|p| self.may_widen(p) && self.check_budget(gpa, len, p).is_ok());
-        let plan = match wide {
-            Some(plan) => plan,
+        let (plan, widened) = match wide {
+            Some(plan) => (plan, true),
             None => {
                 let narrow = self.plan(pages, pages);
                 self.check_budget(gpa, len, &narrow)?;
-                narrow
+                (narrow, false)
             }
         };
         self.make_room(gpa, len, &plan)?;
-        let mapped = self.map_new(gpa, len, &plan.new)?;
+        // A window keeps the offsets of the guest addresses in it (modulo the window size),
+        // so aligned requests sharing it later stay aligned in device space.
+        let placement = if widened { need.aligned(self.config.window_size) } else { need };
+        let request = Request { gpa, len, need };
+        let mapped = self.map_new(&request, &plan.new, &placement)?;
         let mut uses = plan.reuse;
         uses.extend(mapped);
         Ok(self.pin_request(gpa, len, uses))
@@ -245,10 +314,45 @@ impl<M: HostMapper> WindowManager<M> {
         Ok((pages, region))
     }
 
-    /// The extents already serving all of `pages`, if no host call is needed.
-    fn hit(&self, pages: Span) -> Option<Vec<ExtentId>> {
+    /// Refuses, before any host call, what no placement can satisfy: a guest address without
+    /// the alignment asked for (device addresses keep the guest address's offset modulo the
+    /// alignment), and with identity mapping a guest range above the mask.
+    fn check_constraints(&self, gpa: u64, len: u64, need: &MapConstraints) -> Result<(), DmaError> {
+        if gpa & (need.alignment - 1) != 0 {
+            return Err(DmaError::Misaligned {
+                gpa,
+                len,
+                constraints: *need,
+                device_addr: None,
+                detail: "the guest address is not a multiple of it, and device addresses keep \
+                         the guest address's offset within that alignment; align the buffer"
+                    .into(),
+            });
+        }
+        if self.limits.policy == AddressPolicy::Identity && !need.reaches(gpa, len) {
+            return Err(DmaError::AboveMask {
+                gpa,
+                len,
+                constraints: *need,
+                device_addr: Some(gpa),
+                detail: "with identity mapping its device address is its guest address, which \
+                         is over the mask; give the guest less RAM or the device a wider mask"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The extents already serving all of `pages`, if no host call is needed. With host-picks,
+    /// an extent serves the request only if its device address meets the request's needs; if
+    /// not, a new mapping is made that takes over.
+    fn hit(&self, gpa: u64, len: u64, pages: Span, need: &MapConstraints) -> Option<Vec<ExtentId>> {
         match self.limits.policy {
-            AddressPolicy::HostPicks => self.runs.sole_extent(pages.0, pages.1).map(|id| vec![id]),
+            AddressPolicy::HostPicks | AddressPolicy::HostPicksWithin => {
+                let id = self.runs.sole_extent(pages.0, pages.1)?;
+                let e = self.extents.get(&id)?;
+                need.admit(gpa, e.device_addr_of(gpa), len).then(|| vec![id])
+            }
             AddressPolicy::Identity => {
                 if !self.runs.gaps(pages.0, pages.1).is_empty() {
                     return None;
@@ -291,7 +395,7 @@ impl<M: HostMapper> WindowManager<M> {
             }
         }
         match self.limits.policy {
-            AddressPolicy::HostPicks => MapPlan {
+            AddressPolicy::HostPicks | AddressPolicy::HostPicksWithin => MapPlan {
                 reuse: Vec::new(),
                 evict: conflicts.into_iter().filter(|id| self.cache.contains(*id)).collect(),
                 new: vec![(lo, hi)],
@@ -395,11 +499,29 @@ impl<M: HostMapper> WindowManager<M> {
         Ok(())
     }
 
-    /// Maps each new range. If one fails, the ones already mapped are kept as cached windows.
-    fn map_new(&mut self, gpa: u64, len: u64, new: &[Span]) -> Result<Vec<ExtentId>, DmaError> {
+    /// Maps each new range within `placement`. If one fails, the ones already mapped are kept
+    /// as cached windows. When the host has no room within the request's constraints, cached
+    /// windows below its mask are evicted (least recently released first) and it is retried.
+    fn map_new(
+        &mut self,
+        request: &Request,
+        new: &[Span],
+        placement: &MapConstraints,
+    ) -> Result<Vec<ExtentId>, DmaError> {
         let mut mapped = Vec::with_capacity(new.len());
         for &(start, end) in new {
-            let result = self.map_extent(start, end);
+            let result = loop {
+                let result = self.map_extent(start, end, request, placement);
+                let unplaced = matches!(
+                    result,
+                    Err(DmaError::AboveMask { device_addr: None, .. }
+                        | DmaError::Misaligned { device_addr: None, .. })
+                );
+                if unplaced && self.evict_below(placement.max_device_addr) {
+                    continue;
+                }
+                break result;
+            };
             match result {
                 Ok(id) => mapped.push(id),
                 Err(e) => {
@@ -410,7 +532,9 @@ impl<M: HostMapper> WindowManager<M> {
                         }
                     }
                     return Err(match e {
-                        DmaError::HostMap { source, .. } => DmaError::HostMap { gpa, len, source },
+                        DmaError::HostMap { source, .. } => {
+                            DmaError::HostMap { gpa: request.gpa, len: request.len, source }
+                        }
                         other => other,
                     });
                 }
@@ -419,20 +543,59 @@ impl<M: HostMapper> WindowManager<M> {
         Ok(mapped)
     }
 
-    /// Maps one extent at the host and starts tracking it (with no users yet).
-    fn map_extent(&mut self, start: u64, end: u64) -> Result<ExtentId, DmaError> {
+    /// Unmaps the least recently released cached extent whose device range starts at or below
+    /// `max_device_addr`; returns whether one went.
+    fn evict_below(&mut self, max_device_addr: u64) -> bool {
+        let victim = self
+            .cache
+            .iter()
+            .find(|id| self.extents.get(id).is_some_and(|e| e.device_addr <= max_device_addr));
+        let Some(victim) = victim else { return false };
+        match self.unmap_extent(victim) {
+            Ok(()) => {
+                self.stats.evictions += 1;
+                true
+            }
+            Err(e) => {
+                self.stats.failures.count(e.reason());
+                false
+            }
+        }
+    }
+
+    /// Maps one extent at the host within `placement` and starts tracking it (with no users
+    /// yet). With host-picks the extent holds the whole request, whose device address is
+    /// checked against its needs: a host that could not be told gets its mapping undone.
+    fn map_extent(
+        &mut self,
+        start: u64,
+        end: u64,
+        request: &Request,
+        placement: &MapConstraints,
+    ) -> Result<ExtentId, DmaError> {
         let len = end - start;
         self.stats.host_map_calls += 1;
-        let device_addr = self.mapper.map(start, len).map_err(|source| DmaError::HostMap {
-            gpa: start,
-            len,
-            source,
-        })?;
-        if let Some(what) = self.contract_breach(start, len, device_addr) {
+        let device_addr = match self.mapper.map_within(start, len, placement) {
+            Ok(device_addr) => device_addr,
+            Err(MapperError::Unplaceable { kind, reason, .. }) => {
+                return Err(request.refusal(kind, None, format!("the host has no room: {reason}")))
+            }
+            Err(source) => return Err(DmaError::HostMap { gpa: start, len, source }),
+        };
+        let breach = self
+            .contract_breach(start, len, device_addr)
+            .map(|what| DmaError::MapperContract { gpa: start, len, what });
+        let breach = breach.or_else(|| {
+            let inside = self.limits.policy.host_picks()
+                && (start..end).contains(&request.gpa)
+                && request.gpa + request.len <= end;
+            inside.then(|| request.check(device_addr + (request.gpa - start))).flatten()
+        });
+        if let Some(e) = breach {
             self.stats.host_unmap_calls += 1;
             // Best effort: the mapping is unusable either way.
             let _ = self.mapper.unmap(device_addr, len);
-            return Err(DmaError::MapperContract { gpa: start, len, what });
+            return Err(e);
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -487,7 +650,7 @@ impl<M: HostMapper> WindowManager<M> {
                 self.stats.pinned_mappings += 1;
             }
             e.users += 1;
-            if self.limits.policy == AddressPolicy::HostPicks {
+            if self.limits.policy.host_picks() {
                 device_addr = e.device_addr_of(gpa);
             }
         }

@@ -142,6 +142,13 @@ impl VfioContainer {
         })
     }
 
+    /// The IOMMU's description with its capability chain (VFIO_IOMMU_GET_INFO), as raw bytes
+    /// for `crate::dma::parse_vfio_iova_ranges`.
+    pub fn iommu_info(&self) -> Result<Vec<u8>, VfioError> {
+        ioctls::iommu_info(&self.file)
+            .map_err(|e| VfioError::call("VFIO_IOMMU_GET_INFO".to_string(), e))
+    }
+
     /// Removes the DMA mapping at `iova..iova+size`.
     pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), VfioError> {
         ioctls::unmap_dma(&self.file, iova, size).map(|_| ()).map_err(|e| {

@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use log::{info, warn};
+
 use super::container::VfioContainer;
 use crate::dma::{
-    AddressPolicy, Bytes, FitPolicy, HostMapper, HostPicksAllocator, MapperError, MapperLimits,
+    parse_vfio_iova_ranges, usable_iova_ranges, AddressPolicy, AllocatorError, Bytes, FitPolicy,
+    HostMapper, HostPicksAllocator, MapConstraints, MapperError, MapperLimits, DEFAULT_DMA_REACH,
 };
 
 /// One region of guest RAM as the VMM has it mapped.
@@ -75,14 +78,6 @@ impl HostMapper for VfioIdentityMapper {
     }
 }
 
-/// Where [`VfioHostPicksMapper`]'s device addresses (IOVAs) start by default: 1 TiB, above
-/// Aperture's guest RAM, so a device address confused with a guest-physical one faults in the
-/// IOMMU instead of silently reaching the wrong memory.
-pub const DEFAULT_HOST_PICKS_IOVA_BASE: u64 = 1 << 40;
-
-/// The smallest default IOVA aperture.
-const MIN_DEFAULT_IOVA_SIZE: u64 = 4 << 30;
-
 /// What the host-picks mapper needs from the container: the container itself in the VMM, a
 /// fake in tests.
 trait IommuMap: Send + Sync + fmt::Debug {
@@ -90,6 +85,8 @@ trait IommuMap: Send + Sync + fmt::Debug {
     fn map_dma(&self, iova: u64, size: u64, vaddr: u64) -> Result<(), String>;
     /// Removes the mapping at `iova..iova+size`.
     fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), String>;
+    /// The IOVA ranges the IOMMU accepts, inclusive `(start, last)`, if it says.
+    fn valid_iova_ranges(&self) -> Result<Option<Vec<(u64, u64)>>, String>;
 }
 
 impl IommuMap for VfioContainer {
@@ -100,12 +97,24 @@ impl IommuMap for VfioContainer {
     fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), String> {
         VfioContainer::unmap_dma(self, iova, size).map_err(|e| e.to_string())
     }
+
+    fn valid_iova_ranges(&self) -> Result<Option<Vec<(u64, u64)>>, String> {
+        let info = VfioContainer::iommu_info(self).map_err(|e| e.to_string())?;
+        parse_vfio_iova_ranges(&info)
+    }
 }
 
 /// Maps guest RAM for device DMA the way the DART does on macOS: the mapper picks each
-/// mapping's device address (from an IOVA aperture away from guest RAM) and refuses to go
-/// beyond its byte and mapping limits, so the window manager and the guest's DMA window
-/// driver meet the same constraints on Linux as on a Mac.
+/// mapping's device address and refuses to go beyond its byte and mapping limits, so the
+/// window manager and the guest's DMA window driver meet the same constraints on Linux as on
+/// a Mac. Unlike the DART it can be told where to map ([`AddressPolicy::HostPicksWithin`]):
+/// below the device's DMA mask, at the alignment its driver needs; by itself it picks from
+/// the top of its aperture down, so low addresses stay free for devices with narrow masks.
+///
+/// The aperture is every IOVA below 2^40 ([`DEFAULT_DMA_REACH`], where a GPU whose driver
+/// lowers its DMA mask to 40 bits still reaches) that the host IOMMU accepts and that is not
+/// a guest RAM address (a device address equal to the guest address of the same buffer would
+/// hide a guest driver that confuses the two).
 ///
 /// The limits are enforced here too, not only trusted to the caller: a caller that
 /// misbehaves gets the refusal a real DART would give instead of a working mapping.
@@ -122,60 +131,86 @@ pub struct VfioHostPicksMapper {
 
 impl VfioHostPicksMapper {
     /// A mapper over `ram` (which must stay mapped while mappings live) with `limits`
-    /// (`policy` is ignored: this mapper always picks addresses), handing out IOVAs from
-    /// `iova_base` ([`DEFAULT_HOST_PICKS_IOVA_BASE`] normally) for
-    /// [`VfioHostPicksMapper::default_aperture_size`] bytes.
-    ///
-    /// `limits.alignment` must be a multiple of the IOMMU's page size (VFIO refuses smaller
-    /// granules at map time), and the aperture must lie inside the IOMMU's input address
-    /// range (1 TiB + a few GiB needs a 41-bit IOVA space; lower `iova_base` on hosts with
-    /// less, keeping it above guest RAM).
+    /// (`policy` is ignored: this mapper always picks addresses, within constraints), over
+    /// the aperture described above. `limits.alignment` must be a multiple of the IOMMU's
+    /// page size (VFIO refuses smaller granules at map time).
     pub fn new(
         container: Arc<VfioContainer>,
         ram: Vec<RamMapping>,
         limits: MapperLimits,
-        iova_base: u64,
     ) -> Result<Self, MapperError> {
-        Self::with_iommu(container, ram, limits, iova_base)
+        Self::with_iommu(container, ram, limits)
     }
 
     fn with_iommu(
         iommu: Arc<dyn IommuMap>,
         ram: Vec<RamMapping>,
         limits: MapperLimits,
-        iova_base: u64,
     ) -> Result<Self, MapperError> {
-        let limits = MapperLimits { policy: AddressPolicy::HostPicks, ..limits };
+        let valid = match iommu.valid_iova_ranges() {
+            Ok(Some(valid)) => Some(valid),
+            Ok(None) => {
+                info!(
+                    "the host IOMMU does not list its IOVA ranges (kernel before 5.4); DMA \
+                     windows avoid the arm64 MSI window and assume the rest is usable"
+                );
+                None
+            }
+            Err(e) => {
+                warn!("cannot read the host IOMMU's IOVA ranges ({e}); assuming the usual ones");
+                None
+            }
+        };
+        let guest: Vec<(u64, u64)> = ram.iter().map(|r| (r.gpa, r.len)).collect();
+        let ranges =
+            usable_iova_ranges(valid.as_deref(), &guest, DEFAULT_DMA_REACH, limits.alignment);
+        Self::with_ranges(iommu, ram, limits, &ranges)
+    }
+
+    /// A mapper handing out IOVAs from `ranges` (`(start, len)`).
+    fn with_ranges(
+        iommu: Arc<dyn IommuMap>,
+        ram: Vec<RamMapping>,
+        limits: MapperLimits,
+        ranges: &[(u64, u64)],
+    ) -> Result<Self, MapperError> {
+        let limits = MapperLimits { policy: AddressPolicy::HostPicksWithin, ..limits };
         limits.validate()?;
-        let size = Self::default_aperture_size(limits.max_mapped_bytes, limits.alignment);
-        // Clip an aperture that would reach 2^64 (only absurd byte limits get there).
-        let size = size.min((u64::MAX - iova_base) & !(limits.alignment - 1));
-        let iovas = HostPicksAllocator::new(iova_base, size, limits.alignment, FitPolicy::BestFit)
+        let iovas = HostPicksAllocator::with_ranges(ranges, limits.alignment, FitPolicy::TopDown)
             .map_err(|e| {
-                MapperError::InvalidLimits(format!("{e}; choose another DMA IOVA base"))
-            })?;
-        let iova_end = iova_base + size;
-        if let Some(r) = ram.iter().find(|r| r.gpa < iova_end && iova_base < r.gpa + r.len) {
+            MapperError::InvalidLimits(format!(
+                "no usable DMA IOVA aperture below 2^40 outside guest RAM and the host \
+                     IOMMU's reserved ranges ({e}); give the guest less RAM"
+            ))
+        })?;
+        if iovas.free_bytes() < limits.max_mapped_bytes {
             return Err(MapperError::InvalidLimits(format!(
-                "the DMA IOVA aperture {iova_base:#x}..{iova_end:#x} overlaps guest RAM at \
-                 {:#x}+{:#x}; device addresses must differ from guest addresses, so put the \
-                 aperture above guest RAM",
+                "the DMA IOVA aperture below 2^40 outside guest RAM and the host IOMMU's \
+                 reserved ranges holds {}, less than the {} dma-limit; lower dma-limit or \
+                 give the guest less RAM",
+                Bytes(iovas.free_bytes()),
+                Bytes(limits.max_mapped_bytes)
+            )));
+        }
+        let overlap = iovas.ranges().iter().find_map(|&(s, l)| {
+            ram.iter().find(|r| r.gpa < s + l && s < r.gpa + r.len).map(|r| (s, l, r))
+        });
+        if let Some((s, l, r)) = overlap {
+            return Err(MapperError::InvalidLimits(format!(
+                "the DMA IOVA range {s:#x}+{l:#x} overlaps guest RAM at {:#x}+{:#x}; device \
+                 addresses must differ from guest addresses",
                 r.gpa, r.len
             )));
         }
         Ok(Self { iommu, ram, limits, iovas, live: BTreeMap::new(), live_bytes: 0 })
     }
 
-    /// The size of the IOVA aperture for a byte limit: twice the limit (room for the window
-    /// manager's brief double mappings and for fragmentation), at least 4 GiB, rounded up to
-    /// the granule (a power of two).
-    pub fn default_aperture_size(max_mapped_bytes: u64, alignment: u64) -> u64 {
-        let size = max_mapped_bytes.saturating_mul(2).max(MIN_DEFAULT_IOVA_SIZE);
-        let mask = alignment.max(1).wrapping_sub(1);
-        size.checked_add(mask).map_or(!mask, |s| s & !mask)
+    /// The IOVA ranges handed out from, `(start, len)` by address.
+    pub fn iova_ranges(&self) -> &[(u64, u64)] {
+        self.iovas.ranges()
     }
 
-    /// `(base, size)` of the IOVA aperture.
+    /// `(base, size)` spanning the IOVA aperture (see [`VfioHostPicksMapper::iova_ranges`]).
     pub fn iova_aperture(&self) -> (u64, u64) {
         self.iovas.aperture()
     }
@@ -225,13 +260,30 @@ impl HostMapper for VfioHostPicksMapper {
     }
 
     fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
+        self.map_within(gpa, len, &MapConstraints::NONE)
+    }
+
+    fn map_within(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        constraints: &MapConstraints,
+    ) -> Result<u64, MapperError> {
         let failed = |reason: String| MapperError::MapFailed { gpa, len, reason };
         if let Some(why) = self.refusal(gpa, len) {
             return Err(failed(why));
         }
         let vaddr = host_addr(&self.ram, gpa, len)
             .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
-        let iova = self.iovas.allocate(len).map_err(|e| failed(e.to_string()))?;
+        let iova = match self.iovas.allocate_within(len, gpa, constraints) {
+            Ok(iova) => iova,
+            Err(e @ AllocatorError::Unplaceable { kind, .. }) => {
+                let reason = e.to_string();
+                let constraints = *constraints;
+                return Err(MapperError::Unplaceable { gpa, len, constraints, kind, reason });
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
         if let Err(why) = self.iommu.map_dma(iova, len, vaddr) {
             // Just allocated, so the free cannot fail; the IOVA range goes back for reuse.
             let _ = self.iovas.free(iova, len);
@@ -287,6 +339,8 @@ mod tests {
         fail_maps: u32,
         fail_unmaps: u32,
         errors: Vec<String>,
+        /// What VFIO_IOMMU_GET_INFO says (`None`: no IOVA range capability).
+        valid: Option<Vec<(u64, u64)>>,
     }
 
     impl FakeIommu {
@@ -329,6 +383,10 @@ mod tests {
             s.live.remove(&iova);
             Ok(())
         }
+
+        fn valid_iova_ranges(&self) -> Result<Option<Vec<(u64, u64)>>, String> {
+            Ok(self.state().valid.clone())
+        }
     }
 
     fn ram() -> Vec<RamMapping> {
@@ -346,24 +404,29 @@ mod tests {
 
     fn mapper(max_bytes: u64, max_maps: u32) -> (VfioHostPicksMapper, Arc<FakeIommu>) {
         let iommu = Arc::new(FakeIommu::default());
-        let m = VfioHostPicksMapper::with_iommu(
-            iommu.clone(),
-            ram(),
-            limits(max_bytes, max_maps),
-            DEFAULT_HOST_PICKS_IOVA_BASE,
-        )
-        .unwrap();
+        let m = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), limits(max_bytes, max_maps))
+            .unwrap();
         (m, iommu)
     }
 
     #[test]
     fn picks_addresses_in_its_aperture_and_maps_the_right_host_memory() {
         let (mut m, iommu) = mapper(64 * K16, 8);
-        assert_eq!(m.limits().policy, AddressPolicy::HostPicks, "always host-picks");
-        assert_eq!(m.iova_aperture(), (1 << 40, 4 << 30));
+        assert_eq!(m.limits().policy, AddressPolicy::HostPicksWithin, "always host-picks");
+        // Below 2^40, around guest RAM, without the arm64 MSI window (no host ranges given).
+        assert_eq!(
+            m.iova_ranges(),
+            [
+                (1 << 20, 0x800_0000 - (1 << 20)),
+                (0x810_0000, RAM_GPA - 0x810_0000),
+                (RAM_GPA + RAM_LEN, (1 << 40) - RAM_GPA - RAM_LEN)
+            ]
+        );
         let a = m.map(RAM_GPA + 4 * K16, 2 * K16).unwrap();
         let b = m.map(RAM_GPA, K16).unwrap();
-        assert!(a >= 1 << 40 && b >= 1 << 40, "{a:#x} {b:#x}");
+        // Top-down: unconstrained maps keep low addresses free.
+        assert!(((1 << 40) - 4 * K16..1 << 40).contains(&a), "{a:#x}");
+        assert!(((1 << 40) - 4 * K16..1 << 40).contains(&b), "{b:#x}");
         assert_ne!(a, b);
         let s = iommu.state();
         assert_eq!(s.live.get(&a), Some(&(2 * K16, HOST + 4 * K16)));
@@ -448,41 +511,75 @@ mod tests {
     }
 
     #[test]
-    fn aperture_defaults_and_checks() {
-        let size = VfioHostPicksMapper::default_aperture_size;
-        assert_eq!(size(1536 << 20, K16), 4 << 30);
-        assert_eq!(size(3 << 30, K16), 6 << 30);
-        assert_eq!(size(u64::MAX, K16), !(K16 - 1));
+    fn the_aperture_follows_the_host_iommu_and_avoids_guest_ram() {
+        let iommu = Arc::new(FakeIommu::default());
+        // As an arm64 SMMU with a 48-bit input range reports.
+        iommu.state().valid = Some(vec![(0, 0x7ff_ffff), (0x810_0000, (1 << 48) - 1)]);
+        let m = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), limits(64 * K16, 8)).unwrap();
+        for &(s, l) in m.iova_ranges() {
+            assert!(s + l <= 1 << 40, "below 2^40");
+            assert!(s + l <= RAM_GPA || s >= RAM_GPA + RAM_LEN, "not guest RAM");
+            assert!(s + l <= 0x800_0000 || s >= 0x810_0000, "not the MSI window");
+        }
+        // A host whose IOMMU reaches only 2^32: everything below it, RAM excepted.
+        iommu.state().valid = Some(vec![(0, 0xffff_ffff)]);
+        let m = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), limits(64 * K16, 8)).unwrap();
+        assert_eq!(m.iova_aperture(), (1 << 20, (1 << 32) - (1 << 20)));
+        // Nothing left: refused with what to change.
+        iommu.state().valid = Some(vec![(RAM_GPA, RAM_GPA + RAM_LEN - 1)]);
+        let err = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), limits(64 * K16, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give the guest less RAM"), "{err}");
+        // Too small for the budget.
+        iommu.state().valid = Some(vec![(0, 0x1ff_ffff)]);
+        let err = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), limits(64 << 20, 8))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("less than the 64 MiB dma-limit"), "{err}");
+        assert!(VfioHostPicksMapper::with_iommu(iommu, ram(), limits(64 * K16, 0)).is_err());
+        // Explicit ranges over guest RAM are refused.
         let iommu: Arc<dyn IommuMap> = Arc::new(FakeIommu::default());
-        let build = |base: u64, l: MapperLimits| {
-            VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), l, base)
-        };
-        let err = build(0, limits(64 * K16, 8)).unwrap_err().to_string();
-        assert!(err.contains("overlaps guest RAM"), "{err}");
-        let err = build((1 << 40) + 0x1000, limits(64 * K16, 8)).unwrap_err().to_string();
-        assert!(err.contains("choose another DMA IOVA base"), "{err}");
-        assert!(build(1 << 40, limits(64 * K16, 0)).is_err(), "limits are validated");
-        // An unlimited byte budget still gets an aperture that ends below 2^64.
-        let m = build(1 << 40, limits(u64::MAX, 8)).unwrap();
-        let (base, len) = m.iova_aperture();
-        assert!(base.checked_add(len).is_some());
-        // Below guest RAM is fine too.
-        let m = build(0x1000_0000, limits(64 * K16, 8));
-        assert!(m.is_err(), "4 GiB from 256 MiB overlaps RAM at 1 GiB");
-        let m = VfioHostPicksMapper::with_iommu(
-            iommu.clone(),
-            vec![RamMapping { gpa: 8 << 30, len: RAM_LEN, host_addr: HOST }],
+        let err = VfioHostPicksMapper::with_ranges(
+            iommu,
+            ram(),
             limits(64 * K16, 8),
-            0x1000_0000,
+            &[(RAM_GPA - (1 << 20), 2 << 20)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("overlaps guest RAM"), "{err}");
+    }
+
+    #[test]
+    fn maps_within_a_devices_mask_and_alignment() {
+        let (mut m, iommu) = mapper(64 << 20, 64);
+        let c40 = MapConstraints::below_mask(40).aligned(2 << 20);
+        let a = m.map_within(RAM_GPA + (2 << 20), 2 << 20, &c40).unwrap();
+        assert!(a + (2 << 20) <= 1 << 40 && a % (2 << 20) == 0, "{a:#x}");
+        let c32 = MapConstraints::below_mask(32).aligned(64 << 10);
+        let b = m.map_within(RAM_GPA, 64 << 10, &c32).unwrap();
+        assert!(b + (64 << 10) <= 1 << 32 && b % (64 << 10) == 0, "{b:#x}");
+        assert!(!(RAM_GPA..RAM_GPA + RAM_LEN).contains(&b), "never a guest RAM address");
+        // The alignment is kept relative to the guest address (offset 16 KiB in 64 KiB).
+        let c = m.map_within(RAM_GPA + K16, K16, &MapConstraints::NONE.aligned(64 << 10));
+        assert_eq!(c.unwrap() % (64 << 10), K16);
+        // Nothing fits below 2^20 (the floor): Unplaceable, naming the mask.
+        let err = m.map_within(RAM_GPA, K16, &MapConstraints::below_mask(20)).unwrap_err();
+        assert!(
+            matches!(err, MapperError::Unplaceable { kind: crate::dma::ConstraintKind::Mask, .. }),
+            "{err}"
         );
-        assert!(m.is_ok());
+        assert!(err.to_string().contains("20-bit DMA mask"), "{err}");
+        assert_eq!(m.live_mappings(), 3);
+        assert!(iommu.state().errors.is_empty());
     }
 
     #[test]
     fn serves_the_window_manager_within_the_dart_limits() {
         let iommu = Arc::new(FakeIommu::default());
         let dart_like = limits(64 * K16, 6);
-        let m = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), dart_like, 1 << 40).unwrap();
+        let m = VfioHostPicksMapper::with_iommu(iommu.clone(), ram(), dart_like).unwrap();
         let config = WindowConfig { window_size: 4 * K16, cache_released: true };
         let mut wm = WindowManager::new(
             Box::new(m) as Box<dyn HostMapper>,
@@ -499,8 +596,10 @@ mod tests {
             if live.len() < 5 && seed % 3 != 0 {
                 let gpa = RAM_GPA + (seed >> 8) % (RAM_LEN - 4 * K16);
                 let len = 1 + (seed >> 40) % (2 * K16);
-                let d = wm.map(gpa, len).unwrap();
-                assert!(d >= 1 << 40, "step {step}");
+                let bits = 32 + (seed >> 50) as u32 % 33;
+                let d = wm.map_within(gpa, len, &MapConstraints::below_mask(bits)).unwrap();
+                assert!(u128::from(d) + u128::from(len) <= 1u128 << bits, "step {step}");
+                assert!(!(RAM_GPA..RAM_GPA + RAM_LEN).contains(&d), "step {step}");
                 assert_eq!(wm.translate(d), Some(gpa), "step {step}");
                 live.push((d, len));
             } else if let Some((d, len)) = live.pop() {

@@ -168,3 +168,32 @@ pub fn unmap_dma(container: &File, iova: u64, size: u64) -> io::Result<u64> {
     check(unsafe { ioctl_with_mut_ref(container, VFIO_IOMMU_UNMAP_DMA(), &mut unmap) })?;
     Ok(unmap.size)
 }
+
+ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+
+/// VFIO_IOMMU_GET_INFO with its capability chain, as the raw bytes the kernel wrote (parsed
+/// by `crate::dma::parse_vfio_iova_ranges`).
+pub fn iommu_info(container: &File) -> io::Result<Vec<u8>> {
+    // u64 words keep the buffer aligned for the struct's 64-bit field.
+    let mut size = crate::dma::VFIO_IOMMU_INFO_SIZE;
+    for _ in 0..2 {
+        let mut words = vec![0u64; size.div_ceil(8)];
+        words[0] = size as u64; // argsz (low half), flags 0
+                                // SAFETY: the kernel writes at most argsz bytes into `words`, which holds that many.
+        check(unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ptr(
+                container,
+                VFIO_IOMMU_GET_INFO(),
+                words.as_mut_ptr(),
+            )
+        })?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let wanted = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if wanted <= size {
+            return Ok(bytes);
+        }
+        // The capability chain did not fit: ask again with the size the kernel wants.
+        size = wanted;
+    }
+    Err(io::Error::other("VFIO_IOMMU_GET_INFO kept growing its answer"))
+}

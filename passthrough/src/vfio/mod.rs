@@ -21,7 +21,7 @@ mod ioctls;
 
 pub use container::{can_lock_unlimited, memlock_limit, VfioContainer, VfioGroup};
 pub use device::{MappedBar, ResetOutcome, VfioDevice, VfioHostFunction};
-pub use dma::{RamMapping, VfioHostPicksMapper, VfioIdentityMapper, DEFAULT_HOST_PICKS_IOVA_BASE};
+pub use dma::{RamMapping, VfioHostPicksMapper, VfioIdentityMapper};
 pub use error::{check_memlock, VfioError};
 pub use interrupts::{
     InterruptRoute, InterruptRouteFactory, IntxHandle, IntxRoute, VfioInterrupts, VfioMsix,

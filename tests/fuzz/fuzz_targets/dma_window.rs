@@ -3,8 +3,12 @@
 //! guest RAM, and ringing the doorbell; the real `DmaWindowDevice` serves it from a
 //! `WindowManager` over the strict `FakeMapper` (which fails now and then, as a host does).
 //! Checks after every doorbell: each processed entry has a valid status, a successful MAP
-//! returns a device address that translates back to the guest address, the manager's books
-//! match the fake host's mappings, the limits hold and the fake saw no broken rule.
+//! returns a device address that translates back to the guest address, is never above the
+//! DMA mask its op word gave nor misaligned (for the alignment asked or the automatic rule),
+//! malformed op words are EINVAL, the manager's books match the fake host's mappings, the
+//! limits hold and the fake saw no broken rule. The fake host either picks within the
+//! constraints, picks blindly (as the DART; the window manager must catch it), or maps at
+//! identity.
 
 #![no_main]
 
@@ -14,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use devices::pci::PciFunction;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use passthrough::dma::pv::protocol::{self, op, reg, CommandEntry, Status, ENTRY_SIZE};
+use passthrough::dma::pv::protocol::{self, op, reg, CommandEntry, OpWord, Status, ENTRY_SIZE};
 use passthrough::dma::testing::FakeMapper;
 use passthrough::dma::{
-    AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperError, MapperLimits,
-    SharedWindows, WindowConfig, WindowManager,
+    auto_alignment, AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapConstraints,
+    MapperError, MapperLimits, SharedWindows, WindowConfig, WindowManager,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -44,6 +48,14 @@ impl HostMapper for SharedFake {
     fn map(&mut self, gpa: u64, len: u64) -> std::result::Result<u64, MapperError> {
         lock(&self.fake).map(gpa, len)
     }
+    fn map_within(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        constraints: &MapConstraints,
+    ) -> std::result::Result<u64, MapperError> {
+        lock(&self.fake).map_within(gpa, len, constraints)
+    }
     fn unmap(&mut self, device_addr: u64, len: u64) -> std::result::Result<(), MapperError> {
         lock(&self.fake).unmap(device_addr, len)
     }
@@ -67,7 +79,11 @@ impl Rig {
             max_mapped_bytes: alignment * u.int_in_range(1..=64u64)?,
             max_mappings: u.int_in_range(1..=32u32)?,
             alignment,
-            policy: if u.arbitrary()? { AddressPolicy::HostPicks } else { AddressPolicy::Identity },
+            policy: *u.choose(&[
+                AddressPolicy::HostPicks,
+                AddressPolicy::HostPicksWithin,
+                AddressPolicy::Identity,
+            ])?,
         };
         let config = WindowConfig {
             window_size: alignment << u.int_in_range(0..=4u8)?,
@@ -144,12 +160,35 @@ impl Rig {
             let Some(s) = Status::from_code(done.status) else {
                 panic!("entry {index}: status {}", done.status)
             };
-            match asked.op {
-                op::MAP if s == Status::Ok => {
-                    assert!(done.dev_addr.checked_add(asked.len).is_some(), "{done:x?}");
-                    self.live.push((done.dev_addr, asked.len, asked.addr));
+            let word = match OpWord::decode(asked.op) {
+                Ok(word) => word,
+                Err(e) => {
+                    assert_eq!(s, Status::Einval, "entry {index}: {e}");
+                    if asked.op & protocol::op_word::OP_MASK == op::MAP {
+                        assert_eq!(done.dev_addr, 0, "a malformed MAP returns no address");
+                    }
+                    continue;
                 }
-                op::MAP => assert_eq!(done.dev_addr, 0, "a failed MAP returns no address"),
+            };
+            match word.op {
+                op::MAP if s == Status::Ok => {
+                    let (d, len) = (done.dev_addr, asked.len);
+                    assert!(d.checked_add(len).is_some(), "{done:x?}");
+                    if word.mask_bits != 0 {
+                        let end = u128::from(d) + u128::from(len);
+                        assert!(end <= 1u128 << word.mask_bits, "over the mask: {done:x?}");
+                    }
+                    let align = (1u64 << word.align_log2).max(auto_alignment(asked.addr, len));
+                    assert_eq!(d % align, 0, "misaligned: {done:x?}");
+                    self.live.push((d, len, asked.addr));
+                }
+                op::MAP => {
+                    assert_eq!(done.dev_addr, 0, "a failed MAP returns no address");
+                    if self.limits.policy == AddressPolicy::Identity && s == Status::Emask {
+                        let end = u128::from(asked.addr) + u128::from(asked.len);
+                        assert!(end > 1u128 << word.mask_bits, "identity EMASK: {asked:x?}");
+                    }
+                }
                 op::UNMAP if s == Status::Ok => {
                     let at =
                         self.live.iter().position(|&(d, l, _)| (d, l) == (asked.addr, asked.len));
@@ -227,6 +266,31 @@ fn entry(u: &mut Unstructured<'_>, rig: &Rig) -> Result<CommandEntry> {
             e.op = op::MAP;
             e.addr = guest_addr(u)?;
             e.len = length(u, &rig.limits)?;
+            if u.ratio(1u8, 2u8)? {
+                // A 1.1 entry: the device's mask and alignment, mostly valid.
+                let mask_bits = match u.int_in_range(0..=5u8)? {
+                    0 => 0,
+                    1..=4 => u.int_in_range(12..=64u8)?,
+                    _ => u.arbitrary()?,
+                };
+                let align_log2 = match u.int_in_range(0..=5u8)? {
+                    0..=1 => 0,
+                    2..=4 => u.int_in_range(12..=21u8)?,
+                    _ => u.arbitrary()?,
+                };
+                if align_log2 != 0 && align_log2 < 64 && u.ratio(3u8, 4u8)? {
+                    e.addr &= !((1u64 << align_log2) - 1);
+                }
+                e.op = OpWord::map(mask_bits, align_log2);
+                if u.ratio(1u8, 16u8)? {
+                    e.op |= u32::from(u.int_in_range(1..=255u8)?) << 24;
+                }
+            } else if u.ratio(1u8, 4u8)? {
+                // Large aligned powers of two: the automatic alignment rule.
+                let len = 1u64 << u.int_in_range(16..=22u32)?;
+                e.len = len;
+                e.addr &= !(len.min(2 << 20) - 1);
+            }
         }
         4..=6 if !rig.live.is_empty() => {
             e.op = op::UNMAP;
@@ -240,7 +304,12 @@ fn entry(u: &mut Unstructured<'_>, rig: &Rig) -> Result<CommandEntry> {
             e.addr = u.arbitrary()?;
             e.len = length(u, &rig.limits)?;
         }
-        7 => e.op = *u.choose(&[op::NOP, op::FLUSH])?,
+        7 => {
+            e.op = *u.choose(&[op::NOP, op::FLUSH])?;
+            if u.ratio(1u8, 8u8)? {
+                e.op |= u32::from(u.arbitrary::<u16>()?) << 8;
+            }
+        }
         _ => {
             e.op = if u.ratio(1u8, 2u8)? { u.int_in_range(0..=5u32)? } else { u.arbitrary()? };
             e.addr = u.arbitrary()?;

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use aperture_fuzz::fake_host::{self, FakeDevice};
 use aperture_fuzz::image::scratch_image;
-use devices::bus::MmioDevice;
+use devices::bus::MmioTarget;
 use devices::pci::{
     BarChange, MsiMessage, MsiSink, PciEcam, PciFunction, PciMmioWindow, PciRoot, TraceEvent,
     VirtioPci,
@@ -42,7 +42,7 @@ const HIGH_SIZE: u64 = 0x80_0000_0000;
 const RAM_BASE: u64 = 0x4000_0000;
 const RAM_LEN: u64 = 1 << 20;
 
-/// Counts MSIs (called with the root locked: must not lock it).
+/// Counts MSIs (called with the sending function locked: must not touch PCI).
 #[derive(Debug, Default)]
 struct CountingSink(AtomicU64);
 
@@ -60,7 +60,7 @@ struct Assigned {
 }
 
 struct Rig {
-    root: Arc<Mutex<PciRoot>>,
+    root: PciRoot,
     ecam: PciEcam,
     low: PciMmioWindow,
     high: PciMmioWindow,
@@ -110,7 +110,7 @@ fn assign(
 impl Rig {
     fn new(u: &mut Unstructured<'_>) -> Result<Option<Self>> {
         let variant = u.int_in_range(0..=7u8)?;
-        let mut root = PciRoot::new();
+        let root = PciRoot::new();
         let mut assigned = Vec::new();
         let ok = |r: std::result::Result<_, devices::pci::PciRootError>| match r {
             Ok(id) => id,
@@ -183,7 +183,7 @@ impl Rig {
         let Ok(dma) = dma else { panic!("aperture-dma: {dma:?}") };
         ok(root.add_function(Box::new(dma)));
 
-        // Hooks as the VMM installs them (they run with the root locked).
+        // Hooks as the VMM installs them (they run with the accessed function locked).
         let seen = Arc::new(AtomicU64::new(0));
         let trace_seen = seen.clone();
         root.set_trace_hook(Some(Box::new(move |e: &TraceEvent<'_>| {
@@ -200,7 +200,6 @@ impl Rig {
             seen.fetch_add(1, Ordering::Relaxed);
         })));
 
-        let root = Arc::new(Mutex::new(root));
         Ok(Some(Self {
             ecam: PciEcam::new(root.clone()),
             low: PciMmioWindow::new(root.clone(), LOW_BASE),
@@ -225,11 +224,11 @@ impl Rig {
     /// it to.
     fn mmio(&mut self, address: u64, data: &mut [u8], write: bool) {
         let (window, offset) = if address >= HIGH_BASE {
-            (&mut self.high, address - HIGH_BASE)
+            (&self.high, address - HIGH_BASE)
         } else if address >= LOW_BASE {
-            (&mut self.low, address - LOW_BASE)
+            (&self.low, address - LOW_BASE)
         } else {
-            let mut root = lock(&self.root);
+            let root = &self.root;
             if write {
                 root.mmio_write(address, data);
             } else {
@@ -246,7 +245,7 @@ impl Rig {
 
     /// Every function the guest can reach now as (bus, devfn), bus 0 first.
     fn present(&mut self) -> Vec<(u8, u8)> {
-        let root = lock(&self.root);
+        let root = &self.root;
         let mut found: Vec<(u8, u8)> = root
             .functions()
             .iter()
@@ -445,7 +444,7 @@ impl Rig {
 
     /// Where BAR `index` of `bus`/`devfn` decodes, if it does.
     fn bar_address(&mut self, bus: u8, devfn: u8, index: usize) -> Option<u64> {
-        let root = lock(&self.root);
+        let root = &self.root;
         let id = root.resolve(bus, devfn)?;
         root.bar_regions()
             .into_iter()
@@ -535,7 +534,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             }
             10..=15 => {
                 // A BAR access: inside a decoded BAR, mostly at the interesting offsets.
-                let regions = lock(&rig.root).bar_regions();
+                let regions = rig.root.bar_regions();
                 let address = if !regions.is_empty() && u.ratio(7u8, 8u8)? {
                     let (_, r) = *u.choose(&regions)?;
                     let base = *u.choose(&[
@@ -624,7 +623,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                     aperture_fuzz::trace!("MSI setup of {bus:02x}:{devfn:02x}");
                     rig.msi_setup(u, bus, devfn)?;
                 }
-                let _ = lock(&rig.root).functions();
+                let _ = rig.root.functions();
             }
             _ => rig.check(),
         }

@@ -62,11 +62,11 @@ fn ecam_offset(bus: u8, device: u8, register: u16) -> u64 {
     u64::from(bus) << 20 | u64::from(device) << 15 | u64::from(register)
 }
 
-fn ecam_read32(root: &mut PciRoot, bus: u8, device: u8, register: u16) -> u32 {
+fn ecam_read32(root: &PciRoot, bus: u8, device: u8, register: u16) -> u32 {
     read_le(4, |d| root.ecam_read(ecam_offset(bus, device, register), d)) as u32
 }
 
-fn ecam_write32(root: &mut PciRoot, bus: u8, device: u8, register: u16, value: u32) {
+fn ecam_write32(root: &PciRoot, bus: u8, device: u8, register: u16, value: u32) {
     root.ecam_write(ecam_offset(bus, device, register), &value.to_le_bytes());
 }
 
@@ -75,11 +75,11 @@ fn ecam_offset_fn(bus: u8, device: u8, function: u8, register: u16) -> u64 {
     ecam_offset(bus, device, register) | u64::from(function) << 12
 }
 
-fn ecam_read_fn(root: &mut PciRoot, bus: u8, function: u8, register: u16, len: usize) -> u64 {
+fn ecam_read_fn(root: &PciRoot, bus: u8, function: u8, register: u16, len: usize) -> u64 {
     read_le(len, |d| root.ecam_read(ecam_offset_fn(bus, 0, function, register), d))
 }
 
-fn ecam_write32_fn(root: &mut PciRoot, bus: u8, function: u8, register: u16, value: u32) {
+fn ecam_write32_fn(root: &PciRoot, bus: u8, function: u8, register: u16, value: u32) {
     root.ecam_write(ecam_offset_fn(bus, 0, function, register), &value.to_le_bytes());
 }
 
@@ -93,7 +93,7 @@ struct Attached {
 /// A root with one port (00:01.0) and a function with device id `0x2200 + n` at each
 /// function number `n` of `functions`, attached in order.
 fn root_with_functions(functions: &[u8]) -> (PciRoot, FunctionId, Vec<Attached>) {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let attached = functions
         .iter()
@@ -110,15 +110,15 @@ fn root_with_functions(functions: &[u8]) -> (PciRoot, FunctionId, Vec<Attached>)
 
 #[test]
 fn host_bridge_is_at_00_00_0_and_absent_functions_read_all_ones() {
-    let mut root = PciRoot::new();
-    assert_eq!(ecam_read32(&mut root, 0, 0, 0), 0x0008_1b36);
-    assert_eq!(ecam_read32(&mut root, 0, 0, 8) >> 8, 0x06_00_00);
-    assert_eq!(ecam_read32(&mut root, 0, 1, 0), u32::MAX);
-    assert_eq!(ecam_read32(&mut root, 7, 0, 0), u32::MAX);
+    let root = PciRoot::new();
+    assert_eq!(ecam_read32(&root, 0, 0, 0), 0x0008_1b36);
+    assert_eq!(ecam_read32(&root, 0, 0, 8) >> 8, 0x06_00_00);
+    assert_eq!(ecam_read32(&root, 0, 1, 0), u32::MAX);
+    assert_eq!(ecam_read32(&root, 7, 0, 0), u32::MAX);
     // Function 1 of device 0.
     assert_eq!(read_le(4, |d| root.ecam_read(1 << 12, d)), u64::from(u32::MAX));
     // Writes to absent functions are ignored without panicking.
-    ecam_write32(&mut root, 0, 9, 4, 0xffff);
+    ecam_write32(&root, 0, 9, 4, 0xffff);
     // Malformed accesses read all-ones even on a present function.
     assert_eq!(read_le(2, |d| root.ecam_read(1, d)), 0xffff);
     assert_eq!(read_le(8, |d| root.ecam_read(0, d)), u64::MAX);
@@ -127,37 +127,37 @@ fn host_bridge_is_at_00_00_0_and_absent_functions_read_all_ones() {
 
 #[test]
 fn device_behind_root_port_appears_on_the_programmed_bus() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     assert_eq!(port, FunctionId::Bus0 { device: 1 });
     let (endpoint, requester_id, _) = FakeEndpoint::new();
     let id = root.attach_to_port(port, Box::new(endpoint)).unwrap();
     assert_eq!(id, FunctionId::BehindPort { port: 1, function: 0 });
-    assert_eq!(ecam_read32(&mut root, 0, 1, 0), 0x000c_1b36);
+    assert_eq!(ecam_read32(&root, 0, 1, 0), 0x000c_1b36);
     // Unprogrammed port: the device is hidden.
-    assert_eq!(ecam_read32(&mut root, 1, 0, 0), u32::MAX);
+    assert_eq!(ecam_read32(&root, 1, 0, 0), u32::MAX);
     assert_eq!(root.requester_id(id), None);
     assert_eq!(*requester_id.lock().unwrap(), None);
     // Primary 0, secondary 1, subordinate 1.
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
-    assert_eq!(ecam_read32(&mut root, 1, 0, 0), 0x2204_10de);
-    assert_eq!(ecam_read32(&mut root, 1, 1, 0), u32::MAX, "only device 0 behind a port");
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    assert_eq!(ecam_read32(&root, 1, 0, 0), 0x2204_10de);
+    assert_eq!(ecam_read32(&root, 1, 1, 0), u32::MAX, "only device 0 behind a port");
     assert_eq!(read_le(4, |d| root.ecam_read(ecam_offset(1, 0, 0) | 1 << 12, d)), 0xffff_ffff);
-    assert_eq!(ecam_read32(&mut root, 2, 0, 0), u32::MAX);
+    assert_eq!(ecam_read32(&root, 2, 0, 0), u32::MAX);
     assert_eq!(root.requester_id(id), Some(0x0100));
     assert_eq!(*requester_id.lock().unwrap(), Some(0x0100));
     // Renumbering moves it.
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0005_0400);
-    assert_eq!(ecam_read32(&mut root, 1, 0, 0), u32::MAX);
-    assert_eq!(ecam_read32(&mut root, 4, 0, 0), 0x2204_10de);
-    assert_eq!(ecam_read32(&mut root, 5, 0, 0), u32::MAX, "subordinate bus has no device");
+    ecam_write32(&root, 0, 1, 0x18, 0x0005_0400);
+    assert_eq!(ecam_read32(&root, 1, 0, 0), u32::MAX);
+    assert_eq!(ecam_read32(&root, 4, 0, 0), 0x2204_10de);
+    assert_eq!(ecam_read32(&root, 5, 0, 0), u32::MAX, "subordinate bus has no device");
     assert_eq!(*requester_id.lock().unwrap(), Some(0x0400));
     assert_eq!(format_bdf(0x0400), "04:00.0");
 }
 
 #[test]
 fn integrated_endpoint_gets_its_requester_id() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     root.add_root_port().unwrap();
     let (endpoint, requester_id, _) = FakeEndpoint::new();
     let id = root.add_function(Box::new(endpoint)).unwrap();
@@ -170,7 +170,7 @@ fn integrated_endpoint_gets_its_requester_id() {
 
 #[test]
 fn bar_accesses_route_to_the_enabled_bar() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let (endpoint, _, writes) = FakeEndpoint::new();
     let id = root.attach_to_port(port, Box::new(endpoint)).unwrap();
@@ -179,13 +179,13 @@ fn bar_accesses_route_to_the_enabled_bar() {
     root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
         sink.lock().unwrap().push(c.clone());
     })));
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
-    ecam_write32(&mut root, 1, 0, BAR0, 0x1000_4000);
-    ecam_write32(&mut root, 1, 0, BAR0 + 4, 0);
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    ecam_write32(&root, 1, 0, BAR0, 0x1000_4000);
+    ecam_write32(&root, 1, 0, BAR0 + 4, 0);
     let mut data = [0u8; 4];
     assert!(!root.mmio_read(0x1000_4010, &mut data), "memory decoding is off");
     assert_eq!(data, [0xff; 4]);
-    ecam_write32(&mut root, 1, 0, COMMAND, 0x2);
+    ecam_write32(&root, 1, 0, COMMAND, 0x2);
     assert!(root.mmio_read(0x1000_4010, &mut data));
     assert_eq!(data, [0, 0x10, 0, 0]);
     assert!(root.mmio_write(0x1000_7ff8, &[1; 8]));
@@ -200,7 +200,7 @@ fn bar_accesses_route_to_the_enabled_bar() {
     };
     assert_eq!(root.bar_regions(), vec![(id, region)]);
     // Move it to the 64-bit window.
-    ecam_write32(&mut root, 1, 0, BAR0 + 4, 0x80);
+    ecam_write32(&root, 1, 0, BAR0 + 4, 0x80);
     assert!(root.mmio_read(0x80_1000_4000, &mut data));
     assert!(!root.mmio_read(0x1000_4000, &mut data));
     let moved = BarRegion { address: 0x80_1000_4000, ..region };
@@ -215,7 +215,7 @@ fn bar_accesses_route_to_the_enabled_bar() {
 
 #[test]
 fn trace_hook_sees_config_and_bar_accesses() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let (endpoint, _, _) = FakeEndpoint::new();
     root.add_function(Box::new(endpoint)).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -223,14 +223,14 @@ fn trace_hook_sees_config_and_bar_accesses() {
     root.set_trace_hook(Some(Box::new(move |e: &TraceEvent<'_>| {
         sink.lock().unwrap().push((e.kind, e.function.to_string(), e.offset, e.size, e.value));
     })));
-    ecam_write32(&mut root, 0, 1, BAR0, 0x2000_0000);
+    ecam_write32(&root, 0, 1, BAR0, 0x2000_0000);
     root.ecam_write(ecam_offset(0, 1, COMMAND), &[2, 0]);
-    assert_eq!(ecam_read32(&mut root, 0, 1, 0), 0x2204_10de);
+    assert_eq!(ecam_read32(&root, 0, 1, 0), 0x2204_10de);
     root.mmio_write(0x2000_0008, &[0xaa, 0xbb]);
     let mut data = [0u8; 2];
     root.mmio_read(0x2000_0004, &mut data);
     root.set_trace_hook(None);
-    ecam_read32(&mut root, 0, 0, 0);
+    ecam_read32(&root, 0, 0, 0);
     let fake = "fake".to_string();
     assert_eq!(
         *events.lock().unwrap(),
@@ -246,12 +246,12 @@ fn trace_hook_sees_config_and_bar_accesses() {
 
 #[test]
 fn mmio_views_forward_to_the_root() {
-    let root = Arc::new(Mutex::new(PciRoot::new()));
+    let root = PciRoot::new();
     let (endpoint, _, writes) = FakeEndpoint::new();
-    root.lock().unwrap().add_function(Box::new(endpoint)).unwrap();
-    let mut ecam = PciEcam::new(root.clone());
-    let mut window = PciMmioWindow::new(root.clone(), 0x1000_0000);
-    let mut high = PciMmioWindow::new(root, 0x80_0000_0000);
+    root.add_function(Box::new(endpoint)).unwrap();
+    let ecam = PciEcam::new(root.clone());
+    let window = PciMmioWindow::new(root.clone(), 0x1000_0000);
+    let high = PciMmioWindow::new(root, 0x80_0000_0000);
     ecam.write(ecam_offset(0, 1, BAR0), &0x1000_8000u32.to_le_bytes());
     ecam.write(ecam_offset(0, 1, COMMAND), &[2]);
     let mut data = [0u8; 4];
@@ -267,7 +267,7 @@ fn mmio_views_forward_to_the_root() {
 
 #[test]
 fn topology_errors() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let (a, _, _) = FakeEndpoint::new();
     let (b, _, _) = FakeEndpoint::new();
@@ -285,14 +285,14 @@ fn topology_errors() {
         root.add_root_port().unwrap();
     }
     assert_eq!(root.add_root_port().unwrap_err(), PciRootError::NoFreeSlot);
-    assert!(root.function_mut(FunctionId::BehindPort { port: 3, function: 0 }).is_none());
-    assert!(root.function_mut(FunctionId::Bus0 { device: 31 }).is_some());
+    assert!(root.with_function(FunctionId::BehindPort { port: 3, function: 0 }, |_| ()).is_none());
+    assert!(root.with_function(FunctionId::Bus0 { device: 31 }, |_| ()).is_some());
 }
 
 #[test]
 fn random_accesses_keep_bridges_intact() {
     let mut rng = XorShift::new(0xec0a);
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let (endpoint, _, _) = FakeEndpoint::new();
     root.attach_to_port(port, Box::new(endpoint)).unwrap();
@@ -323,31 +323,31 @@ fn random_accesses_keep_bridges_intact() {
         root.mmio_write(address, &rng.bytes(len));
         root.mmio_read(address, &mut data);
     }
-    assert_eq!(ecam_read32(&mut root, 0, 0, 0), 0x0008_1b36);
-    assert_eq!(ecam_read32(&mut root, 0, 1, 0), 0x000c_1b36);
-    assert_eq!(ecam_read32(&mut root, 0, 1, 0x0c) >> 16 & 0x7f, 1);
-    assert_eq!(ecam_read32(&mut root, 0, 2, 0), 0x2204_10de);
+    assert_eq!(ecam_read32(&root, 0, 0, 0), 0x0008_1b36);
+    assert_eq!(ecam_read32(&root, 0, 1, 0), 0x000c_1b36);
+    assert_eq!(ecam_read32(&root, 0, 1, 0x0c) >> 16 & 0x7f, 1);
+    assert_eq!(ecam_read32(&root, 0, 2, 0), 0x2204_10de);
     assert_eq!(root.functions().len(), 4);
 }
 
 #[test]
 fn two_functions_behind_a_port_enumerate_as_one_device() {
-    let (mut root, _, attached) = root_with_functions(&[0, 1]);
+    let (root, _, attached) = root_with_functions(&[0, 1]);
     // Hidden until the guest numbers the port.
-    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0, 4), u64::from(u32::MAX));
+    assert_eq!(ecam_read_fn(&root, 1, 1, 0, 4), u64::from(u32::MAX));
     assert!(attached.iter().all(|a| root.requester_id(a.id).is_none()));
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0, 4), 0x2200_10de);
-    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0, 4), 0x2201_10de);
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0, 4), 0x2200_10de);
+    assert_eq!(ecam_read_fn(&root, 1, 1, 0, 4), 0x2201_10de);
     for function in 2..8 {
-        assert_eq!(ecam_read_fn(&mut root, 1, function, 0, 4), u64::from(u32::MAX));
-        assert_eq!(ecam_read_fn(&mut root, 1, function, 0x0e, 1), 0xff);
+        assert_eq!(ecam_read_fn(&root, 1, function, 0, 4), u64::from(u32::MAX));
+        assert_eq!(ecam_read_fn(&root, 1, function, 0x0e, 1), 0xff);
     }
     // Other devices on the secondary bus, and function 1 on other buses, are absent.
-    assert_eq!(ecam_read32(&mut root, 1, 1, 0), u32::MAX);
+    assert_eq!(ecam_read32(&root, 1, 1, 0), u32::MAX);
     assert_eq!(read_le(4, |d| root.ecam_read(ecam_offset_fn(1, 3, 1, 0), d)), 0xffff_ffff);
-    assert_eq!(ecam_read_fn(&mut root, 2, 1, 0, 4), u64::from(u32::MAX));
-    assert_eq!(ecam_read_fn(&mut root, 0, 1, 0, 4), u64::from(u32::MAX), "00:00.1");
+    assert_eq!(ecam_read_fn(&root, 2, 1, 0, 4), u64::from(u32::MAX));
+    assert_eq!(ecam_read_fn(&root, 0, 1, 0, 4), u64::from(u32::MAX), "00:00.1");
     assert_eq!(root.resolve(1, 1), Some(attached[1].id));
     assert_eq!(root.resolve(1, 2), None);
     assert_eq!(root.resolve(1, 9), None);
@@ -358,9 +358,9 @@ fn two_functions_behind_a_port_enumerate_as_one_device() {
     assert_eq!(*attached[1].requester_id.lock().unwrap(), Some(0x0101));
     assert_eq!(format_bdf(0x0101), "01:00.1");
     // Renumbering moves both.
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0004_0400);
-    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0, 4), u64::from(u32::MAX));
-    assert_eq!(ecam_read_fn(&mut root, 4, 1, 0, 4), 0x2201_10de);
+    ecam_write32(&root, 0, 1, 0x18, 0x0004_0400);
+    assert_eq!(ecam_read_fn(&root, 1, 1, 0, 4), u64::from(u32::MAX));
+    assert_eq!(ecam_read_fn(&root, 4, 1, 0, 4), 0x2201_10de);
     assert_eq!(*attached[0].requester_id.lock().unwrap(), Some(0x0400));
     assert_eq!(*attached[1].requester_id.lock().unwrap(), Some(0x0401));
     let listed: Vec<_> =
@@ -380,15 +380,15 @@ fn two_functions_behind_a_port_enumerate_as_one_device() {
 #[test]
 fn three_functions_behind_a_port_enumerate_even_with_a_gap() {
     for functions in [[0u8, 1, 2], [0, 3, 7]] {
-        let (mut root, _, attached) = root_with_functions(&functions);
-        ecam_write32(&mut root, 0, 1, 0x18, 0x0002_0200);
+        let (root, _, attached) = root_with_functions(&functions);
+        ecam_write32(&root, 0, 1, 0x18, 0x0002_0200);
         for function in 0..8u8 {
             let expected = if functions.contains(&function) {
                 0x2200_10de | u64::from(function) << 16
             } else {
                 u64::from(u32::MAX)
             };
-            assert_eq!(ecam_read_fn(&mut root, 2, function, 0, 4), expected, "{functions:?}");
+            assert_eq!(ecam_read_fn(&root, 2, function, 0, 4), expected, "{functions:?}");
         }
         for (a, &function) in attached.iter().zip(&functions) {
             let expected = 0x0200 | u16::from(function);
@@ -405,15 +405,15 @@ fn three_functions_behind_a_port_enumerate_even_with_a_gap() {
             .collect();
         assert_eq!(behind, functions);
         // The multi-function bit is on function 0 only.
-        assert_eq!(ecam_read_fn(&mut root, 2, 0, 0x0e, 1), 0x80);
-        assert_eq!(ecam_read_fn(&mut root, 2, functions[1], 0x0e, 1), 0x00);
-        assert_eq!(ecam_read_fn(&mut root, 2, functions[2], 0x0e, 1), 0x00);
+        assert_eq!(ecam_read_fn(&root, 2, 0, 0x0e, 1), 0x80);
+        assert_eq!(ecam_read_fn(&root, 2, functions[1], 0x0e, 1), 0x00);
+        assert_eq!(ecam_read_fn(&root, 2, functions[2], 0x0e, 1), 0x00);
     }
 }
 
 #[test]
 fn multi_function_bit_only_with_more_than_one_function() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let (f0, _, _) = FakeEndpoint::with_device_id(0x2200);
     root.attach_to_port(port, Box::new(f0)).unwrap();
@@ -422,26 +422,26 @@ fn multi_function_bit_only_with_more_than_one_function() {
     root.set_trace_hook(Some(Box::new(move |e: &TraceEvent<'_>| {
         sink.lock().unwrap().push((e.id, e.offset, e.size, e.value));
     })));
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
     // Alone: the function's own single-function header.
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x00);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0c, 4) >> 16 & 0xff, 0x00);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0e, 1), 0x00);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0c, 4) >> 16 & 0xff, 0x00);
     let (f1, _, _) = FakeEndpoint::with_device_id(0x2201);
     root.attach_function_to_port(port, 1, Box::new(f1)).unwrap();
     // Every access width that covers offset 0x0e sees bit 7; others are untouched.
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x80);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 2), 0x0080);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0c, 4), 0x0080_0000);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0c, 2), 0x0000);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0f, 1), 0x00);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x10, 4), 0x4, "BAR 0 is not touched");
-    assert_eq!(ecam_read_fn(&mut root, 1, 1, 0x0e, 1), 0x00, "only function 0 has it");
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0e, 1), 0x80);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0e, 2), 0x0080);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0c, 4), 0x0080_0000);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0c, 2), 0x0000);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0f, 1), 0x00);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x10, 4), 0x4, "BAR 0 is not touched");
+    assert_eq!(ecam_read_fn(&root, 1, 1, 0x0e, 1), 0x00, "only function 0 has it");
     // The header type stays read-only for the guest.
     root.ecam_write(ecam_offset_fn(1, 0, 0, 0x0e), &[0x00]);
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x80);
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0e, 1), 0x80);
     // Bus-0 functions keep their own headers.
-    assert_eq!(ecam_read32(&mut root, 0, 1, 0x0c) >> 16 & 0xff, 0x01);
-    assert_eq!(ecam_read32(&mut root, 0, 0, 0x0c) >> 16 & 0xff, 0x00);
+    assert_eq!(ecam_read32(&root, 0, 1, 0x0c) >> 16 & 0xff, 0x01);
+    assert_eq!(ecam_read32(&root, 0, 0, 0x0c) >> 16 & 0xff, 0x00);
     // The trace records what the guest saw.
     let f0 = FunctionId::BehindPort { port: 1, function: 0 };
     assert!(events.lock().unwrap().contains(&(f0, 0x0e, 1, 0x80)));
@@ -449,19 +449,19 @@ fn multi_function_bit_only_with_more_than_one_function() {
 
 #[test]
 fn bars_of_function_1_route_to_function_1() {
-    let (mut root, _, attached) = root_with_functions(&[0, 1]);
+    let (root, _, attached) = root_with_functions(&[0, 1]);
     let changes = Arc::new(Mutex::new(Vec::new()));
     let sink = changes.clone();
     root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
         sink.lock().unwrap().push(c.clone());
     })));
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
     // Function 0's BAR 0 at 0x1000_0000, function 1's at 0x1000_4000.
     for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
-        ecam_write32_fn(&mut root, 1, function, BAR0, address);
-        ecam_write32_fn(&mut root, 1, function, BAR0 + 4, 0);
+        ecam_write32_fn(&root, 1, function, BAR0, address);
+        ecam_write32_fn(&root, 1, function, BAR0 + 4, 0);
     }
-    ecam_write32_fn(&mut root, 1, 1, COMMAND, 0x2);
+    ecam_write32_fn(&root, 1, 1, COMMAND, 0x2);
     assert!(!root.mmio_write(0x1000_0008, &[1; 4]), "function 0 does not decode yet");
     assert!(root.mmio_write(0x1000_4008, &[2; 4]));
     assert_eq!(*attached[1].bar_writes.lock().unwrap(), vec![(0, 8, vec![2; 4])]);
@@ -474,12 +474,12 @@ fn bars_of_function_1_route_to_function_1() {
         is_64bit: true,
     };
     assert_eq!(root.bar_regions(), vec![(attached[1].id, region)]);
-    ecam_write32_fn(&mut root, 1, 0, COMMAND, 0x2);
+    ecam_write32_fn(&root, 1, 0, COMMAND, 0x2);
     assert!(root.mmio_write(0x1000_0008, &[1; 4]));
     assert_eq!(*attached[0].bar_writes.lock().unwrap(), vec![(0, 8, vec![1; 4])]);
     assert_eq!(attached[1].bar_writes.lock().unwrap().len(), 1);
     // Moving function 1's BAR tells the hook about function 1 only.
-    ecam_write32_fn(&mut root, 1, 1, BAR0 + 4, 0x80);
+    ecam_write32_fn(&root, 1, 1, BAR0 + 4, 0x80);
     assert!(root.mmio_write(0x80_1000_4000, &[3; 4]));
     assert_eq!(attached[1].bar_writes.lock().unwrap().len(), 2);
     let region0 = BarRegion { address: 0x1000_0000, ..region };
@@ -497,7 +497,7 @@ fn bars_of_function_1_route_to_function_1() {
 
 #[test]
 fn multi_function_topology_errors() {
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let fake = || Box::new(FakeEndpoint::new().0);
     let endpoint = root.add_function(fake()).unwrap();
@@ -534,9 +534,11 @@ fn multi_function_topology_errors() {
         PciRootError::BadFunctionNumber(u8::MAX)
     );
     assert_eq!(root.functions().len(), 5);
-    assert!(root.function_mut(FunctionId::BehindPort { port: 1, function: 5 }).is_some());
-    assert!(root.function_mut(FunctionId::BehindPort { port: 1, function: 4 }).is_none());
-    assert!(root.function_mut(FunctionId::BehindPort { port: 1, function: 200 }).is_none());
+    assert!(root.with_function(FunctionId::BehindPort { port: 1, function: 5 }, |_| ()).is_some());
+    assert!(root.with_function(FunctionId::BehindPort { port: 1, function: 4 }, |_| ()).is_none());
+    assert!(root
+        .with_function(FunctionId::BehindPort { port: 1, function: 200 }, |_| ())
+        .is_none());
     assert_eq!(root.requester_id(FunctionId::BehindPort { port: 1, function: 200 }), None);
     assert_eq!(root.requester_id(FunctionId::BehindPort { port: 2, function: 0 }), None);
 }
@@ -544,8 +546,8 @@ fn multi_function_topology_errors() {
 #[test]
 fn random_accesses_behind_a_multi_function_port_keep_it_intact() {
     let mut rng = XorShift::new(0x3f1);
-    let (mut root, _, _) = root_with_functions(&[0, 1, 2]);
-    ecam_write32(&mut root, 0, 1, 0x18, 0x0001_0100);
+    let (root, _, _) = root_with_functions(&[0, 1, 2]);
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
     // Every function number of the secondary bus, each register, every width.
     for function in 0..8u8 {
         for register in 0..0x1004u16 {
@@ -569,12 +571,135 @@ fn random_accesses_behind_a_multi_function_port_keep_it_intact() {
     }
     // The port's bus numbers were never touched: the functions are where they were.
     for function in 0..3u8 {
-        assert_eq!(
-            ecam_read_fn(&mut root, 1, function, 0, 4),
-            0x2200_10de | u64::from(function) << 16
-        );
+        assert_eq!(ecam_read_fn(&root, 1, function, 0, 4), 0x2200_10de | u64::from(function) << 16);
     }
-    assert_eq!(ecam_read_fn(&mut root, 1, 0, 0x0e, 1), 0x80);
-    assert_eq!(ecam_read_fn(&mut root, 1, 3, 0, 4), u64::from(u32::MAX));
+    assert_eq!(ecam_read_fn(&root, 1, 0, 0x0e, 1), 0x80);
+    assert_eq!(ecam_read_fn(&root, 1, 3, 0, 4), u64::from(u32::MAX));
     assert_eq!(root.functions().len(), 5);
+}
+
+/// An endpoint whose BAR writes block until the test releases them, as an aperture-dma
+/// doorbell does while the host maps 128 buffers.
+struct BlockingEndpoint {
+    config: ConfigSpace,
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    bar_writes: BarLog,
+}
+
+impl PciFunction for BlockingEndpoint {
+    fn name(&self) -> &str {
+        "blocking"
+    }
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+    fn config_write(&mut self, offset: u16, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.entered.send(()).unwrap();
+        self.release.recv().unwrap();
+        self.bar_writes.lock().unwrap().push((bar, offset, data.to_vec()));
+    }
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        self.config.bar_regions()
+    }
+}
+
+#[test]
+fn a_blocked_bar_write_stalls_only_its_own_function() {
+    use std::sync::mpsc::channel;
+    let (entered_tx, entered) = channel();
+    let (release, release_rx) = channel();
+    let slow_writes = BarLog::default();
+    let mut config = ConfigSpace::new_endpoint(&PciIds { vendor_id: 0x1b36, ..PciIds::default() });
+    config.add_memory_bar(0, 0x1000, BarKind::Memory32, false).unwrap();
+    let slow = BlockingEndpoint {
+        config,
+        entered: entered_tx,
+        release: release_rx,
+        bar_writes: slow_writes.clone(),
+    };
+    let root = PciRoot::new();
+    let port = root.add_root_port().unwrap();
+    root.attach_to_port(port, Box::new(slow)).unwrap();
+    let (other, _, other_writes) = FakeEndpoint::new();
+    let other_id = root.add_function(Box::new(other)).unwrap();
+    assert_eq!(other_id, FunctionId::Bus0 { device: 2 });
+    // The views the vCPUs use.
+    let ecam = PciEcam::new(root.clone());
+    let window = PciMmioWindow::new(root.clone(), 0x1000_0000);
+    // Port 00:01.0 numbered bus 1; the slow function's BAR at 0x1000_0000, the other's at
+    // 0x1000_4000, both decoding.
+    ecam.write(ecam_offset(0, 1, 0x18), &0x0001_0100u32.to_le_bytes());
+    ecam.write(ecam_offset(1, 0, BAR0), &0x1000_0000u32.to_le_bytes());
+    ecam.write(ecam_offset(1, 0, COMMAND), &[2, 0]);
+    ecam.write(ecam_offset(0, 2, BAR0), &0x1000_4000u32.to_le_bytes());
+    ecam.write(ecam_offset(0, 2, BAR0 + 4), &0u32.to_le_bytes());
+    ecam.write(ecam_offset(0, 2, COMMAND), &[2, 0]);
+
+    let blocked = {
+        let window = window.clone();
+        std::thread::spawn(move || window.write(0x10, &[0xd0, 0xbe, 0, 0]))
+    };
+    entered.recv().unwrap();
+    // The slow function now holds its lock inside its BAR write. Another vCPU reaches the
+    // rest of the hierarchy, and even moves the other function's BAR.
+    let (done_tx, done) = channel();
+    let other_vcpu = std::thread::spawn(move || {
+        let read32 = |offset| read_le(4, |d| ecam.read(offset, d)) as u32;
+        let ids = [
+            read32(ecam_offset(0, 0, 0)),
+            read32(ecam_offset(0, 1, 0)),
+            read32(ecam_offset(0, 2, 0)),
+        ];
+        window.write(0x4008, &[1; 4]);
+        let bar = read_le(4, |d| window.read(0x4010, d));
+        ecam.write(ecam_offset(0, 2, BAR0), &0x1000_8000u32.to_le_bytes());
+        window.write(0x8008, &[2; 4]);
+        done_tx.send((ids, bar)).unwrap();
+    });
+    // A deadlock guard, not a timing assertion: a broken lock order would hang here forever.
+    let (ids, bar) = done.recv_timeout(std::time::Duration::from_secs(60)).expect(
+        "configuration and BAR accesses of other functions must not wait for a blocked one",
+    );
+    assert_eq!(ids, [0x0008_1b36, 0x000c_1b36, 0x2204_10de]);
+    assert_eq!(bar, 0x1000, "BAR 0 at offset 0x10 of the other function");
+    assert_eq!(*other_writes.lock().unwrap(), vec![(0, 8, vec![1; 4]), (0, 8, vec![2; 4])]);
+    assert!(slow_writes.lock().unwrap().is_empty(), "still blocked");
+    other_vcpu.join().unwrap();
+    release.send(()).unwrap();
+    blocked.join().unwrap();
+    assert_eq!(*slow_writes.lock().unwrap(), vec![(0, 0x10, vec![0xd0, 0xbe, 0, 0])]);
+}
+
+#[test]
+fn a_hook_that_reenters_pci_is_a_lock_order_violation_not_a_deadlock() {
+    let root = PciRoot::new();
+    let (endpoint, _, _) = FakeEndpoint::new();
+    root.add_function(Box::new(endpoint)).unwrap();
+    let inner = root.clone();
+    // A trace hook runs with the traced function locked; reading that function's config
+    // space from it would deadlock, and is caught as taking a second function lock.
+    root.set_trace_hook(Some(Box::new(move |e: &TraceEvent<'_>| {
+        if e.kind == TraceKind::ConfigRead {
+            inner.ecam_read(ecam_offset(0, 1, 4), &mut [0; 4]);
+        }
+    })));
+    let reader = root.clone();
+    let result = std::thread::spawn(move || {
+        reader.ecam_read(ecam_offset(0, 1, 0), &mut [0; 4]);
+    })
+    .join();
+    let payload = result.unwrap_err();
+    let message = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("lock order violated"), "{message:?}");
+    assert!(message.contains("taking Function while holding Function"), "{message:?}");
+    // The root still works afterwards (poisoned locks are recovered).
+    root.set_trace_hook(None);
+    assert_eq!(ecam_read32(&root, 0, 1, 0), 0x2204_10de);
 }

@@ -452,7 +452,7 @@ fn pci_cfg_capability_reaches_bar_registers() {
 fn behind_a_root_port_msis_carry_the_programmed_bus() {
     let mut h = harness();
     h.program_vector(1, 0x0802_0040, 5);
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     let id = root.attach_to_port(port, Box::new(h.pci)).unwrap();
     // secondary = subordinate = 3
@@ -461,23 +461,25 @@ fn behind_a_root_port_msis_carry_the_programmed_bus() {
     let mut data = [0u8; 4];
     root.ecam_read(3 << 20, &mut data);
     assert_eq!(u32::from_le_bytes(data), 0x1042_1af4);
-    let function = root.function_mut(id).unwrap();
-    // Set up and activate through the function handle.
-    let mut bar = |offset: u64, len: usize, value: u64| {
-        function.bar_write(0, offset, &value.to_le_bytes()[..len]);
-    };
-    bar(DEVICE_STATUS, 1, 3);
-    bar(DRIVER_FEATURE_SELECT, 4, 1);
-    bar(DRIVER_FEATURE, 4, 1);
-    bar(DEVICE_STATUS, 1, 0xb);
-    bar(QUEUE_SELECT, 2, 0);
-    bar(QUEUE_SIZE, 2, 16);
-    bar(QUEUE_DESC, 8, 0x1_0000);
-    bar(QUEUE_DRIVER, 8, 0x1_1000);
-    bar(QUEUE_DEVICE, 8, 0x1_2000);
-    bar(QUEUE_MSIX_VECTOR, 2, 1);
-    bar(QUEUE_ENABLE, 2, 1);
-    bar(DEVICE_STATUS, 1, 0xf);
+    root.with_function(id, |function| {
+        // Set up and activate through the function handle.
+        let mut bar = |offset: u64, len: usize, value: u64| {
+            function.bar_write(0, offset, &value.to_le_bytes()[..len]);
+        };
+        bar(DEVICE_STATUS, 1, 3);
+        bar(DRIVER_FEATURE_SELECT, 4, 1);
+        bar(DRIVER_FEATURE, 4, 1);
+        bar(DEVICE_STATUS, 1, 0xb);
+        bar(QUEUE_SELECT, 2, 0);
+        bar(QUEUE_SIZE, 2, 16);
+        bar(QUEUE_DESC, 8, 0x1_0000);
+        bar(QUEUE_DRIVER, 8, 0x1_1000);
+        bar(QUEUE_DEVICE, 8, 0x1_2000);
+        bar(QUEUE_MSIX_VECTOR, 2, 1);
+        bar(QUEUE_ENABLE, 2, 1);
+        bar(DEVICE_STATUS, 1, 0xf);
+    })
+    .unwrap();
     let interrupt = h.state.lock().unwrap().interrupt.clone().unwrap();
     interrupt.signal_queue(0);
     assert_eq!(h.msi.sent(), vec![(MsiMessage { address: 0x0802_0040, data: 5 }, 0x0300)]);
@@ -569,7 +571,7 @@ fn end_to_end_with_virtio_rng() {
     });
     let rng = crate::virtio::Rng::new(source);
     let pci = VirtioPci::new("virtio-rng", Box::new(rng), memory.clone(), sink).unwrap();
-    let mut root = PciRoot::new();
+    let root = PciRoot::new();
     let port = root.add_root_port().unwrap();
     root.attach_to_port(port, Box::new(pci)).unwrap();
     let ecam = |bus: u64, register: u64| bus << 20 | register;
@@ -589,7 +591,7 @@ fn end_to_end_with_virtio_rng() {
     assert_eq!(header[0], 0x11, "MSI-X is the first capability");
     root.ecam_write(ecam(1, 0x42), &0x8000u16.to_le_bytes());
     let bar = 0x1000_0000u64;
-    let mut w = |offset: u64, value: u64, len: usize| {
+    let w = |offset: u64, value: u64, len: usize| {
         assert!(root.mmio_write(bar + offset, &value.to_le_bytes()[..len]));
     };
     w(0x3000, 0x0802_0040, 8);

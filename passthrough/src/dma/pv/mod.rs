@@ -6,6 +6,11 @@
 //! store lands in [`DmaWindowDevice`], which serves every entry from the shared
 //! [`WindowManager`] before the guest runs on, and writes each entry's status (and for MAP
 //! the device address the host picked) back into the page. Portable: no OS calls.
+//!
+//! Locking: a doorbell runs inside the trapped BAR write, so it holds this function's own
+//! lock (`devices::pci::lock_order::LockLevel::Function`) and, while serving entries, its
+//! window manager's lock; nothing another PCI function or the topology needs. A long batch of
+//! host maps therefore stalls only accesses to this function.
 
 pub mod protocol;
 
@@ -22,8 +27,8 @@ use devices::trace::{TraceRecord, TraceSink, TraceValue};
 use log::{debug, warn};
 use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 
-use super::{DmaError, HostMapper, MapperLimits, WindowManager};
-use protocol::{op, reg, CommandEntry, Status, ENTRY_DEV_ADDR, ENTRY_SIZE, ENTRY_STATUS};
+use super::{Bytes, DmaError, HostMapper, MapperLimits, WindowManager};
+use protocol::{op, reg, CommandEntry, OpWord, Status, ENTRY_DEV_ADDR, ENTRY_SIZE, ENTRY_STATUS};
 
 /// The window manager of one assigned device, shared between its aperture-dma function and
 /// the VMM (which prints its statistics when the VM exits).
@@ -177,7 +182,7 @@ impl DmaWindowDevice {
             reg::VERSION => {
                 u32::from(protocol::VERSION_MAJOR) << 16 | u32::from(protocol::VERSION_MINOR)
             }
-            reg::FEATURES => protocol::FEATURE_BATCH | protocol::FEATURE_FLUSH,
+            reg::FEATURES => protocol::FEATURES,
             reg::TARGET_RID => self.target_rid.load(Ordering::Relaxed),
             reg::LIMIT_BYTES_LO => limit_bytes as u32,
             reg::LIMIT_BYTES_HI => (limit_bytes >> 32) as u32,
@@ -255,7 +260,8 @@ impl DmaWindowDevice {
             self.refuse_doorbell(count, Status::Erange, &why);
             return;
         }
-        // Clone the handle so the lock guard does not borrow `self`.
+        // Clone the handle so the lock guard does not borrow `self`. Only this device's
+        // windows are locked while the host maps: no PCI-wide lock is held here.
         let windows = self.windows.clone();
         let mut windows = windows.lock().unwrap_or_else(|e| e.into_inner());
         for (index, bytes) in page.chunks_exact(ENTRY_SIZE).enumerate() {
@@ -268,7 +274,8 @@ impl DmaWindowDevice {
                 &status.code().to_le_bytes(),
                 GuestAddress(entry_addr + ENTRY_STATUS as u64),
             );
-            if entry.op == op::MAP {
+            // Every MAP gets its dev_addr written (0 when refused), malformed ones too.
+            if entry.op & protocol::op_word::OP_MASK == op::MAP {
                 written = written.and_then(|()| {
                     self.memory.write_slice(
                         &dev_addr.to_le_bytes(),
@@ -313,22 +320,41 @@ impl DmaWindowDevice {
         entry: &CommandEntry,
     ) -> (Status, u64) {
         let CommandEntry { addr, len, .. } = *entry;
-        match entry.op {
+        let word = match OpWord::decode(entry.op) {
+            Ok(word) => word,
+            Err(e) => {
+                self.warn_entry(index, "command", Status::Einval, &e.to_string());
+                self.record(
+                    "dma-bad-op",
+                    &[
+                        ("op", TraceValue::Hex(u64::from(entry.op))),
+                        ("status", TraceValue::Str(Status::Einval.name())),
+                    ],
+                );
+                return (Status::Einval, 0);
+            }
+        };
+        match word.op {
             op::NOP => (Status::Ok, 0),
             op::MAP => {
-                let (status, dev_addr) = match windows.map(addr, len) {
+                let constraints = word.constraints();
+                let (status, dev_addr) = match windows.map_within(addr, len, &constraints) {
                     Ok(dev_addr) => (Status::Ok, dev_addr),
                     Err(e) => (self.refused(windows, index, "MAP", &e), 0),
                 };
-                self.record(
-                    "dma-map",
-                    &[
-                        ("gpa", TraceValue::Hex(addr)),
-                        ("len", TraceValue::Hex(len)),
-                        ("dev_addr", TraceValue::Hex(dev_addr)),
-                        ("status", TraceValue::Str(status.name())),
-                    ],
-                );
+                let mut fields = vec![
+                    ("gpa", TraceValue::Hex(addr)),
+                    ("len", TraceValue::Hex(len)),
+                    ("dev_addr", TraceValue::Hex(dev_addr)),
+                    ("status", TraceValue::Str(status.name())),
+                ];
+                if word.mask_bits != 0 {
+                    fields.push(("mask_bits", TraceValue::Int(u64::from(word.mask_bits))));
+                }
+                if word.align_log2 != 0 {
+                    fields.push(("align", TraceValue::Hex(1 << word.align_log2)));
+                }
+                self.record("dma-map", &fields);
                 (status, dev_addr)
             }
             op::UNMAP => {
@@ -398,7 +424,21 @@ impl DmaWindowDevice {
         error: &DmaError,
     ) -> Status {
         let status = Status::for_error(error);
-        if status == Status::Enospc {
+        if let DmaError::AboveMask { constraints, device_addr, .. }
+        | DmaError::Misaligned { constraints, device_addr, .. } = error
+        {
+            // The numbers a driver developer needs, whatever the wording above them.
+            let got = match device_addr {
+                Some(d) => format!("device address {d:#x}"),
+                None => "no device address".to_string(),
+            };
+            let why = format!(
+                "{error} [device: {}, alignment {}; got {got}]",
+                constraints.mask(),
+                Bytes(constraints.alignment)
+            );
+            self.warn_entry(index, what, status, &why);
+        } else if status == Status::Enospc {
             // Say what holds the budget: the first line of the summary.
             let stats = windows.stats().to_string();
             let now = stats.lines().next().unwrap_or_default();

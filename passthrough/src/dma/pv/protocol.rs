@@ -1,7 +1,7 @@
-//! The numbers of the DMA window protocol, version 1.0 (`passthrough/docs/dma-window-protocol.md`):
-//! PCI identity, register offsets, the command entry layout, ops and status codes.
+//! The numbers of the DMA window protocol, version 1.1 (`passthrough/docs/dma-window-protocol.md`):
+//! PCI identity, register offsets, the command entry layout, the op word, ops and status codes.
 
-use crate::dma::{DmaError, FailureReason};
+use crate::dma::{DmaError, FailureReason, MapConstraints};
 
 /// PCI vendor id (development id, as QEMU's test devices use).
 pub const VENDOR_ID: u16 = 0x1234;
@@ -12,7 +12,7 @@ pub const CLASS_CODE: u32 = 0x08_80_00;
 /// Protocol major version (also the PCI revision).
 pub const VERSION_MAJOR: u16 = 1;
 /// Protocol minor version.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Size of BAR0, the registers.
 pub const BAR_SIZE: u64 = 0x1000;
 
@@ -22,6 +22,15 @@ pub const MAGIC: u32 = 0x4d44_5041;
 pub const FEATURE_BATCH: u32 = 1 << 0;
 /// `FEATURES` bit: op 3, FLUSH.
 pub const FEATURE_FLUSH: u32 = 1 << 1;
+/// `FEATURES` bit (1.1): a MAP may carry the device's DMA mask width ([`OpWord::mask_bits`]);
+/// the host places the map below it or fails it with [`Status::Emask`].
+pub const FEATURE_MASK: u32 = 1 << 2;
+/// `FEATURES` bit (1.1): a MAP may ask for a device-address alignment
+/// ([`OpWord::align_log2`]); the host honours it or fails it with [`Status::Ealign`]. The
+/// automatic rule for large power-of-two maps applies too.
+pub const FEATURE_ALIGN: u32 = 1 << 3;
+/// Every feature this host offers.
+pub const FEATURES: u32 = FEATURE_BATCH | FEATURE_FLUSH | FEATURE_MASK | FEATURE_ALIGN;
 /// `TARGET_RID` until the guest has numbered the target's bus.
 pub const TARGET_RID_UNKNOWN: u32 = u32::MAX;
 /// Entries per command page.
@@ -77,6 +86,121 @@ pub mod op {
     pub const FLUSH: u32 = 3;
 }
 
+/// The op word (entry offset 0): the op in bits 7..0 and, for MAP, the device's needs.
+pub mod op_word {
+    /// Bits 7..0: the op.
+    pub const OP_MASK: u32 = 0xff;
+    /// Bits 15..8: MAP's `mask_bits`.
+    pub const MASK_BITS_SHIFT: u32 = 8;
+    /// Bits 23..16: MAP's `align_log2`.
+    pub const ALIGN_LOG2_SHIFT: u32 = 16;
+    /// Bits 31..24: reserved, must be 0.
+    pub const RESERVED: u32 = 0xff00_0000;
+    /// Smallest `mask_bits` other than 0 (not given).
+    pub const MASK_BITS_MIN: u8 = 12;
+    /// Largest `mask_bits`.
+    pub const MASK_BITS_MAX: u8 = 64;
+    /// Smallest `align_log2` other than 0 (not given): 4 KiB.
+    pub const ALIGN_LOG2_MIN: u8 = 12;
+    /// Largest `align_log2`: 2 MiB.
+    pub const ALIGN_LOG2_MAX: u8 = 21;
+}
+
+/// A decoded op word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpWord {
+    /// The op (bits 7..0), one of [`op`] or unknown.
+    pub op: u32,
+    /// MAP: the device reaches device addresses below `2^mask_bits`; 0 = not given.
+    pub mask_bits: u8,
+    /// MAP: the device address must be a multiple of `2^align_log2`; 0 = not given.
+    pub align_log2: u8,
+}
+
+/// Why an op word is malformed (the entry fails with [`Status::Einval`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpWordError {
+    /// Reserved bits set.
+    #[error("op word {word:#010x} sets reserved bits {bits:#010x}; they must be 0")]
+    Reserved {
+        /// The whole word.
+        word: u32,
+        /// The offending bits.
+        bits: u32,
+    },
+    /// `mask_bits` outside 12..=64.
+    #[error("op word {word:#010x}: mask_bits {mask_bits} is not 0 (not given) or 12 to 64")]
+    MaskBits {
+        /// The whole word.
+        word: u32,
+        /// The value given.
+        mask_bits: u8,
+    },
+    /// `align_log2` outside 12..=21.
+    #[error(
+        "op word {word:#010x}: align_log2 {align_log2} is not 0 (not given) or 12 (4 KiB) to \
+         21 (2 MiB)"
+    )]
+    AlignLog2 {
+        /// The whole word.
+        word: u32,
+        /// The value given.
+        align_log2: u8,
+    },
+}
+
+impl OpWord {
+    /// Decodes an op word. Unknown ops decode (the caller answers EOPNOTSUPP); for MAP the
+    /// fields are range-checked and bits 31..24 must be 0; for the other known ops bits 31..8
+    /// must be 0.
+    pub fn decode(word: u32) -> Result<Self, OpWordError> {
+        use op_word::*;
+        let op = word & OP_MASK;
+        let mask_bits = (word >> MASK_BITS_SHIFT) as u8;
+        let align_log2 = (word >> ALIGN_LOG2_SHIFT) as u8;
+        let reserved = match op {
+            op::MAP => word & RESERVED,
+            op::NOP | op::UNMAP | op::FLUSH => word & !OP_MASK,
+            _ => return Ok(Self { op, mask_bits: 0, align_log2: 0 }),
+        };
+        if reserved != 0 {
+            return Err(OpWordError::Reserved { word, bits: reserved });
+        }
+        if mask_bits != 0 && !(MASK_BITS_MIN..=MASK_BITS_MAX).contains(&mask_bits) {
+            return Err(OpWordError::MaskBits { word, mask_bits });
+        }
+        if align_log2 != 0 && !(ALIGN_LOG2_MIN..=ALIGN_LOG2_MAX).contains(&align_log2) {
+            return Err(OpWordError::AlignLog2 { word, align_log2 });
+        }
+        Ok(Self { op, mask_bits, align_log2 })
+    }
+
+    /// Encodes the word (fields as given, unchecked).
+    pub fn encode(&self) -> u32 {
+        (self.op & op_word::OP_MASK)
+            | u32::from(self.mask_bits) << op_word::MASK_BITS_SHIFT
+            | u32::from(self.align_log2) << op_word::ALIGN_LOG2_SHIFT
+    }
+
+    /// A MAP word for a device with `mask_bits` (0: not given) asking for `align_log2`
+    /// (0: not given).
+    pub fn map(mask_bits: u8, align_log2: u8) -> u32 {
+        Self { op: op::MAP, mask_bits, align_log2 }.encode()
+    }
+
+    /// What a MAP with this word needs from the host.
+    pub fn constraints(&self) -> MapConstraints {
+        let reach = match self.mask_bits {
+            0 => MapConstraints::NONE,
+            bits => MapConstraints::below_mask(u32::from(bits)),
+        };
+        match self.align_log2 {
+            0 => reach,
+            log2 => reach.aligned(1 << log2),
+        }
+    }
+}
+
 /// A status code, per entry and for a doorbell as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -95,6 +219,10 @@ pub enum Status {
     Eio = 5,
     /// Unknown op.
     Eopnotsupp = 6,
+    /// (1.1) The map could not be placed below the device's DMA mask.
+    Emask = 7,
+    /// (1.1) The map could not be given the device-address alignment.
+    Ealign = 8,
 }
 
 impl Status {
@@ -113,6 +241,8 @@ impl Status {
             4 => Self::Enoent,
             5 => Self::Eio,
             6 => Self::Eopnotsupp,
+            7 => Self::Emask,
+            8 => Self::Ealign,
             _ => return None,
         })
     }
@@ -127,6 +257,8 @@ impl Status {
             Self::Enoent => "ENOENT",
             Self::Eio => "EIO",
             Self::Eopnotsupp => "EOPNOTSUPP",
+            Self::Emask => "EMASK",
+            Self::Ealign => "EALIGN",
         }
     }
 
@@ -139,6 +271,8 @@ impl Status {
                 Self::Enospc
             }
             FailureReason::NotMapped => Self::Enoent,
+            FailureReason::AboveMask => Self::Emask,
+            FailureReason::Misaligned => Self::Ealign,
             FailureReason::HostMap | FailureReason::HostUnmap | FailureReason::MapperContract => {
                 Self::Eio
             }
@@ -149,7 +283,7 @@ impl Status {
 /// One 32-byte command entry, little-endian in guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommandEntry {
-    /// In: the op.
+    /// In: the op word ([`OpWord`]): the op in bits 7..0, MAP's mask and alignment above.
     pub op: u32,
     /// Out: the status code.
     pub status: u32,
@@ -189,5 +323,48 @@ impl CommandEntry {
         b[16..24].copy_from_slice(&self.len.to_le_bytes());
         b[24..32].copy_from_slice(&self.dev_addr.to_le_bytes());
         b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_words_decode_as_specified() {
+        let d = OpWord::decode;
+        assert_eq!(d(1), Ok(OpWord { op: op::MAP, mask_bits: 0, align_log2: 0 }), "1.0 MAP");
+        assert_eq!(d(0x0015_2801), Ok(OpWord { op: op::MAP, mask_bits: 40, align_log2: 21 }));
+        assert_eq!(OpWord::map(40, 21), 0x0015_2801);
+        assert_eq!(d(OpWord::map(64, 12)).map(|w| w.mask_bits), Ok(64));
+        assert_eq!(d(0x0100_0001), Err(OpWordError::Reserved { word: 0x0100_0001, bits: 1 << 24 }));
+        assert!(matches!(d(OpWord::map(11, 0)), Err(OpWordError::MaskBits { mask_bits: 11, .. })));
+        assert!(matches!(d(OpWord::map(65, 0)), Err(OpWordError::MaskBits { .. })));
+        assert!(matches!(d(OpWord::map(0, 22)), Err(OpWordError::AlignLog2 { .. })));
+        assert!(matches!(d(OpWord::map(0, 11)), Err(OpWordError::AlignLog2 { .. })));
+        for plain in [op::NOP, op::UNMAP, op::FLUSH] {
+            assert_eq!(d(plain).map(|w| w.op), Ok(plain));
+            assert!(matches!(d(plain | 0x100), Err(OpWordError::Reserved { bits: 0x100, .. })));
+        }
+        assert_eq!(d(0xffff_ff07).map(|w| w.op), Ok(7), "unknown ops decode as such");
+    }
+
+    #[test]
+    fn op_words_give_constraints() {
+        let w = OpWord::decode(OpWord::map(32, 16)).unwrap();
+        let c = w.constraints();
+        assert_eq!((c.max_device_addr, c.alignment), (0xffff_ffff, 64 << 10));
+        assert_eq!(OpWord::decode(1).unwrap().constraints(), MapConstraints::NONE);
+        assert_eq!(OpWord::decode(OpWord::map(64, 0)).unwrap().constraints(), MapConstraints::NONE);
+    }
+
+    #[test]
+    fn new_statuses_round_trip() {
+        for code in 0..=8 {
+            let s = Status::from_code(code).unwrap();
+            assert_eq!(s.code(), code);
+        }
+        assert_eq!(Status::from_code(9), None);
+        assert_eq!((Status::Emask.name(), Status::Ealign.name()), ("EMASK", "EALIGN"));
     }
 }

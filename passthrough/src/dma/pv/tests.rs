@@ -8,13 +8,13 @@ use devices::pci::PciFunction;
 use devices::trace::{format_record, TraceFormat, TraceRecord, TraceSink};
 use vm_memory::{Bytes as _, GuestAddress, GuestMemoryMmap};
 
-use super::protocol::{self, op, reg, CommandEntry, Status, ENTRY_SIZE};
+use super::protocol::{self, op, reg, CommandEntry, OpWord, Status, ENTRY_SIZE};
 use super::{DmaWindowDevice, SharedWindows, WarnLimiter};
 use crate::dma::testing::{FakeMapper, FAKE_APERTURE_BASE};
 use crate::dma::tests::XorShift;
 use crate::dma::{
-    AddressPolicy, GuestRamRange, HostMapper, MapperError, MapperLimits, WindowConfig,
-    WindowManager,
+    AddressPolicy, GuestRamRange, HostMapper, MapConstraints, MapperError, MapperLimits,
+    WindowConfig, WindowManager,
 };
 
 const K4: u64 = 4 << 10;
@@ -42,6 +42,15 @@ impl HostMapper for SharedFake {
         self.fake.lock().unwrap().map(gpa, len)
     }
 
+    fn map_within(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        constraints: &MapConstraints,
+    ) -> Result<u64, MapperError> {
+        self.fake.lock().unwrap().map_within(gpa, len, constraints)
+    }
+
     fn unmap(&mut self, device_addr: u64, len: u64) -> Result<(), MapperError> {
         self.fake.lock().unwrap().unmap(device_addr, len)
     }
@@ -67,12 +76,12 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let limits = MapperLimits {
-        max_mapped_bytes: BUDGET,
-        max_mappings: MAX_MAPS,
-        alignment: K16,
-        policy: AddressPolicy::HostPicks,
-    };
+    rig_with(AddressPolicy::HostPicks)
+}
+
+fn rig_with(policy: AddressPolicy) -> Rig {
+    let limits =
+        MapperLimits { max_mapped_bytes: BUDGET, max_mappings: MAX_MAPS, alignment: K16, policy };
     let fake = Arc::new(Mutex::new(FakeMapper::new(limits)));
     let mapper: Box<dyn HostMapper> = Box::new(SharedFake { limits, fake: fake.clone() });
     let config = WindowConfig { window_size: K64, cache_released: true };
@@ -155,6 +164,11 @@ fn map(addr: u64, len: u64) -> CommandEntry {
     CommandEntry { op: op::MAP, addr, len, status: 0xdead, dev_addr: 0xdead }
 }
 
+/// A 1.1 MAP with the device's mask width and alignment (0: not given).
+fn map_for(addr: u64, len: u64, mask_bits: u8, align_log2: u8) -> CommandEntry {
+    CommandEntry { op: OpWord::map(mask_bits, align_log2), ..map(addr, len) }
+}
+
 fn unmap(addr: u64, len: u64) -> CommandEntry {
     CommandEntry { op: op::UNMAP, addr, len, status: 0xdead, dev_addr: 0xdead }
 }
@@ -196,8 +210,8 @@ fn registers_read_back() {
     let mut r = rig();
     assert_eq!(r.read(reg::MAGIC), 0x4d44_5041);
     assert_eq!(&r.read(reg::MAGIC).to_le_bytes(), b"APDM");
-    assert_eq!(r.read(reg::VERSION), 0x0001_0000);
-    assert_eq!(r.read(reg::FEATURES), 0b11);
+    assert_eq!(r.read(reg::VERSION), 0x0001_0001, "1.1");
+    assert_eq!(r.read(reg::FEATURES), 0b1111, "BATCH, FLUSH, MASK, ALIGN");
     assert_eq!(r.read(reg::TARGET_RID), 0xffff_ffff);
     r.rid.store(0x0100, Ordering::Relaxed);
     assert_eq!(r.read(reg::TARGET_RID), 0x0100, "follows what the VMM stores");
@@ -392,11 +406,13 @@ fn status_codes_follow_the_spec() {
         (4, "ENOENT"),
         (5, "EIO"),
         (6, "EOPNOTSUPP"),
+        (7, "EMASK"),
+        (8, "EALIGN"),
     ] {
         let status = Status::from_code(code).unwrap();
         assert_eq!((status.code(), status.name()), (code, name));
     }
-    assert_eq!(Status::from_code(7), None);
+    assert_eq!(Status::from_code(9), None);
     let e = CommandEntry { op: 1, status: 2, addr: 3, len: 4, dev_addr: 0x0102_0304_0506_0708 };
     let bytes = e.to_bytes();
     assert_eq!(bytes[24..32], [8, 7, 6, 5, 4, 3, 2, 1]);
@@ -552,4 +568,187 @@ fn random_guests_never_break_it() {
         assert!(f.not_mapped > 0 && f.host_map > 0 && f.host_unmap > 0, "seed {seed}: {stats}");
         r.check();
     }
+}
+
+/// A mapper whose maps, once armed, block until the test releases them: a slow host map.
+#[derive(Debug)]
+struct BlockingMapper {
+    inner: FakeMapper,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl HostMapper for BlockingMapper {
+    fn limits(&self) -> &MapperLimits {
+        self.inner.limits()
+    }
+
+    fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
+        if self.armed.load(Ordering::SeqCst) {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        self.inner.map(gpa, len)
+    }
+
+    fn unmap(&mut self, device_addr: u64, len: u64) -> Result<(), MapperError> {
+        self.inner.unmap(device_addr, len)
+    }
+}
+
+#[test]
+fn a_doorbell_blocked_in_a_host_map_stalls_no_other_function() {
+    use devices::pci::{PciEcam, PciMmioWindow, PciRoot};
+    use devices::MmioTarget as _;
+    use std::sync::mpsc::channel;
+
+    let (entered_tx, entered) = channel();
+    let (release, release_rx) = channel();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limits = MapperLimits {
+        max_mapped_bytes: BUDGET,
+        max_mappings: MAX_MAPS,
+        alignment: K16,
+        policy: AddressPolicy::HostPicks,
+    };
+    let mapper: Box<dyn HostMapper> = Box::new(BlockingMapper {
+        inner: FakeMapper::new(limits),
+        armed: armed.clone(),
+        entered: entered_tx,
+        release: release_rx,
+    });
+    let config = WindowConfig { window_size: K64, cache_released: true };
+    let ram = [GuestRamRange { start: RAM_BASE, len: RAM_LEN }];
+    let windows = Arc::new(Mutex::new(WindowManager::new(mapper, config, &ram).unwrap()));
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(RAM_BASE), RAM_LEN as usize)]).unwrap();
+    let rid = Arc::new(AtomicU32::new(protocol::TARGET_RID_UNKNOWN));
+    let slow = DmaWindowDevice::new("aperture-dma0", windows, mem.clone(), rid, None).unwrap();
+    // Two aperture-dma functions (one per assigned device) at 00:01.0 and 00:02.0.
+    let root = PciRoot::new();
+    root.add_function(Box::new(slow)).unwrap();
+    root.add_function(Box::new(rig().dev)).unwrap();
+    let ecam = PciEcam::new(root.clone());
+    let window = PciMmioWindow::new(root.clone(), 0x1000_0000);
+    for (device, bar) in [(1u64, 0x1000_0000u32), (2, 0x1000_1000)] {
+        ecam.write(device << 15 | 0x10, &bar.to_le_bytes());
+        ecam.write(device << 15 | 0x04, &[2, 0]);
+    }
+    mem.write_slice(&map(RAM_BASE + 0x10_0000, K16).to_bytes(), GuestAddress(CMD_PAGE)).unwrap();
+    window.write(reg::CMD_ADDR_LO, &(CMD_PAGE as u32).to_le_bytes());
+    window.write(reg::CMD_ADDR_HI, &0u32.to_le_bytes());
+    armed.store(true, Ordering::SeqCst);
+    let doorbell = {
+        let window = window.clone();
+        std::thread::spawn(move || window.write(reg::DOORBELL, &1u32.to_le_bytes()))
+    };
+    entered.recv().unwrap();
+    // The first doorbell is inside the host map now. Another vCPU reads the other
+    // function's configuration space and registers.
+    let (done_tx, done) = channel();
+    let other_vcpu = {
+        let window = window.clone();
+        std::thread::spawn(move || {
+            let mut id = [0u8; 4];
+            ecam.read(2 << 15, &mut id);
+            let mut magic = [0u8; 4];
+            window.read(0x1000 + reg::MAGIC, &mut magic);
+            done_tx.send((u32::from_le_bytes(id), u32::from_le_bytes(magic))).unwrap();
+        })
+    };
+    // A deadlock guard, not a timing assertion: a shared lock would hang here forever.
+    let (id, magic) = done
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the other function must answer while a doorbell blocks in a host map");
+    assert_eq!((id, magic), (0xa9e0_1234, protocol::MAGIC));
+    other_vcpu.join().unwrap();
+    release.send(()).unwrap();
+    doorbell.join().unwrap();
+    let mut device_status = [0xffu8; 4];
+    window.read(reg::STATUS, &mut device_status);
+    assert_eq!(u32::from_le_bytes(device_status), 0, "the blocked doorbell completed");
+    let mut entry = [0u8; ENTRY_SIZE];
+    mem.read_slice(&mut entry, GuestAddress(CMD_PAGE)).unwrap();
+    assert_eq!(status(&CommandEntry::from_bytes(&entry)), Status::Ok);
+}
+
+#[test]
+fn op_words_carry_the_devices_mask_and_alignment() {
+    let mut r = rig_with(AddressPolicy::HostPicksWithin);
+    let done = r.submit(&[
+        map(RAM_BASE + 0x10_0000, K4),                // 1.0 entry: placed high
+        map_for(RAM_BASE + 0x20_0000, K4, 32, 0),     // 32-bit device
+        map_for(RAM_BASE + 0x30_0000, K64, 40, 16),   // 40-bit, 64 KiB aligned
+        map_for(RAM_BASE + 0x40_0000, 2 * K64, 0, 0), // automatic 128 KiB alignment
+        map_for(RAM_BASE + 0x50_1000, K4, 64, 16),    // guest address not 64 KiB aligned
+        map_for(RAM_BASE + 0x60_0000, K4, 64, 21),    // 2 MiB aligned, any mask
+    ]);
+    let statuses: Vec<Status> = done.iter().map(status).collect();
+    use Status::*;
+    assert_eq!(statuses, [Ok, Ok, Ok, Ok, Ealign, Ok]);
+    assert!(done[0].dev_addr >= FAKE_APERTURE_BASE, "{:x?}", done[0]);
+    assert!(done[1].dev_addr + K4 <= 1 << 32, "{:x?}", done[1]);
+    assert!(done[2].dev_addr + K64 <= 1 << 40 && done[2].dev_addr % K64 == 0, "{:x?}", done[2]);
+    assert_eq!(done[3].dev_addr % (2 * K64), 0, "{:x?}", done[3]);
+    assert_eq!(done[4].dev_addr, 0, "refused MAPs return no address");
+    assert_eq!(done[5].dev_addr % (2 << 20), 0, "{:x?}", done[5]);
+    for (e, len) in done.iter().zip([K4, K4, K64, 2 * K64, 0, K4]).filter(|(_, l)| *l > 0) {
+        assert_eq!(r.translate(e.dev_addr + len - 1), Some(e.addr + len - 1));
+    }
+    assert_eq!((done[1].op, done[2].op), (OpWord::map(32, 0), OpWord::map(40, 16)));
+    let trace = r.trace.0.lock().unwrap().clone();
+    assert!(trace[2].contains("mask_bits=40 align=0x10000"), "{}", trace[2]);
+    assert!(trace[4].contains("status=EALIGN"), "{}", trace[4]);
+    r.check();
+}
+
+#[test]
+fn malformed_op_words_are_einval_and_change_nothing() {
+    let mut r = rig_with(AddressPolicy::HostPicksWithin);
+    let kept = r.submit(&[map(RAM_BASE + 0x10_0000, K4)])[0];
+    let with = |op: u32, e: CommandEntry| CommandEntry { op, ..e };
+    let done = r.submit(&[
+        with(op::MAP | 1 << 24, map(RAM_BASE, K4)), // reserved bits
+        with(OpWord::map(11, 0), map(RAM_BASE, K4)), // mask under 12 bits
+        with(OpWord::map(65, 0), map(RAM_BASE, K4)), // mask over 64 bits
+        with(OpWord::map(0, 11), map(RAM_BASE, K4)), // alignment under 4 KiB
+        with(OpWord::map(0, 22), map(RAM_BASE, K4)), // alignment over 2 MiB
+        with(op::UNMAP | 0x2800, unmap(kept.dev_addr, K4)), // UNMAP with a mask
+        with(op::NOP | 0x100, CommandEntry::default()), // NOP with high bits
+        with(op::FLUSH | 1 << 31, CommandEntry::default()), // FLUSH with high bits
+        with(0x2804, CommandEntry::default()),      // unknown op, high bits
+    ]);
+    let statuses: Vec<Status> = done.iter().map(status).collect();
+    use Status::*;
+    assert_eq!(
+        statuses,
+        [Einval, Einval, Einval, Einval, Einval, Einval, Einval, Einval, Eopnotsupp]
+    );
+    assert!(done[..5].iter().all(|e| e.dev_addr == 0), "malformed MAPs return no address");
+    assert_eq!(done[5].dev_addr, 0xdead, "UNMAP leaves dev_addr alone");
+    assert_eq!(r.translate(kept.dev_addr), Some(RAM_BASE + 0x10_0000), "still mapped");
+    let s = r.windows.lock().unwrap().stats();
+    assert_eq!((s.map_requests, s.unmap_requests, s.live_requests), (1, 0, 1), "never reached");
+    let trace = r.trace.0.lock().unwrap().clone();
+    assert!(trace[1].contains("dma-bad-op") && trace[1].contains("op=0x1000001"), "{}", trace[1]);
+    r.check();
+}
+
+#[test]
+fn a_host_that_picks_over_the_mask_answers_emask() {
+    // The rig's fake picks like the DART: where it likes (at 1 TiB and up).
+    let mut r = rig();
+    let done = r.submit(&[
+        map_for(RAM_BASE, K4, 32, 0),
+        map_for(RAM_BASE + 0x10_0000, K4, 64, 0),
+        map(RAM_BASE + 0x20_0000, K4),
+    ]);
+    let statuses: Vec<Status> = done.iter().map(status).collect();
+    assert_eq!(statuses, [Status::Emask, Status::Ok, Status::Ok]);
+    assert_eq!(done[0].dev_addr, 0);
+    let s = r.windows.lock().unwrap().stats();
+    assert_eq!((s.failures.above_mask, s.live_requests), (1, 2));
+    let trace = r.trace.0.lock().unwrap().clone();
+    assert!(trace[0].contains("status=EMASK mask_bits=32"), "{}", trace[0]);
+    r.check();
 }

@@ -1,6 +1,7 @@
 //! Tests of the window manager as a whole: unit scenarios, randomized properties against a
 //! model, and the "90% of maps are 4 KiB" workload measurement.
 
+mod constraints;
 mod property;
 mod unit;
 mod workload;

@@ -106,7 +106,7 @@ fn check_map_success(
     let touching = |w: &WindowInfo| overlaps(w, pages);
     let lru: Vec<(u64, u64, u64)> = match sc.policy {
         // Cached windows under the pages must go; the others go oldest first.
-        AddressPolicy::HostPicks => {
+        AddressPolicy::HostPicks | AddressPolicy::HostPicksWithin => {
             evicted.iter().filter(|w| !touching(w)).map(|w| key(w)).collect()
         }
         AddressPolicy::Identity => {
@@ -128,7 +128,7 @@ fn check_map_refusal(err: &DmaError, sc: &Scenario, pages: (u64, u64), before: &
     let pinned_bytes: u64 = pinned.iter().map(|w| w.len).sum();
     let pinned_maps = pinned.len() as u64;
     let (need_bytes, need_maps) = match sc.policy {
-        AddressPolicy::HostPicks => (pages.1 - pages.0, 1),
+        AddressPolicy::HostPicks | AddressPolicy::HostPicksWithin => (pages.1 - pages.0, 1),
         AddressPolicy::Identity => holes(before, pages),
     };
     match *err {

@@ -14,7 +14,7 @@ use passthrough::dma::{DmaWindowDevice, HostMapper, SharedWindows};
 use passthrough::vfio::{
     can_lock_unlimited, check_memlock, memlock_limit, InterruptRoute, IntxRoute, MappedBar,
     RamMapping, VfioContainer, VfioDevice, VfioHostFunction, VfioHostPicksMapper,
-    VfioIdentityMapper, VfioInterrupts, DEFAULT_HOST_PICKS_IOVA_BASE,
+    VfioIdentityMapper, VfioInterrupts,
 };
 use passthrough::{HostDevice, HostSysfs, PciAddress};
 
@@ -484,13 +484,8 @@ fn windowed(
         .iter()
         .map(|r| RamMapping { gpa: r.guest_addr, len: r.size, host_addr: r.host_addr })
         .collect();
-    let mapper = VfioHostPicksMapper::new(
-        container,
-        regions,
-        window_mapper_limits(&limits),
-        DEFAULT_HOST_PICKS_IOVA_BASE,
-    )
-    .map_err(|e| host_error(&name, e))?;
+    let mapper = VfioHostPicksMapper::new(container, regions, window_mapper_limits(&limits))
+        .map_err(|e| host_error(&name, e))?;
     let (base, size) = mapper.iova_aperture();
     let host = format!("at device addresses {base:#x}+{size:#x}");
     window_device(name, index, Box::new(mapper), ram, &limits, trace, &host)

@@ -1,0 +1,205 @@
+//! One PCI function behind its own lock, and the hooks every function reports to.
+//!
+//! A [`FunctionCell`] is what the topology and the BAR routes point at: a guest access locks
+//! only the cell it reaches, so a function busy for long (an aperture-dma doorbell) stalls
+//! accesses to itself only.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use super::config::BarRegion;
+use super::lock_order::{LockLevel, OrderedMutex, OrderedMutexGuard, OrderedRwLock};
+use super::root::{BarChange, BarChangeHook, FunctionId, TraceEvent, TraceHook, TraceKind};
+use super::routes::BarRoutes;
+use super::PciFunction;
+
+/// Header type bit 7: the device has functions besides function 0.
+const HEADER_TYPE_MULTI_FUNCTION: u8 = 0x80;
+
+/// The hooks of a root complex, shared by its functions.
+pub(crate) struct Hooks {
+    trace: OrderedRwLock<Option<Arc<TraceHook>>>,
+    bar_change: OrderedMutex<Option<BarChangeHook>>,
+}
+
+impl Hooks {
+    pub(crate) fn new() -> Self {
+        Self {
+            trace: OrderedRwLock::new(LockLevel::Hooks, None),
+            bar_change: OrderedMutex::new(LockLevel::BarHook, None),
+        }
+    }
+
+    pub(crate) fn set_trace(&self, hook: Option<TraceHook>) {
+        *self.trace.write() = hook.map(Arc::new);
+    }
+
+    pub(crate) fn set_bar_change(&self, hook: Option<BarChangeHook>) {
+        *self.bar_change.lock() = hook;
+    }
+
+    pub(crate) fn has_trace(&self) -> bool {
+        self.trace.read().is_some()
+    }
+
+    /// The trace hook, cloned so it is not called under the hooks lock.
+    fn trace(&self) -> Option<Arc<TraceHook>> {
+        self.trace.read().clone()
+    }
+}
+
+/// What a function's lock protects.
+pub(crate) struct FunctionState {
+    pub(crate) function: Box<dyn PciFunction>,
+    /// The BARs it decoded after the last configuration write (what the routes hold).
+    regions: Vec<BarRegion>,
+    /// The requester id it was last told, if any.
+    pub(crate) requester_id: Option<u16>,
+    /// A root port's bus numbers after the last configuration write.
+    buses: Option<RangeInclusive<u8>>,
+}
+
+/// One function on the emulated bus, behind its own lock.
+pub(crate) struct FunctionCell {
+    id: FunctionId,
+    name: String,
+    state: OrderedMutex<FunctionState>,
+    hooks: Arc<Hooks>,
+    routes: Arc<BarRoutes>,
+}
+
+fn value_of(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = data.len().min(8);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(bytes)
+}
+
+impl FunctionCell {
+    /// `function` at `id`, told `requester_id` (if known) before anyone can reach it.
+    pub(crate) fn new(
+        id: FunctionId,
+        mut function: Box<dyn PciFunction>,
+        requester_id: Option<u16>,
+        hooks: Arc<Hooks>,
+        routes: Arc<BarRoutes>,
+    ) -> Arc<Self> {
+        if let Some(rid) = requester_id {
+            function.set_requester_id(rid);
+        }
+        let name = function.name().to_string();
+        let buses = function.bridge_buses();
+        let state = FunctionState { function, regions: Vec::new(), requester_id, buses };
+        Arc::new(Self {
+            id,
+            name,
+            state: OrderedMutex::new(LockLevel::Function, state),
+            hooks,
+            routes,
+        })
+    }
+
+    pub(crate) fn id(&self) -> FunctionId {
+        self.id
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Locks the function.
+    pub(crate) fn lock(&self) -> OrderedMutexGuard<'_, FunctionState> {
+        self.state.lock()
+    }
+
+    fn trace(&self, kind: TraceKind, offset: u64, data: &[u8]) {
+        let Some(hook) = self.hooks.trace() else { return };
+        hook(&TraceEvent {
+            kind,
+            function: &self.name,
+            id: self.id,
+            offset,
+            size: data.len(),
+            value: value_of(data),
+        });
+    }
+
+    /// A configuration read; `multi_function` sets bit 7 of the header type the guest sees
+    /// (the root knows whether the port has other functions, the function does not).
+    pub(crate) fn config_read(&self, register: u16, data: &mut [u8], multi_function: bool) {
+        let mut state = self.lock();
+        state.function.config_read(register, data);
+        if multi_function {
+            let index = super::config::HEADER_TYPE.checked_sub(register).map(usize::from);
+            if let Some(byte) = index.and_then(|i| data.get_mut(i)) {
+                *byte |= HEADER_TYPE_MULTI_FUNCTION;
+            }
+        }
+        self.trace(TraceKind::ConfigRead, u64::from(register), data);
+    }
+
+    /// A configuration write. Moves the function's BAR routes if it changed where they
+    /// decode; if a bridge's bus numbers changed, calls `renumbered` with the new ones while
+    /// the function is still locked (so the topology sees renumberings in order) and
+    /// returns true.
+    pub(crate) fn config_write(
+        self: &Arc<Self>,
+        register: u16,
+        data: &[u8],
+        renumbered: impl FnOnce(Option<RangeInclusive<u8>>),
+    ) -> bool {
+        let mut state = self.lock();
+        self.trace(TraceKind::ConfigWrite, u64::from(register), data);
+        state.function.config_write(register, data);
+        self.update_bars(&mut state);
+        let buses = state.function.bridge_buses();
+        if buses == state.buses {
+            return false;
+        }
+        state.buses = buses.clone();
+        renumbered(buses);
+        true
+    }
+
+    /// Routes the BARs the function decodes now and tells the BAR-change hook what moved.
+    pub(crate) fn update_bars(self: &Arc<Self>, state: &mut FunctionState) {
+        let regions = state.function.bar_regions();
+        if regions == state.regions {
+            return;
+        }
+        let old = std::mem::replace(&mut state.regions, regions);
+        self.routes.replace(self.id, &state.regions, self);
+        let mut hook = self.hooks.bar_change.lock();
+        let Some(hook) = hook.as_mut() else { return };
+        let find =
+            |regions: &[BarRegion], bar: usize| regions.iter().find(|r| r.index == bar).copied();
+        let mut seen = Vec::new();
+        for bar in old.iter().chain(state.regions.iter()).map(|r| r.index) {
+            let (before, after) = (find(&old, bar), find(&state.regions, bar));
+            if before != after && !seen.contains(&bar) {
+                seen.push(bar);
+                hook(&BarChange {
+                    id: self.id,
+                    function: self.name.clone(),
+                    bar,
+                    old: before,
+                    new: after,
+                });
+            }
+        }
+    }
+
+    /// A read of BAR `bar` at `offset`.
+    pub(crate) fn bar_read(&self, bar: usize, offset: u64, data: &mut [u8]) {
+        let mut state = self.lock();
+        state.function.bar_read(bar, offset, data);
+        self.trace(TraceKind::BarRead { bar }, offset, data);
+    }
+
+    /// A write of BAR `bar` at `offset`.
+    pub(crate) fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) {
+        let mut state = self.lock();
+        self.trace(TraceKind::BarWrite { bar }, offset, data);
+        state.function.bar_write(bar, offset, data);
+    }
+}
