@@ -60,10 +60,10 @@ pub struct PciDevice {
 #[derive(Debug, thiserror::Error)]
 pub enum DevicesError {
     /// The PCI devices directory cannot be read.
-    #[error("cannot read {path}: {source}; is sysfs mounted (mount -t sysfs sysfs /sys)?")]
+    #[error("cannot read {}: {source}; is sysfs mounted (mount -t sysfs sysfs /sys)?", .path.display())]
     Sysfs {
         /// The directory.
-        path: String,
+        path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -106,7 +106,7 @@ fn assignable(sysfs: &HostSysfs, address: &PciAddress, class: u32) -> Assignable
 pub fn scan(root: &Path) -> Result<Vec<PciDevice>, DevicesError> {
     let dir = root.join("sys/bus/pci/devices");
     let entries = std::fs::read_dir(&dir)
-        .map_err(|source| DevicesError::Sysfs { path: dir.display().to_string(), source })?;
+        .map_err(|source| DevicesError::Sysfs { path: dir.clone(), source })?;
     let mut addresses: Vec<PciAddress> =
         entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     addresses.sort();
