@@ -145,8 +145,8 @@ pub enum ImageError {
     Decompress {
         /// "gzip" or "zstd".
         compression: &'static str,
-        /// The decoder's error.
-        reason: String,
+        /// What the decoder found.
+        reason: DecompressFault,
     },
     /// Decompression produced more than [`MAX_DECOMPRESSED_SIZE`].
     #[error(
@@ -434,25 +434,50 @@ fn gunzip(data: &[u8], limit: u64) -> Result<Vec<u8>, ImageError> {
     Ok(out)
 }
 
+/// What a decoder found wrong with a compressed kernel. Comparable (for tests), so an I/O
+/// error is kept as its kind and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecompressFault {
+    /// The decoder reported an error (its text: decoders' error types differ).
+    Decoder(String),
+    /// A zstd frame's checksum does not match its data.
+    Checksum {
+        /// The checksum in the frame.
+        stored: u32,
+        /// The checksum of the decoded data.
+        computed: u32,
+    },
+}
+
+impl std::fmt::Display for DecompressFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Decoder(text) => f.write_str(text),
+            Self::Checksum { stored, computed } => {
+                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
+            }
+        }
+    }
+}
+
 /// Decompresses a zstd stream of one or more frames. Stops at the first bytes that are not a
 /// zstd frame: the kernel's zboot build appends the decompressed size after the frame.
 fn unzstd(mut data: &[u8], limit: u64) -> Result<Vec<u8>, ImageError> {
-    let decode_error = |reason: String| ImageError::Decompress { compression: "zstd", reason };
+    let decode_error =
+        |reason: DecompressFault| ImageError::Decompress { compression: "zstd", reason };
     let mut out = Vec::new();
     while data.starts_with(&ZSTD_MAGIC) {
         // A fresh decoder per frame: ruzstd 0.7 enforces a 100 MiB window limit only when a
         // decoder is reused, and `zstd -22 --ultra` (the kernel's zboot build) uses 128 MiB.
-        let mut decoder =
-            ruzstd::StreamingDecoder::new(&mut data).map_err(|e| decode_error(e.to_string()))?;
+        let mut decoder = ruzstd::StreamingDecoder::new(&mut data)
+            .map_err(|e| decode_error(DecompressFault::Decoder(e.to_string())))?;
         read_capped(&mut decoder, "zstd", limit, &mut out)?;
         let frame = &decoder.decoder;
         if let (Some(stored), Some(computed)) =
             (frame.get_checksum_from_data(), frame.get_calculated_checksum())
         {
             if stored != computed {
-                return Err(decode_error(format!(
-                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-                )));
+                return Err(decode_error(DecompressFault::Checksum { stored, computed }));
             }
         }
     }
@@ -468,10 +493,10 @@ fn read_capped(
     out: &mut Vec<u8>,
 ) -> Result<(), ImageError> {
     let room = limit.saturating_add(1).saturating_sub(out.len() as u64);
-    reader
-        .take(room)
-        .read_to_end(out)
-        .map_err(|e| ImageError::Decompress { compression, reason: e.to_string() })?;
+    reader.take(room).read_to_end(out).map_err(|e| ImageError::Decompress {
+        compression,
+        reason: DecompressFault::Decoder(e.to_string()),
+    })?;
     if out.len() as u64 > limit {
         return Err(ImageError::DecompressedTooLarge { compression, limit_mib: limit / MIB });
     }

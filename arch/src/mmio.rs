@@ -102,6 +102,20 @@ pub enum MmioDecodeError {
     },
 }
 
+impl MmioDecodeError {
+    /// The guest PC the message names, if it names one.
+    pub fn pc(&self) -> Option<u64> {
+        match self {
+            Self::NotDataAbort { .. } => None,
+            Self::NoSyndrome { pc, .. }
+            | Self::CacheMaintenance { pc, .. }
+            | Self::PageTableWalk { pc, .. }
+            | Self::NotAnMmioFault { pc, .. }
+            | Self::Aarch32Thumb { pc, .. } => Some(*pc),
+        }
+    }
+}
+
 /// A guest MMIO load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmioRead {
@@ -504,6 +518,7 @@ mod tests {
             let regs = TestRegs::new(PC);
             let err = decode_data_abort(c.esr, c.ipa, &regs).unwrap_err();
             assert_eq!(err, MmioDecodeError::NoSyndrome { pc: PC, ipa: c.ipa, esr: c.esr });
+            assert_eq!(err.pc(), Some(PC));
             let msg = err.to_string();
             assert!(msg.contains(&format!("PC {PC:#x}")), "{}: {msg}", c.asm);
             assert!(msg.contains(&format!("IPA {:#x}", c.ipa)), "{}: {msg}", c.asm);
@@ -549,6 +564,10 @@ mod tests {
         assert_eq!(
             decode_data_abort(0x5a00_0000, ipa, &regs),
             Err(MmioDecodeError::NotDataAbort { esr: 0x5a00_0000, ec: ExceptionClass::Hvc64 })
+        );
+        assert_eq!(
+            MmioDecodeError::NotDataAbort { esr: 0x5a00_0000, ec: ExceptionClass::Hvc64 }.pc(),
+            None
         );
     }
 

@@ -47,6 +47,16 @@ pub enum SysregError {
     },
 }
 
+impl SysregError {
+    /// The guest PC the message names, if it names one.
+    pub fn pc(&self) -> Option<u64> {
+        match self {
+            Self::NotSysregTrap { .. } => None,
+            Self::NeedsEmulation { pc, .. } => Some(*pc),
+        }
+    }
+}
+
 /// A system register's encoding: `S<op0>_<op1>_C<n>_C<m>_<op2>` in assembler syntax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SysregEncoding {

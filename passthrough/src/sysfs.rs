@@ -56,13 +56,74 @@ pub enum HostDeviceError {
     #[error("{0} is missing: load VFIO with `modprobe vfio-pci`")]
     NoVfio(PathBuf),
     /// sysfs could not be read.
-    #[error("reading {path}: {reason}")]
+    #[error("reading {path}: {source}")]
     Sysfs {
         /// What was read.
         path: PathBuf,
         /// Why it failed.
-        reason: String,
+        #[source]
+        source: SysfsReadError,
     },
+}
+
+/// Why a sysfs file could not be read. Comparable (for tests), so the OS error is kept as its
+/// errno.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SysfsReadError {
+    /// The OS refused.
+    #[error("{}", std::io::Error::from_raw_os_error(*.errno))]
+    Os {
+        /// The errno.
+        errno: i32,
+    },
+    /// An error without an errno.
+    #[error("{kind}")]
+    Io {
+        /// What kind.
+        kind: std::io::ErrorKind,
+    },
+    /// The attribute is not a hex number.
+    #[error("not a hex number: {text:?}")]
+    NotHex {
+        /// What the file holds.
+        text: String,
+    },
+}
+
+impl From<std::io::Error> for SysfsReadError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(errno) => Self::Os { errno },
+            None => Self::Io { kind: e.kind() },
+        }
+    }
+}
+
+/// A hex number as sysfs and procfs print them (`0x1b36`, `000001ffffffffff`), surrounding
+/// white space allowed.
+pub fn parse_hex(text: &str) -> Option<u64> {
+    let text = text.trim();
+    u64::from_str_radix(text.strip_prefix("0x").unwrap_or(text), 16).ok()
+}
+
+/// Whether procfs `status` text shows CAP_IPC_LOCK in the effective set (`CapEff:`): such a
+/// process may lock memory without limit.
+pub fn has_cap_ipc_lock(status: &str) -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(parse_hex)
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// A 32-bit sysfs hex attribute (`vendor`, `device`, `class`).
+pub fn read_hex(path: &Path) -> Result<u32, HostDeviceError> {
+    let sysfs = |source| HostDeviceError::Sysfs { path: path.to_path_buf(), source };
+    let text = std::fs::read_to_string(path).map_err(|e| sysfs(e.into()))?;
+    parse_hex(&text)
+        .and_then(|value| u32::try_from(value).ok())
+        .ok_or_else(|| sysfs(SysfsReadError::NotHex { text: text.trim().to_string() }))
 }
 
 /// The shell commands that bind `address` to vfio-pci.
@@ -102,17 +163,6 @@ impl Default for HostSysfs {
     fn default() -> Self {
         Self { root: PathBuf::from("/") }
     }
-}
-
-fn read_hex(path: &Path) -> Result<u32, HostDeviceError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| HostDeviceError::Sysfs { path: path.to_path_buf(), reason: e.to_string() })?;
-    u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).map_err(|e| {
-        HostDeviceError::Sysfs {
-            path: path.to_path_buf(),
-            reason: format!("not a hex number: {e}"),
-        }
-    })
 }
 
 /// The last path component of a symlink's target (a driver or group name).
@@ -156,7 +206,7 @@ impl HostSysfs {
         let members = self.root.join(format!("sys/kernel/iommu_groups/{group}/devices"));
         let mut offenders = Vec::new();
         let entries = std::fs::read_dir(&members)
-            .map_err(|e| HostDeviceError::Sysfs { path: members.clone(), reason: e.to_string() })?;
+            .map_err(|e| HostDeviceError::Sysfs { path: members.clone(), source: e.into() })?;
         for entry in entries.flatten() {
             let Ok(mate) = entry.file_name().to_string_lossy().parse::<PciAddress>() else {
                 continue;
@@ -275,6 +325,32 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("0000:01:00.1 (snd_hda_intel), 0000:01:00.2 (xhci_hcd)"));
+    }
+
+    #[test]
+    fn hex_attributes_and_capabilities() {
+        assert_eq!(parse_hex("0x1b36\n"), Some(0x1b36));
+        assert_eq!(parse_hex("\t000001ffffffffff"), Some(0x1ff_ffff_ffff));
+        assert_eq!(parse_hex("0xz"), None);
+        assert!(has_cap_ipc_lock("Name:\tx\nCapEff:\t000001ffffffffff\n"));
+        assert!(has_cap_ipc_lock("CapEff:\t0000000000004000\n"));
+        assert!(!has_cap_ipc_lock("CapEff:\t0000000000000000\n"));
+        assert!(!has_cap_ipc_lock("CapPrm:\t0000000000004000\n"));
+        let root = fake_sysfs(&[("0000:01:00.0", Some("vfio-pci"), Some(1), 0x010802)], true);
+        let dir = root.join("sys/bus/pci/devices/0000:01:00.0");
+        assert_eq!(read_hex(&dir.join("class")), Ok(0x010802));
+        std::fs::write(dir.join("vendor"), "nope\n").unwrap();
+        let err = read_hex(&dir.join("vendor")).unwrap_err();
+        assert!(err.to_string().ends_with("vendor: not a hex number: \"nope\""), "{err}");
+        let err = read_hex(&dir.join("missing")).unwrap_err();
+        assert_eq!(
+            err,
+            HostDeviceError::Sysfs {
+                path: dir.join("missing"),
+                source: SysfsReadError::Os { errno: libc::ENOENT }
+            }
+        );
+        assert!(err.to_string().contains("No such file or directory"), "{err}");
     }
 
     #[test]

@@ -23,24 +23,15 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Prints the one-line reason Aperture stopped with and returns the exit status.
+/// Prints the one-line reason Aperture stopped with (or logs an ordinary end) and returns the
+/// exit status.
 fn report(reason: &StopReason) -> i32 {
-    match reason {
-        StopReason::PowerOff => info!("the guest powered off"),
-        StopReason::ConsoleQuit => info!("quit from the console"),
-        StopReason::Reset => {
-            eprintln!("aperture: the guest reset (exit status {})", exit_status::RESET)
-        }
-        StopReason::TestExit(code) => info!("the guest asked to exit with status {code}"),
-        StopReason::Timeout(limit) => eprintln!(
-            "aperture: the guest timed out: still running after {} s (--timeout); stopped it",
-            limit.as_secs()
-        ),
-        StopReason::Signal(signal) => match signals::name(*signal) {
-            Some(name) => eprintln!("aperture: stopped by {name} (signal {signal})"),
-            None => eprintln!("aperture: stopped by signal {signal}"),
-        },
-        StopReason::Error(message) => eprintln!("aperture: error: {message}"),
+    match (vmm::report::stop_line(reason), reason) {
+        // The user's one line: not a log record, so it shows at every log level.
+        (Some(line), _) => eprintln!("{line}"),
+        (None, StopReason::TestExit(code)) => info!("the guest asked to exit with status {code}"),
+        (None, StopReason::ConsoleQuit) => info!("quit from the console"),
+        (None, _) => info!("the guest powered off"),
     }
     reason.exit_status()
 }
@@ -65,13 +56,12 @@ fn run() -> i32 {
         Command::Check(args) => vmm::check::run(&args),
         Command::Devices(args) => vmm::devices_list::run(&args),
         Command::Run(args) => {
-            let outcome = VmConfig::from_run_args(&args)
-                .map_err(|e| e.to_string())
-                .and_then(|config| vm::run(&config).map_err(|e| e.to_string()));
-            match outcome {
-                Ok(reason) => report(&reason),
-                Err(message) => report(&StopReason::Error(message)),
-            }
+            // The typed errors end here, as the one line the user reads.
+            let reason = match VmConfig::from_run_args(&args) {
+                Ok(config) => vm::run(&config).unwrap_or_else(|e| StopReason::Error(e.to_string())),
+                Err(e) => StopReason::Error(e.to_string()),
+            };
+            report(&reason)
         }
     }
 }

@@ -18,9 +18,20 @@ pub enum MemoryError {
         /// Why.
         source: std::io::Error,
     },
-    /// vm-memory refused the mapping.
+    /// vm-memory refused the host mapping.
     #[error("guest RAM: {0}")]
-    Region(String),
+    Mmap(#[source] vm_memory::mmap::MmapRegionError),
+    /// The RAM range wraps around the guest address space.
+    #[error("guest RAM at {base:#x}+{size:#x} wraps around the guest address space")]
+    Wraps {
+        /// Guest physical start.
+        base: u64,
+        /// Size in bytes.
+        size: u64,
+    },
+    /// vm-memory refused the region list.
+    #[error("guest RAM: {0}")]
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
     /// Registering RAM with the hypervisor failed.
     #[error("could not map guest RAM into the VM: {0}")]
     Map(#[from] HypervisorError),
@@ -143,11 +154,10 @@ impl GuestRam {
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             )
         }
-        .map_err(|e| MemoryError::Region(e.to_string()))?;
+        .map_err(MemoryError::Mmap)?;
         let region = GuestRegionMmap::new(region, GuestAddress(base))
-            .ok_or_else(|| MemoryError::Region(format!("{base:#x}+{size:#x} wraps")))?;
-        let memory = GuestMemoryMmap::from_regions(vec![region])
-            .map_err(|e| MemoryError::Region(e.to_string()))?;
+            .ok_or(MemoryError::Wraps { base, size })?;
+        let memory = GuestMemoryMmap::from_regions(vec![region]).map_err(MemoryError::Regions)?;
         let mut regions = Vec::new();
         for region in memory.iter() {
             let host = region

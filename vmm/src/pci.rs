@@ -458,7 +458,10 @@ mod tests {
             &self,
             _index: u32,
         ) -> crate::hypervisor::Result<Box<dyn crate::hypervisor::Vcpu>> {
-            Err(crate::hypervisor::HypervisorError::Unavailable("no vCPUs in this test".into()))
+            Err(crate::hypervisor::HypervisorError::call(
+                "creating a vCPU",
+                std::io::Error::other("no vCPUs in this test"),
+            ))
         }
         fn create_gic(&self, _spec: &crate::hypervisor::GicSpec) -> crate::hypervisor::Result<()> {
             Ok(())

@@ -8,7 +8,61 @@ use log::{debug, error, info, warn};
 
 use crate::control::{StopReason, VmControl};
 use crate::hypervisor::{HypervisorError, MmioHandler, Vcpu, VcpuExit, VcpuKick, Vm};
-use crate::seccomp::ThreadKind;
+use crate::seccomp::{SeccompError, ThreadKind};
+
+/// Why a vCPU stopped the VM: which vCPU, where the guest was and what failed, as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// Running the guest failed, e.g.
+    /// `vCPU 1 at PC 0xffff800080012345: KVM_RUN: Bad address (os error 14)`. The PC is left
+    /// out when the reason names it already.
+    #[error("vCPU {index}{}: {source}", PcNote(.pc.filter(|_| .source.guest_pc().is_none())))]
+    Run {
+        /// The vCPU.
+        index: u32,
+        /// Where the guest was, if the PC could be read.
+        pc: Option<u64>,
+        /// What failed.
+        #[source]
+        source: HypervisorError,
+    },
+    /// The hypervisor refused the boot state.
+    #[error("vCPU {index}: could not set the boot registers: {source}")]
+    BootRegs {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        #[source]
+        source: HypervisorError,
+    },
+    /// The thread could not confine itself to its seccomp allowlist.
+    #[error("vCPU {index}: {source}")]
+    Sandbox {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        #[source]
+        source: SeccompError,
+    },
+    /// The thread panicked.
+    #[error("vCPU {index}: its thread panicked (a bug in Aperture, please report it)")]
+    Panicked {
+        /// The vCPU.
+        index: u32,
+    },
+}
+
+/// " at PC 0x...", or nothing.
+struct PcNote(Option<u64>);
+
+impl std::fmt::Display for PcNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pc) => write!(f, " at PC {pc:#x}"),
+            None => Ok(()),
+        }
+    }
+}
 
 /// What a vCPU thread reports once its vCPU exists.
 #[derive(Debug)]
@@ -64,17 +118,18 @@ pub fn vcpu_thread(
         Ok(VcpuStart::Abort) | Err(_) => return,
     };
     if let Some(regs) = regs {
-        if let Err(e) = vcpu.set_boot_regs(&regs) {
-            let message = format!("vCPU {index}: could not set the boot registers: {e}");
-            control.request_stop(StopReason::Error(message));
+        if let Err(source) = vcpu.set_boot_regs(&regs) {
+            let error = VcpuError::BootRegs { index, source };
+            control.request_stop(StopReason::Error(error.to_string()));
             return;
         }
         info!("vCPU {index}: booting at {:#x} with the device tree at {:#x}", regs.pc, regs.x0);
     }
     if sandbox {
-        if let Err(e) = crate::seccomp::confine(ThreadKind::Vcpu) {
-            error!("vCPU {index}: {e}");
-            control.request_stop(StopReason::Error(format!("vCPU {index}: {e}")));
+        if let Err(source) = crate::seccomp::confine(ThreadKind::Vcpu) {
+            let error = VcpuError::Sandbox { index, source };
+            error!("{error}");
+            control.request_stop(StopReason::Error(error.to_string()));
             return;
         }
     }
@@ -95,8 +150,8 @@ fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &Vm
                 info!("vCPU {index}: the guest reset");
                 control.request_stop(StopReason::Reset);
             }
-            Err(e) => {
-                let message = failure_message(index, vcpu.pc().ok(), &e);
+            Err(source) => {
+                let message = VcpuError::Run { index, pc: vcpu.pc().ok(), source }.to_string();
                 if control.is_stopping() {
                     // The VM was stopping anyway: the first reason stays, this one is logged.
                     error!("{message}");
@@ -116,22 +171,6 @@ fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &Vm
     debug!("vCPU {index}: stopped");
 }
 
-/// The one-line reason a failed vCPU stops the VM with: which vCPU, where the guest was
-/// (unless the backend's message says so already) and what failed, e.g.
-/// `vCPU 1 at PC 0xffff800080012345: KVM_RUN on vCPU 1: Bad address (os error 14)`.
-pub fn failure_message(index: u32, pc: Option<u64>, error: &HypervisorError) -> String {
-    let text = error.to_string();
-    let own = format!("vCPU {index}");
-    let reason = text
-        .strip_prefix(&format!("{own}: "))
-        .or_else(|| text.strip_prefix(&format!("{own} ")))
-        .unwrap_or(&text);
-    match pc {
-        Some(pc) if !reason.contains(" PC ") => format!("{own} at PC {pc:#x}: {reason}"),
-        _ => format!("{own}: {reason}"),
-    }
-}
-
 /// Stops the VM with an error if the vCPU thread unwinds from a panic.
 struct StopOnPanic<'a> {
     index: u32,
@@ -141,49 +180,55 @@ struct StopOnPanic<'a> {
 impl Drop for StopOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.control.request_stop(StopReason::Error(format!(
-                "vCPU {}: its thread panicked (a bug in Aperture, please report it)",
-                self.index
-            )));
+            let error = VcpuError::Panicked { index: self.index };
+            self.control.request_stop(StopReason::Error(error.to_string()));
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use arch::esr::ExceptionClass;
+
     use super::*;
+    use crate::hypervisor::GuestError;
+
+    fn run_error(index: u32, pc: Option<u64>, source: HypervisorError) -> String {
+        VcpuError::Run { index, pc, source }.to_string()
+    }
 
     #[test]
     fn failure_messages_name_the_vcpu_the_pc_and_the_reason() {
-        let call = HypervisorError::call(
-            "KVM_RUN on vCPU 1",
-            std::io::Error::from_raw_os_error(libc::EFAULT),
-        );
-        let message = failure_message(1, Some(0xffff_8000_8001_2345), &call);
-        assert!(
-            message.starts_with("vCPU 1 at PC 0xffff800080012345: KVM_RUN on vCPU 1: "),
-            "{message}"
-        );
-        // A backend message that already names the vCPU is not prefixed twice.
-        let exit = HypervisorError::Guest(
-            "vCPU 2 stopped with an exit Aperture cannot handle: FailEntry(0, 0)".into(),
-        );
+        let call =
+            HypervisorError::call("KVM_RUN", std::io::Error::from_raw_os_error(libc::EFAULT));
+        let message = run_error(1, Some(0xffff_8000_8001_2345), call);
+        assert!(message.starts_with("vCPU 1 at PC 0xffff800080012345: KVM_RUN: "), "{message}");
+        let exit = GuestError::UnhandledExit { exit: "FailEntry(0, 0)".into() };
         assert_eq!(
-            failure_message(2, Some(0x4008_0000), &exit),
+            run_error(2, Some(0x4008_0000), exit.into()),
             "vCPU 2 at PC 0x40080000: stopped with an exit Aperture cannot handle: FailEntry(0, 0)"
         );
-        // Nor given a second PC.
-        let raised = HypervisorError::Guest(
-            "vCPU 0: the guest raised a BRK at PC 0x1000 (ESR 0xf2000000), which Aperture does \
-             not handle"
-                .into(),
-        );
-        let message = failure_message(0, Some(0x1000), &raised);
-        assert!(message.starts_with("vCPU 0: the guest raised a BRK at PC 0x1000"), "{message}");
+        // A reason that names the PC is not given a second one.
+        let raised = GuestError::UnhandledException {
+            class: ExceptionClass::Other(0x3c),
+            pc: 0x1000,
+            esr: 0xf200_0000,
+        };
+        let message = run_error(0, Some(0x1000), raised.into());
+        assert!(message.starts_with("vCPU 0: the guest raised "), "{message}");
+        assert!(message.contains(" at PC 0x1000 (ESR 0xf2000000)"), "{message}");
+        assert_eq!(message.matches(" PC ").count(), 1, "{message}");
         // Without a PC (reading it failed too).
         assert_eq!(
-            failure_message(3, None, &HypervisorError::Guest("boom".into())),
-            "vCPU 3: boom"
+            run_error(3, None, GuestError::NotSmccc { esr: 0x5a00_0000 }.into()),
+            "vCPU 3: ESR 0x5a000000 is not an HVC or SMC"
         );
+        // The reason stays reachable as the error's source.
+        let error = VcpuError::BootRegs { index: 0, source: HypervisorError::NoIrqfd };
+        assert_eq!(
+            error.to_string(),
+            "vCPU 0: could not set the boot registers: this hypervisor has no irqfd"
+        );
+        assert!(std::error::Error::source(&error).is_some());
     }
 }

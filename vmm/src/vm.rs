@@ -32,20 +32,20 @@ use crate::vcpu_thread::{vcpu_thread, VcpuReady, VcpuStart};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// A file could not be read.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {}: {source}", .path.display())]
     Read {
         /// Which option.
         what: &'static str,
         /// The path.
-        path: String,
+        path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
     },
     /// The kernel is not a bootable arm64 Image.
-    #[error("--kernel {path}: {source}")]
+    #[error("--kernel {}: {source}", .path.display())]
     Kernel {
         /// The path.
-        path: String,
+        path: std::path::PathBuf,
         /// What is wrong with it.
         source: arch::image::ImageError,
     },
@@ -107,7 +107,7 @@ fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, VmEr
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| VmError::Read { what, path: path.display().to_string(), source })?;
+        .map_err(|source| VmError::Read { what, path: path.to_path_buf(), source })?;
     Ok(bytes)
 }
 
@@ -191,7 +191,7 @@ pub fn run_on(
 ) -> Result<StopReason, VmError> {
     let kernel_bytes = read_file("--kernel", &config.kernel)?;
     let kernel = KernelImage::from_bytes(kernel_bytes)
-        .map_err(|source| VmError::Kernel { path: config.kernel.display().to_string(), source })?;
+        .map_err(|source| VmError::Kernel { path: config.kernel.clone(), source })?;
     info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
     let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
 

@@ -167,11 +167,6 @@ pub fn memlock_limit() -> Option<u64> {
 
 /// Whether this process may lock memory without limit (CAP_IPC_LOCK in its effective set).
 pub fn can_lock_unlimited() -> bool {
-    const CAP_IPC_LOCK: u32 = 14;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|status| crate::sysfs::has_cap_ipc_lock(&status))
 }

@@ -9,7 +9,7 @@ use passthrough::{HostDeviceError, HostSysfs, PciAddress};
 
 use super::linux::{entries, HostEnv};
 use super::Finding;
-use crate::devices_list::{class_name, read_hex};
+use crate::host::pci::{class_name, read_hex};
 
 /// Every check of `address`; after a missing device, nothing more.
 pub fn check_device(env: &dyn HostEnv, address: &PciAddress) -> Vec<Finding> {

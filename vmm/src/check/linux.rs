@@ -5,6 +5,8 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
+use passthrough::dma::Bytes;
+use passthrough::sysfs::has_cap_ipc_lock;
 use passthrough::vfio::check_memlock;
 
 use super::{device, ipa_finding, kernel, CheckOptions, Finding};
@@ -72,7 +74,7 @@ impl HostEnv for RealHost {
 
     fn probe_kvm(&self) -> KvmProbe {
         #[cfg(target_arch = "aarch64")]
-        return super::kvm_probe::probe(&self.root.join("dev/kvm"));
+        return super::sys::linux::probe(&self.root.join("dev/kvm"));
         #[cfg(not(target_arch = "aarch64"))]
         KvmProbe::Unsupported(std::env::consts::ARCH)
     }
@@ -272,33 +274,14 @@ pub(crate) fn parse_memlock(limits: &str) -> Option<Option<u64>> {
     }
 }
 
-/// Whether procfs `status` shows CAP_IPC_LOCK in the effective set.
-pub(crate) fn has_ipc_lock(status: &str) -> bool {
-    const CAP_IPC_LOCK: u32 = 14;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
-}
-
-/// `bytes` for people: "64 KiB", "512 MiB".
-fn size_text(bytes: u64) -> String {
-    if bytes >= 1 << 20 {
-        format!("{} MiB", bytes >> 20)
-    } else {
-        format!("{} KiB", bytes >> 10)
-    }
-}
-
 /// RLIMIT_MEMLOCK lets this process pin the guest RAM (identity DMA maps all of it).
 fn memlock(root: &Path, needed: u64) -> Finding {
     const WHAT: &str = "locked memory";
     let proc_self = root.join("proc/self");
-    let privileged =
-        std::fs::read_to_string(proc_self.join("status")).is_ok_and(|status| has_ipc_lock(&status));
+    let privileged = std::fs::read_to_string(proc_self.join("status"))
+        .is_ok_and(|status| has_cap_ipc_lock(&status));
     let limits = std::fs::read_to_string(proc_self.join("limits")).ok();
-    let pinned = size_text(needed);
+    let pinned = Bytes(needed).to_string();
     let Some(limit) = limits.as_deref().and_then(parse_memlock) else {
         if privileged {
             return Finding::ok(WHAT, format!("CAP_IPC_LOCK: no limit on pinning {pinned}"));
@@ -317,7 +300,7 @@ fn memlock(root: &Path, needed: u64) -> Finding {
             format!(
                 "RLIMIT_MEMLOCK allows {}, but passthrough pins all {pinned} of guest RAM \
                  (--memory) for device DMA",
-                size_text(limit)
+                Bytes(limit)
             ),
             fix,
         ),
@@ -333,7 +316,7 @@ fn memlock(root: &Path, needed: u64) -> Finding {
             WHAT,
             format!(
                 "RLIMIT_MEMLOCK allows {}: enough to pin the {pinned} of guest RAM",
-                size_text(limit)
+                Bytes(limit)
             ),
         ),
     }
@@ -464,9 +447,6 @@ mod tests {
             Some(None)
         );
         assert_eq!(parse_memlock("Max open files 1024 1024 files"), None);
-        assert!(has_ipc_lock("Name:\tx\nCapEff:\t000001ffffffffff\n"));
-        assert!(!has_ipc_lock("CapEff:\t0000000000000000\n"));
-        assert!(!has_ipc_lock(""));
     }
 
     #[test]
@@ -493,7 +473,7 @@ mod tests {
         assert!(memlock(root, 512 * MIB).detail.contains("unlimited"));
         limit("1073741824");
         let f = memlock(root, 512 * MIB);
-        assert_eq!((f.status, f.detail.contains("allows 1024 MiB")), (Status::Ok, true), "{f}");
+        assert_eq!((f.status, f.detail.contains("allows 1 GiB")), (Status::Ok, true), "{f}");
         limit("65536");
         host.tree.file("proc/self/status", "CapEff:\t0000000000004000\n");
         let f = memlock(root, 512 * MIB);

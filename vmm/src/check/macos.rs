@@ -1,94 +1,185 @@
-//! The macOS probes behind `aperture check` and `aperture devices`: thin calls whose results
-//! [`super::macos_logic`] judges.
+//! macOS's checks as portable code over what the probes found (`sys/macos.rs` gathers it):
+//! the macOS version, the hypervisor entitlement, the IPA size, and the passthrough dext.
 
-use applevisor_sys::{hv_vm_config_get_max_ipa_size, hv_vm_create, hv_vm_destroy};
-use passthrough::driverkit::{DextError, IoKitConnection};
+use passthrough::driverkit::DextError;
 use passthrough::PciAddress;
 
-use super::macos_logic::{self, DextProbe, MacProbe};
-use super::{CheckOptions, Finding};
-use crate::hypervisor::hvf_logic::status;
+use super::{ipa_finding, Finding};
+use crate::host::DEXT_FIX;
+use crate::hypervisor::hvf::{status, version};
 
-/// `kern.osproductversion` ("15.3.1").
-fn os_version() -> Option<String> {
-    let mut buf = [0u8; 64];
-    let mut len = buf.len();
-    // SAFETY: the name is NUL-terminated; `buf` has `len` writable bytes, and sysctlbyname
-    // writes at most `len` bytes and stores the length it wrote in `len`.
-    let rc = unsafe {
-        libc::sysctlbyname(
-            c"kern.osproductversion".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return None;
+/// What the macOS probes found.
+#[derive(Debug)]
+pub struct MacProbe {
+    /// `kern.osproductversion`.
+    pub version: Option<String>,
+    /// What `hv_vm_create` returned (the VM was destroyed at once).
+    pub vm_create: i32,
+    /// `hv_vm_config_get_max_ipa_size`, rounded to a PARange size, or its error code.
+    pub max_ipa_bits: Result<u32, i32>,
+    /// The dext's services.
+    pub dext: DextProbe,
+}
+
+/// What the dext's services answered.
+#[derive(Debug)]
+pub enum DextProbe {
+    /// Without `--device`: what its instances serve (`bus:device.function`), or why none
+    /// could be asked.
+    Survey(Result<Vec<String>, DextError>),
+    /// Each `--device` and whether a user client serving it opened.
+    Devices(Vec<(PciAddress, Result<(), DextError>)>),
+}
+
+/// Every finding for `probe`; `memory_bytes` of guest RAM.
+pub fn findings(probe: &MacProbe, memory_bytes: u64) -> Vec<Finding> {
+    let mut findings = vec![macos_version(probe.version.as_deref()), entitlement(probe.vm_create)];
+    findings.push(match probe.max_ipa_bits {
+        Ok(bits) => ipa_finding("IPA size", bits, memory_bytes),
+        Err(code) => Finding::warn(
+            "IPA size",
+            format!(
+                "hv_vm_config_get_max_ipa_size failed ({}); VMs get 36 bits",
+                status::describe(code)
+            ),
+            "nothing to do unless a device's BARs do not fit; update macOS",
+        ),
+    });
+    findings.extend(dext(&probe.dext));
+    findings
+}
+
+/// macOS 15 or later: the in-kernel GIC.
+fn macos_version(running: Option<&str>) -> Finding {
+    const WHAT: &str = "macOS";
+    match running.and_then(version::macos_major) {
+        Some(major) if major >= version::GIC_MACOS_MAJOR => Finding::ok(
+            WHAT,
+            format!(
+                "{} (the in-kernel GIC needs {})",
+                running.unwrap_or_default().trim(),
+                version::GIC_MACOS_MAJOR
+            ),
+        ),
+        Some(_) => Finding::fail(WHAT, version::gic_missing_message(running), "update macOS"),
+        None => Finding::warn(
+            WHAT,
+            "cannot read the version (kern.osproductversion)",
+            format!("check that `sw_vers` says {} or later", version::GIC_MACOS_MAJOR),
+        ),
     }
-    let text = buf.get(..len)?.split(|&b| b == 0).next()?;
-    std::str::from_utf8(text).ok().map(str::to_owned)
 }
 
-/// Creates a VM with the default configuration and destroys it: the entitlement shows as
-/// HV_DENIED.
-fn try_vm_create() -> i32 {
-    // SAFETY: a null configuration asks for the defaults; this process has no VM yet.
-    let ret = unsafe { hv_vm_create(std::ptr::null_mut()) };
-    if ret == status::HV_SUCCESS {
-        // SAFETY: destroys the VM just created; nothing else uses it.
-        unsafe { hv_vm_destroy() };
-    }
-    ret
-}
-
-/// The largest IPA size, rounded down to one the guest's PARange can state.
-fn max_ipa_bits() -> Result<u32, i32> {
-    let mut bits = 0u32;
-    // SAFETY: `bits` is a valid out-pointer.
-    let ret = unsafe { hv_vm_config_get_max_ipa_size(&mut bits) };
-    if ret != status::HV_SUCCESS {
-        return Err(ret);
-    }
-    Ok(arch::idregs::round_down_to_parange_bits(bits).unwrap_or(bits))
-}
-
-/// What the dext's instances serve (`bus:device.function`). IoKitConnection lists them in
-/// its error when asked for a device none serves, so it is asked for one that cannot be
-/// attached to a Mac (bus ff, device 1f, function 7).
-pub fn dext_survey() -> Result<Vec<String>, DextError> {
-    let nowhere = PciAddress { domain: 0, bus: 0xff, device: 0x1f, function: 7 };
-    match IoKitConnection::open(nowhere) {
-        Ok(_) => Ok(vec!["ff:1f.7".into()]),
-        Err(DextError::NoService { serving, .. }) => Ok(serving),
-        Err(e) => Err(e),
+/// The hypervisor entitlement on this binary: can it create a VM?
+fn entitlement(vm_create: i32) -> Finding {
+    const WHAT: &str = "hypervisor entitlement";
+    match vm_create {
+        status::HV_SUCCESS => {
+            Finding::ok(WHAT, "this binary may create VMs (com.apple.security.hypervisor)")
+        }
+        status::HV_DENIED => Finding::fail(
+            WHAT,
+            "Hypervisor.framework refused to create a VM (HV_DENIED)",
+            "codesign --entitlements vmm/aperture.entitlements -s - target/release/aperture",
+        ),
+        code => Finding::fail(
+            WHAT,
+            status::vm_create_message(code),
+            "close other VMs and retry; on a Mac inside a VM, run Aperture on the host",
+        ),
     }
 }
 
-/// Every check on this Mac.
-pub fn check_host(options: &CheckOptions) -> Vec<Finding> {
-    let dext = if options.devices.is_empty() {
-        DextProbe::Survey(dext_survey())
-    } else {
-        DextProbe::Devices(
-            options
-                .devices
-                .iter()
-                .map(|address| (*address, IoKitConnection::open(*address).map(drop)))
-                .collect(),
-        )
-    };
-    let probe = MacProbe {
-        version: os_version(),
-        vm_create: try_vm_create(),
-        max_ipa_bits: max_ipa_bits(),
-        dext,
-    };
-    macos_logic::findings(&probe, options.memory_bytes)
+/// The passthrough dext: installed, reachable, serving the devices asked for.
+fn dext(probe: &DextProbe) -> Vec<Finding> {
+    const WHAT: &str = "passthrough dext";
+    match probe {
+        DextProbe::Survey(Ok(serving)) if serving.is_empty() => vec![Finding::warn(
+            WHAT,
+            "no VFIOUserPCIDriver instance: the extension is not installed or active, or no \
+             device it matches is attached",
+            DEXT_FIX,
+        )],
+        DextProbe::Survey(Ok(serving)) => {
+            vec![Finding::ok(WHAT, format!("VFIOUserPCIDriver serves {}", serving.join(", ")))]
+        }
+        DextProbe::Survey(Err(e)) => vec![Finding::warn(WHAT, e.to_string(), DEXT_FIX)],
+        DextProbe::Devices(devices) => devices
+            .iter()
+            .map(|(address, result)| match result {
+                Ok(()) => Finding::ok(
+                    format!("{address} dext"),
+                    "VFIOUserPCIDriver serves it and its user client opens",
+                ),
+                Err(e) => Finding::fail(format!("{address} dext"), e.to_string(), DEXT_FIX),
+            })
+            .collect(),
+    }
 }
 
-/// `aperture devices` on macOS.
-pub fn dext_listing(as_json: bool) -> String {
-    macos_logic::dext_listing(&dext_survey(), as_json)
+#[cfg(test)]
+mod tests {
+    use super::super::Status;
+    use super::*;
+
+    fn probe(dext: DextProbe) -> MacProbe {
+        MacProbe {
+            version: Some("15.3.1".into()),
+            vm_create: status::HV_SUCCESS,
+            max_ipa_bits: Ok(40),
+            dext,
+        }
+    }
+
+    #[test]
+    fn a_ready_mac() {
+        let f = findings(&probe(DextProbe::Survey(Ok(vec!["0a:00.0".into()]))), 512 << 20);
+        assert!(f.iter().all(|f| f.status == Status::Ok), "{f:?}");
+        assert_eq!(f.len(), 4);
+        assert_eq!(f[3].detail, "VFIOUserPCIDriver serves 0a:00.0");
+    }
+
+    #[test]
+    fn old_macos_or_unknown_version() {
+        assert_eq!(macos_version(Some("15.0")).status, Status::Ok);
+        let f = macos_version(Some("14.6.1"));
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("this Mac runs macOS 14.6.1"), "{f}");
+        assert_eq!(macos_version(None).status, Status::Warn);
+    }
+
+    #[test]
+    fn entitlement_denied_or_other_failures() {
+        let f = entitlement(status::HV_DENIED);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.fix.as_deref().unwrap().starts_with("codesign --entitlements"));
+        let f = entitlement(status::HV_UNSUPPORTED);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("HV_UNSUPPORTED"), "{f}");
+    }
+
+    #[test]
+    fn ipa_size_or_its_error() {
+        let mut p = probe(DextProbe::Survey(Ok(vec![])));
+        p.max_ipa_bits = Ok(36);
+        assert_eq!(findings(&p, 512 << 20)[2].status, Status::Warn);
+        p.max_ipa_bits = Err(status::HV_ERROR);
+        let f = &findings(&p, 512 << 20)[2];
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.detail.contains("HV_ERROR"), "{f}");
+    }
+
+    #[test]
+    fn dext_missing_unreachable_or_per_device() {
+        let f = dext(&DextProbe::Survey(Ok(vec![])));
+        assert_eq!(f[0].status, Status::Warn);
+        assert!(f[0].fix.as_deref().unwrap().contains("Driver Extensions"));
+        let address: PciAddress = "0000:0a:00.0".parse().unwrap();
+        let missing = DextError::NoService { address, serving: vec!["0b:00.0".into()] };
+        let f = dext(&DextProbe::Devices(vec![(address, Ok(())), (address, Err(missing))]));
+        assert_eq!((f[0].status, f[1].status), (Status::Ok, Status::Fail));
+        assert!(f[1].detail.contains("it serves 0b:00.0"), "{}", f[1]);
+        let f = dext(&DextProbe::Survey(Err(DextError::IoKit { what: "x".into(), code: 1 })));
+        assert_eq!(f[0].status, Status::Warn);
+    }
 }

@@ -5,6 +5,8 @@
 //! procfs and /dev, and probes for what only ioctls tell), so they are tested against fake
 //! trees; the platform modules gather the real values.
 
+// The checks are portable code over what the probes in `sys` found; macOS's are unit-tested
+// on any host.
 #[cfg(target_os = "linux")]
 pub mod device;
 #[cfg(test)]
@@ -13,15 +15,11 @@ pub(crate) mod fake;
 // Pure logic, unit-tested on any host.
 #[cfg(any(test, target_os = "linux"))]
 pub mod kernel;
-#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
-mod kvm_probe;
 #[cfg(target_os = "linux")]
 pub mod linux;
-#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
-pub mod macos;
-// macOS's rules as portable code, unit-tested on any host.
 #[cfg(any(test, all(target_os = "macos", target_arch = "aarch64")))]
-pub mod macos_logic;
+pub mod macos;
+mod sys;
 
 use std::fmt;
 
@@ -246,7 +244,7 @@ fn host_findings(options: &CheckOptions) -> Vec<Finding> {
 
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 fn host_findings(options: &CheckOptions) -> Vec<Finding> {
-    macos::check_host(options)
+    sys::macos::check_host(options)
 }
 
 #[cfg(not(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64"))))]

@@ -3,26 +3,18 @@
 
 use std::fmt::Write;
 
-use super::{Assignable, Bar, BarKind, PciDevice};
+use passthrough::dma::Bytes;
+
+use super::{Assignable, Bar, BarSpace, PciDevice};
 
 const HEADER: [&str; 7] = ["ADDRESS", "IDS", "CLASS", "DRIVER", "GROUP", "BARS", "ASSIGNABLE"];
 
-/// A size in the largest unit that divides it: "16G", "4K", "256".
-pub fn size_text(bytes: u64) -> String {
-    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
-}
-
-/// "0:mem64-pf 16G"; the ROM is "rom 64K".
+/// "0:mem64-pf 16 GiB"; the ROM is "rom 64 KiB".
 fn bar_text(bar: &Bar) -> String {
     let pf = if bar.prefetchable { "-pf" } else { "" };
     match bar.kind {
-        BarKind::Rom => format!("rom {}", size_text(bar.size)),
-        kind => format!("{}:{}{pf} {}", bar.index, kind.name(), size_text(bar.size)),
+        BarSpace::Rom => format!("rom {}", Bytes(bar.size)),
+        kind => format!("{}:{}{pf} {}", bar.index, kind.name(), Bytes(bar.size)),
     }
 }
 
@@ -139,4 +131,56 @@ pub fn json(devices: &[PciDevice]) -> String {
     }
     let objects: Vec<String> = devices.iter().map(|d| format!("  {}", json_object(d))).collect();
     format!("[\n{}\n]\n", objects.join(",\n"))
+}
+
+/// `aperture devices` on macOS: what the dext serves.
+#[cfg(any(test, all(target_os = "macos", target_arch = "aarch64")))]
+pub fn dext_listing(
+    survey: &Result<Vec<String>, passthrough::driverkit::DextError>,
+    as_json: bool,
+) -> String {
+    use crate::host::DEXT_FIX;
+
+    let serving = survey.as_ref().map(Vec::as_slice).unwrap_or_default();
+    if as_json {
+        let objects: Vec<String> = serving
+            .iter()
+            .map(|a| format!("  {{\"address\":\"{a}\",\"driver\":\"VFIOUserPCIDriver\",\"assignable\":true}}"))
+            .collect();
+        return if objects.is_empty() {
+            "[]\n".into()
+        } else {
+            format!("[\n{}\n]\n", objects.join(",\n"))
+        };
+    }
+    let mut text = String::from(
+        "on macOS, devices are listed by the dext: Aperture can assign the PCI devices the \
+         VFIOUserPCIDriver extension serves (System Information > PCI lists all of them).\n",
+    );
+    match survey {
+        Ok(serving) if !serving.is_empty() => {
+            text.push_str(&format!("VFIOUserPCIDriver serves: {}\n", serving.join(", ")))
+        }
+        Ok(_) => text.push_str(&format!("it serves none now; {DEXT_FIX}\n")),
+        Err(e) => text.push_str(&format!("{e}\n")),
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing() {
+        let text = dext_listing(&Ok(vec!["0a:00.0".into()]), false);
+        assert!(text.starts_with("on macOS, devices are listed by the dext: "));
+        assert!(text.contains("VFIOUserPCIDriver serves: 0a:00.0"));
+        assert!(dext_listing(&Ok(vec![]), false).contains("it serves none now"));
+        assert_eq!(
+            dext_listing(&Ok(vec!["0a:00.0".into()]), true),
+            "[\n  {\"address\":\"0a:00.0\",\"driver\":\"VFIOUserPCIDriver\",\"assignable\":true}\n]\n"
+        );
+        assert_eq!(dext_listing(&Ok(vec![]), true), "[]\n");
+    }
 }

@@ -1,5 +1,6 @@
 use super::*;
-use crate::check::fake::FakeTree;
+use crate::host::fake::FakeTree;
+use crate::host::pci::BarKind;
 
 const NVME: &str = "0000:01:00.0";
 const GPU: &str = "0000:02:00.0";
@@ -61,7 +62,12 @@ fn scans_every_field() {
     assert_eq!(nvme.iommu_group, Some(3));
     assert_eq!(
         nvme.bars,
-        [Bar { index: 0, kind: BarKind::Mem64, prefetchable: false, size: 0x4000 }]
+        [Bar {
+            index: 0,
+            kind: BarSpace::Memory(BarKind::Memory64),
+            prefetchable: false,
+            size: 0x4000
+        }]
     );
     assert_eq!(nvme.assignable, Assignable::Yes);
     let gpu = by_address(&devices, GPU);
@@ -69,10 +75,20 @@ fn scans_every_field() {
     assert_eq!(
         gpu.bars,
         [
-            Bar { index: 0, kind: BarKind::Mem32, prefetchable: false, size: 16 << 20 },
-            Bar { index: 1, kind: BarKind::Mem64, prefetchable: true, size: 16 << 30 },
-            Bar { index: 5, kind: BarKind::Io, prefetchable: false, size: 128 },
-            Bar { index: 6, kind: BarKind::Rom, prefetchable: false, size: 512 << 10 },
+            Bar {
+                index: 0,
+                kind: BarSpace::Memory(BarKind::Memory32),
+                prefetchable: false,
+                size: 16 << 20
+            },
+            Bar {
+                index: 1,
+                kind: BarSpace::Memory(BarKind::Memory64),
+                prefetchable: true,
+                size: 16 << 30
+            },
+            Bar { index: 5, kind: BarSpace::Io, prefetchable: false, size: 128 },
+            Bar { index: 6, kind: BarSpace::Rom, prefetchable: false, size: 512 << 10 },
         ]
     );
     let Assignable::No { reason, message } = &gpu.assignable else { panic!("{gpu:?}") };
@@ -169,21 +185,21 @@ fn table_is_aligned_with_names_below() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "ADDRESS       IDS        CLASS              DRIVER         GROUP  BARS                                             ASSIGNABLE"
+        "ADDRESS       IDS        CLASS              DRIVER         GROUP  BARS                                                            ASSIGNABLE"
     );
     assert_eq!(
         lines[1],
-        "0000:00:01.0  1b36:000c  060400 PCI bridge  pcieport       1      -                                                no: bridges cannot be assigned"
+        "0000:00:01.0  1b36:000c  060400 PCI bridge  pcieport       1      -                                                               no: bridges cannot be assigned"
     );
     assert_eq!(lines[2], "              Red Hat, Inc. (device 000c)");
     assert_eq!(
         lines[3],
-        "0000:01:00.0  1b36:0010  010802 NVMe        vfio-pci       3      0:mem64 16K                                      yes"
+        "0000:01:00.0  1b36:0010  010802 NVMe        vfio-pci       3      0:mem64 16 KiB                                                  yes"
     );
     assert_eq!(lines[4], "              Red Hat, Inc. QEMU NVM Express Controller");
     assert_eq!(
         lines[5],
-        "0000:02:00.0  10de:2684  030000 VGA         nouveau        7      0:mem32 16M, 1:mem64-pf 16G, 5:io 128, rom 512K  no: bound to nouveau, not vfio-pci"
+        "0000:02:00.0  10de:2684  030000 VGA         nouveau        7      0:mem32 16 MiB, 1:mem64-pf 16 GiB, 5:io 128 bytes, rom 512 KiB  no: bound to nouveau, not vfio-pci"
     );
     assert_eq!(lines[6], "              NVIDIA Corporation AD102 [GeForce RTX 4090]");
     assert!(
@@ -221,14 +237,4 @@ fn json_has_stable_fields_and_escapes() {
     assert!(lines[4].contains("\"device_name\":null") && lines[4].ends_with('}'));
     assert_eq!(json(&[]), "[]\n");
     assert_eq!(render::json_string("a\"b\\c\nd\te\u{1}é"), "\"a\\\"b\\\\c\\nd\\te\\u0001é\"");
-}
-
-#[test]
-fn sizes() {
-    assert_eq!(render::size_text(16 << 30), "16G");
-    assert_eq!(render::size_text(1 << 40), "1T");
-    assert_eq!(render::size_text(0x4000), "16K");
-    assert_eq!(render::size_text(0x1800), "6K");
-    assert_eq!(render::size_text(128), "128");
-    assert_eq!(render::size_text(1536 << 20), "1536M");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arch::regs::BootRegs;
 
 use super::{
-    GicSpec, Hypervisor, HypervisorError, MemorySlot, MmioHandler, MsiController, Result, Vcpu,
+    GicSpec, GuestError, Hypervisor, MemorySlot, MmioHandler, MsiController, Result, Vcpu,
     VcpuExit, VcpuKick, Vm, VmSpec,
 };
 
@@ -186,7 +186,9 @@ impl Vcpu for FakeVcpu {
             }
             Some(Step::PowerOff) => Ok(VcpuExit::PowerOff),
             Some(Step::Reset) => Ok(VcpuExit::Reset),
-            Some(Step::Fail) => Err(HypervisorError::Guest("scripted failure".into())),
+            Some(Step::Fail) => {
+                Err(GuestError::UnhandledExit { exit: "scripted failure".into() }.into())
+            }
             Some(Step::Panic) => panic!("scripted panic on vCPU {}", self.index),
             None => {
                 while !self.kicked.swap(false, Ordering::SeqCst) {

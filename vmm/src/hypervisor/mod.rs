@@ -6,46 +6,20 @@
 //! is: a backend's [`Vcpu::run`] completes MMIO accesses in place through the [`MmioHandler`]
 //! it is given, and returns only the events the VMM itself must act on ([`VcpuExit`]).
 
+// Each backend is a portable front (its rules and bookkeeping, unit-tested on any host) with
+// its FFI behind it in a `sys` module compiled only on its host.
+mod error;
 #[cfg(test)]
 pub mod fake;
-#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 pub mod hvf;
-// Hypervisor.framework's rules as portable code, unit-tested on any host.
-#[cfg(any(test, all(target_os = "macos", target_arch = "aarch64")))]
-pub mod hvf_logic;
-#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
-pub mod routing;
+pub mod slots;
+
+pub use error::{GuestError, HypervisorError, InstructionWord};
 
 use std::sync::Arc;
 
 use arch::regs::BootRegs;
-
-/// Errors from a hypervisor backend.
-#[derive(Debug, thiserror::Error)]
-pub enum HypervisorError {
-    /// The host has no usable hypervisor, with the reason and fix.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A hypervisor call failed.
-    #[error("{what}: {source}")]
-    Call {
-        /// What was being done, e.g. "KVM_CREATE_VCPU for vCPU 1".
-        what: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The guest did something the VMM cannot emulate.
-    #[error("{0}")]
-    Guest(String),
-}
-
-impl HypervisorError {
-    /// Wraps an OS error with what was being done.
-    pub fn call(what: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
-        Self::Call { what: what.into(), source: source.into() }
-    }
-}
 
 /// Result type of hypervisor operations.
 pub type Result<T> = std::result::Result<T, HypervisorError>;
@@ -152,7 +126,7 @@ pub trait Vm: Send + Sync {
     /// trip through the VMM (KVM irqfd with an MSI route). For passed-through devices.
     #[cfg(target_os = "linux")]
     fn create_irqfd_msi(&self) -> Result<Arc<dyn IrqfdMsi>> {
-        Err(HypervisorError::Unavailable("this hypervisor has no irqfd".into()))
+        Err(HypervisorError::NoIrqfd)
     }
     /// A level-triggered interrupt line the host drives through eventfds, wired to shared
     /// peripheral interrupt `spi` (0-based, INTID 32 + spi) by the hypervisor without a trip
@@ -162,7 +136,7 @@ pub trait Vm: Send + Sync {
     #[cfg(target_os = "linux")]
     fn create_irqfd_spi(&self, spi: u32) -> Result<Arc<dyn IrqfdLevel>> {
         let _ = spi;
-        Err(HypervisorError::Unavailable("this hypervisor has no irqfd".into()))
+        Err(HypervisorError::NoIrqfd)
     }
 }
 
@@ -278,12 +252,6 @@ pub fn host_hypervisor() -> Result<Box<dyn Hypervisor>> {
         all(target_os = "macos", target_arch = "aarch64")
     )))]
     {
-        Err(HypervisorError::Unavailable(format!(
-            "no hypervisor backend for {}-{}: Aperture runs arm64 guests on arm64 Linux hosts \
-             (KVM) and Apple Silicon Macs (Hypervisor.framework); on other machines use the \
-             emulated arm64 host of images/boot-demo.sh",
-            std::env::consts::ARCH,
-            std::env::consts::OS
-        )))
+        Err(HypervisorError::NoBackend { arch: std::env::consts::ARCH, os: std::env::consts::OS })
     }
 }

@@ -27,10 +27,8 @@ fn errno_filter(
 /// two errno answers, then the allowlist (anything else traps). The kernel runs all of a
 /// thread's filters and takes the strictest answer, so the order does not matter.
 pub(super) fn programs(kind: ThreadKind, pid: u32) -> Result<Vec<BpfProgram>, SeccompError> {
-    let build = |e: seccompiler::BackendError| SeccompError::Build {
-        kind: kind.name(),
-        message: e.to_string(),
-    };
+    let build =
+        |e: seccompiler::BackendError| SeccompError::Build { kind: kind.name(), source: e.into() };
     let allowed = allowlist(kind, pid).map_err(build)?;
     let filters = [
         errno_filter(&[libc::SYS_clone3], clone3_errno(kind)).map_err(build)?,
@@ -43,13 +41,14 @@ pub(super) fn programs(kind: ThreadKind, pid: u32) -> Result<Vec<BpfProgram>, Se
 
 /// See [`super::confine`].
 pub(super) fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
-    let install = |message: String| SeccompError::Install { kind: kind.name(), message };
     let programs = programs(kind, std::process::id())?;
-    sigsys::install_handler().map_err(|e| install(format!("the SIGSYS handler: {e}")))?;
+    sigsys::install_handler()
+        .map_err(|source| SeccompError::Handler { kind: kind.name(), source })?;
     let current = std::thread::current();
     sigsys::set_thread_label(current.name().unwrap_or(kind.name()));
     for program in &programs {
-        seccompiler::apply_filter(program).map_err(|e| install(e.to_string()))?;
+        seccompiler::apply_filter(program)
+            .map_err(|e| SeccompError::Install { kind: kind.name(), source: e.into() })?;
     }
     debug!(
         "seccomp: thread {} confined as {} ({} BPF instructions)",

@@ -81,23 +81,37 @@ impl ThreadKind {
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     /// The filter could not be built (a bug in the allowlist).
-    #[error("building the seccomp filter for the {kind} thread: {message}")]
+    #[error("building the seccomp filter for the {kind} thread: {source}")]
     Build {
         /// Which thread.
         kind: &'static str,
-        /// What seccompiler said.
-        message: String,
+        /// What seccompiler said (its error types exist on Linux only).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The `SIGSYS` handler could not be installed.
+    #[error(
+        "installing the seccomp filter for the {kind} thread: the SIGSYS handler: {source}; the \
+         host kernel needs seccomp-BPF (CONFIG_SECCOMP_FILTER), or run with --no-seccomp"
+    )]
+    Handler {
+        /// Which thread.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The kernel refused the filter or the `SIGSYS` handler.
     #[error(
-        "installing the seccomp filter for the {kind} thread: {message}; the host kernel needs \
+        "installing the seccomp filter for the {kind} thread: {source}; the host kernel needs \
          seccomp-BPF (CONFIG_SECCOMP_FILTER), or run with --no-seccomp"
     )]
     Install {
         /// Which thread.
         kind: &'static str,
-        /// What failed.
-        message: String,
+        /// What the kernel said, through seccompiler (its error types exist on Linux only).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

@@ -151,7 +151,10 @@ fn a_failing_vcpu_stops_the_vm_naming_the_vcpu_its_pc_and_the_reason() {
     let (reason, output, _) = run_script(2, vec![(0, steps)], Some(20));
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert_eq!(output, "booting\n");
-    let expected = format!("vCPU 0 at PC {:#x}: scripted failure", layout::RAM_BASE);
+    let expected = format!(
+        "vCPU 0 at PC {:#x}: stopped with an exit Aperture cannot handle: scripted failure",
+        layout::RAM_BASE
+    );
     assert_eq!(reason, StopReason::Error(expected));
     assert_eq!(reason.exit_status(), 1);
 }

@@ -14,7 +14,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::ioctl::ioctl_with_mut_ref;
 use vmm_sys_util::ioctl_iowr_nr;
 
-use super::linux::{KvmCaps, KvmProbe};
+use crate::check::linux::{KvmCaps, KvmProbe};
 
 // kvm-ioctls' `create_device` wraps the returned fd in a file, but a test creation returns
 // none (the field stays 0, which would close stdin): the ioctl is issued directly.

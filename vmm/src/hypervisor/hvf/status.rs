@@ -45,12 +45,12 @@ pub fn name(ret: i32) -> &'static str {
     }
 }
 
-/// `Ok` for `HV_SUCCESS`, otherwise a [`HypervisorError::Call`] saying what failed and how.
+/// `Ok` for `HV_SUCCESS`, otherwise a [`HypervisorError::HvfCall`] saying what failed and how.
 pub fn check(ret: i32, what: impl FnOnce() -> String) -> Result<(), HypervisorError> {
     if ret == HV_SUCCESS {
         Ok(())
     } else {
-        Err(HypervisorError::call(what(), std::io::Error::other(describe(ret))))
+        Err(HypervisorError::HvfCall { what: what(), status: ret })
     }
 }
 
@@ -59,21 +59,21 @@ pub fn describe(ret: i32) -> String {
     format!("{} ({:#x})", name(ret), ret as u32)
 }
 
-/// The error for a failed `hv_vm_create`, with the fix for the two causes a user can act on.
-pub fn vm_create_error(ret: i32) -> HypervisorError {
+/// Why `hv_vm_create` failed, with the fix for the causes a user can act on
+/// ([`HypervisorError::HvfVmCreate`]).
+pub fn vm_create_message(ret: i32) -> String {
     match ret {
-        HV_DENIED => HypervisorError::Unavailable(ENTITLEMENT_FIX.into()),
-        HV_UNSUPPORTED => HypervisorError::Unavailable(
-            "Hypervisor.framework is not supported here (HV_UNSUPPORTED): run Aperture on an \
-             Apple Silicon Mac itself, not inside a VM without nested virtualization"
-                .into(),
-        ),
-        HV_BUSY | HV_NO_RESOURCES => HypervisorError::Unavailable(format!(
+        HV_DENIED => ENTITLEMENT_FIX.into(),
+        HV_UNSUPPORTED => "Hypervisor.framework is not supported here (HV_UNSUPPORTED): run \
+                           Aperture on an Apple Silicon Mac itself, not inside a VM without \
+                           nested virtualization"
+            .into(),
+        HV_BUSY | HV_NO_RESOURCES => format!(
             "Hypervisor.framework could not create a VM ({}): Aperture runs one VM per \
              process, and the host may be out of VM resources; close other VMs and retry",
             describe(ret)
-        )),
-        _ => HypervisorError::call("hv_vm_create", std::io::Error::other(describe(ret))),
+        ),
+        _ => format!("hv_vm_create: {}", describe(ret)),
     }
 }
 
@@ -92,6 +92,10 @@ mod tests {
         assert_eq!(err.to_string(), "hv_vm_map 0x4000+0x4000: HV_BAD_ARGUMENT (0xfae94003)");
     }
 
+    fn vm_create_error(status: i32) -> HypervisorError {
+        HypervisorError::HvfVmCreate { status }
+    }
+
     #[test]
     fn vm_create_errors_say_what_to_do() {
         let denied = vm_create_error(HV_DENIED).to_string();
@@ -102,9 +106,8 @@ mod tests {
             ),
             "{denied}"
         );
-        assert!(matches!(vm_create_error(HV_DENIED), HypervisorError::Unavailable(_)));
         assert!(vm_create_error(HV_UNSUPPORTED).to_string().contains("nested virtualization"));
         assert!(vm_create_error(HV_BUSY).to_string().contains("one VM per process"));
-        assert!(matches!(vm_create_error(HV_ERROR), HypervisorError::Call { .. }));
+        assert_eq!(vm_create_error(HV_ERROR).to_string(), "hv_vm_create: HV_ERROR (0xfae94001)");
     }
 }

@@ -46,6 +46,93 @@ pub struct GicPlan {
     pub msi_count: u32,
 }
 
+/// Why Hypervisor.framework's GIC cannot serve Aperture's memory map or the VM's GIC.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GicPlanError {
+    /// A frame is larger than the room the memory map has for it.
+    #[error(
+        "Hypervisor.framework's GIC {frame} is {size:#x} bytes, more than the {room:#x} \
+         Aperture's memory map has for it at {base:#x}; please report this with your macOS \
+         version"
+    )]
+    FrameTooLarge {
+        /// Which frame.
+        frame: &'static str,
+        /// Its size as the framework reports it.
+        size: u64,
+        /// The room for it.
+        room: u64,
+        /// Where Aperture puts it.
+        base: u64,
+    },
+    /// A frame's base does not meet the framework's alignment.
+    #[error(
+        "Hypervisor.framework needs the GIC {frame} aligned to {align:#x}, and Aperture puts it \
+         at {base:#x}; please report this with your macOS version"
+    )]
+    FrameMisaligned {
+        /// Which frame.
+        frame: &'static str,
+        /// The alignment the framework needs.
+        align: u64,
+        /// Where Aperture puts it.
+        base: u64,
+    },
+    /// The SPI range does not cover the wired interrupts and the MSI range.
+    #[error(
+        "Hypervisor.framework's GIC offers SPI INTIDs {offered_start}..{offered_end}, and \
+         Aperture needs {needed_start}..{needed_end} (devices up to INTID {LAST_WIRED_INTID}, \
+         MSIs from {msi_start}); please report this with your macOS version"
+    )]
+    SpiRange {
+        /// First SPI INTID offered.
+        offered_start: u32,
+        /// End of the offered range.
+        offered_end: u64,
+        /// First INTID Aperture wires.
+        needed_start: u32,
+        /// End of the needed range.
+        needed_end: u64,
+        /// First MSI INTID.
+        msi_start: u32,
+    },
+    /// The VM's GIC frames are not where the GIC was created.
+    #[error(
+        "the GIC was created with its distributor at {created_dist:#x} and redistributors at \
+         {created_redist:#x}, but the VM asks for {asked_dist:#x} and {asked_redist:#x}"
+    )]
+    Moved {
+        /// Distributor base the GIC has.
+        created_dist: u64,
+        /// Redistributor base the GIC has.
+        created_redist: u64,
+        /// Distributor base asked for.
+        asked_dist: u64,
+        /// Redistributor base asked for.
+        asked_redist: u64,
+    },
+    /// More redistributors than the framework's GIC has.
+    #[error(
+        "the VM needs {needed:#x} bytes of redistributors, and Hypervisor.framework's GIC has \
+         {available:#x} (one per vCPU it supports): use fewer --cpus"
+    )]
+    TooManyVcpus {
+        /// Redistributor bytes asked for.
+        needed: u64,
+        /// Redistributor bytes the GIC has.
+        available: u64,
+    },
+    /// An ITS was asked for.
+    #[error(
+        "Hypervisor.framework's GIC has no ITS (asked for one at {its:#x}); MSIs go through its \
+         MSI frame"
+    )]
+    NoIts {
+        /// Where it was asked for.
+        its: u64,
+    },
+}
+
 /// The highest INTID wired to a device (UART, RTC, PCI INTx, and room for later ones).
 const LAST_WIRED_INTID: u32 = 32 + layout::FIRST_FREE_SPI + 15;
 
@@ -55,7 +142,7 @@ fn aligned(base: u64, align: u64) -> bool {
 
 /// Plans the GIC at Aperture's fixed addresses, or says which of the framework's values does
 /// not fit the memory map.
-pub fn plan(limits: &GicLimits) -> Result<GicPlan, String> {
+pub fn plan(limits: &GicLimits) -> Result<GicPlan, GicPlanError> {
     let frames = [
         (
             "distributor",
@@ -81,31 +168,23 @@ pub fn plan(limits: &GicLimits) -> Result<GicPlan, String> {
     ];
     for (what, base, size, room, align) in frames {
         if size > room {
-            return Err(format!(
-                "Hypervisor.framework's GIC {what} is {size:#x} bytes, more than the {room:#x} \
-                 Aperture's memory map has for it at {base:#x}; please report this with your \
-                 macOS version"
-            ));
+            return Err(GicPlanError::FrameTooLarge { frame: what, size, room, base });
         }
         if !aligned(base, align) {
-            return Err(format!(
-                "Hypervisor.framework needs the GIC {what} aligned to {align:#x}, and Aperture \
-                 puts it at {base:#x}; please report this with your macOS version"
-            ));
+            return Err(GicPlanError::FrameMisaligned { frame: what, align, base });
         }
     }
     let spi_end = u64::from(limits.spi_base) + u64::from(limits.spi_count);
     let msi_end =
         u64::from(layout::GIC_MSI_FRAME_FIRST_INTID) + u64::from(layout::GIC_MSI_FRAME_INTIDS);
     if limits.spi_base > 32 + layout::UART_SPI.min(layout::RTC_SPI) || spi_end < msi_end {
-        return Err(format!(
-            "Hypervisor.framework's GIC offers SPI INTIDs {}..{spi_end}, and Aperture needs \
-             {}..{msi_end} (devices up to INTID {LAST_WIRED_INTID}, MSIs from {}); please \
-             report this with your macOS version",
-            limits.spi_base,
-            32 + layout::UART_SPI.min(layout::RTC_SPI),
-            layout::GIC_MSI_FRAME_FIRST_INTID
-        ));
+        return Err(GicPlanError::SpiRange {
+            offered_start: limits.spi_base,
+            offered_end: spi_end,
+            needed_start: 32 + layout::UART_SPI.min(layout::RTC_SPI),
+            needed_end: msi_end,
+            msi_start: layout::GIC_MSI_FRAME_FIRST_INTID,
+        });
     }
     Ok(GicPlan {
         dist_base: layout::GIC_DIST_BASE,
@@ -118,26 +197,23 @@ pub fn plan(limits: &GicLimits) -> Result<GicPlan, String> {
 }
 
 /// Checks the GIC the VMM asks for against the one created from `plan`.
-pub fn check_spec(plan: &GicPlan, spec: &GicSpec) -> Result<(), String> {
+pub fn check_spec(plan: &GicPlan, spec: &GicSpec) -> Result<(), GicPlanError> {
     if spec.dist_base != plan.dist_base || spec.redist_base != plan.redist_base {
-        return Err(format!(
-            "the GIC was created with its distributor at {:#x} and redistributors at {:#x}, \
-             but the VM asks for {:#x} and {:#x}",
-            plan.dist_base, plan.redist_base, spec.dist_base, spec.redist_base
-        ));
+        return Err(GicPlanError::Moved {
+            created_dist: plan.dist_base,
+            created_redist: plan.redist_base,
+            asked_dist: spec.dist_base,
+            asked_redist: spec.redist_base,
+        });
     }
     if spec.redist_size > plan.redist_region_size {
-        return Err(format!(
-            "the VM needs {:#x} bytes of redistributors, and Hypervisor.framework's GIC has \
-             {:#x} (one per vCPU it supports): use fewer --cpus",
-            spec.redist_size, plan.redist_region_size
-        ));
+        return Err(GicPlanError::TooManyVcpus {
+            needed: spec.redist_size,
+            available: plan.redist_region_size,
+        });
     }
     if let Some(its) = spec.its_base {
-        return Err(format!(
-            "Hypervisor.framework's GIC has no ITS (asked for one at {its:#x}); MSIs go through \
-             its MSI frame"
-        ));
+        return Err(GicPlanError::NoIts { its });
     }
     Ok(())
 }
@@ -174,17 +250,17 @@ mod tests {
     fn values_that_do_not_fit_are_named() {
         let mut l = macos15();
         l.redist_region_size = 0x100_0000;
-        let err = plan(&l).unwrap_err();
+        let err = plan(&l).unwrap_err().to_string();
         assert!(err.contains("redistributor region is 0x1000000 bytes"), "{err}");
         let mut l = macos15();
         l.redist_align = 0x10_0000;
-        assert!(plan(&l).unwrap_err().contains("aligned to 0x100000"));
+        assert!(plan(&l).unwrap_err().to_string().contains("aligned to 0x100000"));
         let mut l = macos15();
         l.msi_size = 0x2_0000;
-        assert!(plan(&l).unwrap_err().contains("MSI frame"));
+        assert!(plan(&l).unwrap_err().to_string().contains("MSI frame"));
         let mut l = macos15();
         l.spi_count = 100;
-        let err = plan(&l).unwrap_err();
+        let err = plan(&l).unwrap_err().to_string();
         assert!(err.contains("SPI INTIDs 32..132") && err.contains("33..224"), "{err}");
         // Zero alignment means none.
         let mut l = macos15();
@@ -203,11 +279,15 @@ mod tests {
             nr_irqs: layout::GIC_NR_IRQS,
         };
         assert!(check_spec(&plan, &spec).is_ok());
-        let err = check_spec(&plan, &GicSpec { redist_size: 0x100_0000, ..spec }).unwrap_err();
+        let err = check_spec(&plan, &GicSpec { redist_size: 0x100_0000, ..spec })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("use fewer --cpus"), "{err}");
-        let err = check_spec(&plan, &GicSpec { its_base: Some(0x0808_0000), ..spec }).unwrap_err();
+        let err = check_spec(&plan, &GicSpec { its_base: Some(0x0808_0000), ..spec })
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no ITS"), "{err}");
-        let err = check_spec(&plan, &GicSpec { dist_base: 0, ..spec }).unwrap_err();
+        let err = check_spec(&plan, &GicSpec { dist_base: 0, ..spec }).unwrap_err().to_string();
         assert!(err.contains("distributor"), "{err}");
     }
 }

@@ -20,13 +20,10 @@ pub struct KvmGic {
     pub nr_irqs: u32,
 }
 
-fn create_device(vm: &VmFd, type_: u32, name: &str) -> Result<DeviceFd> {
+fn create_device(vm: &VmFd, type_: u32, name: &'static str) -> Result<DeviceFd> {
     let mut device = kvm_create_device { type_, fd: 0, flags: 0 };
-    vm.create_device(&mut device).map_err(|e| {
-        HypervisorError::Unavailable(format!(
-            "this host's KVM cannot create an in-kernel {name} ({e}); Aperture needs a GICv3 host"
-        ))
-    })
+    vm.create_device(&mut device)
+        .map_err(|e| HypervisorError::KvmNoGic { device: name, source: e.into() })
 }
 
 fn set_attr(device: &DeviceFd, group: u32, attr: u32, addr: u64, what: &str) -> Result<()> {

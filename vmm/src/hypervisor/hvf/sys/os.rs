@@ -1,29 +1,5 @@
 //! macOS calls the backend needs besides Hypervisor.framework.
 
-/// The macOS version (`sysctl kern.osproductversion`, e.g. "15.3.1"), for error messages.
-pub fn os_version() -> Option<String> {
-    let name = c"kern.osproductversion";
-    let mut buf = [0u8; 64];
-    let mut len = buf.len();
-    // SAFETY: the name is NUL-terminated; `buf` has `len` writable bytes, and sysctlbyname
-    // writes at most `len` bytes and stores the length it wrote in `len`.
-    let rc = unsafe {
-        libc::sysctlbyname(
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let bytes = buf.get(..len)?;
-    let text = bytes.split(|&b| b == 0).next()?;
-    std::str::from_utf8(text).ok().map(str::to_owned)
-}
-
 /// Gives the calling thread the user-interactive QoS class: vCPU threads at the default class
 /// were seen to run with large performance swings (the scheduler parks them on efficiency
 /// cores and lowers their priority).

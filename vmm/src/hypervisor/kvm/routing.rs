@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::MsiRoute;
+use crate::hypervisor::MsiRoute;
 
 /// GSIs KVM accepts: `KVM_MAX_IRQ_ROUTES`, which bounds both GSI numbers and table size.
 pub const MAX_GSIS: u32 = 4096;

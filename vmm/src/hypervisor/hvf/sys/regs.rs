@@ -9,7 +9,7 @@ use applevisor_sys::{
 };
 use arch::vcpu_regs::VcpuRegs;
 
-use crate::hypervisor::hvf_logic::status;
+use crate::hypervisor::hvf::status;
 use crate::hypervisor::{HypervisorError, Result};
 
 /// X0..X30 in register-number order.

@@ -13,8 +13,10 @@ use log::{debug, info};
 
 use super::regs::{self, Regs};
 use super::vcpu::HvfVcpu;
-use crate::hypervisor::hvf_logic::power::IdleEnd;
-use crate::hypervisor::{HypervisorError, MmioHandler, Result, VcpuExit};
+use crate::hypervisor::hvf::power::IdleEnd;
+use crate::hypervisor::{
+    GuestError, HypervisorError, InstructionWord, MmioHandler, Result, VcpuExit,
+};
 
 /// The longest a vCPU sleeps for WFI before looking again: interrupts that the in-kernel GIC
 /// delivers between vCPUs do not wake a thread sleeping here. The in-kernel GIC is expected to
@@ -41,19 +43,13 @@ impl HvfVcpu {
             ExceptionClass::Hvc64 | ExceptionClass::Smc64 => self.smccc_call(&mut regs, esr),
             ExceptionClass::Sys64 => self.sysreg_trap(&mut regs, esr),
             ExceptionClass::Wfx => self.wfx(&mut regs, esr),
-            ExceptionClass::InstructionAbortLowerEl => Err(HypervisorError::Guest(format!(
-                "vCPU {}: the guest executed from IPA {:#x} at PC {:#x}, which is not guest RAM \
-                 (ESR {esr:#x})",
-                self.index,
-                exception.physical_address,
-                regs.pc()
-            ))),
-            other => Err(HypervisorError::Guest(format!(
-                "vCPU {}: the guest raised {other} at PC {:#x} (ESR {esr:#x}), which Aperture \
-                 does not handle",
-                self.index,
-                regs.pc()
-            ))),
+            ExceptionClass::InstructionAbortLowerEl => Err(GuestError::ExecutedOutsideRam {
+                ipa: exception.physical_address,
+                pc: regs.pc(),
+                esr,
+            }
+            .into()),
+            class => Err(GuestError::UnhandledException { class, pc: regs.pc(), esr }.into()),
         };
         // A failed register access makes the handler's outcome meaningless: report it first.
         regs.finish()?;
@@ -80,9 +76,9 @@ impl HvfVcpu {
                 mmio.mmio_write(write.addr, &bytes[..usize::from(write.size).min(8)]);
                 mmio::complete_write(regs);
             }
-            Err(e) => {
-                let insn = self.instruction_note(regs.pc());
-                return Err(HypervisorError::Guest(format!("vCPU {}: {e}{insn}", self.index)));
+            Err(source) => {
+                let instruction = self.instruction_word(regs.pc());
+                return Err(GuestError::Mmio { source, instruction }.into());
             }
         }
         Ok(VcpuExit::Handled)
@@ -91,28 +87,27 @@ impl HvfVcpu {
     /// The instruction word at `pc` for an error report, when it can be read: with the guest
     /// MMU off the PC is a guest physical address; with it on Aperture would have to walk the
     /// guest's page tables, which it does not.
-    fn instruction_note(&self, pc: u64) -> String {
+    fn instruction_word(&self, pc: u64) -> InstructionWord {
         let mmu_on = regs::get_sys(self.id, hv_sys_reg_t::SCTLR_EL1)
             .map_or(true, |sctlr| sctlr & SCTLR_EL1_M != 0);
         if mmu_on {
-            return " (instruction word not shown: the guest MMU is on)".into();
+            return InstructionWord::MmuOn;
         }
         let slots = self.shared.slots();
         match slots.ram_host_addr(pc, 4) {
             Some(host) => {
                 // SAFETY: the RAM mapping covers pc..pc+4 and stays mapped while the slot
                 // table is locked (unmapping takes the lock).
-                let word = unsafe { (host as *const u32).read_unaligned() };
-                format!(" (instruction word {word:#010x})")
+                InstructionWord::Read(unsafe { (host as *const u32).read_unaligned() })
             }
-            None => " (instruction word not shown: the PC is outside guest RAM)".into(),
+            None => InstructionWord::OutsideRam,
         }
     }
 
     /// An HVC or SMC: PSCI and the SMCCC calls of `arch::psci`.
     fn smccc_call(&mut self, regs: &mut Regs, esr: u64) -> Result<VcpuExit> {
         let Some(conduit) = Conduit::from_esr(esr) else {
-            return Err(HypervisorError::Guest(format!("ESR {esr:#x} is not an HVC or SMC")));
+            return Err(GuestError::NotSmccc { esr }.into());
         };
         let power = &self.shared.power;
         let x0 = match psci::decode_call_from_regs(esr, regs) {
@@ -142,8 +137,7 @@ impl HvfVcpu {
 
     /// A trapped MRS/MSR: the physical counter is emulated, the rest follows `arch::sysreg`.
     fn sysreg_trap(&mut self, regs: &mut Regs, esr: u64) -> Result<VcpuExit> {
-        let guest =
-            |e: sysreg::SysregError| HypervisorError::Guest(format!("vCPU {}: {e}", self.index));
+        let guest = |e: sysreg::SysregError| HypervisorError::Guest(e.into());
         let access = sysreg::decode_sysreg_access(esr).map_err(guest)?;
         match access.known() {
             Some(KnownSysreg::CntpctEl0 | KnownSysreg::CntpctssEl0) if access.is_read => {

@@ -12,7 +12,9 @@ use log::{debug, warn};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::regs;
-use crate::hypervisor::{HypervisorError, MmioHandler, Result, Vcpu, VcpuExit, VcpuKick};
+use crate::hypervisor::{
+    GuestError, HypervisorError, MmioHandler, Result, Vcpu, VcpuExit, VcpuKick,
+};
 
 /// A KVM vCPU.
 #[derive(Debug)]
@@ -135,14 +137,12 @@ impl Vcpu for KvmVcpu {
                 Ok(VcpuExit::Handled)
             }
             Ok(KvmExit::Intr) => Ok(VcpuExit::Interrupted),
-            Ok(other) => Err(HypervisorError::Guest(format!(
-                "vCPU {} stopped with an exit Aperture cannot handle: {other:?}",
-                self.index
-            ))),
+            Ok(other) => Err(GuestError::UnhandledExit { exit: format!("{other:?}") }.into()),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 Ok(VcpuExit::Interrupted)
             }
-            Err(e) => Err(HypervisorError::call(format!("KVM_RUN on vCPU {}", self.index), e)),
+            // The vCPU is named by whoever reports the error.
+            Err(e) => Err(HypervisorError::call("KVM_RUN", e)),
         }
     }
 }

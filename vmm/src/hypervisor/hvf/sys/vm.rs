@@ -11,10 +11,10 @@ use log::{debug, info, warn};
 
 use super::gic_api::GicApi;
 use super::vcpu::HvfVcpu;
-use crate::hypervisor::hvf_logic::gic::{self, GicLimits, GicPlan};
-use crate::hypervisor::hvf_logic::memory::{self, Kind, Mapping, Slots};
-use crate::hypervisor::hvf_logic::power::VcpuPower;
-use crate::hypervisor::hvf_logic::status;
+use crate::hypervisor::hvf::gic::{self, GicLimits, GicPlan};
+use crate::hypervisor::hvf::power::VcpuPower;
+use crate::hypervisor::hvf::status;
+use crate::hypervisor::slots::{Mapping, MemoryKind, SlotTable};
 use crate::hypervisor::{GicSpec, HypervisorError, MemorySlot, MsiController, Result, Vcpu, Vm};
 
 /// What the VM and its vCPUs share. Dropped last (vCPUs and kickers hold it), which destroys
@@ -30,12 +30,12 @@ pub struct Shared {
     /// PSCI power states and where vCPU threads wait.
     pub power: VcpuPower,
     /// Guest memory mappings.
-    pub slots: Mutex<Slots>,
+    pub slots: Mutex<SlotTable>,
 }
 
 impl Shared {
     /// The mappings, locked.
-    pub fn slots(&self) -> MutexGuard<'_, Slots> {
+    pub fn slots(&self) -> MutexGuard<'_, SlotTable> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -98,7 +98,7 @@ fn gic_limits(api: &GicApi) -> Result<GicLimits> {
 fn create_gic(api: &GicApi) -> Result<GicPlan> {
     let limits = gic_limits(api)?;
     debug!("Hypervisor.framework GIC: {limits:x?}");
-    let plan = gic::plan(&limits).map_err(HypervisorError::Unavailable)?;
+    let plan = gic::plan(&limits)?;
     // SAFETY: creates a configuration object; released below.
     let config = unsafe { (api.config_create)() };
     if config.is_null() {
@@ -168,14 +168,15 @@ impl HvfVm {
         // SAFETY: the object came from hv_vm_config_create and is not used again.
         unsafe { os_release(config) };
         if ret != status::HV_SUCCESS {
-            return Err(status::vm_create_error(ret));
+            return Err(HypervisorError::HvfVmCreate { status: ret });
         }
         let guard = VmGuard;
         let plan = create_gic(&gic)?;
         std::mem::forget(guard);
         info!("Hypervisor.framework VM created with a {ipa_bits}-bit guest physical address space");
+        let slots = SlotTable::new("Hypervisor.framework", super::super::GRANULE, u32::MAX);
         let shared =
-            Shared { ipa_bits, gic, plan, power: VcpuPower::default(), slots: Mutex::default() };
+            Shared { ipa_bits, gic, plan, power: VcpuPower::default(), slots: Mutex::new(slots) };
         Ok(Self { shared: Arc::new(shared) })
     }
 
@@ -188,40 +189,27 @@ impl HvfVm {
         guest_addr: u64,
         size: u64,
         host_addr: *mut u8,
-        kind: Kind,
+        kind: MemoryKind,
     ) -> Result<MemorySlot> {
         let what = || format!("mapping guest {guest_addr:#x}+{size:#x} ({kind:?})");
         let host = host_addr as usize;
-        memory::check_granule(guest_addr, size, host).map_err(|msg| {
-            HypervisorError::call(
-                what(),
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, msg),
-            )
-        })?;
         let len = usize::try_from(size).map_err(|_| {
             HypervisorError::call(what(), std::io::Error::other("larger than the address space"))
         })?;
         let mut slots = self.shared.slots();
-        let id =
-            slots.insert(Mapping { guest: guest_addr, size, host, kind }).map_err(|other| {
-                HypervisorError::call(
-                    what(),
-                    std::io::Error::other(format!(
-                        "overlaps the mapping at {:#x}+{:#x}",
-                        other.guest, other.size
-                    )),
-                )
-            })?;
+        let id = slots
+            .insert(Mapping { guest: guest_addr, size, host, kind })
+            .map_err(|source| HypervisorError::Mapping { guest_addr, size, source })?;
         // EXEC on device memory panics the host: BARs are never executable.
         let flags = match kind {
-            Kind::Ram => HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC,
-            Kind::Device => HV_MEMORY_READ | HV_MEMORY_WRITE,
+            MemoryKind::Ram => HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC,
+            MemoryKind::Device => HV_MEMORY_READ | HV_MEMORY_WRITE,
         };
         // SAFETY: the caller keeps the host range mapped while the slot exists; the range is
         // granule-aligned and overlaps no other mapping.
         let ret = unsafe { hv_vm_map(host_addr.cast::<c_void>(), guest_addr, len, flags) };
         if let Err(e) = status::check(ret, || format!("hv_vm_map {}", what())) {
-            slots.remove(id);
+            let _ = slots.remove(&MemorySlot { id, guest_addr, size });
             return Err(e);
         }
         debug!("slot {id}: guest {guest_addr:#x}+{size:#x} at host {host_addr:p} ({kind:?})");
@@ -237,7 +225,7 @@ impl Vm for HvfVm {
         host_addr: *mut u8,
     ) -> Result<MemorySlot> {
         // SAFETY: the caller upholds map_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, Kind::Ram) }
+        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
     }
 
     unsafe fn map_device_memory(
@@ -247,24 +235,17 @@ impl Vm for HvfVm {
         host_addr: *mut u8,
     ) -> Result<MemorySlot> {
         // SAFETY: the caller upholds map_device_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, Kind::Device) }
+        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
     }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
         let mut slots = self.shared.slots();
-        let known =
-            slots.get(slot.id).is_some_and(|m| m.guest == slot.guest_addr && m.size == slot.size);
-        if !known {
-            return Err(HypervisorError::call(
-                format!("unmapping slot {} ({:#x}+{:#x})", slot.id, slot.guest_addr, slot.size),
-                std::io::Error::other("no such mapping"),
-            ));
-        }
+        slots.find(&slot).map_err(|e| HypervisorError::unmapping(&slot, e))?;
         let len = usize::try_from(slot.size).unwrap_or(usize::MAX);
         // SAFETY: removes a mapping this VM made; the guest loses access to the range.
         let ret = unsafe { hv_vm_unmap(slot.guest_addr, len) };
         status::check(ret, || format!("hv_vm_unmap {:#x}+{:#x}", slot.guest_addr, slot.size))?;
-        slots.remove(slot.id);
+        let _ = slots.remove(&slot);
         debug!("slot {} removed ({:#x}+{:#x})", slot.id, slot.guest_addr, slot.size);
         Ok(())
     }
@@ -275,7 +256,7 @@ impl Vm for HvfVm {
 
     fn create_gic(&self, spec: &GicSpec) -> Result<()> {
         // The GIC exists since create_vm; check that it is the one the VMM describes.
-        gic::check_spec(&self.shared.plan, spec).map_err(HypervisorError::Unavailable)
+        Ok(gic::check_spec(&self.shared.plan, spec)?)
     }
 
     fn msi_controller(&self) -> MsiController {

@@ -16,12 +16,14 @@ use arch::regs::{mpidr_for_vcpu, sctlr_el1_for_cpu_on, BootRegs};
 use arch::sysreg::SysregEncoding;
 use log::{debug, warn};
 
+use super::os;
 use super::regs;
-use super::sys;
 use super::vm::Shared;
-use crate::hypervisor::hvf_logic::power::RunGate;
-use crate::hypervisor::hvf_logic::status;
-use crate::hypervisor::{HypervisorError, MmioHandler, Result, Vcpu, VcpuExit, VcpuKick};
+use crate::hypervisor::hvf::power::RunGate;
+use crate::hypervisor::hvf::status;
+use crate::hypervisor::{
+    GuestError, HypervisorError, MmioHandler, Result, Vcpu, VcpuExit, VcpuKick,
+};
 
 /// `hv_vcpu_exit_t` with the reason as a plain number: a reason newer than the bindings must
 /// not become an invalid Rust enum value.
@@ -67,7 +69,7 @@ pub struct HvfVcpu {
 impl HvfVcpu {
     /// Creates vCPU `index` on the calling thread, which must be the thread that runs it.
     pub fn new(shared: Arc<Shared>, index: u32) -> Result<Self> {
-        if let Err(e) = sys::set_thread_qos_user_interactive() {
+        if let Err(e) = os::set_thread_qos_user_interactive() {
             warn!("vCPU {index}: could not raise the thread's QoS class ({e}); expect jitter");
         }
         let mut id: hv_vcpu_t = 0;
@@ -82,7 +84,7 @@ impl HvfVcpu {
             exit: ExitInfo(exit.cast::<RawExit>()),
             owner: std::thread::current().id(),
             vtimer_offset: 0,
-            counter_hz: sys::counter_frequency(),
+            counter_hz: os::counter_frequency(),
             logged_sysregs: HashSet::new(),
             logged_wfi: false,
             logged_vtimer: false,
@@ -133,7 +135,7 @@ impl HvfVcpu {
 
     /// The guest's virtual counter (CNTVCT_EL0) now.
     pub(super) fn guest_counter(&self) -> u64 {
-        sys::host_counter().wrapping_sub(self.vtimer_offset)
+        os::host_counter().wrapping_sub(self.vtimer_offset)
     }
 
     /// Starts the vCPU where PSCI CPU_ON said: PC = entry, x0 = context id, EL1h with DAIF
@@ -241,7 +243,8 @@ impl Vcpu for HvfVcpu {
         }
         // SAFETY: runs this thread's vCPU; HVF fills the exit information.
         let ret = unsafe { hv_vcpu_run(self.id) };
-        status::check(ret, || format!("hv_vcpu_run for vCPU {}", self.index))?;
+        // The vCPU is named by whoever reports the error.
+        status::check(ret, || "hv_vcpu_run".into())?;
         // SAFETY: HVF keeps the exit information valid for the vCPU's life and wrote it during
         // hv_vcpu_run on this thread.
         let exit = unsafe { self.exit.0.read() };
@@ -252,12 +255,7 @@ impl Vcpu for HvfVcpu {
                 Ok(VcpuExit::Interrupted)
             }
             EXIT_VTIMER_ACTIVATED => self.vtimer_activated(),
-            reason => Err(HypervisorError::Guest(format!(
-                "vCPU {} stopped for a reason Hypervisor.framework does not explain (exit \
-                 reason {reason}) at PC {:#x}",
-                self.index,
-                regs::get(self.id, hv_reg_t::PC).unwrap_or(0)
-            ))),
+            reason => Err(GuestError::UnknownExitReason { reason }.into()),
         }
     }
 }

@@ -18,14 +18,8 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::hypervisor::routing::{GsiRoutes, GsiTarget, RoutingError};
+use crate::hypervisor::kvm::routing::{GsiRoutes, GsiTarget};
 use crate::hypervisor::{HypervisorError, IrqfdLevel, IrqfdMsi, MsiRoute, Result};
-
-impl From<RoutingError> for HypervisorError {
-    fn from(e: RoutingError) -> Self {
-        HypervisorError::Guest(e.to_string())
-    }
-}
 
 /// The KVM routing entry for `gsi`.
 fn kvm_entry(gsi: u32, target: GsiTarget) -> kvm_irq_routing_entry {
@@ -61,7 +55,7 @@ fn kvm_entry(gsi: u32, target: GsiTarget) -> kvm_irq_routing_entry {
 
 /// Installs `routes` as the VM's whole GSI routing table.
 pub fn commit(vm: &VmFd, routes: &GsiRoutes) -> Result<()> {
-    let table_error = |e| HypervisorError::Guest(format!("GSI routing table: {e:?}"));
+    let table_error = |e| HypervisorError::RoutingTable { detail: format!("{e:?}") };
     let mut routing = KvmIrqRouting::new(0).map_err(table_error)?;
     for (gsi, target) in routes.entries() {
         routing.push(kvm_entry(gsi, target)).map_err(table_error)?;

@@ -1,0 +1,50 @@
+//! The line Aperture ends with on stderr, by why the VM stopped: `aperture: error: ...`, a
+//! timeout, a reset or a signal. Ordinary ends (power-off, console quit, a test exit) print
+//! nothing there; they are logged.
+
+use crate::control::{exit_status, StopReason};
+use crate::signals;
+
+/// The stderr line for `reason`, or `None` for an ordinary end.
+pub fn stop_line(reason: &StopReason) -> Option<String> {
+    match reason {
+        StopReason::PowerOff | StopReason::ConsoleQuit | StopReason::TestExit(_) => None,
+        StopReason::Reset => {
+            Some(format!("aperture: the guest reset (exit status {})", exit_status::RESET))
+        }
+        StopReason::Timeout(limit) => Some(format!(
+            "aperture: the guest timed out: still running after {} s (--timeout); stopped it",
+            limit.as_secs()
+        )),
+        StopReason::Signal(signal) => Some(match signals::name(*signal) {
+            Some(name) => format!("aperture: stopped by {name} (signal {signal})"),
+            None => format!("aperture: stopped by signal {signal}"),
+        }),
+        StopReason::Error(message) => Some(format!("aperture: error: {message}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn ordinary_ends_print_nothing_the_others_one_line() {
+        assert_eq!(stop_line(&StopReason::PowerOff), None);
+        assert_eq!(
+            stop_line(&StopReason::Error("--timeout 0: give the guest at least one second".into()))
+                .as_deref(),
+            Some("aperture: error: --timeout 0: give the guest at least one second")
+        );
+        assert_eq!(
+            stop_line(&StopReason::Timeout(Duration::from_secs(30))).as_deref(),
+            Some("aperture: the guest timed out: still running after 30 s (--timeout); stopped it")
+        );
+        assert_eq!(
+            stop_line(&StopReason::Signal(libc::SIGTERM)).as_deref(),
+            Some("aperture: stopped by SIGTERM (signal 15)")
+        );
+    }
+}
