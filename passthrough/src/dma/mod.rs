@@ -60,6 +60,7 @@ mod mapper;
 pub mod pv;
 mod runs;
 mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod units;
 mod window;

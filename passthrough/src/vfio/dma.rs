@@ -11,38 +11,20 @@ use super::container::VfioContainer;
 use crate::dma::{
     AddressPolicy, Bytes, FitPolicy, HostMapper, HostPicksAllocator, MapperError, MapperLimits,
 };
-
-/// One region of guest RAM as the VMM has it mapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamMapping {
-    /// Guest-physical start.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Where the VMM has it mapped.
-    pub host_addr: u64,
-}
-
-/// The host address of guest `[gpa, gpa+len)`, if one region of `ram` holds all of it.
-fn host_addr(ram: &[RamMapping], gpa: u64, len: u64) -> Option<u64> {
-    let region = ram
-        .iter()
-        .find(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|end| end <= r.gpa + r.len))?;
-    Some(region.host_addr + (gpa - region.gpa))
-}
+use crate::host::RamRegion;
 
 /// Maps guest RAM for device DMA at device address = guest-physical address.
 #[derive(Debug)]
 pub struct VfioIdentityMapper {
     container: Arc<VfioContainer>,
-    ram: Vec<RamMapping>,
+    ram: Vec<RamRegion>,
     limits: MapperLimits,
 }
 
 impl VfioIdentityMapper {
     /// A mapper over `ram` (which must stay mapped while mappings live), with the IOMMU's
     /// page size as granule and no byte or mapping limit of its own.
-    pub fn new(container: Arc<VfioContainer>, ram: Vec<RamMapping>, page_size: u64) -> Self {
+    pub fn new(container: Arc<VfioContainer>, ram: Vec<RamRegion>, page_size: u64) -> Self {
         let limits = MapperLimits {
             max_mapped_bytes: u64::MAX,
             max_mappings: u32::MAX,
@@ -60,7 +42,7 @@ impl HostMapper for VfioIdentityMapper {
 
     fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
         let failed = |reason: String| MapperError::MapFailed { gpa, len, reason };
-        let vaddr = host_addr(&self.ram, gpa, len)
+        let vaddr = RamRegion::host_addr_of(&self.ram, gpa, len)
             .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
         self.container.map_dma(gpa, len, vaddr).map_err(|e| failed(e.to_string()))?;
         Ok(gpa)
@@ -112,7 +94,7 @@ impl IommuMap for VfioContainer {
 #[derive(Debug)]
 pub struct VfioHostPicksMapper {
     iommu: Arc<dyn IommuMap>,
-    ram: Vec<RamMapping>,
+    ram: Vec<RamRegion>,
     limits: MapperLimits,
     iovas: HostPicksAllocator,
     /// Live mappings: IOVA → (length, guest-physical start).
@@ -132,7 +114,7 @@ impl VfioHostPicksMapper {
     /// less, keeping it above guest RAM).
     pub fn new(
         container: Arc<VfioContainer>,
-        ram: Vec<RamMapping>,
+        ram: Vec<RamRegion>,
         limits: MapperLimits,
         iova_base: u64,
     ) -> Result<Self, MapperError> {
@@ -141,7 +123,7 @@ impl VfioHostPicksMapper {
 
     fn with_iommu(
         iommu: Arc<dyn IommuMap>,
-        ram: Vec<RamMapping>,
+        ram: Vec<RamRegion>,
         limits: MapperLimits,
         iova_base: u64,
     ) -> Result<Self, MapperError> {
@@ -229,7 +211,7 @@ impl HostMapper for VfioHostPicksMapper {
         if let Some(why) = self.refusal(gpa, len) {
             return Err(failed(why));
         }
-        let vaddr = host_addr(&self.ram, gpa, len)
+        let vaddr = RamRegion::host_addr_of(&self.ram, gpa, len)
             .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
         let iova = self.iovas.allocate(len).map_err(|e| failed(e.to_string()))?;
         if let Err(why) = self.iommu.map_dma(iova, len, vaddr) {
@@ -331,8 +313,8 @@ mod tests {
         }
     }
 
-    fn ram() -> Vec<RamMapping> {
-        vec![RamMapping { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
+    fn ram() -> Vec<RamRegion> {
+        vec![RamRegion { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
     }
 
     fn limits(max_bytes: u64, max_maps: u32) -> MapperLimits {
@@ -471,7 +453,7 @@ mod tests {
         assert!(m.is_err(), "4 GiB from 256 MiB overlaps RAM at 1 GiB");
         let m = VfioHostPicksMapper::with_iommu(
             iommu.clone(),
-            vec![RamMapping { gpa: 8 << 30, len: RAM_LEN, host_addr: HOST }],
+            vec![RamRegion { gpa: 8 << 30, len: RAM_LEN, host_addr: HOST }],
             limits(64 * K16, 8),
             0x1000_0000,
         );
@@ -491,11 +473,9 @@ mod tests {
         )
         .unwrap();
         let mut live = Vec::new();
-        let mut seed = 0x1234_5678_u64;
+        let mut rng = crate::testing::XorShift::new(0x1234_5678_u64);
         for step in 0..2_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = rng.next_u64();
             if live.len() < 5 && seed % 3 != 0 {
                 let gpa = RAM_GPA + (seed >> 8) % (RAM_LEN - 4 * K16);
                 let len = 1 + (seed >> 40) % (2 * K16);

@@ -260,9 +260,6 @@ pub struct VfioInterrupts {
     intx: Option<Arc<Mutex<IntxState>>>,
 }
 
-/// The former name of [`VfioInterrupts`], which served MSI-X only.
-pub type VfioMsix = VfioInterrupts;
-
 impl std::fmt::Debug for VfioInterrupts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VfioInterrupts")
