@@ -113,7 +113,8 @@ impl DartMapper {
                 Bytes(max_bytes)
             ));
         }
-        let host = RamRegion::host_addr_of(&self.ram, gpa, len).ok_or("the range is not guest RAM")?;
+        let host =
+            RamRegion::host_addr_of(&self.ram, gpa, len).ok_or("the range is not guest RAM")?;
         if host & (align - 1) != 0 {
             return Err(format!(
                 "its host address {host:#x} is not {}-aligned (guest RAM is mapped unaligned)",

@@ -22,7 +22,8 @@ use crate::pci_address::PciAddress;
 use crate::sysfs::{HostDevice, HostSysfs};
 
 /// Makes the VMM's route for one MSI / MSI-X vector (KVM: an irqfd with an MSI route).
-pub type SharedRouteFactory = Arc<dyn Fn() -> std::io::Result<Box<dyn InterruptRoute>> + Send + Sync>;
+pub type SharedRouteFactory =
+    Arc<dyn Fn() -> std::io::Result<Box<dyn InterruptRoute>> + Send + Sync>;
 
 /// The granule of identity DMA mappings: the smallest IOMMU page.
 const IDENTITY_GRANULE: u64 = 4096;
@@ -116,7 +117,8 @@ impl HostBackend for VfioBackend {
     ) -> Result<(), (PciAddress, HostError)> {
         let mut devices = Vec::new();
         for request in requests {
-            let device = self.sysfs.inspect(&request.address).map_err(|e| (request.address, e.into()))?;
+            let device =
+                self.sysfs.inspect(&request.address).map_err(|e| (request.address, e.into()))?;
             devices.push(device);
         }
         check_groups(requests, &devices)?;

@@ -42,7 +42,8 @@ fn random_accesses_do_not_panic_or_leak_virtual_writes() {
         assert!(!log.config_writes.is_empty(), "seed {seed}: nothing was forwarded");
         for (offset, data) in &log.config_writes {
             for at in *offset..*offset + data.len() as u16 {
-                let allowed = if seed % 2 == 0 { gpu_forwardable(at) } else { nvme_forwardable(at) };
+                let allowed =
+                    if seed % 2 == 0 { gpu_forwardable(at) } else { nvme_forwardable(at) };
                 assert!(allowed, "seed {seed}: write at {at:#x} reached the device");
             }
         }
