@@ -1,6 +1,6 @@
 //! The host backend of PCI passthrough, whatever the OS: what the VMM's one device pipeline
-//! (`vmm/src/assign/`) asks of VFIO on Linux ([`crate::vfio::VfioBackend`]) and of the
-//! DriverKit extension on macOS ([`crate::driverkit::DextBackend`]).
+//! (`vmm/src/assign/`) asks of VFIO on Linux (`vfio::VfioBackend`) and of the DriverKit
+//! extension on macOS ([`crate::driverkit::DextBackend`]).
 //!
 //! A [`HostBackend`] checks the requested functions as a set and opens each one as an
 //! [`OpenedFunction`]: its configuration space and BARs ([`HostFunction`]), its MSI / MSI-X
