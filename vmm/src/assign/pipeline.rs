@@ -253,3 +253,6 @@ fn assigned_function<F: OpenedFunction<Intx = IntxHandle>>(
     let direct_bars = host.direct_bars(&function);
     Ok(Assigned { function, direct_bars, intx })
 }
+
+#[cfg(test)]
+mod tests;
