@@ -99,13 +99,15 @@ pub struct DmaWindowLimits {
 }
 
 impl Default for DmaWindowLimits {
-    /// The Apple DART's limits (mission.md) and the default 256 KiB window.
+    /// The Apple DART's limits (mission.md; `MapperLimits::APPLE_DART`, their one place) and
+    /// the default 256 KiB window.
     fn default() -> Self {
+        let dart = passthrough::dma::MapperLimits::APPLE_DART;
         Self {
-            max_bytes: 1536 << 20,
-            max_mappings: 65536,
-            alignment: 16 << 10,
-            window_size: 256 << 10,
+            max_bytes: dart.max_mapped_bytes,
+            max_mappings: dart.max_mappings,
+            alignment: dart.alignment,
+            window_size: passthrough::dma::DEFAULT_WINDOW_SIZE,
         }
     }
 }

@@ -127,16 +127,9 @@ pub struct GuestRam {
     _mapping: AlignedMapping,
 }
 
-/// One region of guest RAM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamRegion {
-    /// Guest physical start.
-    pub guest_addr: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// Host virtual address, valid while the [`GuestRam`] lives.
-    pub host_addr: u64,
-}
+/// One region of guest RAM: guest-physical start, length, and host address (valid while the
+/// [`GuestRam`] lives); the type passthrough's DMA mappers take.
+pub use passthrough::RamRegion;
 
 impl GuestRam {
     /// Allocates `size` bytes at `base` and maps them into `vm`.
@@ -167,8 +160,8 @@ impl GuestRam {
             // (it drops the VM's vCPUs and devices before the RAM).
             unsafe { vm.map_memory(region.start_addr().0, region.len(), host)? };
             regions.push(RamRegion {
-                guest_addr: region.start_addr().0,
-                size: region.len(),
+                gpa: region.start_addr().0,
+                len: region.len(),
                 host_addr: host as u64,
             });
         }

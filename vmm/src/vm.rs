@@ -120,7 +120,8 @@ fn host_random<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// The running parts of a VM, joined on drop order by [`Vm::shutdown`].
+/// A running VM's vCPU threads and how to kick them out of the guest: [`RunningVcpus::stop`]
+/// halts and joins them ([`RunningVcpus::abort`] when setup fails before the guest starts).
 struct RunningVcpus {
     threads: Vec<JoinHandle<()>>,
     kicks: Vec<Arc<dyn VcpuKick>>,

@@ -38,7 +38,7 @@ const NOT_CHECKED_HERE: [(&str, &str); 6] = [
     ("--device BDF: dma=identity is not possible on macOS", "assign/sys/macos.rs (macOS)"),
     ("--device: PCI passthrough is not available", "assign/sys/unsupported.rs (other OSes)"),
     (
-        "--device BDF,trace-bar=N: the device offers no memory BAR",
+        "--device BDF: trace-bar=N: the device offers no memory BAR",
         "AssignError::TraceBar (passthrough/src/assigned: checked against the device's BARs)",
     ),
 ];

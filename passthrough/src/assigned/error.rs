@@ -86,7 +86,7 @@ pub enum AssignError {
         source: MsixError,
     },
     /// A `trace-bar` range cannot be traced.
-    #[error("--device {name},trace-bar={bar}: {reason}")]
+    #[error("trace-bar={bar}: {reason}")]
     TraceBar {
         /// The function's name.
         name: String,

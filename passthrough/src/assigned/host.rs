@@ -82,3 +82,42 @@ pub trait InterruptHost: Send {
         requester_id: u16,
     ) -> std::io::Result<()>;
 }
+
+/// Whether a host may route vector `vector` of `kind` now, per the [`InterruptHost`] contract,
+/// with `enabled` the kind and vector count it has enabled: `Ok(true)` if the vector is
+/// enabled; `Ok(false)` if not and the function only disconnects it (`message` is `None`,
+/// which changes nothing); an error if the function programs a message for it.
+pub fn vector_is_live(
+    enabled: Option<(InterruptKind, u16)>,
+    kind: InterruptKind,
+    vector: u16,
+    message: Option<&devices::pci::MsiMessage>,
+) -> std::io::Result<bool> {
+    match enabled {
+        Some((on, count)) if on == kind && vector < count => Ok(true),
+        _ if message.is_none() => Ok(false),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{kind} vector {vector} is not enabled on the host"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use devices::pci::MsiMessage;
+
+    use super::*;
+
+    #[test]
+    fn only_enabled_vectors_of_the_enabled_kind_are_live() {
+        let message = MsiMessage { address: 0x0809_0040, data: 1 };
+        let enabled = Some((InterruptKind::Msix, 4));
+        assert!(vector_is_live(enabled, InterruptKind::Msix, 3, Some(&message)).unwrap());
+        assert!(vector_is_live(enabled, InterruptKind::Msix, 4, Some(&message)).is_err());
+        assert!(vector_is_live(enabled, InterruptKind::Msi, 0, Some(&message)).is_err());
+        assert!(!vector_is_live(enabled, InterruptKind::Msi, 0, None).unwrap(), "disconnect");
+        let err = vector_is_live(None, InterruptKind::Msi, 2, Some(&message)).unwrap_err();
+        assert_eq!(err.to_string(), "MSI vector 2 is not enabled on the host");
+    }
+}

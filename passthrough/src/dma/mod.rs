@@ -5,8 +5,9 @@
 //! ("map guest-physical `[gpa, gpa+len)`", "unmap") therefore go to the [`WindowManager`],
 //! which keeps host mappings within a [`HostMapper`]'s [`MapperLimits`]. The same code runs on
 //! Linux against a VFIO mapper imposing the same limits, and in tests against
-//! [`testing::FakeMapper`]. The guest's requests arrive through the paravirtual aperture-dma
-//! PCI function, [`DmaWindowDevice`] (`passthrough/docs/dma-window-protocol.md`).
+//! `testing::FakeMapper` (feature `testing`). The guest's requests arrive through the
+//! paravirtual aperture-dma PCI function, [`DmaWindowDevice`]
+//! (`passthrough/docs/dma-window-protocol.md`).
 //!
 //! # Design
 //!
@@ -73,6 +74,7 @@ mod mapper;
 pub mod pv;
 mod runs;
 mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod units;
 mod window;

@@ -13,17 +13,7 @@ use log::{debug, warn};
 use super::connection::{call_exact, DextConnection};
 use super::protocol::{Selector, DART_PAGE_SIZE, DMA_CHUNK_SIZE, MAX_DMA_REGIONS};
 use crate::dma::{AddressPolicy, Bytes, HostMapper, MapperError, MapperLimits};
-
-/// One region of guest RAM as the VMM has it mapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamMapping {
-    /// Guest-physical start.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Where the VMM has it mapped.
-    pub host_addr: u64,
-}
+use crate::host::RamRegion;
 
 /// A live DMA region.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +28,7 @@ struct Region {
 #[derive(Debug)]
 pub struct DartMapper {
     connection: Arc<dyn DextConnection>,
-    ram: Vec<RamMapping>,
+    ram: Vec<RamRegion>,
     limits: MapperLimits,
     /// Live regions by bus address.
     live: BTreeMap<u64, Region>,
@@ -53,7 +43,7 @@ impl DartMapper {
     /// panic past them.
     pub fn new(
         connection: Arc<dyn DextConnection>,
-        ram: Vec<RamMapping>,
+        ram: Vec<RamRegion>,
         limits: MapperLimits,
     ) -> Result<Self, MapperError> {
         let limits = MapperLimits { policy: AddressPolicy::HostPicks, ..limits };
@@ -94,14 +84,6 @@ impl DartMapper {
         self.live.len()
     }
 
-    /// The host address of guest `[gpa, gpa+len)`, if one RAM region holds all of it.
-    fn host_addr(&self, gpa: u64, len: u64) -> Option<u64> {
-        let region = self.ram.iter().find(|r| {
-            gpa >= r.gpa && gpa.checked_add(len).is_some_and(|end| end <= r.gpa + r.len)
-        })?;
-        region.host_addr.checked_add(gpa - region.gpa)
-    }
-
     /// The host address to register for `[gpa, gpa+len)`, or why the dext must not see it.
     fn check(&self, gpa: u64, len: u64) -> Result<u64, String> {
         let align = self.limits.alignment;
@@ -131,7 +113,8 @@ impl DartMapper {
                 Bytes(max_bytes)
             ));
         }
-        let host = self.host_addr(gpa, len).ok_or("the range is not guest RAM")?;
+        let host =
+            RamRegion::host_addr_of(&self.ram, gpa, len).ok_or("the range is not guest RAM")?;
         if host & (align - 1) != 0 {
             return Err(format!(
                 "its host address {host:#x} is not {}-aligned (guest RAM is mapped unaligned)",

@@ -12,6 +12,7 @@ use super::protocol::{
     MemoryType, Selector, BAR_TYPE_IO, BAR_TYPE_MEM64, BAR_TYPE_MEM_MASK, BAR_TYPE_PREFETCHABLE,
     IDENTITY_WORDS, IO_RETURN_UNSUPPORTED,
 };
+use crate::host::ResetOutcome;
 use crate::pci_address::PciAddress;
 
 /// BARs of a type 0 header.
@@ -60,17 +61,6 @@ impl DextBar {
     pub fn prefetchable(&self) -> bool {
         !self.is_io() && self.bar_type & BAR_TYPE_PREFETCHABLE != 0
     }
-}
-
-/// What a device reset did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetOutcome {
-    /// The dext reset the function (FLR, or a hot reset of its port).
-    Done,
-    /// The device supports neither.
-    Unsupported,
-    /// The reset failed (some GPUs behind Thunderbolt never come back from FLR).
-    Failed,
 }
 
 /// A PCI function claimed through the dext.

@@ -23,7 +23,7 @@ use super::device::DextDevice;
 use super::protocol::{
     MemoryType, Selector, IRQ_ENABLED_OFFSET, IRQ_PENDING_OFFSET, IRQ_WORDS, MAX_VECTORS,
 };
-use crate::assigned::{InterruptHost, InterruptKind};
+use crate::assigned::{vector_is_live, InterruptHost, InterruptKind};
 
 /// Delivers a guest MSI: (message, requester id); the VMM injects it (`Vm::signal_msi`).
 pub type MsiSink = Arc<dyn Fn(MsiMessage, u16) + Send + Sync>;
@@ -102,10 +102,6 @@ impl VectorTable {
         mask
     }
 
-    fn live(&self, kind: InterruptKind, vector: u16) -> bool {
-        matches!(self.enabled, Some((on, count)) if on == kind && vector < count)
-    }
-
     /// The guest turned `kind` on with `count` vectors (all disconnected), or off (0).
     /// Returns whether the dext's mask must change.
     fn set_count(&mut self, kind: InterruptKind, count: u16) -> bool {
@@ -117,30 +113,24 @@ impl VectorTable {
         true
     }
 
-    /// Programs `vector`; returns a held interrupt to deliver now that it is unmasked.
-    fn set_vector(
+    /// Programs `vector` of `kind` with `setting`'s message and requester id; returns a held
+    /// interrupt to deliver now that it is unmasked.
+    fn program(
         &mut self,
         kind: InterruptKind,
         vector: u16,
-        message: Option<MsiMessage>,
-        requester_id: u16,
+        setting: Vector,
     ) -> std::io::Result<Option<(MsiMessage, u16)>> {
-        if !self.live(kind, vector) {
-            if message.is_none() {
-                return Ok(None);
-            }
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("{kind} vector {vector} is not enabled on the host"),
-            ));
+        if !vector_is_live(self.enabled, kind, vector, setting.message.as_ref())? {
+            return Ok(None);
         }
         let entry = &mut self.vectors[usize::from(vector)];
-        entry.message = message;
-        entry.requester_id = requester_id;
-        match message {
+        entry.message = setting.message;
+        entry.requester_id = setting.requester_id;
+        match setting.message {
             Some(message) if entry.held => {
                 entry.held = false;
-                Ok(Some((message, requester_id)))
+                Ok(Some((message, setting.requester_id)))
             }
             _ => Ok(None),
         }
@@ -321,6 +311,10 @@ impl DextInterrupts {
 }
 
 impl InterruptHost for DextInterrupts {
+    fn max_vectors(&self, _kind: InterruptKind) -> Option<u16> {
+        Some(self.host_vectors)
+    }
+
     fn set_vector_count(&mut self, kind: InterruptKind, vectors: u16) -> std::io::Result<()> {
         if vectors > self.host_vectors {
             return Err(std::io::Error::new(
@@ -349,7 +343,8 @@ impl InterruptHost for DextInterrupts {
         message: Option<MsiMessage>,
         requester_id: u16,
     ) -> std::io::Result<()> {
-        let held = self.shared.table().set_vector(kind, vector, message, requester_id)?;
+        let setting = Vector { message, requester_id, held: false };
+        let held = self.shared.table().program(kind, vector, setting)?;
         if let Some(interrupt) = held {
             debug!(
                 "{}: {kind} vector {vector} unmasked: delivering its held interrupt",
@@ -386,22 +381,26 @@ mod tests {
         Some(MsiMessage { address: 0x0809_0040, data: n })
     }
 
+    fn setting(message: Option<MsiMessage>, requester_id: u16) -> Vector {
+        Vector { message, requester_id, held: false }
+    }
+
     #[test]
     fn table_holds_masked_vectors_and_delivers_on_unmask() {
         let mut t = VectorTable::default();
         assert!(t.set_count(InterruptKind::Msix, 3));
         assert_eq!(t.enable_mask(), [0b111, 0, 0, 0]);
-        t.set_vector(InterruptKind::Msix, 0, msg(10), 0x100).unwrap();
+        t.program(InterruptKind::Msix, 0, setting(msg(10), 0x100)).unwrap();
         // Vector 1 masked (no message), vector 2 programmed.
-        t.set_vector(InterruptKind::Msix, 2, msg(12), 0x100).unwrap();
+        t.program(InterruptKind::Msix, 2, setting(msg(12), 0x100)).unwrap();
         let out = t.pending(&[0b111 | 1 << 40, 0, 0, 1]);
         assert_eq!(out, vec![(msg(10).unwrap(), 0x100), (msg(12).unwrap(), 0x100)]);
         assert_eq!(t.held(), vec![1]);
-        let now = t.set_vector(InterruptKind::Msix, 1, msg(11), 0x200).unwrap();
+        let now = t.program(InterruptKind::Msix, 1, setting(msg(11), 0x200)).unwrap();
         assert_eq!(now, Some((msg(11).unwrap(), 0x200)));
         assert!(t.held().is_empty());
         // Held once, delivered once.
-        assert_eq!(t.set_vector(InterruptKind::Msix, 1, msg(11), 0x200).unwrap(), None);
+        assert_eq!(t.program(InterruptKind::Msix, 1, setting(msg(11), 0x200)).unwrap(), None);
     }
 
     #[test]
@@ -410,9 +409,12 @@ mod tests {
         assert!(!t.set_count(InterruptKind::Msi, 0), "off and staying off");
         assert!(t.set_count(InterruptKind::Msi, 70));
         assert_eq!(t.enable_mask(), [u64::MAX, 0x3f, 0, 0]);
-        assert!(t.set_vector(InterruptKind::Msix, 0, msg(1), 0).is_err(), "the other kind");
-        assert!(t.set_vector(InterruptKind::Msi, 70, msg(1), 0).is_err(), "past the count");
-        assert!(t.set_vector(InterruptKind::Msix, 0, None, 0).is_ok(), "disconnecting is fine");
+        assert!(t.program(InterruptKind::Msix, 0, setting(msg(1), 0)).is_err(), "the other kind");
+        assert!(t.program(InterruptKind::Msi, 70, setting(msg(1), 0)).is_err(), "past the count");
+        assert!(
+            t.program(InterruptKind::Msix, 0, setting(None, 0)).is_ok(),
+            "disconnecting is fine"
+        );
         assert!(!t.set_count(InterruptKind::Msix, 0), "MSI-X was not on");
         assert!(t.set_count(InterruptKind::Msi, 0));
         assert_eq!(t.enable_mask(), [0; IRQ_WORDS]);

@@ -13,25 +13,27 @@
 //!   vectors through the VMM's [`MsiSink`].
 //! - [`DartMapper`]: the [`crate::dma::HostMapper`] for DMA windows through the DART.
 //!
+//! - [`DextBackend`]: the [`crate::host::HostBackend`] the VMM's device pipeline drives.
+//!
 //! The protocol, and what Aperture assumes about it, is in [`protocol`].
 
+mod backend;
 mod connection;
 mod dart;
 mod device;
 mod host;
 mod interrupts;
-#[cfg(target_os = "macos")]
-#[path = "sys/macos.rs"]
-mod macos;
 pub mod protocol;
+mod sys;
 
 #[cfg(test)]
 mod tests;
 
+pub use backend::{ConnectionOpener, DextBackend, DextFunction, MsiSinkFactory};
 pub use connection::{DextConnection, DextError, DextMapping, WaitOutcome};
-pub use dart::{DartMapper, RamMapping};
-pub use device::{DextBar, DextDevice, DextIdentity, ResetOutcome};
+pub use dart::DartMapper;
+pub use device::{DextBar, DextDevice, DextIdentity};
 pub use host::{DextHostFunction, KeptRegister};
 pub use interrupts::{DextInterrupts, MsiSink};
 #[cfg(target_os = "macos")]
-pub use macos::IoKitConnection;
+pub use sys::IoKitConnection;

@@ -49,6 +49,8 @@
 
 use std::fmt;
 
+use crate::dma::MapperLimits;
+
 /// The dext's class (the `IOUserClass` property of its `IOUserService` registry entries).
 pub const DEXT_CLASS: &str = "VFIOUserPCIDriver";
 
@@ -207,12 +209,13 @@ pub const IRQ_PENDING_OFFSET: usize = 0x00;
 /// Offset of the enabled bitmap (written by SetIRQMask).
 pub const IRQ_ENABLED_OFFSET: usize = 0x20;
 
-/// The largest region RegisterDMARegion maps device-contiguously (its chunk size).
-pub const DMA_CHUNK_SIZE: u64 = 1536 << 20;
-/// Live DMA regions the dext can hold.
-pub const MAX_DMA_REGIONS: u32 = 65536;
+/// The largest region RegisterDMARegion maps device-contiguously (its chunk size: the
+/// DART's whole byte budget).
+pub const DMA_CHUNK_SIZE: u64 = MapperLimits::APPLE_DART.max_mapped_bytes;
+/// Live DMA regions the dext can hold (the DART's mapping limit).
+pub const MAX_DMA_REGIONS: u32 = MapperLimits::APPLE_DART.max_mappings;
 /// The DART's page: bus addresses and lengths are multiples of it.
-pub const DART_PAGE_SIZE: u64 = 16 << 10;
+pub const DART_PAGE_SIZE: u64 = MapperLimits::APPLE_DART.alignment;
 
 /// GetBARInfo type: an I/O BAR.
 pub const BAR_TYPE_IO: u64 = 0x1;

@@ -19,6 +19,7 @@ use super::container::{VfioContainer, VfioGroup};
 use super::error::VfioError;
 use super::ioctls;
 use crate::assigned::{HostFunction, RegionInfo};
+use crate::host::{HostMemory, ResetOutcome};
 use crate::pci_address::PciAddress;
 
 /// Regions of a VFIO PCI device that Aperture uses: BARs 0-5, ROM, configuration space.
@@ -41,17 +42,6 @@ impl Region {
             mmappable: self.flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
         }
     }
-}
-
-/// What a device reset did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetOutcome {
-    /// VFIO reset the function (FLR, PM or bus reset, whichever the kernel found).
-    Done,
-    /// The device has no reset method.
-    Unsupported,
-    /// The reset failed.
-    Failed,
 }
 
 /// An open VFIO PCI device.
@@ -233,20 +223,13 @@ pub struct MappedBar {
     len: usize,
 }
 
-impl MappedBar {
-    /// Where it is mapped.
-    pub fn host_addr(&self) -> *mut u8 {
+impl HostMemory for MappedBar {
+    fn host_addr(&self) -> *mut u8 {
         self.addr as *mut u8
     }
 
-    /// Its length.
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.len as u64
-    }
-
-    /// Whether it is empty (never: mmap refuses empty mappings).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -14,38 +14,20 @@ use crate::dma::{
     parse_vfio_iova_ranges, usable_iova_ranges, AddressPolicy, AllocatorError, Bytes, FitPolicy,
     HostMapper, HostPicksAllocator, MapConstraints, MapperError, MapperLimits, DEFAULT_DMA_REACH,
 };
-
-/// One region of guest RAM as the VMM has it mapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamMapping {
-    /// Guest-physical start.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Where the VMM has it mapped.
-    pub host_addr: u64,
-}
-
-/// The host address of guest `[gpa, gpa+len)`, if one region of `ram` holds all of it.
-fn host_addr(ram: &[RamMapping], gpa: u64, len: u64) -> Option<u64> {
-    let region = ram
-        .iter()
-        .find(|r| gpa >= r.gpa && gpa.checked_add(len).is_some_and(|end| end <= r.gpa + r.len))?;
-    Some(region.host_addr + (gpa - region.gpa))
-}
+use crate::host::RamRegion;
 
 /// Maps guest RAM for device DMA at device address = guest-physical address.
 #[derive(Debug)]
 pub struct VfioIdentityMapper {
     container: Arc<VfioContainer>,
-    ram: Vec<RamMapping>,
+    ram: Vec<RamRegion>,
     limits: MapperLimits,
 }
 
 impl VfioIdentityMapper {
     /// A mapper over `ram` (which must stay mapped while mappings live), with the IOMMU's
     /// page size as granule and no byte or mapping limit of its own.
-    pub fn new(container: Arc<VfioContainer>, ram: Vec<RamMapping>, page_size: u64) -> Self {
+    pub fn new(container: Arc<VfioContainer>, ram: Vec<RamRegion>, page_size: u64) -> Self {
         let limits = MapperLimits {
             max_mapped_bytes: u64::MAX,
             max_mappings: u32::MAX,
@@ -63,7 +45,7 @@ impl HostMapper for VfioIdentityMapper {
 
     fn map(&mut self, gpa: u64, len: u64) -> Result<u64, MapperError> {
         let failed = |reason: String| MapperError::MapFailed { gpa, len, reason };
-        let vaddr = host_addr(&self.ram, gpa, len)
+        let vaddr = RamRegion::host_addr_of(&self.ram, gpa, len)
             .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
         self.container.map_dma(gpa, len, vaddr).map_err(|e| failed(e.to_string()))?;
         Ok(gpa)
@@ -121,7 +103,7 @@ impl IommuMap for VfioContainer {
 #[derive(Debug)]
 pub struct VfioHostPicksMapper {
     iommu: Arc<dyn IommuMap>,
-    ram: Vec<RamMapping>,
+    ram: Vec<RamRegion>,
     limits: MapperLimits,
     iovas: HostPicksAllocator,
     /// Live mappings: IOVA → (length, guest-physical start).
@@ -136,7 +118,7 @@ impl VfioHostPicksMapper {
     /// page size (VFIO refuses smaller granules at map time).
     pub fn new(
         container: Arc<VfioContainer>,
-        ram: Vec<RamMapping>,
+        ram: Vec<RamRegion>,
         limits: MapperLimits,
     ) -> Result<Self, MapperError> {
         Self::with_iommu(container, ram, limits)
@@ -144,7 +126,7 @@ impl VfioHostPicksMapper {
 
     fn with_iommu(
         iommu: Arc<dyn IommuMap>,
-        ram: Vec<RamMapping>,
+        ram: Vec<RamRegion>,
         limits: MapperLimits,
     ) -> Result<Self, MapperError> {
         let valid = match iommu.valid_iova_ranges() {
@@ -170,7 +152,7 @@ impl VfioHostPicksMapper {
     /// A mapper handing out IOVAs from `ranges` (`(start, len)`).
     fn with_ranges(
         iommu: Arc<dyn IommuMap>,
-        ram: Vec<RamMapping>,
+        ram: Vec<RamRegion>,
         limits: MapperLimits,
         ranges: &[(u64, u64)],
     ) -> Result<Self, MapperError> {
@@ -273,7 +255,7 @@ impl HostMapper for VfioHostPicksMapper {
         if let Some(why) = self.refusal(gpa, len) {
             return Err(failed(why));
         }
-        let vaddr = host_addr(&self.ram, gpa, len)
+        let vaddr = RamRegion::host_addr_of(&self.ram, gpa, len)
             .ok_or_else(|| failed("the range is not guest RAM".to_string()))?;
         let iova = match self.iovas.allocate_within(len, gpa, constraints) {
             Ok(iova) => iova,
@@ -389,8 +371,8 @@ mod tests {
         }
     }
 
-    fn ram() -> Vec<RamMapping> {
-        vec![RamMapping { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
+    fn ram() -> Vec<RamRegion> {
+        vec![RamRegion { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
     }
 
     fn limits(max_bytes: u64, max_maps: u32) -> MapperLimits {
@@ -588,11 +570,9 @@ mod tests {
         )
         .unwrap();
         let mut live = Vec::new();
-        let mut seed = 0x1234_5678_u64;
+        let mut rng = crate::testing::XorShift::new(0x1234_5678_u64);
         for step in 0..2_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = rng.next_u64();
             if live.len() < 5 && seed % 3 != 0 {
                 let gpa = RAM_GPA + (seed >> 8) % (RAM_LEN - 4 * K16);
                 let len = 1 + (seed >> 40) % (2 * K16);

@@ -28,7 +28,7 @@ use vfio_bindings::bindings::vfio::{
 
 use super::device::VfioDevice;
 use super::ioctls;
-use crate::assigned::{InterruptHost, InterruptKind};
+use crate::assigned::{vector_is_live, InterruptHost, InterruptKind};
 
 /// An eventfd the VMM delivers to the guest as an MSI.
 pub trait InterruptRoute: Send + Sync {
@@ -260,9 +260,6 @@ pub struct VfioInterrupts {
     intx: Option<Arc<Mutex<IntxState>>>,
 }
 
-/// The former name of [`VfioInterrupts`], which served MSI-X only.
-pub type VfioMsix = VfioInterrupts;
-
 impl std::fmt::Debug for VfioInterrupts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VfioInterrupts")
@@ -326,6 +323,10 @@ impl VfioInterrupts {
 }
 
 impl InterruptHost for VfioInterrupts {
+    fn max_vectors(&self, kind: InterruptKind) -> Option<u16> {
+        Some(u16::try_from(self.host_vectors(kind)).unwrap_or(u16::MAX))
+    }
+
     fn set_vector_count(&mut self, kind: InterruptKind, vectors: u16) -> io::Result<()> {
         // VFIO refuses MSI and MSI-X while INTx is on.
         if vectors > 0 {
@@ -346,14 +347,13 @@ impl InterruptHost for VfioInterrupts {
         message: Option<MsiMessage>,
         requester_id: u16,
     ) -> io::Result<()> {
-        let live = matches!(self.enabled, Some((on, count)) if on == kind && vector < count);
+        if !vector_is_live(self.enabled, kind, vector, message.as_ref())? {
+            return Ok(());
+        }
         match self.routes.get(usize::from(vector)) {
-            Some(route) if live => route.set(message, requester_id),
-            _ if message.is_none() => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{kind} vector {vector} is not enabled on the host"),
-            )),
+            Some(route) => route.set(message, requester_id),
+            // `set_count` made a route for every enabled vector; without one, it is not live.
+            None => vector_is_live(None, kind, vector, message.as_ref()).map(drop),
         }
     }
 }

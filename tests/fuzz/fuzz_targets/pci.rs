@@ -18,7 +18,6 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aperture_fuzz::fake_host::{self, FakeDevice};
 use aperture_fuzz::image::scratch_image;
 use devices::bus::MmioTarget;
 use devices::pci::{
@@ -29,6 +28,7 @@ use devices::virtio::{Block, Rng};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use passthrough::dma::testing::FakeMapper;
+use passthrough::testing::function::{self as fake_host, ConfigBuilder, FakeDevice};
 use passthrough::dma::{
     AddressPolicy, DmaWindowDevice, GuestRamRange, HostMapper, MapperLimits, WindowConfig,
     WindowManager,
@@ -72,12 +72,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// QEMU's NVMe controller with its INTx deliverable by the host.
+fn nvme_with_intx(exclusive: bool) -> ConfigBuilder {
+    let mut builder = fake_host::nvme(exclusive);
+    builder.intx();
+    builder
+}
+
 /// Assigns the device `builder` describes. One input in eight first patches a few bytes of
 /// its configuration space (a quirky device: odd capability lists, MSI-X tables in odd
 /// places...), which the function may refuse (`None`) but must not panic on.
 fn assign(
     u: &mut Unstructured<'_>,
-    builder: fake_host::ConfigBuilder,
+    builder: ConfigBuilder,
     forwardable: Option<fn(u16) -> bool>,
 ) -> Result<Option<(Box<dyn PciFunction>, Assigned)>> {
     let mut builder = builder;
@@ -95,7 +102,7 @@ fn assign(
         aperture_fuzz::trace!("quirky device: {builder:x?}");
     }
     let assigned = builder.assign("assigned");
-    let (function, fake) = match assigned {
+    let (function, fake, _interrupts) = match assigned {
         Ok(assigned) => assigned,
         Err(e) if forwardable.is_none() => {
             aperture_fuzz::trace!("refused: {e}");
@@ -131,8 +138,8 @@ impl Rig {
         }
         let port2 = ok(root.add_root_port());
         let second = match variant >> 1 {
-            0 => assign(u, fake_host::nvme(false), Some(fake_host::nvme_forwardable)),
-            1 => assign(u, fake_host::nvme(true), Some(fake_host::nvme_forwardable)),
+            0 => assign(u, nvme_with_intx(false), Some(fake_host::nvme_forwardable)),
+            1 => assign(u, nvme_with_intx(true), Some(fake_host::nvme_forwardable)),
             2 => {
                 let control = fake_host::MSI_64BIT | fake_host::MSI_PVM | 5 << 1;
                 assign(u, fake_host::msi_only(control), None)
@@ -464,8 +471,8 @@ impl Rig {
             let kept = !passthrough::assigned::policy::COMMAND_FORWARDED;
             assert_eq!(command(now) & kept, command(original) & kept, "COMMAND bits forwarded");
             if let Some(forwardable) = a.forwardable {
-                for &(offset, len) in &log.config_writes {
-                    for at in offset..offset + len as u16 {
+                for (offset, data) in &log.config_writes {
+                    for at in *offset..*offset + data.len() as u16 {
                         assert!(forwardable(at), "a guest write at {at:#x} reached the device");
                     }
                 }

@@ -1,10 +1,10 @@
 //! Shared pieces of Aperture's fuzz targets (`fuzz_targets/*.rs`): turning fuzzer bytes into
-//! guest-like values, a fake physical PCI function for passthrough, and a scratch disk image.
+//! guest-like values and a scratch disk image. The fake physical PCI function for passthrough
+//! is `passthrough::testing::function` (feature `testing`), which the unit tests use too.
 //!
 //! Nothing here catches panics: a panic anywhere (device code or an invariant checked by a
 //! target) aborts the run and libFuzzer saves the input.
 
-pub mod fake_host;
 pub mod image;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};

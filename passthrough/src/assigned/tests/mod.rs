@@ -2,7 +2,6 @@
 
 mod bars;
 mod config;
-mod fake;
 mod fuzz;
 mod intx;
 mod msi;
@@ -13,6 +12,19 @@ mod trace_bar;
 use devices::pci::PciFunction;
 
 use crate::assigned::AssignedFunction;
+
+/// The shared fake function host and PRNG, and the tests' shorthand for assigning.
+mod fake {
+    pub(super) use crate::testing::function::*;
+    pub(super) use crate::testing::XorShift;
+
+    /// Assigns `device` as "test-dev": the function and the doubles to inspect.
+    pub(super) fn assign(
+        device: &ConfigBuilder,
+    ) -> (super::AssignedFunction, FakeDevice, RecordingHost) {
+        device.assign("test-dev").unwrap()
+    }
+}
 
 fn read32(f: &mut AssignedFunction, offset: u16) -> u32 {
     let mut b = [0u8; 4];

@@ -16,34 +16,7 @@ pub(crate) const M1: u64 = 1 << 20;
 /// Where test guest RAM starts.
 pub(crate) const RAM_BASE: u64 = 0x4000_0000;
 
-/// A small, fast, deterministic PRNG (xorshift64*), so every run sees the same requests.
-#[derive(Debug, Clone)]
-pub(crate) struct XorShift(u64);
-
-impl XorShift {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// True with probability `percent`/100.
-    pub(crate) fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+pub(crate) use crate::testing::XorShift;
 
 /// DART-like limits with a chosen budget.
 pub(crate) fn limits(max_bytes: u64, max_maps: u32, policy: AddressPolicy) -> MapperLimits {

@@ -32,8 +32,12 @@ use io_kit_sys::{
 };
 use log::debug;
 
-use super::connection::{call_exact, DextConnection, DextError, DextMapping, WaitOutcome};
-use super::protocol::{self, MemoryType, Selector, DEXT_CLASS, IDENTITY_WORDS, IO_RETURN_SUCCESS};
+use crate::driverkit::connection::{
+    call_exact, DextConnection, DextError, DextMapping, WaitOutcome,
+};
+use crate::driverkit::protocol::{
+    self, MemoryType, Selector, DEXT_CLASS, IDENTITY_WORDS, IO_RETURN_SUCCESS,
+};
 use crate::pci_address::PciAddress;
 
 // The portable IOReturn values are IOKit's.

@@ -8,18 +8,19 @@ use crate::dma::{
     AddressPolicy, GuestRamRange, HostMapper, MapperLimits, WindowConfig, WindowManager,
 };
 use crate::driverkit::protocol::{Selector, IO_RETURN_NOT_FOUND, IO_RETURN_NO_SPACE};
-use crate::driverkit::{DartMapper, DextConnection, DextDevice, RamMapping};
+use crate::driverkit::{DartMapper, DextConnection, DextDevice};
+use crate::host::RamRegion;
 
 const K16: u64 = 16 << 10;
 const RAM_GPA: u64 = 0x4000_0000;
 const RAM_LEN: u64 = 1 << 30;
 const HOST: u64 = 0x1_2000_0000;
 
-fn ram() -> Vec<RamMapping> {
-    vec![RamMapping { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
+fn ram() -> Vec<RamRegion> {
+    vec![RamRegion { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST }]
 }
 
-fn mapper_with(limits: MapperLimits, ram: Vec<RamMapping>) -> (DartMapper, FakeHandle) {
+fn mapper_with(limits: MapperLimits, ram: Vec<RamRegion>) -> (DartMapper, FakeHandle) {
     let (dext, handle) = fake();
     let connection: Arc<dyn DextConnection> = Arc::new(dext);
     // The device claims it, as in the VMM.
@@ -94,14 +95,14 @@ fn unaligned_host_memory_and_oversized_regions_are_refused() {
     // Guest RAM whose host mapping is only 4 KiB-aligned: the DART would choke on it.
     let (mut m, fake) = mapper_with(
         MapperLimits::APPLE_DART,
-        vec![RamMapping { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST + 0x1000 }],
+        vec![RamRegion { gpa: RAM_GPA, len: RAM_LEN, host_addr: HOST + 0x1000 }],
     );
     let err = m.map(RAM_GPA, K16).unwrap_err().to_string();
     assert!(err.contains("not 16 KiB-aligned"), "{err}");
     // More than the dext maps device-contiguously (its chunk), even within the byte limit.
     let (mut m2, fake2) = mapper_with(
         MapperLimits::APPLE_DART,
-        vec![RamMapping { gpa: 0, len: 4 << 30, host_addr: HOST }],
+        vec![RamRegion { gpa: 0, len: 4 << 30, host_addr: HOST }],
     );
     let err = m2.map(0, (1536 << 20) + K16).unwrap_err().to_string();
     assert!(err.contains("device-contiguously") || err.contains("limit"), "{err}");
@@ -185,11 +186,9 @@ fn serves_the_window_manager_within_the_dart() {
     )
     .unwrap();
     let mut live = Vec::new();
-    let mut seed = 0x9e37_79b9_u64;
+    let mut rng = crate::testing::XorShift::new(0x9e37_79b9_u64);
     for step in 0..2_000 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        let seed = rng.next_u64();
         if live.len() < 5 && seed % 3 != 0 {
             let gpa = RAM_GPA + (seed >> 8) % (RAM_LEN - 4 * K16);
             let len = 1 + (seed >> 40) % (2 * K16);

@@ -8,7 +8,8 @@ use crate::assigned::{HostFunction, RegionInfo};
 use crate::driverkit::protocol::{
     MemoryType, Selector, IO_RETURN_NO_DEVICE, IO_RETURN_SUCCESS, IO_RETURN_UNSUPPORTED,
 };
-use crate::driverkit::{DextConnection, DextDevice, DextError, DextHostFunction, ResetOutcome};
+use crate::driverkit::{DextConnection, DextDevice, DextError, DextHostFunction};
+use crate::host::ResetOutcome;
 
 #[test]
 fn open_checks_identity_then_claims_and_reads_the_bars() {

@@ -471,7 +471,7 @@ impl FakeState {
 }
 
 /// The DART budget the fake enforces.
-const DART_BUDGET: u64 = 1536 << 20;
+const DART_BUDGET: u64 = crate::dma::MapperLimits::APPLE_DART.max_mapped_bytes;
 
 impl DextConnection for FakeDext {
     fn call(

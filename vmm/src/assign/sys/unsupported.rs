@@ -1,34 +1,29 @@
-//! Hosts without a passthrough backend in this build.
+//! Hosts without a passthrough backend in this build: `--device` is refused.
 
 use std::sync::Arc;
 
-use super::{AssignError, AssignedIntx, AssignedParts};
-use crate::config::DeviceConfig;
-use crate::hypervisor::Vm;
-use crate::memory::GuestRam;
+use devices::trace::TraceSink;
 
-/// Nothing to hold.
-#[derive(Debug)]
-pub struct HostDevices;
+use crate::assign::pipeline::HostPlatform;
+use crate::assign::AssignError;
+use crate::hypervisor::Vm;
 
 /// No assigned function exists, so neither does its INTx.
-#[derive(Debug, Clone)]
-pub enum IntxHandle {}
+pub use passthrough::host::NoIntx as IntxHandle;
 
-impl HostDevices {
-    pub fn open(
+/// Never made.
+#[derive(Debug)]
+pub(crate) struct Platform;
+
+impl HostPlatform for Platform {
+    // Only names a backend type: `new` refuses before one is needed. The DriverKit client
+    // is portable, so it compiles here.
+    type Backend = passthrough::driverkit::DextBackend;
+
+    fn new(
         _vm: &Arc<dyn Vm>,
-        _ram: &GuestRam,
-        _devices: &[DeviceConfig],
-        _trace: Option<&Arc<dyn devices::trace::TraceSink>>,
-    ) -> Result<(Self, AssignedParts), AssignError> {
-        Err(AssignError::Unsupported(format!(
-            "--device: PCI passthrough is not available on {} in this build",
-            std::env::consts::OS
-        )))
+        _trace: Option<&Arc<dyn TraceSink>>,
+    ) -> Result<(Self, Self::Backend), AssignError> {
+        Err(AssignError::Unsupported { os: std::env::consts::OS })
     }
-
-    pub fn connect_intx(&mut self, _vm: &Arc<dyn Vm>, _lines: &[AssignedIntx]) {}
-
-    pub fn shutdown(&mut self) {}
 }

@@ -1,0 +1,264 @@
+//! The one device pipeline, over any host backend: check the devices as a set, open and reset
+//! each, map guest RAM for the identity devices, build each assigned function (traced) with
+//! its direct BARs and INTx, give windowed devices their window manager and aperture-dma
+//! device; at exit stop the interrupts, reset the devices (traced), unmap guest RAM and
+//! report what the windows did.
+
+use std::sync::Arc;
+
+use devices::pci::PciFunction;
+use devices::trace::{TraceRecord, TraceSink, TraceValue};
+use log::{info, warn};
+use passthrough::assigned::AssignedFunction;
+use passthrough::dma::HostMapper;
+use passthrough::host::{
+    DmaRequest, FunctionRequest, HostBackend, HostError, OpenedFunction, RamRegion,
+};
+use passthrough::PciAddress;
+
+use super::window::{mapper_limits, window_device, RequesterIdWatch, WindowedDevice};
+use super::{AssignError, AssignedIntx, AssignedParts, DirectBar, IntxHandle, PendingFunction};
+use crate::config::{DeviceConfig, DmaMode};
+use crate::hypervisor::Vm;
+use crate::memory::GuestRam;
+
+/// What an OS adapter (`sys/`) adds to the pipeline: its backend, made with the OS calls
+/// the backend needs from the VM, and the OS side of interrupts.
+pub(super) trait HostPlatform: Sized + Send + std::fmt::Debug {
+    /// The host backend.
+    type Backend: HostBackend<Function: OpenedFunction<Intx = IntxHandle>>;
+
+    /// The adapter and the backend for the VM `vm`.
+    fn new(
+        vm: &Arc<dyn Vm>,
+        trace: Option<&Arc<dyn TraceSink>>,
+    ) -> Result<(Self, Self::Backend), AssignError>;
+
+    /// Wires the functions' INTx to their guest SPIs (hosts without INTx have none).
+    fn connect_intx(&mut self, _vm: &Arc<dyn Vm>, _lines: &[AssignedIntx]) {}
+
+    /// Stops the VM's side of the devices' interrupts before they are reset at exit.
+    fn stop(&mut self) {}
+}
+
+type Function<P> = <<P as HostPlatform>::Backend as HostBackend>::Function;
+
+/// Guest RAM mapped at device address = guest-physical address for the identity devices.
+struct IdentityDma {
+    mapper: Box<dyn HostMapper>,
+    /// (device address, length) of each mapping.
+    mapped: Vec<(u64, u64)>,
+}
+
+/// The VM's assigned devices, their DMA mappings and windows.
+pub(super) struct HostDevices<P: HostPlatform> {
+    platform: P,
+    functions: Vec<Function<P>>,
+    identity: Option<IdentityDma>,
+    windowed: Vec<WindowedDevice>,
+    trace: Option<Arc<dyn TraceSink>>,
+}
+
+impl<P: HostPlatform> std::fmt::Debug for HostDevices<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostDevices")
+            .field("platform", &self.platform)
+            .field("functions", &self.functions)
+            .field("identity", &self.identity.as_ref().map(|i| i.mapped.len()))
+            .field("windowed", &self.windowed)
+            .finish()
+    }
+}
+
+fn host_error(address: PciAddress) -> impl FnOnce(HostError) -> AssignError {
+    move |source| AssignError::Host { address, source }
+}
+
+/// What the backend is asked for `config`.
+fn request(config: &DeviceConfig) -> FunctionRequest {
+    let dma = match &config.dma {
+        DmaMode::Identity => DmaRequest::Identity,
+        DmaMode::Window(limits) => DmaRequest::Window(mapper_limits(limits)),
+    };
+    FunctionRequest { address: config.address, dma }
+}
+
+impl<P: HostPlatform> HostDevices<P> {
+    /// Opens every device of `configs` through `backend` and prepares it for the guest.
+    pub(super) fn open(
+        platform: P,
+        mut backend: P::Backend,
+        ram: &GuestRam,
+        configs: &[DeviceConfig],
+        trace: Option<&Arc<dyn TraceSink>>,
+    ) -> Result<(Self, AssignedParts), AssignError> {
+        let requests: Vec<FunctionRequest> = configs.iter().map(request).collect();
+        for (i, r) in requests.iter().enumerate() {
+            if requests[..i].iter().any(|other| other.address == r.address) {
+                return Err(AssignError::GivenTwice { address: r.address });
+            }
+        }
+        backend
+            .check(&requests, ram.regions())
+            .map_err(|(address, source)| AssignError::Host { address, source })?;
+        let mut this = Self {
+            platform,
+            functions: Vec::new(),
+            identity: None,
+            windowed: Vec::new(),
+            trace: trace.cloned(),
+        };
+        // All devices are open and reset before any is used.
+        for request in &requests {
+            let function = backend.open(request).map_err(host_error(request.address))?;
+            this.reset(&function, "start");
+            this.functions.push(function);
+        }
+        let first = requests[0].address;
+        if let Some(mapper) = backend.identity_mapper(ram.regions()).map_err(host_error(first))? {
+            this.map_guest_ram(mapper, ram.regions()).map_err(host_error(first))?;
+        }
+        let mut parts = AssignedParts::default();
+        for (config, host) in configs.iter().zip(&this.functions) {
+            let Assigned { function, direct_bars, intx } = assigned_function(host, config, trace)?;
+            let function: Box<dyn PciFunction> = match &config.dma {
+                DmaMode::Identity => Box::new(function),
+                DmaMode::Window(limits) => {
+                    let address = config.address;
+                    let mapper = host
+                        .window_mapper(ram.regions(), mapper_limits(limits))
+                        .map_err(host_error(address))?;
+                    let index = this.windowed.len();
+                    let (windowed, device, rid) =
+                        window_device(address, index, mapper, ram, limits, trace)?;
+                    this.windowed.push(windowed);
+                    parts.endpoints.push(Box::new(device));
+                    Box::new(RequesterIdWatch::new(Box::new(function), rid))
+                }
+            };
+            parts.functions.push(PendingFunction {
+                name: config.address.to_string(),
+                address: config.address,
+                function,
+                direct_bars,
+                intx,
+            });
+        }
+        Ok((this, parts))
+    }
+
+    /// Wires each function's INTx to its guest SPI.
+    pub(super) fn connect_intx(&mut self, vm: &Arc<dyn Vm>, lines: &[AssignedIntx]) {
+        self.platform.connect_intx(vm, lines);
+    }
+
+    /// Pins all guest RAM and maps it for the devices' DMA at device address = guest
+    /// physical address.
+    fn map_guest_ram(
+        &mut self,
+        mut mapper: Box<dyn HostMapper>,
+        ram: &[RamRegion],
+    ) -> Result<(), HostError> {
+        let mut mapped = Vec::new();
+        let result = ram.iter().try_for_each(|region| {
+            let iova = mapper.map(region.gpa, region.len)?;
+            mapped.push((iova, region.len));
+            self.record(
+                "dma-map",
+                &[
+                    ("gpa", TraceValue::Hex(region.gpa)),
+                    ("iova", TraceValue::Hex(iova)),
+                    ("len", TraceValue::Hex(region.len)),
+                ],
+            );
+            info!("DMA map: guest RAM {:#x}+{:#x} at IOVA {iova:#x}", region.gpa, region.len);
+            Ok(())
+        });
+        // What was mapped is unmapped at shutdown, also after a failure.
+        self.identity = Some(IdentityDma { mapper, mapped });
+        result
+    }
+
+    fn record(&self, event: &str, fields: &[(&str, TraceValue<'_>)]) {
+        if let Some(trace) = &self.trace {
+            trace.record(&TraceRecord { source: "dma", event, fields });
+        }
+    }
+
+    /// Resets `function` and traces the outcome.
+    fn reset(&self, function: &Function<P>, when: &str) {
+        let outcome = function.reset(when);
+        if let Some(trace) = &self.trace {
+            let fields =
+                [("when", TraceValue::Str(when)), ("outcome", TraceValue::Str(outcome.as_str()))];
+            let source = function.address().to_string();
+            trace.record(&TraceRecord { source: &source, event: "reset", fields: &fields });
+        }
+    }
+
+    /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM and windows
+    /// (and reports what the windows did).
+    pub(super) fn shutdown(&mut self) {
+        self.platform.stop();
+        for function in std::mem::take(&mut self.functions) {
+            function.quiesce();
+            self.reset(&function, "exit");
+        }
+        if let Some(mut identity) = self.identity.take() {
+            for (iova, len) in identity.mapped.drain(..) {
+                match identity.mapper.unmap(iova, len) {
+                    Ok(()) => {
+                        info!("DMA unmap: IOVA {iova:#x}+{len:#x}");
+                        let fields =
+                            [("iova", TraceValue::Hex(iova)), ("len", TraceValue::Hex(len))];
+                        self.record("dma-unmap", &fields);
+                    }
+                    Err(e) => warn!("DMA unmap at exit: {e}"),
+                }
+            }
+        }
+        for windowed in self.windowed.drain(..) {
+            windowed.finish(self.trace.as_ref());
+        }
+    }
+}
+
+/// An assigned function as the pipeline builds it, before its DMA is settled.
+struct Assigned {
+    function: AssignedFunction,
+    direct_bars: Vec<DirectBar>,
+    /// Its INTx pin and the handle that routes it, if the guest sees a pin.
+    intx: Option<(u8, IntxHandle)>,
+}
+
+/// The assigned function in front of `host` (traced), its direct BAR pieces and its INTx.
+fn assigned_function<F: OpenedFunction<Intx = IntxHandle>>(
+    host: &F,
+    config: &DeviceConfig,
+    trace: Option<&Arc<dyn TraceSink>>,
+) -> Result<Assigned, AssignError> {
+    let address = host.address();
+    let name = address.to_string();
+    let (interrupts, intx_handle) = host.interrupts();
+    let mut function = AssignedFunction::new(&name, host.host_function(), interrupts)
+        .map_err(|source| AssignError::Function { address, source })?;
+    function.set_trace(trace.cloned());
+    // Traced BAR ranges are trapped, so they must be known before the direct pieces are cut.
+    function
+        .set_traced_bar_ranges(&config.trace_bars)
+        .map_err(|source| AssignError::Function { address, source })?;
+    if !function.has_interrupts() {
+        warn!(
+            "{name}: the device has no usable {}, so the guest driver gets no interrupts from it",
+            F::INTERRUPT_KINDS
+        );
+    }
+    // A pin is routed only where the host delivers INTx; an MSI function without host INTx
+    // still shows its pin (drivers want a non-zero irq) but has nothing to route.
+    let intx = function.intx_pin().filter(|_| function.intx_delivered()).zip(intx_handle);
+    let direct_bars = host.direct_bars(&function);
+    Ok(Assigned { function, direct_bars, intx })
+}
+
+#[cfg(test)]
+mod tests;

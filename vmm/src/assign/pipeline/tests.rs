@@ -1,0 +1,271 @@
+//! The pipeline over a fake backend: what it asks the host, in which order, and what it
+//! traces and hands the VMM.
+
+use std::sync::{Arc, Mutex};
+
+use devices::trace::{TraceRecord, TraceSink, TraceValue};
+use passthrough::assigned::{HostFunction, InterruptHost};
+use passthrough::dma::testing::FakeMapper;
+use passthrough::dma::{AddressPolicy, HostMapper, MapperLimits};
+use passthrough::host::{
+    DmaRequest, FunctionRequest, HostBackend, HostError, HostMemory, OpenedFunction, RamRegion,
+    ResetOutcome, WindowMapper,
+};
+use passthrough::testing::function::{nvme, RecordingHost};
+use passthrough::PciAddress;
+
+use super::{HostDevices, HostPlatform};
+use crate::assign::{AssignError, IntxHandle};
+use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
+use crate::hypervisor::fake::FakeHypervisor;
+use crate::hypervisor::{Hypervisor, Vm, VmSpec};
+use crate::memory::GuestRam;
+
+/// What the host was asked, in order.
+type Calls = Arc<Mutex<Vec<String>>>;
+
+fn note(calls: &Calls, call: String) {
+    calls.lock().unwrap().push(call);
+}
+
+#[derive(Debug)]
+struct FakePlatform(Calls);
+
+impl HostPlatform for FakePlatform {
+    type Backend = FakeBackend;
+
+    fn new(
+        _vm: &Arc<dyn Vm>,
+        _trace: Option<&Arc<dyn TraceSink>>,
+    ) -> Result<(Self, FakeBackend), AssignError> {
+        let calls = Calls::default();
+        Ok((Self(calls.clone()), FakeBackend { calls, refuse: None, identity: false }))
+    }
+
+    fn stop(&mut self) {
+        note(&self.0, "stop".into());
+    }
+}
+
+#[derive(Debug)]
+struct FakeBackend {
+    calls: Calls,
+    /// `check` refuses this function.
+    refuse: Option<PciAddress>,
+    /// An identity function was opened.
+    identity: bool,
+}
+
+impl HostBackend for FakeBackend {
+    type Function = FakeFunction;
+
+    fn check(
+        &mut self,
+        requests: &[FunctionRequest],
+        _ram: &[RamRegion],
+    ) -> Result<(), (PciAddress, HostError)> {
+        note(&self.calls, format!("check {}", requests.len()));
+        match self.refuse {
+            Some(address) => Err((address, HostError::NoIdentityDma)),
+            None => Ok(()),
+        }
+    }
+
+    fn open(&mut self, request: &FunctionRequest) -> Result<FakeFunction, HostError> {
+        note(&self.calls, format!("open {}", request.address));
+        self.identity |= request.dma == DmaRequest::Identity;
+        Ok(FakeFunction { address: request.address, calls: self.calls.clone() })
+    }
+
+    fn identity_mapper(
+        &mut self,
+        _ram: &[RamRegion],
+    ) -> Result<Option<Box<dyn HostMapper>>, HostError> {
+        let limits = MapperLimits {
+            max_mapped_bytes: u64::MAX,
+            max_mappings: u32::MAX,
+            alignment: 4096,
+            policy: AddressPolicy::Identity,
+        };
+        Ok(self.identity.then(|| Box::new(FakeMapper::new(limits)) as Box<dyn HostMapper>))
+    }
+}
+
+#[derive(Debug)]
+struct FakeFunction {
+    address: PciAddress,
+    calls: Calls,
+}
+
+impl OpenedFunction for FakeFunction {
+    type Intx = IntxHandle;
+
+    const INTERRUPT_KINDS: &'static str = "MSI-X or MSI";
+
+    fn address(&self) -> PciAddress {
+        self.address
+    }
+
+    fn reset(&self, when: &str) -> ResetOutcome {
+        note(&self.calls, format!("reset {} {when}", self.address));
+        ResetOutcome::Done
+    }
+
+    fn host_function(&self) -> Box<dyn HostFunction> {
+        Box::new(nvme(false).build())
+    }
+
+    fn interrupts(&self) -> (Box<dyn InterruptHost>, Option<IntxHandle>) {
+        (Box::new(RecordingHost::default()), None)
+    }
+
+    fn bar_granule(&self) -> u64 {
+        4096
+    }
+
+    fn map_bar_piece(
+        &self,
+        bar: usize,
+        offset: u64,
+        _len: u64,
+    ) -> Result<Box<dyn HostMemory>, HostError> {
+        note(&self.calls, format!("map BAR {bar} {offset:#x}"));
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported).into())
+    }
+
+    fn window_mapper(
+        &self,
+        _ram: &[RamRegion],
+        limits: MapperLimits,
+    ) -> Result<WindowMapper, HostError> {
+        note(&self.calls, format!("window mapper {}", self.address));
+        let mapper = Box::new(FakeMapper::new(limits));
+        Ok(WindowMapper { mapper, placement: "in the fake".into() })
+    }
+
+    fn quiesce(&self) {
+        note(&self.calls, format!("quiesce {}", self.address));
+    }
+}
+
+/// Keeps every trace record as `source event k=v ...`.
+#[derive(Debug, Default)]
+struct RecordingTrace(Mutex<Vec<String>>);
+
+impl TraceSink for RecordingTrace {
+    fn record(&self, record: &TraceRecord<'_>) {
+        let mut line = format!("{} {}", record.source, record.event);
+        for (key, value) in record.fields {
+            let value = match value {
+                TraceValue::Int(v) => v.to_string(),
+                TraceValue::Hex(v) => format!("{v:#x}"),
+                TraceValue::Str(s) => s.to_string(),
+                TraceValue::Bool(b) => b.to_string(),
+            };
+            line.push_str(&format!(" {key}={value}"));
+        }
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+const RAM_BASE: u64 = 0x4000_0000;
+const RAM_SIZE: u64 = 16 << 20;
+
+fn ram() -> GuestRam {
+    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40 }).unwrap();
+    GuestRam::new(vm.as_ref(), RAM_BASE, RAM_SIZE).unwrap()
+}
+
+fn device(address: &str, dma: DmaMode) -> DeviceConfig {
+    DeviceConfig { address: address.parse().unwrap(), dma, trace_bars: Vec::new() }
+}
+
+fn fake_host() -> (FakePlatform, FakeBackend, Calls) {
+    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40 }).unwrap();
+    let (platform, backend) = FakePlatform::new(&vm, None).unwrap();
+    let calls = platform.0.clone();
+    (platform, backend, calls)
+}
+
+#[test]
+fn opens_resets_maps_and_shuts_down_in_order() {
+    let ram = ram();
+    let configs = [
+        device("0000:01:00.0", DmaMode::Identity),
+        device("0000:02:00.0", DmaMode::Window(DmaWindowLimits::default())),
+    ];
+    let (platform, backend, calls) = fake_host();
+    let trace = Arc::new(RecordingTrace::default());
+    let sink: Arc<dyn TraceSink> = trace.clone();
+    let (mut host, parts) =
+        HostDevices::open(platform, backend, &ram, &configs, Some(&sink)).unwrap();
+    let names: Vec<_> = parts.functions.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["0000:01:00.0", "0000:02:00.0"]);
+    let endpoints: Vec<_> = parts.endpoints.iter().map(|e| e.name()).collect();
+    assert_eq!(endpoints, ["aperture-dma0"], "one aperture-dma device for the windowed one");
+    assert!(parts.functions.iter().all(|f| f.direct_bars.is_empty() && f.intx.is_none()));
+    let opened: Vec<String> = calls.lock().unwrap().drain(..).collect();
+    assert_eq!(
+        opened[..6],
+        [
+            "check 2",
+            "open 0000:01:00.0",
+            "reset 0000:01:00.0 start",
+            "open 0000:02:00.0",
+            "reset 0000:02:00.0 start",
+            "map BAR 0 0x0",
+        ],
+        "{opened:#?}"
+    );
+    assert_eq!(opened.last().map(String::as_str), Some("window mapper 0000:02:00.0"));
+    let started: Vec<String> = trace.0.lock().unwrap().drain(..).collect();
+    assert_eq!(
+        started[..3],
+        [
+            "0000:01:00.0 reset when=start outcome=done",
+            "0000:02:00.0 reset when=start outcome=done",
+            "dma dma-map gpa=0x40000000 iova=0x40000000 len=0x1000000",
+        ]
+    );
+
+    host.shutdown();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            "stop",
+            "quiesce 0000:01:00.0",
+            "reset 0000:01:00.0 exit",
+            "quiesce 0000:02:00.0",
+            "reset 0000:02:00.0 exit",
+        ],
+        "interrupts stop before the resets"
+    );
+    let ended = trace.0.lock().unwrap().clone();
+    assert_eq!(ended[1], "0000:02:00.0 reset when=exit outcome=done");
+    assert_eq!(ended[2], "dma dma-unmap iova=0x40000000 len=0x1000000");
+    assert!(ended[3].starts_with("0000:02:00.0 dma-stats summary="), "{ended:#?}");
+    host.shutdown();
+    assert_eq!(calls.lock().unwrap().len(), 6, "a second shutdown only stops again");
+}
+
+#[test]
+fn refusals_name_the_device_before_anything_is_opened() {
+    let ram = ram();
+    let twice =
+        [device("0000:01:00.0", DmaMode::Identity), device("0000:01:00.0", DmaMode::Identity)];
+    let (platform, backend, calls) = fake_host();
+    let err = HostDevices::open(platform, backend, &ram, &twice, None).unwrap_err();
+    assert_eq!(err.to_string(), "--device 0000:01:00.0: it is given twice; pass it once");
+    assert!(calls.lock().unwrap().is_empty(), "the host was not asked");
+
+    let configs =
+        [device("0000:01:00.0", DmaMode::Identity), device("0000:03:00.0", DmaMode::Identity)];
+    let (platform, mut backend, calls) = fake_host();
+    backend.refuse = Some("0000:03:00.0".parse().unwrap());
+    let err = HostDevices::open(platform, backend, &ram, &configs, None).unwrap_err();
+    assert!(
+        matches!(&err, AssignError::Host { address, .. } if address.to_string() == "0000:03:00.0")
+    );
+    assert!(err.to_string().starts_with("--device 0000:03:00.0: dma=identity is not possible"));
+    assert_eq!(*calls.lock().unwrap(), ["check 2"], "nothing opened");
+}
