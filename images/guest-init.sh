@@ -77,7 +77,7 @@ fi
 dma_load=$(echo $dma_load)
 # Drivers for whatever PCI devices the VMM gave us (quietly: absent devices are fine).
 # snd_hda_intel: the HD audio function next to the rig's edu (a GPU's HDMI audio stand-in).
-modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme snd_hda_intel 2>/dev/null
+modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme snd_hda_codec_generic snd_hda_intel 2>/dev/null
 
 # wait_for PATH [TENTHS]: waits up to TENTHS/10 s (default 10 s) for a device node the
 # drivers create asynchronously.
@@ -285,7 +285,7 @@ case "$check" in
         # aperture_dma lines if a window carries its DMA.
         echo "CHECK edu: kernel=$(uname -r)"
         echo "CHECK edu: load=$(modprobe aperture_edu $(echo "$eduparams" | tr ',' ' ') 2>&1 && echo ok)"
-        dmesg | grep -e 'aperture_edu: ' -e aperture_dma | sed 's/^\[[^]]*\] //' \
+        dmesg | grep -e 'aperture_edu: ' -e aperture_dma | grep -v -e taint | sed 's/^\[[^]]*\] //' \
             | while read -r line; do echo "CHECK edu: $line"; done
         grep aperture_edu /proc/interrupts | while read -r line; do
             echo "CHECK edu: irq: $line"
@@ -294,7 +294,10 @@ case "$check" in
     hdaudio)
         # The HD audio function (function 1 of the edu's slot): snd_hda_intel's probe and
         # its interrupt. The codec probe is asynchronous: wait up to 5 s for the card.
-        wait_for /proc/asound/card0 50
+        n=0
+        while ! grep -qs '^ *[0-9]' /proc/asound/cards && [ $n -lt 50 ]; do
+            sleep 0.1; n=$((n + 1))
+        done
         echo "CHECK hdaudio: cards=$(grep -c '^ *[0-9]' /proc/asound/cards 2>/dev/null)"
         for dev in /sys/bus/pci/devices/*; do
             [ "$(cat "$dev/class")" = 0x040300 ] || continue

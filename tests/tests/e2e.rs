@@ -148,7 +148,7 @@ exit $status"#,
         ))
     };
     let both = r#"--device "$E" --device "$H""#;
-    let window = r#"--device "$E,dma=window" --device "$H""#;
+    let window = r#"--device "$E,dma=window" --device "$H,dma=identity""#;
     vec![
         Case::new(
             "l1-edu",
