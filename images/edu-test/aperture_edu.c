@@ -15,7 +15,7 @@
  *   aperture_edu: FAIL <why>
  * and, with timing=1, `aperture_edu: timing <ns> ns per round trip (<mode>)` and
  * `aperture_edu: timing <ns> ns per map+unmap (<mode>)` before it (mode: "window" when
- * the device has DMA ops of its own, e.g. aperture_dma's, else "direct").
+ * the device has DMA ops of its own, e.g. aperture_dma's, else "identity").
  *
  * edu's registers (QEMU docs/specs/edu.rst): 0x00 identification (0xRRrr00ed), 0x24
  * interrupt status, 0x64 interrupt acknowledge, 0x80 DMA source, 0x88 DMA destination,
@@ -320,7 +320,7 @@ out:
 
 static const char *edu_mode(struct edu *edu)
 {
-	return get_dma_ops(&edu->pdev->dev) ? "window" : "direct";
+	return get_dma_ops(&edu->pdev->dev) ? "window" : "identity";
 }
 
 static int edu_trip(struct edu *edu, int (*trip)(struct edu *, u32), u32 seed)
