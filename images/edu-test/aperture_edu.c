@@ -180,58 +180,50 @@ static void edu_time_map(struct edu *edu, ktime_t start)
 }
 
 /*
- * Round trip through streaming maps: src (pattern) -> edu -> dst, each side mapped for its
- * one DMA. page != NULL: dma_map_page on src/dst pages at offset 0, else dma_map_single.
+ * One DMA through a streaming map of buf for just that DMA: dma_map_page of buf's page
+ * (page) or dma_map_single, to the edu's buffer (to_ram false) or from it.
  */
+static int edu_streaming_dma(struct edu *edu, void *buf, size_t len, bool page, bool to_ram)
+{
+	struct device *dev = &edu->pdev->dev;
+	enum dma_data_direction dir = to_ram ? DMA_FROM_DEVICE : DMA_TO_DEVICE;
+	const char *what = page ? "dma_map_page" : "dma_map_single";
+	ktime_t t = ktime_get();
+	dma_addr_t dma;
+	int ret;
+
+	dma = page ? dma_map_page(dev, virt_to_page(buf), offset_in_page(buf), len, dir)
+		   : dma_map_single(dev, buf, len, dir);
+	edu_time_map(edu, t);
+	ret = edu_mapping_error(edu, dma, len, what);
+	if (ret)
+		return ret;
+	ret = edu_check_addr(edu, dma, len, what);
+	if (!ret)
+		ret = edu_dma(edu, dma, len, to_ram);
+	t = ktime_get();
+	if (page)
+		dma_unmap_page(dev, dma, len, dir);
+	else
+		dma_unmap_single(dev, dma, len, dir);
+	edu->map_ns += ktime_to_ns(ktime_sub(ktime_get(), t));
+	return ret;
+}
+
+/* Round trip through streaming maps: src (pattern) -> edu -> dst, each mapped for its DMA. */
 static int edu_streaming_trip(struct edu *edu, void *src, void *dst, bool page, u32 seed,
 			      size_t len)
 {
-	struct device *dev = &edu->pdev->dev;
-	const char *what = page ? "dma_map_page" : "dma_map_single";
-	dma_addr_t dma;
-	ktime_t t;
 	int ret;
 
 	edu_fill(src, len, seed);
 	memset(dst, 0, len);
-	t = ktime_get();
-	dma = page ? dma_map_page(dev, virt_to_page(src), offset_in_page(src), len, DMA_TO_DEVICE)
-		   : dma_map_single(dev, src, len, DMA_TO_DEVICE);
-	edu_time_map(edu, t);
-	ret = edu_mapping_error(edu, dma, len, what);
-	if (ret)
-		return ret;
-	ret = edu_check_addr(edu, dma, len, what);
+	ret = edu_streaming_dma(edu, src, len, page, false);
 	if (!ret)
-		ret = edu_dma(edu, dma, len, false);
-	t = ktime_get();
-	if (page)
-		dma_unmap_page(dev, dma, len, DMA_TO_DEVICE);
-	else
-		dma_unmap_single(dev, dma, len, DMA_TO_DEVICE);
-	edu->map_ns += ktime_to_ns(ktime_sub(ktime_get(), t));
-	if (ret)
-		return ret;
-
-	t = ktime_get();
-	dma = page ? dma_map_page(dev, virt_to_page(dst), offset_in_page(dst), len, DMA_FROM_DEVICE)
-		   : dma_map_single(dev, dst, len, DMA_FROM_DEVICE);
-	edu_time_map(edu, t);
-	ret = edu_mapping_error(edu, dma, len, what);
-	if (ret)
-		return ret;
-	ret = edu_check_addr(edu, dma, len, what);
+		ret = edu_streaming_dma(edu, dst, len, page, true);
 	if (!ret)
-		ret = edu_dma(edu, dma, len, true);
-	t = ktime_get();
-	if (page)
-		dma_unmap_page(dev, dma, len, DMA_FROM_DEVICE);
-	else
-		dma_unmap_single(dev, dma, len, DMA_FROM_DEVICE);
-	edu->map_ns += ktime_to_ns(ktime_sub(ktime_get(), t));
-	if (ret)
-		return ret;
-	return edu_check(edu, dst, len, seed, what);
+		ret = edu_check(edu, dst, len, seed, page ? "dma_map_page" : "dma_map_single");
+	return ret;
 }
 
 /* Round trip through one coherent buffer: pattern -> edu, zero, edu -> the same buffer. */
