@@ -211,6 +211,13 @@ module_param(rebind, bool, 0644);
 MODULE_PARM_DESC(rebind, "if the target already has a driver when the window probes, unbind "
 		 "it and bind it again through the window (default: leave it and log an error)");
 
+static bool align_large = true;
+module_param(align_large, bool, 0444);
+MODULE_PARM_DESC(align_large, "protocol 1.1's large-map rule: a power-of-two map of 64 KiB or "
+		 "more at a guest address aligned to A = min(len, 2 MiB) must get an A-aligned "
+		 "device address (default 1; 0 leaves it out: for a 1.0 host with devices that "
+		 "do not need it, e.g. NVMe, which retries a refused map forever)");
+
 static LIST_HEAD(apdma_list);
 static DEFINE_MUTEX(apdma_list_lock);
 
@@ -273,7 +280,7 @@ static u64 apdma_map_align(phys_addr_t phys, u64 len)
 {
 	u64 a = min_t(u64, len, SZ_2M);
 
-	if (len < APDMA_BIG_MAP_MIN || !is_power_of_2(len) || !IS_ALIGNED(phys, a))
+	if (!align_large || len < APDMA_BIG_MAP_MIN || !is_power_of_2(len) || !IS_ALIGNED(phys, a))
 		return 0;
 	return a;
 }
