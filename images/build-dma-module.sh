@@ -2,10 +2,16 @@
 # Cross-builds the guest's DMA window driver, images/dma-module/aperture_dma.c, for the test
 # guest's Debian arm64 kernel, from Debian packages only:
 #
-#   images/build-dma-module.sh   ->  build/images/aperture_dma.ko
-#                                     build/images/aperture_dma_selftest.ko (the same code
+#   images/build-dma-module.sh [IMAGES]  ->  IMAGES/aperture_dma.ko
+#                                     IMAGES/aperture_dma_selftest.ko (the same code
 #                                     against a software model of the VMM, for testing
 #                                     without Aperture: see aperture_dma_selftest.c)
+#                                     IMAGES/aperture_edu.ko (images/edu-test: DMA round
+#                                     trips through QEMU's edu device, the rig's GPU-like
+#                                     stand-in)
+# IMAGES (default build/images) is a guest kernel's output directory of build-guest.sh: it
+# builds one per kernel series (6.1 in build/images, 6.12 in build/images/6.12) and runs
+# this script for each.
 #
 # Needs images/build-guest.sh's kernel step first (build/images/kernel-version and the
 # kernel .deb's name in build/images/.kernel-stamp: the headers must be the same package
@@ -30,12 +36,12 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=$repo/build/images
+out=$(realpath -m "${1:-$repo/build/images}")
 cache=$repo/build/cache
-work=$repo/build/dma-module
 src=$repo/images/dma-module
+edu_src=$repo/images/edu-test
 ko=$out/aperture_dma.ko
-modules="aperture_dma aperture_dma_selftest"
+modules="aperture_dma aperture_dma_selftest aperture_edu"
 
 say() { echo "build-dma-module: $*"; }
 die() { echo "build-dma-module: error: $*" >&2; exit 1; }
@@ -47,16 +53,18 @@ kernel_deb=$(cat "$out/.kernel-stamp")
 # linux-image-6.1.0-56-arm64_6.1.192-2_arm64.deb -> 6.1.192-2
 debver=$(sed -n "s/^linux-image-${kver}_\(.*\)_arm64\.deb\$/\1/p" <<<"$kernel_deb")
 [ -n "$debver" ] || die "cannot read the kernel package version from $out/.kernel-stamp ($kernel_deb)"
-abi=${kver%-arm64}                      # 6.1.0-56
+abi=${kver%-arm64}                      # 6.1.0-56, 6.12.118+deb12
+work=$repo/build/dma-module/$kver
 hostarch=$(dpkg --print-architecture)
 command -v aarch64-linux-gnu-gcc-12 >/dev/null \
     || die "aarch64-linux-gnu-gcc-12 not found: run images/host-deps.sh (gcc-aarch64-linux-gnu)"
 
-want=$(cat "$src"/*.c "$src/Kbuild" "$0" | sha256sum | cut -d' ' -f1)
+want=$(cat "$src"/*.c "$src/Kbuild" "$edu_src"/*.c "$edu_src/Kbuild" "$0" | sha256sum | cut -d' ' -f1)
 stamp="$kver $debver $hostarch $want"
-if [ -s "$ko" ] && [ -s "$out/aperture_dma_selftest.ko" ] \
-    && [ "$(cat "$out/.dma-module-stamp" 2>/dev/null)" = "$stamp" ]; then
-    say "up to date: $ko"
+up_to_date=1
+for m in $modules; do [ -s "$out/$m.ko" ] || up_to_date=; done
+if [ -n "$up_to_date" ] && [ "$(cat "$out/.dma-module-stamp" 2>/dev/null)" = "$stamp" ]; then
+    say "up to date: $(for m in $modules; do printf '%s.ko ' "$m"; done)for $kver"
     exit 0
 fi
 
@@ -98,9 +106,13 @@ grep -q "^include $common/Makefile\$" "$kdir/Makefile" \
     || die "could not re-point $kdir/Makefile at the unpacked common headers"
 [ -x "$kdir/scripts/mod/modpost" ] || die "$kdir/scripts/mod/modpost missing: is $(basename "$kdeb") for $hostarch?"
 
-cp "$src"/*.c "$src/Kbuild" "$work/src/"
+# Both directories' sources in one build, one Kbuild naming every module.
+cp "$src"/*.c "$edu_src"/*.c "$work/src/"
+echo "obj-m := $(for m in $modules; do printf '%s.o ' "$m"; done)" > "$work/src/Kbuild"
 say "compiling"
-make -s -C "$kdir" M="$work/src" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- modules \
+# CONFIG_DEBUG_INFO_BTF_MODULES= : no BTF for these (6.12's modfinal would run pahole).
+make -s -C "$kdir" M="$work/src" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu- \
+    CONFIG_DEBUG_INFO_BTF_MODULES= modules \
     2>&1 | grep -v -e '^Skipping BTF generation' >&2 || true
 for m in $modules; do
     [ -s "$work/src/$m.ko" ] || die "$m.ko did not build (see the compiler output above)"

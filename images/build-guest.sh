@@ -13,13 +13,18 @@
 # GUEST_CPIO=PATH writes the initramfs there instead of build/images/guest.cpio (to try a
 # change while something else uses the current one); everything else still goes to
 # build/images/.
+# GUEST_KERNEL_SERIES=6.12 builds the same for the newest Debian arm64 kernel of that series
+# (picked with apt-cache at run time: bookworm-security's linux-6.12 or bookworm-backports)
+# into build/images/6.12/; the default run does 6.1 (Debian's linux-image-arm64) into
+# build/images/ and then each series of GUEST_EXTRA_SERIES (default "6.12"; empty: none).
 # Downloads are cached in build/cache/ by package file name: a second run is quick and
 # works offline. Needs images/host-deps.sh to have run (apt arm64 arch, kmod, cpio, xz).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$repo/images/lib.sh"
-out=$repo/build/images
+series=${GUEST_KERNEL_SERIES:-}
+out=$repo/build/images${series:+/$series}
 cache=$repo/build/cache
 mkdir -p "$out" "$cache"
 
@@ -29,11 +34,17 @@ die() { echo "build-guest: error: $*" >&2; exit 1; }
 # Package resolution (kernel version and .deb file names) from apt's lists. apt-cache is
 # slow where its binary cache is off, so the answer is kept in build/cache/resolved.env and
 # reused until the apt lists change. Offline with no lists: whatever the cache holds.
-resolved=$cache/resolved.env
+resolved=$cache/resolved${series:+-$series}.env
 resolve() {
     local kver show kfile bfile
-    kver=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null \
-        | sed -n 's/.*Depends: linux-image-\([0-9][^:]*-arm64\).*/\1/p' | head -n1) || true
+    if [ -n "$series" ]; then
+        # The newest ABI of the series (not -cloud/-rt); never a pinned ABI number.
+        kver=$(apt-cache search --names-only "^linux-image-${series//./\\.}\.[0-9]+\+[a-z0-9]+-arm64\$" \
+            2>/dev/null | sed -n 's/^linux-image-\([^ ]*-arm64\) .*/\1/p' | sort -V | tail -n1) || true
+    else
+        kver=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null \
+            | sed -n 's/.*Depends: linux-image-\([0-9][^:]*-arm64\).*/\1/p' | head -n1) || true
+    fi
     [ -n "$kver" ] || return 1
     show=$(apt-cache show --no-all-versions "linux-image-$kver:arm64" busybox-static:arm64 \
         2>/dev/null) || true
@@ -48,7 +59,7 @@ fi
 kver= kernel_deb= busybox_deb=
 if [ -s "$resolved" ]; then . "$resolved"; fi
 if [ -z "$kver" ]; then
-    kernel_deb=$(cd "$cache" && ls -1 linux-image-*-arm64_*_arm64.deb 2>/dev/null | sort -V | tail -n1) || true
+    kernel_deb=$(cd "$cache" && ls -1 linux-image-${series:-6.1}.*-arm64_*_arm64.deb 2>/dev/null | sort -V | tail -n1) || true
     busybox_deb=$(cd "$cache" && ls -1 busybox-static_*_arm64.deb 2>/dev/null | sort -V | tail -n1) || true
     kver=$(sed 's/^linux-image-\(.*-arm64\)_.*/\1/' <<<"$kernel_deb")
     [ -n "$kver" ] && [ -n "$busybox_deb" ] || die "cannot resolve the arm64 kernel and busybox" \
@@ -110,17 +121,20 @@ fi
 
 # --- aperture_dma.ko ------------------------------------------------------------------------
 # The DMA window driver, cross-built against this kernel's headers (cached, quick when done).
-"$repo/images/build-dma-module.sh" || die "images/build-dma-module.sh failed"
+"$repo/images/build-dma-module.sh" "$out" || die "images/build-dma-module.sh failed"
 
 # --- guest.cpio ----------------------------------------------------------------------------
 # Loaded by the guest's /init when present: virtio-pci devices, NVMe for passthrough, and
 # aperture_dma (in lib/modules/<kver>/extra/, before NVMe when a DMA window is offered).
-guest_modules="virtio_pci virtio_blk virtio_rng virtio_console nvme"
+# snd_hda_intel (+ the generic codec driver): the HD audio function next to the rig's
+# GPU-like edu (probes on MSI).
+guest_modules="virtio_pci virtio_blk virtio_rng virtio_console nvme snd_hda_intel snd_hda_codec_generic"
 init=$repo/images/guest-init.sh
-cpio=$(realpath -m "${GUEST_CPIO:-$out/guest.cpio}")
+cpio=$out/guest.cpio
+[ -n "$series" ] || cpio=$(realpath -m "${GUEST_CPIO:-$cpio}")
 mkdir -p "$(dirname "$cpio")"
 if [ ! -s "$cpio" ] || [ "$init" -nt "$cpio" ] || [ "$out/aperture_dma.ko" -nt "$cpio" ] \
-    || [ "$out/aperture_dma_selftest.ko" -nt "$cpio" ] \
+    || [ "$out/aperture_dma_selftest.ko" -nt "$cpio" ] || [ "$out/aperture_edu.ko" -nt "$cpio" ] \
     || [ "$out/busybox" -nt "$cpio" ] || [ "$0" -nt "$cpio" ]; then
     say "packing $cpio"
     root=$(mktemp -d "$out/.guest-root.XXXXXX")
@@ -128,7 +142,7 @@ if [ ! -s "$cpio" ] || [ "$init" -nt "$cpio" ] || [ "$out/aperture_dma.ko" -nt "
     install -m 0755 "$out/busybox" "$root/bin/busybox"
     install -m 0755 "$init" "$root/init"
     mkdir -p "$root/lib/modules/$kver/extra"
-    for m in aperture_dma aperture_dma_selftest; do
+    for m in aperture_dma aperture_dma_selftest aperture_edu; do
         install -m 0644 "$out/$m.ko" "$root/lib/modules/$kver/extra/$m.ko"
     done
     # Drivers for Aperture's devices (Debian builds them as modules), with what they need;
@@ -145,3 +159,10 @@ for f in Image Image.gz busybox aperture_dma.ko; do
 done
 say "$(printf '%-16s %6s  %s' guest.cpio "$(du -h "$cpio" | cut -f1)" "$cpio")"
 say "$(printf '%-16s %6s  %s' modules "$(du -sh "$out/modules" | cut -f1)" "$out/modules/lib/modules/$kver")"
+
+# --- the other kernel series -----------------------------------------------------------------
+if [ -z "$series" ]; then
+    for extra in ${GUEST_EXTRA_SERIES-6.12}; do
+        GUEST_KERNEL_SERIES=$extra "$0" || die "the $extra guest kernel failed (see above)"
+    done
+fi

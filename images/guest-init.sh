@@ -21,6 +21,8 @@ echo "APERTURE-GUEST-INIT-OK"
 #   aperture.dmabytes=MiB    how much the dmawin/dmapin checks move
 #   aperture.dmabench=N      rounds of the dmabench check (default 2000, at most 100000)
 #   aperture.dma=off         never load it
+#   aperture.edu=P,P...      parameters of aperture_edu for the edu check, comma-separated
+#                            (mask_bits=40,rounds=2,timing=1,big=1)
 #   aperture.dma=selftest    load aperture_dma_selftest instead: the same driver against a
 #                            software model of the VMM (identity addresses), for trying the
 #                            checks where no Aperture window exists (QEMU + emulated NVMe);
@@ -32,6 +34,7 @@ dmabytes=
 dmabench=2000
 dmamode=auto
 dmaselftest=
+eduparams=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         aperture.check=*) checks=${arg#aperture.check=} ;;
@@ -40,6 +43,7 @@ for arg in $(cat /proc/cmdline); do
         aperture.dmabench=*) dmabench=${arg#aperture.dmabench=} ;;
         aperture.dma=*) dmamode=${arg#aperture.dma=} ;;
         aperture.dmaselftest=*) dmaselftest=${arg#aperture.dmaselftest=} ;;
+        aperture.edu=*) eduparams=${arg#aperture.edu=} ;;
     esac
 done
 
@@ -72,7 +76,8 @@ elif [ "$dmamode" != off ] && { [ -n "$want_dma" ] || window_dev >/dev/null; }; 
 fi
 dma_load=$(echo $dma_load)
 # Drivers for whatever PCI devices the VMM gave us (quietly: absent devices are fine).
-modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme 2>/dev/null
+# snd_hda_intel: the HD audio function next to the rig's edu (a GPU's HDMI audio stand-in).
+modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme snd_hda_codec_generic snd_hda_intel 2>/dev/null
 
 # wait_for PATH [TENTHS]: waits up to TENTHS/10 s (default 10 s) for a device node the
 # drivers create asynchronously.
@@ -273,6 +278,39 @@ case "$check" in
         else
             echo "CHECK dmabench: bench=$dmabench failed (1..100000 rounds)"
         fi
+        ;;
+    edu)
+        # DMA round trips through QEMU's edu (the rig's GPU-like stand-in, 1234:11e8) with
+        # aperture_edu: its verdict line, its interrupt line (MSI through the ITS), and the
+        # aperture_dma lines if a window carries its DMA.
+        echo "CHECK edu: kernel=$(uname -r)"
+        echo "CHECK edu: load=$(modprobe aperture_edu $(echo "$eduparams" | tr ',' ' ') 2>&1 && echo ok)"
+        dmesg | grep -e 'aperture_edu: ' -e aperture_dma | grep -v -e taint | sed 's/^\[[^]]*\] //' \
+            | while read -r line; do echo "CHECK edu: $line"; done
+        grep aperture_edu /proc/interrupts | while read -r line; do
+            echo "CHECK edu: irq: $line"
+        done
+        ;;
+    hdaudio)
+        # The HD audio function (function 1 of the edu's slot): snd_hda_intel's probe and
+        # its interrupt. The codec probe is asynchronous: wait up to 5 s for the card.
+        n=0
+        while ! grep -qs '^ *[0-9]' /proc/asound/cards && [ $n -lt 50 ]; do
+            sleep 0.1; n=$((n + 1))
+        done
+        echo "CHECK hdaudio: cards=$(grep -c '^ *[0-9]' /proc/asound/cards 2>/dev/null)"
+        for dev in /sys/bus/pci/devices/*; do
+            [ "$(cat "$dev/class")" = 0x040300 ] || continue
+            drv=none
+            [ -e "$dev/driver" ] && drv=$(basename "$(readlink "$dev/driver")")
+            echo "CHECK hdaudio: $(basename "$dev") driver=$drv msi=$(ls "$dev/msi_irqs" 2>/dev/null | wc -l)"
+        done
+        grep snd_hda_intel /proc/interrupts | while read -r line; do
+            echo "CHECK hdaudio: irq: $line"
+        done
+        dmesg | grep -i -e snd_hda -e 'hda_intel' | head -n 5 | while read -r line; do
+            echo "CHECK hdaudio: dmesg: $line"
+        done
         ;;
     rng)
         wait_for /dev/hwrng

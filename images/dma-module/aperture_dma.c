@@ -8,7 +8,16 @@
  * device, its *target*. This driver installs DMA ops on the target so that every streaming
  * map and coherent allocation of the target's driver becomes a MAP request to the VMM, and
  * the device address the VMM returns is what the target's driver hands to its device.
- * Protocol: passthrough/docs/dma-window-protocol.md (version 1.0) in the Aperture tree.
+ * Protocol: passthrough/docs/dma-window-protocol.md (version 1.1) in the Aperture tree.
+ * With a 1.1 host (FEATURES bits MASK and ALIGN) each MAP carries the device's DMA mask width
+ * and, for a power-of-two map of 64 KiB or more whose guest address is aligned to
+ * A = min(len, 2 MiB), the alignment A the device address needs (GPUs map large pages).
+ * With a 1.0 host nothing new is sent; either way a returned address over the mask or not
+ * A-aligned is released again and the map fails loudly.
+ *
+ * Kernels: 6.1 through 6.12 (Debian bookworm, bookworm-backports/-security, trixie); the
+ * shims below follow MAX_ORDER's change of meaning (6.4) and name (6.8) and the
+ * dma_map_ops.alloc_pages rename (6.10). The kernel must have DMA ops at all.
  *
  * Binding order. The ops must be in place before the target's driver maps anything, so they
  * are installed from a PCI bus notifier at BUS_NOTIFY_BIND_DRIVER: after the bus's
@@ -56,6 +65,31 @@
 #include <linux/ktime.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/version.h>
+#include <linux/log2.h>
+
+/* --- kernel compatibility (6.1 .. 6.12) ---------------------------------------------- */
+
+#if !defined(CONFIG_DMA_OPS) && !defined(CONFIG_ARCH_HAS_DMA_OPS)
+#error "aperture_dma needs DMA ops (dev->dma_ops), which this kernel's config leaves out: build the guest kernel with CONFIG_DMA_OPS=y (before 6.12; arm64 gets it with CONFIG_IOMMU_DMA=y) or CONFIG_ARCH_HAS_DMA_OPS=y (6.12 and later; Debian's arm64 kernels have it), or use the guest without DMA windows (dma=identity)"
+#endif
+
+/* The largest order the page allocator hands out: MAX_ORDER was exclusive before 6.4,
+ * inclusive from 6.4, and renamed MAX_PAGE_ORDER in 6.8. */
+#if defined(MAX_PAGE_ORDER)
+#define APDMA_MAX_ORDER		MAX_PAGE_ORDER
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+#define APDMA_MAX_ORDER		MAX_ORDER
+#else
+#define APDMA_MAX_ORDER		(MAX_ORDER - 1)
+#endif
+
+/* dma_map_ops.alloc_pages became alloc_pages_op in 6.10 (alloc_pages is a macro since). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 10, 0)
+#define APDMA_OPS_ALLOC_PAGES	alloc_pages_op
+#else
+#define APDMA_OPS_ALLOC_PAGES	alloc_pages
+#endif
 
 #define APDMA_VENDOR		0x1234
 #define APDMA_DEVICE		0xa9e0
@@ -82,6 +116,14 @@
 #define APDMA_MAJOR		1
 #define APDMA_FEAT_BATCH	BIT(0)
 #define APDMA_FEAT_FLUSH	BIT(1)
+#define APDMA_FEAT_MASK		BIT(2)	/* 1.1: MAP op word carries mask_bits */
+#define APDMA_FEAT_ALIGN	BIT(3)	/* 1.1: MAP op word carries align_log2 */
+#define APDMA_OP_MASK_SHIFT	8
+#define APDMA_OP_ALIGN_SHIFT	16
+#define APDMA_MASK_BITS_MIN	12
+#define APDMA_ALIGN_LOG2_MIN	12
+#define APDMA_ALIGN_LOG2_MAX	21
+#define APDMA_BIG_MAP_MIN	SZ_64K	/* power-of-two maps from here get aligned */
 #define APDMA_RID_NONE		0xffffffffu
 
 #define APDMA_OP_NOP		0
@@ -97,10 +139,13 @@
 #define APDMA_ENOENT		4
 #define APDMA_EIO		5
 #define APDMA_EOPNOTSUPP	6
+#define APDMA_EMASK		7	/* 1.1: cannot place the map below 2^mask_bits */
+#define APDMA_EALIGN		8	/* 1.1: cannot give the alignment */
 /* Guest-side verdicts (never sent by the VMM). */
 #define APDMA_PENDING		0xffffffffu	/* entry not processed */
 #define APDMA_G_MASK		0x100		/* address beyond the device's DMA mask */
 #define APDMA_G_ALIGN		0x101		/* offset in page not kept */
+#define APDMA_G_BIGALIGN	0x102		/* large map not aligned to min(len, 2 MiB) */
 
 #define APDMA_CMD_PAGE		4096
 #define APDMA_ENTRY_SIZE	32
@@ -145,6 +190,7 @@ struct apdma {
 	char bench_result[256];		/* last bench's line, "" before the first */
 
 	u32 version, features, rid, limit_maps, granule, max_entries;
+	bool told_mask, told_align;	/* the once-per-device errors below */
 	u64 limit_bytes;
 
 	struct pci_dev *target;		/* referenced */
@@ -165,6 +211,13 @@ module_param(rebind, bool, 0644);
 MODULE_PARM_DESC(rebind, "if the target already has a driver when the window probes, unbind "
 		 "it and bind it again through the window (default: leave it and log an error)");
 
+static bool align_large = true;
+module_param(align_large, bool, 0444);
+MODULE_PARM_DESC(align_large, "protocol 1.1's large-map rule: a power-of-two map of 64 KiB or "
+		 "more at a guest address aligned to A = min(len, 2 MiB) must get an A-aligned "
+		 "device address (default 1; 0 leaves it out: for a 1.0 host with devices that "
+		 "do not need it, e.g. NVMe, which retries a refused map forever)");
+
 static LIST_HEAD(apdma_list);
 static DEFINE_MUTEX(apdma_list_lock);
 
@@ -178,9 +231,12 @@ static const char *apdma_status_name(u32 st)
 	case APDMA_ENOENT: return "ENOENT (not mapped)";
 	case APDMA_EIO: return "EIO (the host refused)";
 	case APDMA_EOPNOTSUPP: return "EOPNOTSUPP (unknown op)";
+	case APDMA_EMASK: return "EMASK (the host cannot place it below the device's DMA mask)";
+	case APDMA_EALIGN: return "EALIGN (the host cannot align the device address)";
 	case APDMA_PENDING: return "not processed by the VMM";
 	case APDMA_G_MASK: return "device address beyond the device's DMA mask";
 	case APDMA_G_ALIGN: return "device address does not keep the offset the device needs";
+	case APDMA_G_BIGALIGN: return "device address of a large map not aligned to min(len, 2 MiB)";
 	default: return "unknown status";
 	}
 }
@@ -214,6 +270,71 @@ static inline void apdma_wr(struct apdma *ad, unsigned int reg, u32 val)
 static inline struct apdma *dev_to_apdma(struct device *dev)
 {
 	return container_of(dev->dma_ops, struct apdma, ops);
+}
+
+/* --- protocol 1.1: mask and alignment of a MAP ------------------------------------------ */
+
+/* The alignment a map's device address must have: min(len, 2 MiB) for a power-of-two map of
+ * 64 KiB or more whose guest address is aligned to that; 0 for any other map. */
+static u64 apdma_map_align(phys_addr_t phys, u64 len)
+{
+	u64 a = min_t(u64, len, SZ_2M);
+
+	if (!align_large || len < APDMA_BIG_MAP_MIN || !is_power_of_2(len) || !IS_ALIGNED(phys, a))
+		return 0;
+	return a;
+}
+
+/* The width of a DMA mask: all ones is 64. */
+static unsigned int apdma_mask_bits(u64 mask)
+{
+	return max_t(unsigned int, fls64(mask), APDMA_MASK_BITS_MIN);
+}
+
+/* The MAP op word: mask_bits and align_log2 where the host announces them (1.1). */
+static u32 apdma_map_op(struct apdma *ad, phys_addr_t phys, u64 len, u64 mask)
+{
+	u32 op = APDMA_OP_MAP;
+	u64 a = apdma_map_align(phys, len);
+
+	if (ad->features & APDMA_FEAT_MASK)
+		op |= apdma_mask_bits(mask) << APDMA_OP_MASK_SHIFT;
+	if (a && (ad->features & APDMA_FEAT_ALIGN))
+		op |= clamp_t(u32, ilog2(a), APDMA_ALIGN_LOG2_MIN, APDMA_ALIGN_LOG2_MAX)
+		      << APDMA_OP_ALIGN_SHIFT;
+	return op;
+}
+
+/* Once per device, with the numbers: a map refused for its mask or alignment. */
+static void apdma_tell_refused(struct apdma *ad, struct device *dev, phys_addr_t phys, u64 len,
+			       u64 mask, u64 da, u32 st)
+{
+	switch (st) {
+	case APDMA_EMASK:
+	case APDMA_G_MASK:
+		if (ad->told_mask)
+			return;
+		ad->told_mask = true;
+		if (st == APDMA_EMASK)
+			pr_err("aperture_dma: %s: map of %llu at %pa refused: device address over its %u-bit DMA mask\n",
+			       dev_name(dev), len, &phys, apdma_mask_bits(mask));
+		else
+			pr_err("aperture_dma: %s: map of %llu at %pa refused: device address %#llx over its %u-bit DMA mask\n",
+			       dev_name(dev), len, &phys, da, apdma_mask_bits(mask));
+		break;
+	case APDMA_EALIGN:
+	case APDMA_G_BIGALIGN:
+		if (ad->told_align)
+			return;
+		ad->told_align = true;
+		if (st == APDMA_EALIGN)
+			pr_err("aperture_dma: %s: map of %llu at %pa refused: the host cannot align its device address to %llu\n",
+			       dev_name(dev), len, &phys, apdma_map_align(phys, len));
+		else
+			pr_err("aperture_dma: %s: map of %llu at %pa refused: device address %#llx is not a multiple of %llu\n",
+			       dev_name(dev), len, &phys, da, apdma_map_align(phys, len));
+		break;
+	}
 }
 
 /* --- command page and doorbell (all under ad->lock) ------------------------------------ */
@@ -271,7 +392,7 @@ static u32 apdma_map_result(struct apdma *ad, struct device *dev, unsigned int i
 {
 	u32 st = apdma_entry_status(ad, i);
 	u64 da = le64_to_cpu(ad->cmd[i].dev_addr);
-	u64 keep;
+	u64 keep, align = apdma_map_align(phys, len);
 
 	*mapped = st == APDMA_OK;
 	if (st == APDMA_OK) {
@@ -283,6 +404,8 @@ static u32 apdma_map_result(struct apdma *ad, struct device *dev, unsigned int i
 		keep = dma_get_min_align_mask(dev);
 		if (da + len - 1 < da || da + len - 1 > mask)
 			st = APDMA_G_MASK;
+		else if (align && !IS_ALIGNED(da, align))
+			st = APDMA_G_BIGALIGN;
 		else if ((da ^ phys) & keep)
 			st = APDMA_G_ALIGN;
 		else if ((da ^ phys) & ~PAGE_MASK)
@@ -293,6 +416,7 @@ static u32 apdma_map_result(struct apdma *ad, struct device *dev, unsigned int i
 	if (st != APDMA_OK) {
 		ad->st.map_failures++;
 		ad->st.last_error = st;
+		apdma_tell_refused(ad, dev, phys, len, mask, da, st);
 	}
 	return st;
 }
@@ -344,7 +468,7 @@ static dma_addr_t apdma_map_range(struct apdma *ad, struct device *dev, phys_add
 	u32 st;
 
 	spin_lock_irqsave(&ad->lock, flags);
-	apdma_set_entry(ad, 0, APDMA_OP_MAP, phys, len);
+	apdma_set_entry(ad, 0, apdma_map_op(ad, phys, len, mask), phys, len);
 	apdma_ring(ad, 1);
 	st = apdma_map_result(ad, dev, 0, phys, len, mask, &dma, &mapped);
 	if (st != APDMA_OK && mapped) {
@@ -443,7 +567,8 @@ static int apdma_map_sg(struct device *dev, struct scatterlist *sgl, int nents,
 		for (n = 0; i < nents && n < ad->batch; i++, sg = sg_next(sg)) {
 			sg->dma_address = DMA_MAPPING_ERROR;
 			sg_dma_len(sg) = 0;
-			apdma_set_entry(ad, n++, APDMA_OP_MAP, sg_phys(sg), sg->length);
+			apdma_set_entry(ad, n++, apdma_map_op(ad, sg_phys(sg), sg->length, mask),
+					sg_phys(sg), sg->length);
 		}
 		apdma_ring(ad, n);
 		for (k = 0, s = first; k < n; k++, s = sg_next(s)) {
@@ -486,11 +611,11 @@ static void *apdma_alloc(struct device *dev, size_t size, dma_addr_t *dma_handle
 	void *cpu;
 
 	size = PAGE_ALIGN(size);
-	if (get_order(size) > MAX_ORDER - 1) {
+	if (get_order(size) > APDMA_MAX_ORDER) {
 		if (__ratelimit(&ad->rs))
 			dev_err(ad->dev, "coherent allocation of %zu bytes for %s: larger than "
 				"the page allocator gives (%lu bytes)\n", size, pci_name(ad->target),
-				PAGE_SIZE << (MAX_ORDER - 1));
+				PAGE_SIZE << APDMA_MAX_ORDER);
 		return NULL;
 	}
 	cpu = alloc_pages_exact(size, (gfp & ~__GFP_COMP) | __GFP_ZERO);
@@ -595,7 +720,7 @@ static size_t apdma_max_mapping_size(struct device *dev)
 static const struct dma_map_ops aperture_dma_ops = {
 	.alloc = apdma_alloc,
 	.free = apdma_free,
-	.alloc_pages = apdma_alloc_pages,
+	.APDMA_OPS_ALLOC_PAGES = apdma_alloc_pages,
 	.free_pages = apdma_free_pages,
 	.mmap = apdma_mmap,
 	.get_sgtable = apdma_get_sgtable,

@@ -2,7 +2,8 @@
 # Builds the emulated arm64 KVM host (L1) of Aperture's end-to-end rig:
 #   target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture   static arm64 binary
 #   build/rig/l1-base.cpio   uncompressed newc initramfs for L1: busybox, /aperture,
-#                            /guest/{Image,Image.gz,guest.cpio}, the kernel modules the rig
+#                            /guest/{Image,Image.gz,guest.cpio} (and /guest/6.12/{Image,
+#                            guest.cpio}: the 6.12 guest), the kernel modules the rig
 #                            needs (vfio, nvme, virtio + dependencies), and /init
 #                            (tests/rig/l1-init.sh)
 # The test harness appends a second small cpio holding /cases.sh to pick what runs.
@@ -56,6 +57,14 @@ install -m 0755 "$images/busybox" "$root/bin/busybox"
 install -m 0755 "$repo/tests/rig/l1-init.sh" "$root/init"
 install -m 0755 "$bin" "$root/aperture"
 cp "$images/Image" "$images/Image.gz" "$images/guest.cpio" "$root/guest/"
+# The other guest kernel series build-guest.sh made (6.12): /guest/<series>/{Image,guest.cpio}.
+for dir in "$images"/*/; do
+    series=$(basename "$dir")
+    [ -s "$dir/Image" ] && [ -s "$dir/guest.cpio" ] || continue
+    mkdir -p "$root/guest/$series"
+    cp "$dir/Image" "$dir/guest.cpio" "$root/guest/$series/"
+    say "guest      $series: $(cat "$dir/kernel-version" 2>/dev/null)"
+done
 
 # Only the modules the rig uses (the whole tree is ~300 MB), plus what they depend on.
 mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk}

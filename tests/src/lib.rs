@@ -5,11 +5,13 @@
 //! `/cases.sh`. Each [`Case`] is a shell snippet run inside L1 (usually an
 //! `/aperture run ...` of the nested guest); its console output, exit status and
 //! per-line host timestamps come back as a [`CaseOutput`]. All cases share one L1 boot.
-//! [`NvmeDisks`] gives L1 two emulated NVMe controllers for the passthrough cases.
+//! [`NvmeDisks`] gives L1 two emulated NVMe controllers for the passthrough cases;
+//! [`edu_qemu_args`] a GPU-like stand-in (edu + HD audio in one slot).
 
 mod case;
 mod cases_script;
 mod console_log;
+mod edu;
 mod error;
 mod newc;
 mod nvme;
@@ -19,6 +21,7 @@ mod rig;
 
 pub use case::{Case, CaseOutput};
 pub use console_log::{CASE_BEGIN, CASE_END, CASE_WATCHDOG, L1_DONE, L1_READY};
+pub use edu::{edu_qemu_args, EDU_DMA_MASK, EDU_PRELUDE, EDU_ROOT_PORT};
 pub use error::RigError;
 pub use newc::NewcWriter;
 pub use nvme::{

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aperture_e2e::{
-    bench_seconds, nvme_bench_script, run_cases_with, Case, CaseOutput, NvmeDisks, RigOptions,
-    RigRun, NVME_PATTERN, NVME_PRELUDE,
+    bench_seconds, edu_qemu_args, nvme_bench_script, run_cases_with, Case, CaseOutput, NvmeDisks,
+    RigOptions, RigRun, EDU_PRELUDE, NVME_PATTERN, NVME_PRELUDE,
 };
 
 /// Printed by the test guest's /init (images/guest-init.sh).
@@ -117,7 +117,76 @@ fn cases(token: &str) -> Vec<Case> {
     ]
     .into_iter()
     .chain(nvme_cases())
+    .chain(edu_cases())
     .collect()
+}
+
+/// The 6.12 guest (images/build-guest.sh's build/images/6.12, in L1 under /guest/6.12/).
+const RUN_612: &str =
+    "/aperture run --kernel /guest/6.12/Image --initrd /guest/6.12/guest.cpio --timeout 60";
+
+/// What aperture_edu prints for `rounds` rounds (three round trips each, two MSIs per round
+/// trip) plus `big` 2 MiB round trips.
+fn edu_pass(rounds: u32, big: u32) -> String {
+    let trips = 3 * rounds + big;
+    format!("aperture_edu: PASS {trips} round trips, {} irqs", 2 * trips)
+}
+
+/// The GPU-like stand-in (tests/src/edu.rs): edu ($E, MSI only, 40-bit DMA) and HD audio
+/// ($H) in one L1 slot, both bound to vfio-pci; assigned together they are one
+/// multi-function device behind one guest root port.
+fn edu_cases() -> Vec<Case> {
+    let edu = |script: String| format!("{NVME_PRELUDE}\n{EDU_PRELUDE}\n{script}");
+    let vm = |run: &str, devices: &str, check: &str| {
+        edu(format!(
+            r#"bind_vfio "$E" && bind_vfio "$H" || exit 1
+{run} -v {devices} {}
+status=$?
+echo "l1: status=$status"
+exit $status"#,
+            with_check(check)
+        ))
+    };
+    let both = r#"--device "$E" --device "$H""#;
+    // Only the edu: Aperture refuses any other function of a windowed device's IOMMU group
+    // (the audio stays bound to vfio-pci in L1, unassigned).
+    let window = r#"--device "$E,dma=window""#;
+    vec![
+        Case::new(
+            "l1-edu",
+            edu(r#"echo "l1: E=$E H=$H"
+for bdf in $E $H; do
+    d=/sys/bus/pci/devices/$bdf
+    echo "l1: pci $bdf $(cat "$d/vendor"):$(cat "$d/device") class=$(cat "$d/class") driver=$(driver_of "$bdf") group=$(basename "$(readlink "$d/iommu_group")")"
+done
+bind_vfio "$E" && bind_vfio "$H"
+echo "l1: bound E=$(driver_of "$E") H=$(driver_of "$H")""#
+                .into()),
+        ),
+        // Identity DMA, the 6.1 guest: round trips with a 40-bit mask, MSIs, the audio.
+        Case::new(
+            "edu-identity",
+            vm(RUN, both, "edu,hdaudio,pci aperture.edu=timing=1"),
+        ),
+        // The same on the 6.12 guest (its modules built against Debian's 6.12 headers).
+        Case::new("edu-identity-612", vm(RUN_612, both, "edu aperture.edu=timing=1")),
+        // DMA windows: edu's DMA through aperture_dma at host-picked addresses that must
+        // be below 2^40 (protocol 1.1's mask_bits), on the 6.1 and the 6.12 guest.
+        Case::new("edu-window", vm(RUN, window, "edu aperture.edu=timing=1")),
+        Case::new("edu-window-612", vm(RUN_612, window, "edu aperture.edu=timing=1")),
+        // A 2 MiB map through the window: its device address must be 2 MiB aligned.
+        Case::new("edu-window-2m", vm(RUN, window, "edu aperture.edu=big=1,rounds=1")),
+        // Two VMs in a row with edu and audio: the second must find both working.
+        Case::new(
+            "edu-second-vm",
+            edu(format!(
+                r#"bind_vfio "$E" && bind_vfio "$H" || exit 1
+run_vm vm1 {both} {check}
+run_vm vm2 {both} {check}"#,
+                check = with_check("edu,hdaudio")
+            )),
+        ),
+    ]
 }
 
 /// Passthrough of L1's emulated NVMe controllers (tests/src/nvme.rs): A keeps its MSI-X
@@ -445,7 +514,15 @@ fn shared() -> &'static Shared {
             }
         };
         options.extra_qemu_args = disks.qemu_args();
-        let run = run_cases_with(&cases(&token), &options).map_err(|error| error.to_string());
+        options.extra_qemu_args.extend(edu_qemu_args());
+        // APERTURE_E2E_CASES=a,b: only the cases whose names start with a or b (the tests
+        // of the others fail with "no case named"), for trying a change quickly.
+        let mut all = cases(&token);
+        if let Ok(only) = std::env::var("APERTURE_E2E_CASES") {
+            let wanted: Vec<&str> = only.split(',').filter(|w| !w.is_empty()).collect();
+            all.retain(|case| wanted.iter().any(|w| case.name.starts_with(w)));
+        }
+        let run = run_cases_with(&all, &options).map_err(|error| error.to_string());
         let fill = |index: usize, mib: u64| disks.fill_of(index, mib).map_err(|e| e.to_string());
         let image = |index: usize| -> Result<ImageFill, String> {
             Ok(ImageFill { head: fill(index, 0)?, written: fill(index, 1)? })
@@ -1132,4 +1209,153 @@ fn devices_lists_the_nvme_controller_on_vfio_pci() {
         );
     }
     assert_contains(run, output, "l1: devices-json status=0");
+}
+
+/// aperture_edu's verdict line is exactly `pass`; its MSI came through the ITS and fired
+/// once per DMA at least.
+fn assert_edu_pass(run: &RigRun, output: &CaseOutput, prefix: &str, pass: &str) {
+    let verdicts: Vec<&str> = output
+        .output
+        .lines()
+        .filter(|l| {
+            l.starts_with(prefix)
+                && (l.contains("aperture_edu: PASS") || l.contains("aperture_edu: FAIL"))
+        })
+        .collect();
+    assert!(
+        verdicts.len() == 1 && verdicts[0].ends_with(pass),
+        "want one verdict {pass:?}, got {verdicts:?}\n{}",
+        context(run, output)
+    );
+    let irq = output
+        .output
+        .lines()
+        .find(|l| l.starts_with(prefix) && l.contains("CHECK edu: irq: "))
+        .unwrap_or("");
+    let dmas = number_before(pass, " irqs").unwrap_or(u64::MAX);
+    assert!(
+        irq.contains("ITS") && irq.contains("MSI") && irq_count(irq) >= dmas,
+        "edu's interrupts are not {dmas} MSIs through the ITS: {irq:?}\n{}",
+        context(run, output)
+    );
+}
+
+/// The timing line of aperture_edu (`what`: "round trip" or "map+unmap").
+fn edu_timing<'a>(output: &'a CaseOutput, what: &str) -> &'a str {
+    output.line_with(&format!("ns per {what}")).unwrap_or("none")
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn rig_host_has_an_edu_and_hd_audio_in_one_slot_for_passthrough() {
+    let (run, output) = case("l1-edu");
+    let e = value_after(output, "l1: E=").unwrap_or("none");
+    let h = value_after(output, "H=").unwrap_or("none");
+    assert!(
+        e.ends_with(".0") && h.ends_with(".1") && e[..e.len() - 1] == h[..h.len() - 1],
+        "edu and audio are not functions 0 and 1 of one slot: E={e} H={h}\n{}",
+        context(run, output)
+    );
+    assert_contains(run, output, &format!("l1: pci {e} 0x1234:0x11e8 class=0x00ff00"));
+    assert_contains(run, output, &format!("l1: pci {h} 0x8086:0x293e class=0x040300"));
+    assert_contains(run, output, "l1: bound E=vfio-pci H=vfio-pci");
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn edu_dma_round_trips_with_a_40_bit_mask_complete_by_msi() {
+    let (run, output) = assert_edu_case("edu-identity", "6.1.", &edu_pass(2, 0), "identity");
+    assert_contains(run, output, "0x1234:0x11e8 class=0x00ff00 driver=aperture_edu");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn hd_audio_next_to_the_edu_probes_on_msi() {
+    let (run, output) = case("edu-identity");
+    let probe = output.line_with("CHECK hdaudio: 0000:").unwrap_or("");
+    assert!(
+        probe.contains("driver=snd_hda_intel msi=1"),
+        "the audio function is not on snd_hda_intel with one MSI: {probe:?}\n{}",
+        context(run, output)
+    );
+    assert_contains(run, output, "CHECK hdaudio: cards=1");
+    let irq = output.line_with("CHECK hdaudio: irq: ").unwrap_or("");
+    assert!(
+        irq.contains("MSI") && irq_count(irq) > 0,
+        "snd_hda_intel got no MSI: {irq:?}\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn edu_dma_round_trips_on_the_6_12_guest() {
+    assert_edu_case("edu-identity-612", "6.12.", &edu_pass(2, 0), "identity");
+}
+
+/// An edu case on the guest kernel `kernel` (a version prefix): aperture_edu loaded and
+/// printed exactly `pass`, with its DMA in `mode` (timing lines: "identity" or "window").
+/// Window cases need the host side of protocol 1.1 (device addresses below the edu's 2^40
+/// mask).
+fn assert_edu_case(
+    name: &str,
+    kernel: &str,
+    pass: &str,
+    mode: &str,
+) -> (&'static RigRun, &'static CaseOutput) {
+    let (run, output) = case(name);
+    assert_contains(run, output, &format!("CHECK edu: kernel={kernel}"));
+    assert_contains(run, output, "CHECK edu: load=ok");
+    let timing = edu_timing(output, "round trip");
+    assert!(
+        timing == "none" || timing.ends_with(&format!("({mode})")),
+        "aperture_edu's DMA was not in {mode} mode: {timing}\n{}",
+        context(run, output)
+    );
+    assert_edu_pass(run, output, "", pass);
+    eprintln!("edu, {name}: {timing} / {}", edu_timing(output, "map+unmap"));
+    assert_status(run, output, 0);
+    (run, output)
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn edu_dma_through_a_window_below_its_mask_on_the_6_1_guest() {
+    assert_edu_case("edu-window", "6.1.", &edu_pass(2, 0), "window");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn edu_dma_through_a_window_below_its_mask_on_the_6_12_guest() {
+    assert_edu_case("edu-window-612", "6.12.", &edu_pass(2, 0), "window");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn a_2_mib_window_map_gets_a_2_mib_aligned_device_address() {
+    let (run, output) = case("edu-window-2m");
+    let line = output.line_with("aperture_edu: 2 MiB map of").unwrap_or("");
+    let address = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+    assert!(
+        address.is_some_and(|a| a % (2 << 20) == 0 && a < 1 << 40),
+        "2 MiB map not at a 2 MiB aligned address below 2^40: {line:?}\n{}",
+        context(run, output)
+    );
+    assert_edu_case("edu-window-2m", "6.1.", &edu_pass(1, 1), "window");
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn second_vm_gets_a_working_edu_and_audio_after_the_first() {
+    let (run, output) = case("edu-second-vm");
+    for vm in ["vm1", "vm2"] {
+        let prefix = format!("{vm}: ");
+        assert_edu_pass(run, output, &prefix, &edu_pass(2, 0));
+        assert_contains(run, output, &format!("l1: {vm} status=0"));
+    }
+    assert_status(run, output, 0);
 }
