@@ -231,12 +231,14 @@ impl HostPicksAllocator {
             (at >= s && at <= highest).then_some(at)
         };
         match self.fit {
+            // Among the runs large enough (small leftovers of aligned placements are
+            // skipped cheaply), the highest place.
             FitPolicy::TopDown => self
-                .free_by_start
-                .range(..=c.max_device_addr)
-                .rev()
-                .map(|(&s, &l)| (s, l))
-                .find_map(|r| place(&r, true).map(|at| (r, at))),
+                .free_by_size
+                .range((len, 0)..)
+                .filter(|&&(_, s)| s <= c.max_device_addr)
+                .filter_map(|&(l, s)| place(&(s, l), true).map(|at| ((s, l), at)))
+                .max_by_key(|&(_, at)| at),
             FitPolicy::BestFit => self
                 .free_by_size
                 .range((len, 0)..)
