@@ -196,6 +196,10 @@ impl HostPicksAllocator {
         if len == 0 || !is_aligned(len, self.alignment) {
             return Err(AllocatorError::Misaligned { addr: 0, len, alignment: self.alignment });
         }
+        if !constraints.alignment.is_power_of_two() {
+            let alignment = constraints.alignment;
+            return Err(AllocatorError::Misaligned { addr: 0, len, alignment });
+        }
         let Some((run, at)) = self.find(len, gpa, constraints) else {
             return Err(self.why_not(len, gpa, constraints));
         };

@@ -318,6 +318,15 @@ impl<M: HostMapper> WindowManager<M> {
     /// the alignment asked for (device addresses keep the guest address's offset modulo the
     /// alignment), and with identity mapping a guest range above the mask.
     fn check_constraints(&self, gpa: u64, len: u64, need: &MapConstraints) -> Result<(), DmaError> {
+        if !need.alignment.is_power_of_two() {
+            return Err(DmaError::Misaligned {
+                gpa,
+                len,
+                constraints: *need,
+                device_addr: None,
+                detail: "that is not a power of two; ask for 4 KiB to 2 MiB".into(),
+            });
+        }
         if gpa & (need.alignment - 1) != 0 {
             return Err(DmaError::Misaligned {
                 gpa,

@@ -92,6 +92,21 @@ fn explicit_alignment_needs_an_aligned_guest_address() {
 }
 
 #[test]
+fn nonsense_constraints_are_refused_not_panicked_on() {
+    let mut m = manager(limits(64 * M1, 1000, WITHIN), K256, true);
+    for alignment in [3, 48 << 10] {
+        let c = MapConstraints { max_device_addr: u64::MAX, alignment };
+        let err = m.map_within(RAM_BASE, K4, &c).unwrap_err();
+        assert!(matches!(err, DmaError::Misaligned { device_addr: None, .. }), "{err}");
+    }
+    let c = MapConstraints { max_device_addr: 0, alignment: 1 };
+    assert!(matches!(m.map_within(RAM_BASE, K4, &c), Err(DmaError::AboveMask { .. })));
+    assert!(!c.reaches(1, 0) && c.reaches(0, 0) && c.reaches(0, 1));
+    assert_eq!(m.mapper().map_calls(), 1, "only the last one asked the host");
+    check(&m);
+}
+
+#[test]
 fn no_room_below_the_mask_evicts_cached_windows_there() {
     // Below 2^25 the fake has 16 MiB; fill it with cached 256 KiB windows.
     let mut m = manager(limits(64 * M1, 1000, WITHIN), K256, true);
