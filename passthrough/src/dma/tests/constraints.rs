@@ -153,6 +153,26 @@ fn a_host_that_picks_badly_is_caught_and_undone() {
 }
 
 #[test]
+fn a_bad_pick_whose_undo_fails_stays_counted_and_goes_first() {
+    let mut m = manager(limits(64 * M1, 1000, HP), K256, true);
+    m.mapper_mut().fail_next_unmaps(1);
+    let err = m.map_within(RAM_BASE, K4, &mask(32)).unwrap_err();
+    assert!(matches!(err, DmaError::AboveMask { device_addr: Some(_), .. }), "{err}");
+    assert_eq!(m.mapper().live_count(), 1, "still mapped at the host");
+    let s = m.stats();
+    assert_eq!((s.live_mappings, s.pinned_mappings, s.failures.host_unmap), (1, 0, 1));
+    assert_eq!(m.translate(m.windows()[0].device_addr), Some(RAM_BASE), "tracked");
+    check(&m);
+    // It serves no request: a new map of the same pages gets its own window.
+    let d = m.map(RAM_BASE, K4).unwrap();
+    assert_ne!(d, m.cached_windows()[0].device_addr);
+    check(&m);
+    m.flush_cache().unwrap();
+    assert_eq!(m.mapper().live_count(), 1, "only the live map's window is left");
+    check(&m);
+}
+
+#[test]
 fn a_host_that_aligns_badly_fails_large_maps_with_ealign() {
     // The blind fake's aperture starts 16 KiB past a 64 KiB boundary and hands out top-down
     // from its end, also 16 KiB past one: every address it picks is misaligned for 64 KiB.
