@@ -196,6 +196,10 @@ impl HostPicksAllocator {
         if len == 0 || !is_aligned(len, self.alignment) {
             return Err(AllocatorError::Misaligned { addr: 0, len, alignment: self.alignment });
         }
+        if !constraints.alignment.is_power_of_two() {
+            let alignment = constraints.alignment;
+            return Err(AllocatorError::Misaligned { addr: 0, len, alignment });
+        }
         let Some((run, at)) = self.find(len, gpa, constraints) else {
             return Err(self.why_not(len, gpa, constraints));
         };
@@ -231,12 +235,14 @@ impl HostPicksAllocator {
             (at >= s && at <= highest).then_some(at)
         };
         match self.fit {
+            // Among the runs large enough (small leftovers of aligned placements are
+            // skipped cheaply), the highest place.
             FitPolicy::TopDown => self
-                .free_by_start
-                .range(..=c.max_device_addr)
-                .rev()
-                .map(|(&s, &l)| (s, l))
-                .find_map(|r| place(&r, true).map(|at| (r, at))),
+                .free_by_size
+                .range((len, 0)..)
+                .filter(|&&(_, s)| s <= c.max_device_addr)
+                .filter_map(|&(l, s)| place(&(s, l), true).map(|at| ((s, l), at)))
+                .max_by_key(|&(_, at)| at),
             FitPolicy::BestFit => self
                 .free_by_size
                 .range((len, 0)..)

@@ -53,14 +53,17 @@ impl MapConstraints {
         Self { alignment: self.alignment.max(alignment), ..self }
     }
 
-    /// Whether `[device_addr, device_addr+len)` (len > 0) is within reach.
+    /// Whether `[device_addr, device_addr+len)` is within reach.
     pub fn reaches(&self, device_addr: u64, len: u64) -> bool {
-        device_addr.checked_add(len - 1).is_some_and(|last| last <= self.max_device_addr)
+        let last = device_addr.checked_add(len.saturating_sub(1));
+        last.is_some_and(|last| last <= self.max_device_addr)
     }
 
-    /// Whether `device_addr` keeps the alignment of `gpa`.
+    /// Whether `device_addr` keeps the alignment of `gpa` (an alignment that is not a power
+    /// of two is never kept).
     pub fn keeps_alignment(&self, gpa: u64, device_addr: u64) -> bool {
-        device_addr.wrapping_sub(gpa) & (self.alignment - 1) == 0
+        self.alignment.is_power_of_two()
+            && device_addr.wrapping_sub(gpa) & (self.alignment - 1) == 0
     }
 
     /// Whether a mapping of `[gpa, gpa+len)` at `device_addr` meets both constraints.

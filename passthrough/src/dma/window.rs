@@ -13,7 +13,7 @@ use super::mapper::{
     MapperLimits,
 };
 use super::runs::CurrentRuns;
-use super::stats::DmaStats;
+use super::stats::{DmaStats, FailureReason};
 use super::units::{align_down, align_up};
 
 #[cfg(test)]
@@ -318,6 +318,15 @@ impl<M: HostMapper> WindowManager<M> {
     /// the alignment asked for (device addresses keep the guest address's offset modulo the
     /// alignment), and with identity mapping a guest range above the mask.
     fn check_constraints(&self, gpa: u64, len: u64, need: &MapConstraints) -> Result<(), DmaError> {
+        if !need.alignment.is_power_of_two() {
+            return Err(DmaError::Misaligned {
+                gpa,
+                len,
+                constraints: *need,
+                device_addr: None,
+                detail: "that is not a power of two; ask for 4 KiB to 2 MiB".into(),
+            });
+        }
         if gpa & (need.alignment - 1) != 0 {
             return Err(DmaError::Misaligned {
                 gpa,
@@ -582,23 +591,29 @@ impl<M: HostMapper> WindowManager<M> {
             }
             Err(source) => return Err(DmaError::HostMap { gpa: start, len, source }),
         };
-        let breach = self
-            .contract_breach(start, len, device_addr)
-            .map(|what| DmaError::MapperContract { gpa: start, len, what });
-        let breach = breach.or_else(|| {
-            let inside = self.limits.policy.host_picks()
-                && (start..end).contains(&request.gpa)
-                && request.gpa + request.len <= end;
-            inside.then(|| request.check(device_addr + (request.gpa - start))).flatten()
-        });
-        if let Some(e) = breach {
+        if let Some(what) = self.contract_breach(start, len, device_addr) {
             self.stats.host_unmap_calls += 1;
             // Best effort: the mapping is unusable either way.
             let _ = self.mapper.unmap(device_addr, len);
+            return Err(DmaError::MapperContract { gpa: start, len, what });
+        }
+        let inside = self.limits.policy.host_picks()
+            && (start..end).contains(&request.gpa)
+            && request.gpa + request.len <= end;
+        let refusal = inside.then(|| request.check(device_addr + (request.gpa - start)));
+        if let Some(e) = refusal.flatten() {
+            self.stats.host_unmap_calls += 1;
+            if let Err(source) = self.mapper.unmap(device_addr, len) {
+                // Still mapped: count it, serve nothing from it, unmap it first when room is
+                // needed (as a shadowed window whose unmap failed).
+                self.stats.failures.count(FailureReason::HostUnmap);
+                log::warn!("{source}; retried when room is needed");
+                let id = self.track(start, len, device_addr, true);
+                self.cache.push_doomed(id);
+            }
             return Err(e);
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.track(start, len, device_addr, false);
         for loser in self.runs.insert(start, end, id) {
             if let Some(e) = self.extents.get_mut(&loser) {
                 if !e.shadowed {
@@ -613,12 +628,19 @@ impl<M: HostMapper> WindowManager<M> {
                 }
             }
         }
-        self.extents.insert(id, Extent { gpa: start, len, device_addr, users: 0, shadowed: false });
+        Ok(id)
+    }
+
+    /// Starts tracking a new host mapping with no users; `shadowed` ones serve no request.
+    fn track(&mut self, gpa: u64, len: u64, device_addr: u64, shadowed: bool) -> ExtentId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.extents.insert(id, Extent { gpa, len, device_addr, users: 0, shadowed });
         self.by_device.insert(device_addr, id);
         self.stats.live_bytes += len;
         self.stats.live_mappings += 1;
         self.stats.note_peaks();
-        Ok(id)
+        id
     }
 
     /// What is impossible about a device address the mapper returned, if anything.

@@ -92,6 +92,21 @@ fn explicit_alignment_needs_an_aligned_guest_address() {
 }
 
 #[test]
+fn nonsense_constraints_are_refused_not_panicked_on() {
+    let mut m = manager(limits(64 * M1, 1000, WITHIN), K256, true);
+    for alignment in [3, 48 << 10] {
+        let c = MapConstraints { max_device_addr: u64::MAX, alignment };
+        let err = m.map_within(RAM_BASE, K4, &c).unwrap_err();
+        assert!(matches!(err, DmaError::Misaligned { device_addr: None, .. }), "{err}");
+    }
+    let c = MapConstraints { max_device_addr: 0, alignment: 1 };
+    assert!(matches!(m.map_within(RAM_BASE, K4, &c), Err(DmaError::AboveMask { .. })));
+    assert!(!c.reaches(1, 0) && c.reaches(0, 0) && c.reaches(0, 1));
+    assert_eq!(m.mapper().map_calls(), 1, "only the last one asked the host");
+    check(&m);
+}
+
+#[test]
 fn no_room_below_the_mask_evicts_cached_windows_there() {
     // Below 2^25 the fake has 16 MiB; fill it with cached 256 KiB windows.
     let mut m = manager(limits(64 * M1, 1000, WITHIN), K256, true);
@@ -134,6 +149,26 @@ fn a_host_that_picks_badly_is_caught_and_undone() {
     assert!(matches!(m.map_within(RAM_BASE, K4, &mask(40)), Err(DmaError::AboveMask { .. })));
     // A 64-bit device takes what the host gives.
     assert!(m.map_within(RAM_BASE, K4, &mask(64)).is_ok());
+    check(&m);
+}
+
+#[test]
+fn a_bad_pick_whose_undo_fails_stays_counted_and_goes_first() {
+    let mut m = manager(limits(64 * M1, 1000, HP), K256, true);
+    m.mapper_mut().fail_next_unmaps(1);
+    let err = m.map_within(RAM_BASE, K4, &mask(32)).unwrap_err();
+    assert!(matches!(err, DmaError::AboveMask { device_addr: Some(_), .. }), "{err}");
+    assert_eq!(m.mapper().live_count(), 1, "still mapped at the host");
+    let s = m.stats();
+    assert_eq!((s.live_mappings, s.pinned_mappings, s.failures.host_unmap), (1, 0, 1));
+    assert_eq!(m.translate(m.windows()[0].device_addr), Some(RAM_BASE), "tracked");
+    check(&m);
+    // It serves no request: a new map of the same pages gets its own window.
+    let d = m.map(RAM_BASE, K4).unwrap();
+    assert_ne!(d, m.cached_windows()[0].device_addr);
+    check(&m);
+    m.flush_cache().unwrap();
+    assert_eq!(m.mapper().live_count(), 1, "only the live map's window is left");
     check(&m);
 }
 
