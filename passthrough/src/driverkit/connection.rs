@@ -54,7 +54,8 @@ pub enum DextError {
         "no VFIOUserPCIDriver DriverKit extension serves PCI device {address}{}; install and \
          activate the extension (System Settings > General > Login Items & Extensions > \
          Driver Extensions), check the device's bus number in System Information > PCI, and \
-         replug the device",
+         replug the device (the extension never serves a GPU's HDMI audio function, class 04: \
+         assign only the GPU)",
         if serving.is_empty() { String::new() } else { format!(" (it serves {})", serving.join(", ")) }
     )]
     NoService {
@@ -62,6 +63,19 @@ pub enum DextError {
         address: PciAddress,
         /// The devices the dext serves, as `bus:device.function`.
         serving: Vec<String>,
+    },
+    /// The function is a multimedia one (class 0x04, the GPU's HDMI audio), which the dext
+    /// refuses to drive.
+    #[error(
+        "{address} is a multimedia function (class {class_code:06x}, e.g. a GPU's HDMI audio); \
+         the VFIOUserPCIDriver DriverKit extension refuses class 04 devices, so it cannot be \
+         assigned on macOS: pass only the GPU function with --device"
+    )]
+    MultimediaFunction {
+        /// The device asked for.
+        address: PciAddress,
+        /// Its class code.
+        class_code: u32,
     },
     /// More than one dext instance serves the same bus/device/function (several PCI roots).
     #[error(

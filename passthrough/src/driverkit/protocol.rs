@@ -198,6 +198,10 @@ impl fmt::Display for MemoryType {
     }
 }
 
+/// PCI base class the dext refuses in Start: 0x04, multimedia (a GPU's HDMI/DP audio
+/// function). No dext instance ever serves such a function, so it cannot be assigned on macOS.
+pub const REFUSED_BASE_CLASS: u32 = 0x04;
+
 /// Size of the interrupt-state page.
 pub const IRQ_PAGE_SIZE: u64 = 16 << 10;
 /// Words of a vector bitmap (pending or enabled): 4 × 64 = [`MAX_VECTORS`].

@@ -159,3 +159,53 @@ fn gpu_msix_in_bar0_and_exclusive_bar() {
     bar_write32(&mut f, 0, TABLE + 12, 0);
     assert_eq!(fake.log.lock().unwrap().bar_writes, vec![(0, TABLE + 12, vec![0; 4])]);
 }
+
+/// A host that delivers at most `max` MSI-X vectors (the DriverKit extension set up fewer).
+#[derive(Debug)]
+struct FewVectorsHost {
+    inner: super::fake::RecordingHost,
+    max: u16,
+}
+
+impl crate::assigned::InterruptHost for FewVectorsHost {
+    fn max_vectors(&self, kind: crate::assigned::InterruptKind) -> Option<u16> {
+        (kind == Msix).then_some(self.max)
+    }
+
+    fn set_vector_count(
+        &mut self,
+        kind: crate::assigned::InterruptKind,
+        vectors: u16,
+    ) -> std::io::Result<()> {
+        self.inner.set_vector_count(kind, vectors)
+    }
+
+    fn set_vector(
+        &mut self,
+        kind: crate::assigned::InterruptKind,
+        vector: u16,
+        message: Option<MsiMessage>,
+        requester_id: u16,
+    ) -> std::io::Result<()> {
+        self.inner.set_vector(kind, vector, message, requester_id)
+    }
+}
+
+#[test]
+fn table_size_is_limited_to_what_the_host_delivers() {
+    let fake = nvme(false).build();
+    let inner = super::fake::RecordingHost::default();
+    let host = FewVectorsHost { inner: inner.clone(), max: 8 };
+    let mut f =
+        crate::assigned::AssignedFunction::new("test-dev", Box::new(fake), Box::new(host)).unwrap();
+    assert_eq!(read16(&mut f, CONTROL), 7, "table size 8, not the device's 65");
+    let placement = f.msix_placement().unwrap();
+    assert_eq!((placement.vectors, placement.table.clone()), (8, TABLE..TABLE + 8 * 16));
+    write16(&mut f, CONTROL, 0x8000);
+    assert_eq!(read16(&mut f, CONTROL), 0x8007);
+    assert_eq!(inner.take(), vec![HostCall::Count(Msix, 8)]);
+    program(&mut f, 7, 0x0808_0040, 0x27);
+    bar_write32(&mut f, 0, TABLE + 7 * 16 + 12, 0);
+    let m7 = MsiMessage { address: 0x0808_0040, data: 0x27 };
+    assert_eq!(inner.take(), vec![HostCall::Vector(Msix, 7, Some(m7), 0)]);
+}

@@ -47,6 +47,18 @@ fn another_device_is_refused_before_any_claim() {
 }
 
 #[test]
+fn an_audio_function_is_refused_with_what_to_do() {
+    let (dext, fake) = fake();
+    fake.state().identity[5] = 0x040300;
+    let err = DextDevice::open(ADDRESS.parse().unwrap(), Arc::new(dext)).unwrap_err();
+    assert!(matches!(err, DextError::MultimediaFunction { class_code: 0x040300, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("class 040300") && text.contains("only the GPU function"), "{text}");
+    assert!(!fake.state().claimed);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+#[test]
 fn an_absent_device_is_refused() {
     let (dext, fake) = fake();
     fake.state().identity[3] = 0xffff;

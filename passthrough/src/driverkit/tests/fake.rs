@@ -324,6 +324,12 @@ impl FakeState {
                 Ok(IDENTITY_WORDS)
             }
             Selector::Claim => {
+                // The real dext's Start refuses class 0x04 (multimedia): no instance, so any
+                // call on one is a client that skipped the identity check.
+                if self.identity[5] >> 16 == u64::from(REFUSED_BASE_CLASS) {
+                    self.violations.push("Claim of a class 04 function".into());
+                    return Err(IO_RETURN_NO_DEVICE);
+                }
                 self.claimed = true;
                 Ok(0)
             }
