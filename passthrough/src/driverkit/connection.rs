@@ -96,6 +96,29 @@ pub enum DextError {
         /// The kern_return_t / IOReturn.
         code: i32,
     },
+    /// Another process holds the device's lock: it is assigned to another VM.
+    #[error(
+        "PCI device {address} is in use by {}: the DriverKit extension would share it with \
+         this VM; stop the other VM first (lock file {})",
+        holder.map_or("another process".to_string(), |pid| format!("process {pid}")),
+        path.display()
+    )]
+    InUse {
+        /// The device asked for.
+        address: PciAddress,
+        /// The PID written in the lock file, if readable.
+        holder: Option<u32>,
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+    /// The device's lock file cannot be created or locked.
+    #[error("cannot lock {}: {reason}; set TMPDIR to a writable directory", path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why (the OS error).
+        reason: String,
+    },
     /// The dext's answer makes no sense.
     #[error("{0}")]
     Protocol(String),

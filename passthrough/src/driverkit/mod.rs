@@ -13,6 +13,7 @@
 //!   vectors through the VMM's [`MsiSink`].
 //! - [`DartMapper`]: the [`crate::dma::HostMapper`] for DMA windows through the DART.
 //!
+//! - [`DeviceLock`]: one VM per device (the dext's claim is shared).
 //! - [`DextBackend`]: the [`crate::host::HostBackend`] the VMM's device pipeline drives.
 //!
 //! The protocol, and what Aperture assumes about it, is in [`protocol`].
@@ -23,6 +24,7 @@ mod dart;
 mod device;
 mod host;
 mod interrupts;
+mod lock;
 pub mod protocol;
 mod sys;
 
@@ -35,5 +37,6 @@ pub use dart::DartMapper;
 pub use device::{DextBar, DextDevice, DextIdentity};
 pub use host::{DextHostFunction, KeptRegister};
 pub use interrupts::{DextInterrupts, MsiSink};
+pub use lock::{default_lock_dir, lock_path, DeviceLock};
 #[cfg(target_os = "macos")]
 pub use sys::IoKitConnection;

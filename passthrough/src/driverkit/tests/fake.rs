@@ -93,6 +93,9 @@ pub struct FakeState {
     /// By BAR: (memory index, size, type).
     pub bars: [Option<(u64, u64, u64)>; 6],
     pub claimed: bool,
+    /// Claims made: the dext's Claim is shared and reference-counted, so a second client's
+    /// claim succeeds too (a "secondary claim") and both drive the device.
+    pub claims: u32,
     pub closed: bool,
     pub calls: Vec<(Selector, Vec<u64>)>,
     /// (offset, width, value) of every config write that reached the "device".
@@ -204,6 +207,7 @@ pub fn fake() -> (FakeDext, FakeHandle) {
             Some((3, 0x80, 0x1)),
         ],
         claimed: false,
+        claims: 0,
         closed: false,
         calls: Vec::new(),
         config_writes: Vec::new(),
@@ -234,6 +238,12 @@ pub fn fake() -> (FakeDext, FakeHandle) {
 }
 
 impl FakeHandle {
+    /// Another client's connection to the same dext instance.
+    pub fn connect(&self) -> FakeDext {
+        self.state().closed = false;
+        FakeDext(self.0.clone())
+    }
+
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -331,6 +341,7 @@ impl FakeState {
                     return Err(IO_RETURN_NO_DEVICE);
                 }
                 self.claimed = true;
+                self.claims += 1;
                 Ok(0)
             }
             Selector::ConfigRead => {
