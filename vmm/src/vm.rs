@@ -201,7 +201,7 @@ pub fn run_on(
     let plan = plan_boot(memory_layout.ram, &kernel, initrd.as_ref().map(|i| i.len() as u64))?;
     debug!("memory layout {memory_layout:x?}, boot plan {plan:x?}");
 
-    let vm = hypervisor.create_vm(&VmSpec { ipa_bits })?;
+    let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
     let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
     ram.write("kernel", plan.kernel_load, &kernel.image)?;
     drop(kernel);

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::protocol::{describe_io_return, MemoryType, Selector};
+use super::protocol::{describe_io_return, open_failure_hint, MemoryType, Selector};
 use crate::pci_address::PciAddress;
 
 /// A failure talking to the dext.
@@ -87,6 +87,20 @@ pub enum DextError {
         address: PciAddress,
         /// How many.
         count: usize,
+    },
+    /// IOServiceOpen on the dext refused. The dext grants
+    /// `com.apple.developer.driverkit.allow-any-userclient-access`, so this is not about the
+    /// client's entitlements: the IOReturn says what it is.
+    #[error(
+        "cannot open VFIOUserPCIDriver's user client for {address}: {}; {}",
+        describe_io_return(*code),
+        open_failure_hint(*code)
+    )]
+    OpenUserClient {
+        /// The device asked for.
+        address: PciAddress,
+        /// The IOReturn of IOServiceOpen.
+        code: i32,
     },
     /// An IOKit call outside the dext's methods failed.
     #[error("{what}: {}", describe_io_return(*code))]
