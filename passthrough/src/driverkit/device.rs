@@ -73,7 +73,7 @@ pub struct DextDevice {
 }
 
 /// Splits `range` into naturally aligned accesses of at most `max` bytes (1, 2, 4 or 8).
-fn chunks(range: Range<u64>, max: u64) -> Vec<Range<u64>> {
+pub(super) fn chunks(range: Range<u64>, max: u64) -> Vec<Range<u64>> {
     let mut out = Vec::new();
     let mut at = range.start;
     while at < range.end {

@@ -19,6 +19,7 @@
 //! The protocol, and what Aperture assumes about it, is in [`protocol`].
 
 mod backend;
+mod bar_access;
 mod connection;
 mod dart;
 mod device;
@@ -32,6 +33,7 @@ mod sys;
 mod tests;
 
 pub use backend::{ConnectionOpener, DextBackend, DextFunction, MsiSinkFactory};
+pub use bar_access::BarAccess;
 pub use connection::{DextConnection, DextError, DextMapping, WaitOutcome};
 pub use dart::DartMapper;
 pub use device::{DextBar, DextDevice, DextIdentity};
