@@ -24,10 +24,13 @@ pub enum BarAccess {
     DextCalls,
 }
 
+/// A BAR's mapping, once made.
+type BarSlot = Option<Arc<dyn DextMapping>>;
+
 /// The BAR mappings trapped accesses use, made on first use.
 #[derive(Debug, Clone, Default)]
 pub struct BarMappings {
-    mappings: Arc<Mutex<[Option<Arc<dyn DextMapping>>; BARS]>>,
+    mappings: Arc<Mutex<[BarSlot; BARS]>>,
 }
 
 impl BarMappings {
