@@ -46,6 +46,17 @@
 //! - ConfigRead of a BAR register (4 bytes at 0x10-0x24) returns the BAR's type bits with a
 //!   zero address (macOS assigned the real address); reads of other widths are raw.
 //! - Closing the connection releases the claim, the DMA regions and the interrupts.
+//! - Claim is shared and reference-counted: a second client gets a "secondary claim" and the
+//!   same device, so Aperture locks each device itself ([`super::DeviceLock`]).
+//! - Start refuses class 0x04 (multimedia, [`REFUSED_BASE_CLASS`]): a GPU's HDMI audio has no
+//!   dext instance.
+//! - SetupInterrupts may set up fewer vectors than the MSI-X table has (256 at most, or one
+//!   MSI vector when MSI-X set-up fails): the guest is offered and given only those.
+//! - The dext grants `com.apple.developer.driverkit.allow-any-userclient-access`: opening its
+//!   user client needs no client entitlement ([`open_failure_hint`]).
+//!
+//! Each of these, with the source that supports it and the switch where a Mac must decide, is
+//! in `passthrough/docs/macos-notes.md` (issue #12).
 
 use std::fmt;
 
