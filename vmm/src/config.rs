@@ -459,10 +459,11 @@ mod tests {
         let mut a = args(&existing_file());
         assert!(!VmConfig::from_run_args(&a).unwrap().tso, "off by default");
         a.tso = true;
-        match VmConfig::from_run_args(&a) {
-            Ok(c) => assert!(TSO_AVAILABLE && c.tso),
+        let result = VmConfig::from_run_args(&a);
+        assert_eq!(result.is_ok(), TSO_AVAILABLE, "{result:?}");
+        match result {
+            Ok(c) => assert!(c.tso),
             Err(e) => {
-                assert!(!TSO_AVAILABLE);
                 assert_eq!(e, ConfigError::TsoUnavailable);
                 assert!(e.to_string().contains("run without --tso"), "{e}");
             }
