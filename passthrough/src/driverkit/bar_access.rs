@@ -66,10 +66,8 @@ impl BarMappings {
     ) -> std::io::Result<()> {
         match self.get(device, bar).filter(|m| fits(m.as_ref(), offset, data.len())) {
             Some(mapping) => {
-                for chunk in chunks(offset..offset + data.len() as u64, 8) {
-                    let at = (chunk.start - offset) as usize;
-                    let width = (chunk.end - chunk.start) as usize;
-                    let value = load(mapping.as_ref(), chunk.start, width);
+                for (at, width) in accesses(offset, data.len()) {
+                    let value = load(mapping.as_ref(), offset + at as u64, width);
                     data[at..at + width].copy_from_slice(&value.to_le_bytes()[..width]);
                 }
                 Ok(())
@@ -88,18 +86,24 @@ impl BarMappings {
     ) -> std::io::Result<()> {
         match self.get(device, bar).filter(|m| fits(m.as_ref(), offset, data.len())) {
             Some(mapping) => {
-                for chunk in chunks(offset..offset + data.len() as u64, 8) {
-                    let at = (chunk.start - offset) as usize;
-                    let width = (chunk.end - chunk.start) as usize;
+                for (at, width) in accesses(offset, data.len()) {
                     let mut bytes = [0u8; 8];
                     bytes[..width].copy_from_slice(&data[at..at + width]);
-                    store(mapping.as_ref(), chunk.start, width, u64::from_le_bytes(bytes));
+                    store(mapping.as_ref(), offset + at as u64, width, u64::from_le_bytes(bytes));
                 }
                 Ok(())
             }
             None => device.mmio_write(bar, offset, data),
         }
     }
+}
+
+/// The naturally aligned accesses (of at most 8 bytes) covering `len` bytes at `offset`, as
+/// (index into the data, width).
+fn accesses(offset: u64, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    chunks(offset..offset + len as u64, 8)
+        .into_iter()
+        .map(move |chunk| ((chunk.start - offset) as usize, (chunk.end - chunk.start) as usize))
 }
 
 /// Whether `len` bytes at `offset` lie inside `mapping` (else the dext's calls refuse them

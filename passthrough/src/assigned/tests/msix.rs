@@ -160,42 +160,11 @@ fn gpu_msix_in_bar0_and_exclusive_bar() {
     assert_eq!(fake.log.lock().unwrap().bar_writes, vec![(0, TABLE + 12, vec![0; 4])]);
 }
 
-/// A host that delivers at most `max` MSI-X vectors (the DriverKit extension set up fewer).
-#[derive(Debug)]
-struct FewVectorsHost {
-    inner: super::fake::RecordingHost,
-    max: u16,
-}
-
-impl crate::assigned::InterruptHost for FewVectorsHost {
-    fn max_vectors(&self, kind: crate::assigned::InterruptKind) -> Option<u16> {
-        (kind == Msix).then_some(self.max)
-    }
-
-    fn set_vector_count(
-        &mut self,
-        kind: crate::assigned::InterruptKind,
-        vectors: u16,
-    ) -> std::io::Result<()> {
-        self.inner.set_vector_count(kind, vectors)
-    }
-
-    fn set_vector(
-        &mut self,
-        kind: crate::assigned::InterruptKind,
-        vector: u16,
-        message: Option<MsiMessage>,
-        requester_id: u16,
-    ) -> std::io::Result<()> {
-        self.inner.set_vector(kind, vector, message, requester_id)
-    }
-}
-
 #[test]
 fn table_size_is_limited_to_what_the_host_delivers() {
     let fake = nvme(false).build();
     let inner = super::fake::RecordingHost::default();
-    let host = FewVectorsHost { inner: inner.clone(), max: 8 };
+    let host = super::msi::LimitedHost { inner: inner.clone(), kind: Msix, max: 8 };
     let mut f =
         crate::assigned::AssignedFunction::new("test-dev", Box::new(fake), Box::new(host)).unwrap();
     assert_eq!(read16(&mut f, CONTROL), 7, "table size 8, not the device's 65");
