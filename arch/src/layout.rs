@@ -113,8 +113,8 @@ pub const RAM_BASE: u64 = 0x4000_0000;
 
 /// Smallest guest physical address size (bits) Aperture runs with (Hypervisor.framework's default).
 pub const MIN_IPA_BITS: u32 = 36;
-/// Guest physical address size Aperture asks for when the host allows more. 40 bits is the
-/// most macOS 15 offers, so both backends see the same map.
+/// The largest guest physical address size Aperture asks for. 40 bits is the most M-series
+/// Macs offer, so both backends see the same map.
 pub const PREFERRED_IPA_BITS: u32 = 40;
 
 /// A range of guest physical addresses, `[base, base + size)`.
@@ -150,6 +150,23 @@ pub enum LayoutError {
         ipa_bits: u32,
         /// The largest RAM that fits.
         max_mib: u64,
+    },
+    /// The 64-bit BARs of the assigned devices do not fit in the largest window.
+    #[error(
+        "the assigned devices' 64-bit BARs need {needed_mib} MiB (the largest {largest_mib} MiB), \
+         but the PCIe 64-bit window holds {window_mib} MiB with a {ipa_bits}-bit guest physical \
+         address space, the most this host offers; shrink the GPU's Resizable BAR or assign \
+         fewer devices"
+    )]
+    BarsDoNotFit {
+        /// All BARs, each rounded up to a power of two.
+        needed_mib: u64,
+        /// The largest BAR.
+        largest_mib: u64,
+        /// The window at `ipa_bits`.
+        window_mib: u64,
+        /// The largest IPA size tried.
+        ipa_bits: u32,
     },
     /// The IPA size is outside what Aperture supports.
     #[error("a {0}-bit guest physical address space is not supported (need {MIN_IPA_BITS} to 52)")]
@@ -205,9 +222,74 @@ impl MemoryLayout {
     }
 }
 
+/// The smallest guest physical address size, from [`MIN_IPA_BITS`] to `max_bits`, whose map
+/// holds `ram_size` bytes of RAM and whose 64-bit window holds every BAR in `bars` (sizes in
+/// bytes), each naturally aligned.
+///
+/// Small is better: 36 bits is Hypervisor.framework's default and, with 16 KiB pages, needs
+/// one stage-2 translation level less than 40 (openvmm measured the difference). Placed
+/// largest first, power-of-two BARs pack without gaps, so they fit exactly when their sum
+/// does.
+pub fn smallest_ipa_bits(ram_size: u64, bars: &[u64], max_bits: u32) -> Result<u32, LayoutError> {
+    let max_bits = max_bits.clamp(MIN_IPA_BITS, 52);
+    let rounded = bars.iter().map(|&size| size.max(1).checked_next_power_of_two());
+    let needed = rounded.clone().try_fold(0u64, |sum, size| sum.checked_add(size?));
+    let largest = rounded.clone().try_fold(0u64, |max, size| Some(max.max(size?)));
+    for bits in MIN_IPA_BITS..=max_bits {
+        let window = 1u64 << (bits - 1);
+        let ram_fits = RAM_BASE.checked_add(ram_size).is_some_and(|end| end <= window);
+        if ram_fits && needed.is_some_and(|needed| needed <= window) {
+            return Ok(bits);
+        }
+    }
+    // Name what does not fit at the largest size.
+    MemoryLayout::new(ram_size, 1, max_bits)?;
+    Err(LayoutError::BarsDoNotFit {
+        needed_mib: needed.unwrap_or(u64::MAX) / MIB,
+        largest_mib: largest.unwrap_or(u64::MAX) / MIB,
+        window_mib: (1u64 << (max_bits - 1)) / MIB,
+        ipa_bits: max_bits,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_smallest_ipa_that_holds_ram_and_bars() {
+        assert_eq!(smallest_ipa_bits(GIB, &[], 40), Ok(36), "the default fits a small VM");
+        // 31 GiB of RAM ends at 32 GiB, the 36-bit window's base; one more needs 37 bits.
+        assert_eq!(smallest_ipa_bits(31 * GIB, &[], 40), Ok(36));
+        assert_eq!(smallest_ipa_bits(32 * GIB, &[], 40), Ok(37));
+        // A GPU with a 16 MiB BAR and a 16 GiB one fits 36 bits (32 GiB window) ...
+        assert_eq!(smallest_ipa_bits(8 * GIB, &[16 * MIB, 16 * GIB], 40), Ok(36));
+        // ... a 32 GiB Resizable BAR plus the rest does not, 37 does.
+        assert_eq!(smallest_ipa_bits(8 * GIB, &[32 * GIB, 16 * MIB], 40), Ok(37));
+        // Sizes that are not powers of two take their natural alignment.
+        assert_eq!(smallest_ipa_bits(GIB, &[20 * GIB, 10 * GIB], 40), Ok(37));
+        // The host's maximum bounds the search.
+        assert_eq!(smallest_ipa_bits(GIB, &[], 36), Ok(36));
+    }
+
+    #[test]
+    fn bars_that_do_not_fit_fail_early_and_say_so() {
+        let err = smallest_ipa_bits(GIB, &[256 * GIB, 256 * GIB, 16 * MIB], 40).unwrap_err();
+        assert_eq!(
+            err,
+            LayoutError::BarsDoNotFit {
+                needed_mib: 512 * 1024 + 16,
+                largest_mib: 256 * 1024,
+                window_mib: 512 * 1024,
+                ipa_bits: 40
+            }
+        );
+        assert!(err.to_string().contains("Resizable BAR"), "{err}");
+        // Too much RAM is named as such.
+        let err = smallest_ipa_bits(600 * GIB, &[], 40).unwrap_err();
+        assert!(matches!(err, LayoutError::RamTooLarge { ipa_bits: 40, .. }), "{err}");
+        assert!(smallest_ipa_bits(GIB, &[u64::MAX], 40).is_err(), "no overflow");
+    }
 
     #[test]
     fn fixed_regions_do_not_overlap() {

@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// message naming it ("seccomp refused syscall ..."); rerun with this option to go on.
     #[arg(long)]
     pub no_seccomp: bool,
+
+    /// Run the vCPUs with x86-style total store ordering, for x86 emulators such as FEX-Emu
+    /// in the guest (macOS on Apple Silicon only; refused elsewhere).
+    #[arg(long)]
+    pub tso: bool,
 }
 
 const CHECK_EXAMPLES: &str = "\

@@ -12,6 +12,13 @@ use crate::cli::{RunArgs, TraceFormatArg};
 /// Bad command-line values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// `--tso` where the hypervisor cannot provide it.
+    #[error(
+        "--tso: total store ordering needs Hypervisor.framework on an Apple Silicon Mac; KVM \
+         cannot run a vCPU with it: run without --tso (FEX-Emu then emulates x86 ordering in \
+         software)"
+    )]
+    TsoUnavailable,
     /// `--cpus` out of range.
     #[error("--cpus {0}: a VM needs 1 to {MAX_VCPUS} vCPUs")]
     Cpus(u32),
@@ -299,6 +306,8 @@ pub struct VmConfig {
     /// `--no-seccomp` turns it off). The thread that calls [`crate::vm::run_on`] is confined
     /// too, for the rest of its life.
     pub seccomp: bool,
+    /// Whether the vCPUs run with total store ordering (`--tso`, Hypervisor.framework only).
+    pub tso: bool,
 }
 
 /// Parses a size: a number with an optional K/M/G/T suffix (optionally followed by "iB" or
@@ -332,6 +341,9 @@ fn check_file(what: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
     }
 }
 
+/// Whether this build's hypervisor can run vCPUs with total store ordering.
+const TSO_AVAILABLE: bool = cfg!(all(target_os = "macos", target_arch = "aarch64"));
+
 impl VmConfig {
     /// Validates `aperture run` arguments.
     pub fn from_run_args(args: &RunArgs) -> Result<Self, ConfigError> {
@@ -345,6 +357,9 @@ impl VmConfig {
         }
         // Huge-page friendly, and the 16 KiB granule Hypervisor.framework needs.
         let memory_bytes = memory.div_ceil(2 * MIB) * 2 * MIB;
+        if args.tso && !TSO_AVAILABLE {
+            return Err(ConfigError::TsoUnavailable);
+        }
         if args.timeout == Some(0) {
             return Err(ConfigError::ZeroTimeout);
         }
@@ -384,6 +399,7 @@ impl VmConfig {
             },
             devices,
             seccomp: !args.no_seccomp,
+            tso: args.tso,
         })
     }
 }
@@ -406,6 +422,7 @@ mod tests {
             trace_format: TraceFormatArg::Text,
             devices: Vec::new(),
             no_seccomp: false,
+            tso: false,
         }
     }
 
@@ -435,6 +452,22 @@ mod tests {
         let c = VmConfig::from_run_args(&a).unwrap();
         assert_eq!(c.memory_bytes, 256 * MIB);
         assert_eq!(c.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn tso_is_refused_where_the_hypervisor_lacks_it() {
+        let mut a = args(&existing_file());
+        assert!(!VmConfig::from_run_args(&a).unwrap().tso, "off by default");
+        a.tso = true;
+        let result = VmConfig::from_run_args(&a);
+        assert_eq!(result.is_ok(), TSO_AVAILABLE, "{result:?}");
+        match result {
+            Ok(c) => assert!(c.tso),
+            Err(e) => {
+                assert_eq!(e, ConfigError::TsoUnavailable);
+                assert!(e.to_string().contains("run without --tso"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn ram_is_huge_page_aligned_on_the_host_and_bounded() {
-        let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40 }).unwrap();
+        let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40, tso: false }).unwrap();
         for size in [16u64 << 20, 34 << 20] {
             let ram = GuestRam::new(vm.as_ref(), 0x4000_0000, size).unwrap();
             let host = ram.memory().get_host_address(GuestAddress(0x4000_0000)).unwrap();

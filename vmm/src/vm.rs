@@ -196,12 +196,20 @@ pub fn run_on(
     info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
     let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
 
-    let ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
+    let max_ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
+    // The devices' BARs are sized only once they are opened, after the VM exists: with
+    // devices the window is as large as the host allows (the pipeline then refuses BARs that
+    // do not fit); without, the smallest map that holds RAM saves a stage-2 level.
+    let ipa_bits = if config.devices.is_empty() {
+        layout::smallest_ipa_bits(config.memory_bytes, &[], max_ipa_bits)?
+    } else {
+        max_ipa_bits
+    };
     let memory_layout = MemoryLayout::new(config.memory_bytes, config.vcpus, ipa_bits)?;
     let plan = plan_boot(memory_layout.ram, &kernel, initrd.as_ref().map(|i| i.len() as u64))?;
     debug!("memory layout {memory_layout:x?}, boot plan {plan:x?}");
 
-    let vm = hypervisor.create_vm(&VmSpec { ipa_bits })?;
+    let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
     let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
     ram.write("kernel", plan.kernel_load, &kernel.image)?;
     drop(kernel);

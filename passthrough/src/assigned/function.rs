@@ -12,7 +12,7 @@ use devices::pci::config::{
     ConfigSpace, CONFIG_SPACE_SIZE, HEADER_TYPE, INTERRUPT_PIN, REVISION_ID, STANDARD_CONFIG_SIZE,
     SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
 };
-use devices::pci::msix::MSIX_CAPABILITY_ID;
+use devices::pci::msix::{MSIX_CAPABILITY_ID, MSIX_ENTRY_SIZE};
 use devices::pci::root_port::PcieLink;
 use devices::pci::{BarRegion, PciFunction, PciIds};
 use log::{debug, info, warn};
@@ -134,7 +134,11 @@ impl AssignedFunction {
             limit_msi(name, msi, interrupts.as_ref(), &device, &mut config);
         }
         let msix = match (capabilities.msix, placement) {
-            (Some(offset), Some(placement)) => Some(AssignedMsix::new(name, offset, placement)?),
+            (Some(offset), Some(placement)) => {
+                let placement =
+                    limit_msix(name, offset, placement, interrupts.as_ref(), &mut config);
+                Some(AssignedMsix::new(name, offset, placement)?)
+            }
             _ => None,
         };
         let msi = capabilities.msi.map(AssignedMsi::new);
@@ -593,6 +597,38 @@ fn limit_msi(
     let header = config.read_u16(msi.offset);
     msi.offer(device, config);
     config.set_u16(msi.offset, header);
+}
+
+/// Offers no more MSI-X vectors than the host delivers (DriverKit: the vectors the extension
+/// set up, at most 256): the guest sees a smaller Table Size in `config`, and only that many
+/// entries of the table and PBA are emulated. A host that delivers none leaves MSI-X as is
+/// (the guest's enable then fails on the host, as before).
+fn limit_msix(
+    name: &str,
+    capability: u16,
+    placement: MsixPlacement,
+    interrupts: &dyn InterruptHost,
+    config: &mut ConfigSpace,
+) -> MsixPlacement {
+    let Some(host_max) = interrupts.max_vectors(InterruptKind::Msix) else { return placement };
+    if host_max == 0 || host_max >= placement.vectors {
+        return placement;
+    }
+    info!(
+        "{name}: the device has {} MSI-X vectors, the host delivers {host_max}: the guest is \
+         offered {host_max}",
+        placement.vectors
+    );
+    let control = capability + 2;
+    let table_size = config.read_u16(control) & !0x7ff | (host_max - 1);
+    config.set_u16(control, table_size);
+    let vectors = u64::from(host_max);
+    MsixPlacement {
+        vectors: host_max,
+        table: placement.table.start..placement.table.start + vectors * MSIX_ENTRY_SIZE,
+        pba: placement.pba.start..placement.pba.start + vectors.div_ceil(64) * 8,
+        ..placement
+    }
 }
 
 /// The INTx pin to show, and whether the host delivers it. The device's pin when the host

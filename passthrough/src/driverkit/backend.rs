@@ -7,6 +7,7 @@
 //!
 //! [`IoKitConnection`]: super::IoKitConnection
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::connection::{DextConnection, DextError, DextMapping};
@@ -14,6 +15,7 @@ use super::dart::DartMapper;
 use super::device::DextDevice;
 use super::host::DextHostFunction;
 use super::interrupts::{DextInterrupts, MsiSink};
+use super::lock::{default_lock_dir, DeviceLock};
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
@@ -36,6 +38,7 @@ pub type MsiSinkFactory = Box<dyn Fn(&str) -> MsiSink + Send>;
 pub struct DextBackend {
     connect: ConnectionOpener,
     msi_sink: MsiSinkFactory,
+    lock_dir: PathBuf,
 }
 
 impl std::fmt::Debug for DextBackend {
@@ -48,7 +51,13 @@ impl DextBackend {
     /// A backend whose functions are reached through `connect` and interrupt through the
     /// sinks `msi_sink` makes.
     pub fn new(connect: ConnectionOpener, msi_sink: MsiSinkFactory) -> Self {
-        Self { connect, msi_sink }
+        Self { connect, msi_sink, lock_dir: default_lock_dir() }
+    }
+
+    /// Keeps the devices' lock files in `dir` instead of `$TMPDIR`.
+    pub fn with_lock_dir(mut self, dir: PathBuf) -> Self {
+        self.lock_dir = dir;
+        self
     }
 }
 
@@ -68,10 +77,12 @@ impl HostBackend for DextBackend {
 
     fn open(&mut self, request: &FunctionRequest) -> Result<DextFunction, HostError> {
         let address = request.address;
+        // Before the claim: a second client's claim would succeed and share the device.
+        let lock = DeviceLock::acquire(&self.lock_dir, address)?;
         let connection = (self.connect)(address)?;
         let device = Arc::new(DextDevice::open(address, connection)?);
         let sink = (self.msi_sink)(&address.to_string());
-        Ok(DextFunction { device, sink, bars: Mutex::new(Default::default()) })
+        Ok(DextFunction { device, sink, bars: Mutex::new(Default::default()), _lock: lock })
     }
 
     fn identity_mapper(
@@ -88,6 +99,8 @@ pub struct DextFunction {
     sink: MsiSink,
     /// BARs mapped from the dext so far (each whole, once).
     bars: Mutex<[Option<Arc<dyn DextMapping>>; 6]>,
+    /// Held while the function is assigned.
+    _lock: DeviceLock,
 }
 
 impl std::fmt::Debug for DextFunction {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::protocol::{describe_io_return, MemoryType, Selector};
+use super::protocol::{describe_io_return, open_failure_hint, MemoryType, Selector};
 use crate::pci_address::PciAddress;
 
 /// A failure talking to the dext.
@@ -54,7 +54,8 @@ pub enum DextError {
         "no VFIOUserPCIDriver DriverKit extension serves PCI device {address}{}; install and \
          activate the extension (System Settings > General > Login Items & Extensions > \
          Driver Extensions), check the device's bus number in System Information > PCI, and \
-         replug the device",
+         replug the device (the extension never serves a GPU's HDMI audio function, class 04: \
+         assign only the GPU)",
         if serving.is_empty() { String::new() } else { format!(" (it serves {})", serving.join(", ")) }
     )]
     NoService {
@@ -62,6 +63,19 @@ pub enum DextError {
         address: PciAddress,
         /// The devices the dext serves, as `bus:device.function`.
         serving: Vec<String>,
+    },
+    /// The function is a multimedia one (class 0x04, the GPU's HDMI audio), which the dext
+    /// refuses to drive.
+    #[error(
+        "{address} is a multimedia function (class {class_code:06x}, e.g. a GPU's HDMI audio); \
+         the VFIOUserPCIDriver DriverKit extension refuses class 04 devices, so it cannot be \
+         assigned on macOS: pass only the GPU function with --device"
+    )]
+    MultimediaFunction {
+        /// The device asked for.
+        address: PciAddress,
+        /// Its class code.
+        class_code: u32,
     },
     /// More than one dext instance serves the same bus/device/function (several PCI roots).
     #[error(
@@ -74,6 +88,20 @@ pub enum DextError {
         /// How many.
         count: usize,
     },
+    /// IOServiceOpen on the dext refused. The dext grants
+    /// `com.apple.developer.driverkit.allow-any-userclient-access`, so this is not about the
+    /// client's entitlements: the IOReturn says what it is.
+    #[error(
+        "cannot open VFIOUserPCIDriver's user client for {address}: {}; {}",
+        describe_io_return(*code),
+        open_failure_hint(*code)
+    )]
+    OpenUserClient {
+        /// The device asked for.
+        address: PciAddress,
+        /// The IOReturn of IOServiceOpen.
+        code: i32,
+    },
     /// An IOKit call outside the dext's methods failed.
     #[error("{what}: {}", describe_io_return(*code))]
     IoKit {
@@ -81,6 +109,29 @@ pub enum DextError {
         what: String,
         /// The kern_return_t / IOReturn.
         code: i32,
+    },
+    /// Another process holds the device's lock: it is assigned to another VM.
+    #[error(
+        "PCI device {address} is in use by {}: the DriverKit extension would share it with \
+         this VM; stop the other VM first (lock file {})",
+        holder.map_or("another process".to_string(), |pid| format!("process {pid}")),
+        path.display()
+    )]
+    InUse {
+        /// The device asked for.
+        address: PciAddress,
+        /// The PID written in the lock file, if readable.
+        holder: Option<u32>,
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+    /// The device's lock file cannot be created or locked.
+    #[error("cannot lock {}: {reason}; set TMPDIR to a writable directory", path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why (the OS error).
+        reason: String,
     },
     /// The dext's answer makes no sense.
     #[error("{0}")]

@@ -10,7 +10,7 @@ use log::{debug, info, warn};
 use super::connection::{call_exact, DextConnection, DextError, DextMapping};
 use super::protocol::{
     MemoryType, Selector, BAR_TYPE_IO, BAR_TYPE_MEM64, BAR_TYPE_MEM_MASK, BAR_TYPE_PREFETCHABLE,
-    IDENTITY_WORDS, IO_RETURN_UNSUPPORTED,
+    IDENTITY_WORDS, IO_RETURN_UNSUPPORTED, REFUSED_BASE_CLASS,
 };
 use crate::host::ResetOutcome;
 use crate::pci_address::PciAddress;
@@ -73,7 +73,7 @@ pub struct DextDevice {
 }
 
 /// Splits `range` into naturally aligned accesses of at most `max` bytes (1, 2, 4 or 8).
-fn chunks(range: Range<u64>, max: u64) -> Vec<Range<u64>> {
+pub(super) fn chunks(range: Range<u64>, max: u64) -> Vec<Range<u64>> {
     let mut out = Vec::new();
     let mut at = range.start;
     while at < range.end {
@@ -122,6 +122,9 @@ impl DextDevice {
                  is absent or powered off; replug it",
                 identity.vendor_id
             )));
+        }
+        if identity.class_code >> 16 == REFUSED_BASE_CLASS {
+            return Err(DextError::MultimediaFunction { address, class_code: identity.class_code });
         }
         connection.call(Selector::Claim, &[], &mut [])?;
         let mut bars = [None; BARS];

@@ -16,6 +16,7 @@ use devices::pci::config::{
 use devices::pci::msix::MSIX_CAPABILITY_ID;
 use log::warn;
 
+use super::bar_access::{BarAccess, BarMappings};
 use super::device::DextDevice;
 use crate::assigned::capabilities::{
     MSI_CAPABILITY_ID, PCIE_CAPABILITY_ID, PCIE_DEVCTL, PCIE_DEVCTL2,
@@ -42,6 +43,8 @@ pub struct KeptRegister {
 pub struct DextHostFunction {
     device: Arc<DextDevice>,
     kept: Vec<KeptRegister>,
+    bar_access: BarAccess,
+    mappings: BarMappings,
 }
 
 fn kept(range: Range<u16>, what: &'static str) -> KeptRegister {
@@ -120,7 +123,13 @@ impl DextHostFunction {
     /// The host function of `device`; reads its capability list once.
     pub fn new(device: Arc<DextDevice>) -> Self {
         let kept = kept_registers(&device);
-        Self { device, kept }
+        Self { device, kept, bar_access: BarAccess::default(), mappings: BarMappings::default() }
+    }
+
+    /// Sends trapped BAR accesses the way `access` says (default: through the mapping).
+    pub fn with_bar_access(mut self, access: BarAccess) -> Self {
+        self.bar_access = access;
+        self
     }
 
     /// The device.
@@ -200,11 +209,17 @@ impl HostFunction for DextHostFunction {
     }
 
     fn bar_read(&self, bar: usize, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        self.device.mmio_read(bar, offset, data)
+        match self.bar_access {
+            BarAccess::Mapped => self.mappings.read(&self.device, bar, offset, data),
+            BarAccess::DextCalls => self.device.mmio_read(bar, offset, data),
+        }
     }
 
     fn bar_write(&self, bar: usize, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.device.mmio_write(bar, offset, data)
+        match self.bar_access {
+            BarAccess::Mapped => self.mappings.write(&self.device, bar, offset, data),
+            BarAccess::DextCalls => self.device.mmio_write(bar, offset, data),
+        }
     }
 
     fn rom_read(&self, _offset: u64, _data: &mut [u8]) -> std::io::Result<()> {

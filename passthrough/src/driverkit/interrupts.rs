@@ -89,6 +89,8 @@ struct Vector {
 #[derive(Debug, Default)]
 struct VectorTable {
     enabled: Option<(InterruptKind, u16)>,
+    /// Vectors the guest enabled; more than `enabled`'s count when the dext set up fewer.
+    requested: u16,
     vectors: Vec<Vector>,
 }
 
@@ -104,11 +106,19 @@ impl VectorTable {
 
     /// The guest turned `kind` on with `count` vectors (all disconnected), or off (0).
     /// Returns whether the dext's mask must change.
+    #[cfg(test)]
     fn set_count(&mut self, kind: InterruptKind, count: u16) -> bool {
+        self.set_count_of(kind, count, count)
+    }
+
+    /// As [`Self::set_count`], with the guest having enabled `requested` (at least `count`):
+    /// the vectors past `count` exist for the guest but never fire.
+    fn set_count_of(&mut self, kind: InterruptKind, count: u16, requested: u16) -> bool {
         if count == 0 && self.enabled.is_none_or(|(on, _)| on != kind) {
             return false;
         }
         self.enabled = (count > 0).then_some((kind, count));
+        self.requested = if count > 0 { requested } else { 0 };
         self.vectors = vec![Vector::default(); usize::from(count)];
         true
     }
@@ -121,6 +131,11 @@ impl VectorTable {
         vector: u16,
         setting: Vector,
     ) -> std::io::Result<Option<(MsiMessage, u16)>> {
+        let beyond_host = self.enabled.is_some_and(|(on, count)| on == kind && vector >= count);
+        if beyond_host && vector < self.requested {
+            debug!("{kind} vector {vector} is past the vectors the DriverKit extension set up");
+            return Ok(None);
+        }
         if !vector_is_live(self.enabled, kind, vector, setting.message.as_ref())? {
             return Ok(None);
         }
@@ -315,19 +330,20 @@ impl InterruptHost for DextInterrupts {
         Some(self.host_vectors)
     }
 
-    fn set_vector_count(&mut self, kind: InterruptKind, vectors: u16) -> std::io::Result<()> {
-        if vectors > self.host_vectors {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the DriverKit extension set up {} vectors, not {vectors} ({kind})",
-                    self.host_vectors
-                ),
-            ));
+    fn set_vector_count(&mut self, kind: InterruptKind, requested: u16) -> std::io::Result<()> {
+        // The dext sets up at most 256 vectors, and one MSI vector when MSI-X set-up fails
+        // (`vfio_user_setup_interrupts`): the guest gets what there is rather than nothing.
+        let vectors = requested.min(self.host_vectors);
+        if vectors < requested {
+            warn!(
+                "{}: the guest enabled {requested} {kind} vectors, the DriverKit extension set \
+                 up {}: vectors {vectors} and up never fire",
+                self.shared.name, self.host_vectors
+            );
         }
         let mask = {
             let mut table = self.shared.table();
-            if !table.set_count(kind, vectors) {
+            if !table.set_count_of(kind, vectors, requested) {
                 return Ok(());
             }
             table.enable_mask()

@@ -13,16 +13,19 @@
 //!   vectors through the VMM's [`MsiSink`].
 //! - [`DartMapper`]: the [`crate::dma::HostMapper`] for DMA windows through the DART.
 //!
+//! - [`DeviceLock`]: one VM per device (the dext's claim is shared).
 //! - [`DextBackend`]: the [`crate::host::HostBackend`] the VMM's device pipeline drives.
 //!
 //! The protocol, and what Aperture assumes about it, is in [`protocol`].
 
 mod backend;
+mod bar_access;
 mod connection;
 mod dart;
 mod device;
 mod host;
 mod interrupts;
+mod lock;
 pub mod protocol;
 mod sys;
 
@@ -30,10 +33,12 @@ mod sys;
 mod tests;
 
 pub use backend::{ConnectionOpener, DextBackend, DextFunction, MsiSinkFactory};
+pub use bar_access::BarAccess;
 pub use connection::{DextConnection, DextError, DextMapping, WaitOutcome};
 pub use dart::DartMapper;
 pub use device::{DextBar, DextDevice, DextIdentity};
 pub use host::{DextHostFunction, KeptRegister};
 pub use interrupts::{DextInterrupts, MsiSink};
+pub use lock::{default_lock_dir, lock_path, DeviceLock};
 #[cfg(target_os = "macos")]
 pub use sys::IoKitConnection;

@@ -46,6 +46,17 @@
 //! - ConfigRead of a BAR register (4 bytes at 0x10-0x24) returns the BAR's type bits with a
 //!   zero address (macOS assigned the real address); reads of other widths are raw.
 //! - Closing the connection releases the claim, the DMA regions and the interrupts.
+//! - Claim is shared and reference-counted: a second client gets a "secondary claim" and the
+//!   same device, so Aperture locks each device itself ([`super::DeviceLock`]).
+//! - Start refuses class 0x04 (multimedia, [`REFUSED_BASE_CLASS`]): a GPU's HDMI audio has no
+//!   dext instance.
+//! - SetupInterrupts may set up fewer vectors than the MSI-X table has (256 at most, or one
+//!   MSI vector when MSI-X set-up fails): the guest is offered and given only those.
+//! - The dext grants `com.apple.developer.driverkit.allow-any-userclient-access`: opening its
+//!   user client needs no client entitlement ([`open_failure_hint`]).
+//!
+//! Each of these, with the source that supports it and the switch where a Mac must decide, is
+//! in `passthrough/docs/macos-notes.md` (issue #12).
 
 use std::fmt;
 
@@ -198,6 +209,10 @@ impl fmt::Display for MemoryType {
     }
 }
 
+/// PCI base class the dext refuses in Start: 0x04, multimedia (a GPU's HDMI/DP audio
+/// function). No dext instance ever serves such a function, so it cannot be assigned on macOS.
+pub const REFUSED_BASE_CLASS: u32 = 0x04;
+
 /// Size of the interrupt-state page.
 pub const IRQ_PAGE_SIZE: u64 = 16 << 10;
 /// Words of a vector bitmap (pending or enabled): 4 × 64 = [`MAX_VECTORS`].
@@ -292,6 +307,33 @@ pub fn describe_io_return(code: i32) -> String {
     format!("{known}, {:#010x}", code as u32)
 }
 
+/// What to do when IOServiceOpen on the dext returns `code`. The dext's entitlements include
+/// `com.apple.developer.driverkit.allow-any-userclient-access`, so any process may open it:
+/// no client entitlement is involved.
+pub fn open_failure_hint(code: i32) -> &'static str {
+    match code {
+        IO_RETURN_NOT_PRIVILEGED => {
+            "macOS refused this process although the extension accepts any client: check that \
+             the installed extension is qemu-vfio-apple's VFIOUserPCIDriver (other builds may \
+             restrict clients) and that it is activated"
+        }
+        IO_RETURN_EXCLUSIVE_ACCESS | IO_RETURN_BUSY => {
+            "another process has the device's user client open: stop it (another Aperture or \
+             QEMU) and retry"
+        }
+        IO_RETURN_NO_DEVICE | IO_RETURN_NOT_ATTACHED | IO_RETURN_NOT_FOUND => {
+            "the extension lost its device: replug the enclosure and retry"
+        }
+        IO_RETURN_NO_MEMORY | IO_RETURN_NO_SPACE => {
+            "the extension is out of resources: replug the enclosure or restart the Mac"
+        }
+        _ => {
+            "check that the extension is activated (System Settings > General > Login Items & \
+             Extensions > Driver Extensions) and replug the enclosure"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +345,16 @@ mod tests {
         assert_eq!(IO_RETURN_NOT_FOUND as u32, 0xe000_02f0);
         assert!(describe_io_return(IO_RETURN_NO_SPACE).contains("region slots"));
         assert_eq!(describe_io_return(0x1234), "IOReturn 0x00001234");
+    }
+
+    #[test]
+    fn open_failures_say_what_the_ioreturn_means_not_entitlements() {
+        for code in [IO_RETURN_NOT_PRIVILEGED, IO_RETURN_BUSY, IO_RETURN_NO_DEVICE, 0x1234] {
+            let hint = open_failure_hint(code);
+            assert!(!hint.contains("entitlement"), "{hint}");
+        }
+        assert!(open_failure_hint(IO_RETURN_EXCLUSIVE_ACCESS).contains("another process"));
+        assert!(open_failure_hint(IO_RETURN_NOT_ATTACHED).contains("replug"));
     }
 
     #[test]

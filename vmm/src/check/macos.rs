@@ -45,8 +45,35 @@ pub fn findings(probe: &MacProbe, memory_bytes: u64) -> Vec<Finding> {
             "nothing to do unless a device's BARs do not fit; update macOS",
         ),
     });
+    findings.push(passthrough_macos(probe.version.as_deref(), &probe.dext));
     findings.extend(dext(&probe.dext));
     findings
+}
+
+/// macOS 26 or later for `--device`: the dext's own requirement. A failure only when devices
+/// were asked for; VMs without them run on macOS 15.
+fn passthrough_macos(running: Option<&str>, probe: &DextProbe) -> Finding {
+    const WHAT: &str = "macOS for --device";
+    let need = version::DEXT_MACOS_MAJOR;
+    let fix = format!(
+        "update to macOS {need} or later to assign devices; VMs without --device run as they are"
+    );
+    match running.and_then(version::macos_major) {
+        Some(major) if major >= need => {
+            Finding::ok(WHAT, format!("macOS {major} (the passthrough dext needs {need})"))
+        }
+        Some(major) => {
+            let detail = format!(
+                "the passthrough dext (VFIOUserPCIDriver) needs macOS {need}; this Mac runs \
+                 macOS {major}"
+            );
+            match probe {
+                DextProbe::Devices(_) => Finding::fail(WHAT, detail, fix),
+                DextProbe::Survey(_) => Finding::warn(WHAT, detail, fix),
+            }
+        }
+        None => Finding::warn(WHAT, "cannot read the macOS version", fix),
+    }
 }
 
 /// macOS 15 or later: the in-kernel GIC.
@@ -124,7 +151,7 @@ mod tests {
 
     fn probe(dext: DextProbe) -> MacProbe {
         MacProbe {
-            version: Some("15.3.1".into()),
+            version: Some("26.1".into()),
             vm_create: status::HV_SUCCESS,
             max_ipa_bits: Ok(40),
             dext,
@@ -135,8 +162,20 @@ mod tests {
     fn a_ready_mac() {
         let f = findings(&probe(DextProbe::Survey(Ok(vec!["0a:00.0".into()]))), 512 << 20);
         assert!(f.iter().all(|f| f.status == Status::Ok), "{f:?}");
-        assert_eq!(f.len(), 4);
-        assert_eq!(f[3].detail, "VFIOUserPCIDriver serves 0a:00.0");
+        assert_eq!(f.len(), 5);
+        assert_eq!(f[4].detail, "VFIOUserPCIDriver serves 0a:00.0");
+    }
+
+    #[test]
+    fn devices_need_macos_26_vms_need_15() {
+        let survey = DextProbe::Survey(Ok(vec![]));
+        let devices = DextProbe::Devices(vec![]);
+        assert_eq!(passthrough_macos(Some("26.0"), &devices).status, Status::Ok);
+        let f = passthrough_macos(Some("15.4"), &devices);
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("needs macOS 26") && f.detail.contains("runs macOS 15"), "{f}");
+        assert_eq!(passthrough_macos(Some("15.4"), &survey).status, Status::Warn);
+        assert_eq!(macos_version(Some("15.4")).status, Status::Ok, "VMs run on 15");
     }
 
     #[test]

@@ -31,6 +31,16 @@ pub enum HypervisorError {
         /// The host's OS (`std::env::consts::OS`).
         os: &'static str,
     },
+    /// `--tso` on a hypervisor that cannot run a vCPU with total store ordering.
+    #[error(
+        "--tso: {hypervisor} cannot run a vCPU with total store ordering (only \
+         Hypervisor.framework on an Apple Silicon Mac can); run without --tso, and the x86 \
+         emulator (FEX-Emu) keeps emulating x86 ordering in software"
+    )]
+    TsoUnsupported {
+        /// The hypervisor.
+        hypervisor: &'static str,
+    },
     /// This macOS lacks the in-kernel GIC (macOS 14 and older).
     #[error("{}", version::gic_missing_message(.macos_version.as_deref()))]
     HvfNoGic {

@@ -29,6 +29,8 @@ pub type Result<T> = std::result::Result<T, HypervisorError>;
 pub struct VmSpec {
     /// Guest physical address size, in bits.
     pub ipa_bits: u32,
+    /// Run the vCPUs with x86-style total store ordering (`--tso`; Hypervisor.framework only).
+    pub tso: bool,
 }
 
 /// A host hypervisor.

@@ -40,6 +40,7 @@ fn config(vcpus: u32) -> VmConfig {
         devices: Vec::new(),
         // It would confine the test threads.
         seccomp: false,
+        tso: false,
     }
 }
 

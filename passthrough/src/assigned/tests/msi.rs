@@ -304,16 +304,18 @@ fn gpu_msi() {
     assert_eq!(read32(&mut f, 0x78) & 0xff, 0x10);
 }
 
-/// A host that delivers at most `max` MSI vectors (DriverKit's one-vector fallback).
+/// A host that delivers at most `max` vectors of `kind` (DriverKit's one-vector MSI fallback,
+/// or fewer MSI-X vectors than the table has).
 #[derive(Debug)]
-struct LimitedHost {
-    inner: super::fake::RecordingHost,
-    max: u16,
+pub(super) struct LimitedHost {
+    pub(super) inner: super::fake::RecordingHost,
+    pub(super) kind: crate::assigned::InterruptKind,
+    pub(super) max: u16,
 }
 
 impl crate::assigned::InterruptHost for LimitedHost {
     fn max_vectors(&self, kind: crate::assigned::InterruptKind) -> Option<u16> {
-        (kind == Msi).then_some(self.max)
+        (kind == self.kind).then_some(self.max)
     }
 
     fn set_vector_count(
@@ -321,7 +323,7 @@ impl crate::assigned::InterruptHost for LimitedHost {
         kind: crate::assigned::InterruptKind,
         vectors: u16,
     ) -> std::io::Result<()> {
-        assert!(kind != Msi || vectors <= self.max, "{vectors} MSI vectors asked");
+        assert!(kind != self.kind || vectors <= self.max, "{vectors} {kind} vectors asked");
         self.inner.set_vector_count(kind, vectors)
     }
 
@@ -341,7 +343,7 @@ fn multiple_messages_are_limited_to_what_the_host_delivers() {
     for (max, offered) in [(1, 1), (3, 2), (8, 8), (64, 8)] {
         let fake = msi_only(MSI_64BIT | MSI_PVM | 3 << 1).build();
         let inner = super::fake::RecordingHost::default();
-        let host = LimitedHost { inner: inner.clone(), max };
+        let host = LimitedHost { inner: inner.clone(), kind: Msi, max };
         let mut f = AssignedFunction::new("test-dev", Box::new(fake), Box::new(host)).unwrap();
         assert_eq!(f.msi_capability().map(|m| m.vectors()), Some(offered), "host max {max}");
         let log2 = offered.trailing_zeros() as u16;

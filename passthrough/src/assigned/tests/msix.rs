@@ -159,3 +159,22 @@ fn gpu_msix_in_bar0_and_exclusive_bar() {
     bar_write32(&mut f, 0, TABLE + 12, 0);
     assert_eq!(fake.log.lock().unwrap().bar_writes, vec![(0, TABLE + 12, vec![0; 4])]);
 }
+
+#[test]
+fn table_size_is_limited_to_what_the_host_delivers() {
+    let fake = nvme(false).build();
+    let inner = super::fake::RecordingHost::default();
+    let host = super::msi::LimitedHost { inner: inner.clone(), kind: Msix, max: 8 };
+    let mut f =
+        crate::assigned::AssignedFunction::new("test-dev", Box::new(fake), Box::new(host)).unwrap();
+    assert_eq!(read16(&mut f, CONTROL), 7, "table size 8, not the device's 65");
+    let placement = f.msix_placement().unwrap();
+    assert_eq!((placement.vectors, placement.table.clone()), (8, TABLE..TABLE + 8 * 16));
+    write16(&mut f, CONTROL, 0x8000);
+    assert_eq!(read16(&mut f, CONTROL), 0x8007);
+    assert_eq!(inner.take(), vec![HostCall::Count(Msix, 8)]);
+    program(&mut f, 7, 0x0808_0040, 0x27);
+    bar_write32(&mut f, 0, TABLE + 7 * 16 + 12, 0);
+    let m7 = MsiMessage { address: 0x0808_0040, data: 0x27 };
+    assert_eq!(inner.take(), vec![HostCall::Vector(Msix, 7, Some(m7), 0)]);
+}

@@ -328,14 +328,9 @@ impl IoKitConnection {
         match found.len() {
             1 => Ok(found.remove(0)),
             0 => match open_error {
-                Some(code) if serving.is_empty() => Err(DextError::IoKit {
-                    what: format!(
-                        "cannot open {DEXT_CLASS}'s user client for {address}: Aperture must be \
-                         signed with the com.apple.developer.driverkit.userclient-access \
-                         entitlement naming the extension"
-                    ),
-                    code,
-                }),
+                Some(code) if serving.is_empty() => {
+                    Err(DextError::OpenUserClient { address, code })
+                }
                 _ => Err(DextError::NoService { address, serving }),
             },
             count => Err(DextError::Ambiguous { address, count }),

@@ -8,7 +8,7 @@ use crate::assigned::{HostFunction, RegionInfo};
 use crate::driverkit::protocol::{
     MemoryType, Selector, IO_RETURN_NO_DEVICE, IO_RETURN_SUCCESS, IO_RETURN_UNSUPPORTED,
 };
-use crate::driverkit::{DextConnection, DextDevice, DextError, DextHostFunction};
+use crate::driverkit::{BarAccess, DextConnection, DextDevice, DextError, DextHostFunction};
 use crate::host::ResetOutcome;
 
 #[test]
@@ -44,6 +44,18 @@ fn another_device_is_refused_before_any_claim() {
     assert_eq!(fake.selectors(), vec![Selector::GetIdentity]);
     assert!(!fake.state().claimed);
     assert!(fake.state().closed, "the connection is closed again");
+}
+
+#[test]
+fn an_audio_function_is_refused_with_what_to_do() {
+    let (dext, fake) = fake();
+    fake.state().identity[5] = 0x040300;
+    let err = DextDevice::open(ADDRESS.parse().unwrap(), Arc::new(dext)).unwrap_err();
+    assert!(matches!(err, DextError::MultimediaFunction { class_code: 0x040300, .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("class 040300") && text.contains("only the GPU function"), "{text}");
+    assert!(!fake.state().claimed);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
 
 #[test]
@@ -97,7 +109,7 @@ fn bar_info_becomes_region_info_without_a_rom() {
 #[test]
 fn trapped_mmio_goes_through_the_memory_index() {
     let (device, fake) = open();
-    let host = DextHostFunction::new(device);
+    let host = DextHostFunction::new(device).with_bar_access(BarAccess::DextCalls);
     let mut data = [0u8; 8];
     host.bar_read(3, 0x10, &mut data).unwrap();
     // BAR 3 is PCIDriverKit memory index 2: pattern offset ^ 0x22.
@@ -113,6 +125,33 @@ fn trapped_mmio_goes_through_the_memory_index() {
     assert!(host.bar_write(2, 0, &[0]).is_err());
     assert_eq!(fake.calls_of(Selector::MmioRead).len(), 3);
     assert_eq!(fake.calls_of(Selector::MmioWrite).len(), 2);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+/// QEMU's client reads and writes its own mapping of the BAR: no Mach call per access.
+#[test]
+fn trapped_mmio_uses_the_bar_mapping_by_default() {
+    let (device, fake) = open();
+    let host = DextHostFunction::new(device);
+    host.bar_write(1, 0x100, &0xdead_beef_u32.to_le_bytes()).unwrap();
+    host.bar_write(1, 0x106, &0x1234_u16.to_le_bytes()).unwrap();
+    let mut data = [0u8; 8];
+    host.bar_read(1, 0x100, &mut data).unwrap();
+    assert_eq!(u64::from_le_bytes(data), 0x1234_0000_dead_beef);
+    assert!(
+        fake.calls_of(Selector::MmioRead).is_empty()
+            && fake.calls_of(Selector::MmioWrite).is_empty()
+    );
+    assert_eq!(
+        fake.state().mapped,
+        vec![MemoryType::Bar { index: 1, write_combine: true }],
+        "mapped once"
+    );
+    // The I/O BAR cannot be mapped: through the dext.
+    host.bar_read(5, 0x4, &mut data[..4]).unwrap();
+    assert_eq!(fake.state().mmio_reads, vec![(3, 0x4, 4)]);
+    // Past the BAR: refused.
+    assert!(host.bar_read(1, 0x100000, &mut data).is_err());
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 }
 

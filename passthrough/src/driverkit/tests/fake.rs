@@ -93,6 +93,9 @@ pub struct FakeState {
     /// By BAR: (memory index, size, type).
     pub bars: [Option<(u64, u64, u64)>; 6],
     pub claimed: bool,
+    /// Claims made: the dext's Claim is shared and reference-counted, so a second client's
+    /// claim succeeds too (a "secondary claim") and both drive the device.
+    pub claims: u32,
     pub closed: bool,
     pub calls: Vec<(Selector, Vec<u64>)>,
     /// (offset, width, value) of every config write that reached the "device".
@@ -204,6 +207,7 @@ pub fn fake() -> (FakeDext, FakeHandle) {
             Some((3, 0x80, 0x1)),
         ],
         claimed: false,
+        claims: 0,
         closed: false,
         calls: Vec::new(),
         config_writes: Vec::new(),
@@ -234,6 +238,12 @@ pub fn fake() -> (FakeDext, FakeHandle) {
 }
 
 impl FakeHandle {
+    /// Another client's connection to the same dext instance.
+    pub fn connect(&self) -> FakeDext {
+        self.state().closed = false;
+        FakeDext(self.0.clone())
+    }
+
     pub fn state(&self) -> MutexGuard<'_, FakeState> {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -324,7 +334,14 @@ impl FakeState {
                 Ok(IDENTITY_WORDS)
             }
             Selector::Claim => {
+                // The real dext's Start refuses class 0x04 (multimedia): no instance, so any
+                // call on one is a client that skipped the identity check.
+                if self.identity[5] >> 16 == u64::from(REFUSED_BASE_CLASS) {
+                    self.violations.push("Claim of a class 04 function".into());
+                    return Err(IO_RETURN_NO_DEVICE);
+                }
                 self.claimed = true;
+                self.claims += 1;
                 Ok(0)
             }
             Selector::ConfigRead => {

@@ -92,13 +92,16 @@ fn masked_vectors_are_held_and_delivered_on_unmask() {
 }
 
 #[test]
-fn off_means_the_dext_drops_and_too_many_vectors_are_refused() {
+fn off_means_the_dext_drops_and_too_many_vectors_are_capped() {
     let (device, fake) = open();
     let (sink, rx) = sink();
     let mut irqs = DextInterrupts::new(&device, sink);
-    let err = irqs.set_vector_count(Msix, MSIX_VECTORS as u16 + 1).unwrap_err();
-    assert!(err.to_string().contains("set up 8 vectors"), "{err}");
     assert!(irqs.set_vector(Msix, 0, Some(msg(1)), 0).is_err(), "not enabled");
+    // More than the dext set up: what there is, not nothing.
+    irqs.set_vector_count(Msix, MSIX_VECTORS as u16 + 1).unwrap();
+    assert_eq!(fake.state().enabled, [0xff, 0, 0, 0]);
+    irqs.set_vector(Msix, MSIX_VECTORS as u16, Some(msg(2)), 0).unwrap();
+    assert!(irqs.set_vector(Msix, MSIX_VECTORS as u16 + 1, Some(msg(2)), 0).is_err());
     irqs.set_vector_count(Msix, 8).unwrap();
     assert_eq!(fake.state().enabled, [0xff, 0, 0, 0]);
     irqs.set_vector_count(Msix, 0).unwrap();
@@ -143,7 +146,9 @@ fn a_device_without_vectors_offers_none() {
     let (sink, _rx) = sink();
     let mut irqs = DextInterrupts::new(&device, sink);
     assert_eq!(irqs.host_vectors(), 0);
-    assert!(irqs.set_vector_count(Msix, 1).is_err());
+    assert_eq!(irqs.max_vectors(Msix), Some(0));
+    irqs.set_vector_count(Msix, 1).unwrap();
+    assert!(irqs.set_vector(Msix, 0, Some(msg(1)), 0).is_err(), "nothing to route");
     assert!(fake.calls_of(Selector::SetIrqMask).is_empty());
 }
 
@@ -180,4 +185,49 @@ fn guest_msix_programming_reaches_the_sink_with_the_requester_id() {
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), (msg(0x41), 0x0200));
     assert!(fake.state().mmio_writes.is_empty(), "the table is emulated, never the device's");
     assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+/// The dext set up fewer vectors than the MSI-X table has (its 256 cap, or the one-vector MSI
+/// fallback of `vfio_user_setup_interrupts`): the guest is offered that many and its enable
+/// delivers interrupts instead of losing them all.
+#[test]
+fn fewer_vectors_than_the_table_are_offered_and_all_of_them_work() {
+    let (device, fake) = open();
+    fake.state().vectors = 3;
+    let (sink, rx) = sink();
+    let host = DextHostFunction::new(device.clone());
+    let interrupts = DextInterrupts::new(&device, sink);
+    let mut f = AssignedFunction::new("dext", Box::new(host), Box::new(interrupts)).unwrap();
+    let control = MSIX_CAP as u16 + 2;
+    let mut bytes = [0u8; 2];
+    f.config_read(control, &mut bytes);
+    assert_eq!(u16::from_le_bytes(bytes) & 0x7ff, 2, "table size 3, not the device's 8");
+    f.config_write(control, &0xc000_u16.to_le_bytes());
+    let entry = MSIX_TABLE + 2 * 16;
+    f.bar_write(0, entry, &0x0809_0040_u32.to_le_bytes());
+    f.bar_write(0, entry + 4, &0u32.to_le_bytes());
+    f.bar_write(0, entry + 8, &0x52_u32.to_le_bytes());
+    f.bar_write(0, entry + 12, &0u32.to_le_bytes());
+    f.config_write(control, &0x8000_u16.to_le_bytes());
+    assert_eq!(fake.state().enabled, [0b111, 0, 0, 0]);
+    fake.raise(&[2]);
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), (msg(0x52), 0));
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+}
+
+/// A guest that enables more vectors than the dext has (no table-size limit in between) gets
+/// the ones there are.
+#[test]
+fn enabling_more_vectors_than_set_up_enables_those_there_are() {
+    let (device, fake) = open();
+    fake.state().vectors = 1;
+    let (sink, rx) = sink();
+    let mut irqs = DextInterrupts::new(&device, sink);
+    irqs.set_vector_count(Msi, 4).unwrap();
+    assert_eq!(fake.state().enabled, [1, 0, 0, 0]);
+    for v in 0..4 {
+        irqs.set_vector(Msi, v, Some(msg(0x60 + u32::from(v))), 0x0100).unwrap();
+    }
+    fake.raise(&[0]);
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), (msg(0x60), 0x0100));
 }

@@ -1,5 +1,6 @@
 //! The DriverKit client against a fake dext that behaves as the real one's source does.
 
+mod backend;
 mod dart;
 mod device;
 mod fake;

@@ -172,7 +172,7 @@ const RAM_BASE: u64 = 0x4000_0000;
 const RAM_SIZE: u64 = 16 << 20;
 
 fn ram() -> GuestRam {
-    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40 }).unwrap();
+    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40, tso: false }).unwrap();
     GuestRam::new(vm.as_ref(), RAM_BASE, RAM_SIZE).unwrap()
 }
 
@@ -181,7 +181,7 @@ fn device(address: &str, dma: DmaMode) -> DeviceConfig {
 }
 
 fn fake_host() -> (FakePlatform, FakeBackend, Calls) {
-    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40 }).unwrap();
+    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40, tso: false }).unwrap();
     let (platform, backend) = FakePlatform::new(&vm, None).unwrap();
     let calls = platform.0.clone();
     (platform, backend, calls)

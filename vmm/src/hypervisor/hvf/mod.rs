@@ -7,7 +7,9 @@ pub mod power;
 pub mod status;
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 mod sys;
+pub mod tso;
 pub mod version;
+pub mod vtimer;
 
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 pub use sys::Hvf;

@@ -3,6 +3,11 @@
 /// The first macOS with the in-kernel GICv3 (`hv_gic_create`).
 pub const GIC_MACOS_MAJOR: u32 = 15;
 
+/// The first macOS the passthrough dext (qemu-vfio-apple's VFIOUserPCIDriver) supports: both
+/// qemu-vfio-apple READMEs require macOS 26 and Xcode 26.3 for it. VMs without `--device`
+/// need only [`GIC_MACOS_MAJOR`].
+pub const DEXT_MACOS_MAJOR: u32 = 26;
+
 /// The major version of a `kern.osproductversion` string ("15.3.1" gives 15).
 pub fn macos_major(version: &str) -> Option<u32> {
     version.trim().split('.').next()?.parse().ok()

@@ -78,6 +78,6 @@ impl Hypervisor for Hvf {
     }
 
     fn create_vm(&self, spec: &VmSpec) -> Result<Arc<dyn Vm>> {
-        Ok(Arc::new(vm::HvfVm::create(self.gic, spec.ipa_bits)?))
+        Ok(Arc::new(vm::HvfVm::create(self.gic, spec.ipa_bits, spec.tso)?))
     }
 }

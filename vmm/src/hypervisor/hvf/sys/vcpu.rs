@@ -20,7 +20,8 @@ use super::os;
 use super::regs;
 use super::vm::Shared;
 use crate::hypervisor::hvf::power::RunGate;
-use crate::hypervisor::hvf::status;
+use crate::hypervisor::hvf::vtimer::VtimerGate;
+use crate::hypervisor::hvf::{status, tso};
 use crate::hypervisor::{
     GuestError, HypervisorError, MmioHandler, Result, Vcpu, VcpuExit, VcpuKick,
 };
@@ -64,6 +65,8 @@ pub struct HvfVcpu {
     /// Whether an unexpected exit kind was logged already.
     pub(super) logged_wfi: bool,
     logged_vtimer: bool,
+    /// The virtual timer, masked by the framework after a VTIMER_ACTIVATED exit.
+    vtimer: VtimerGate,
 }
 
 impl HvfVcpu {
@@ -88,6 +91,7 @@ impl HvfVcpu {
             logged_sysregs: HashSet::new(),
             logged_wfi: false,
             logged_vtimer: false,
+            vtimer: VtimerGate::default(),
         };
         // From here on, Drop destroys the vCPU if setup fails.
         vcpu.configure()?;
@@ -109,6 +113,9 @@ impl HvfVcpu {
         if with_gic != pfr0 {
             regs::set_sys(self.id, hv_sys_reg_t::ID_AA64PFR0_EL1, with_gic)?;
         }
+        if self.shared.tso {
+            self.enable_tso()?;
+        }
         let mut offset = 0;
         // SAFETY: valid out-pointer; on the vCPU's thread.
         let ret = unsafe { hv_vcpu_get_vtimer_offset(self.id, &mut offset) };
@@ -119,6 +126,22 @@ impl HvfVcpu {
             "vCPU {}: MPIDR {mpidr:#x}, ID_AA64MMFR0_EL1 {clamped:#x}, counter {} Hz",
             self.index, self.counter_hz
         );
+        Ok(())
+    }
+
+    /// Turns on total store ordering before the vCPU's first instruction, and checks the
+    /// host kept it (see [`crate::hypervisor::hvf::tso`]).
+    fn enable_tso(&mut self) -> Result<()> {
+        let actlr = regs::get_sys(self.id, hv_sys_reg_t::ACTLR_EL1)?;
+        regs::set_sys(self.id, hv_sys_reg_t::ACTLR_EL1, tso::with_tso(actlr))?;
+        let kept = regs::get_sys(self.id, hv_sys_reg_t::ACTLR_EL1)?;
+        if !tso::tso_on(kept) {
+            return Err(HypervisorError::call(
+                "setting ACTLR_EL1.EnTSO",
+                std::io::Error::other(tso::not_kept_message(self.index, kept)),
+            ));
+        }
+        debug!("vCPU {}: total store ordering on (ACTLR_EL1 {kept:#x})", self.index);
         Ok(())
     }
 
@@ -159,21 +182,36 @@ impl HvfVcpu {
     }
 
     /// With the in-kernel GIC the framework handles the virtual timer itself, so this exit
-    /// should not come (QEMU asserts it does not; Alioth handles none). If it does, unmask
-    /// the timer so it keeps firing, and say so once.
+    /// should not come (QEMU asserts it does not; Alioth handles none). If it does, the
+    /// framework has masked the timer: keep it masked until the guest's timer stops asserting
+    /// ([`VtimerGate`], QEMU's `hvf_sync_vtimer`), and say so once.
     fn vtimer_activated(&mut self) -> Result<VcpuExit> {
         if !self.logged_vtimer {
             self.logged_vtimer = true;
             warn!(
-                "vCPU {}: unexpected virtual-timer exit with the in-kernel GIC; unmasking the \
-                 timer (report this with your macOS version if the guest stalls)",
+                "vCPU {}: unexpected virtual-timer exit with the in-kernel GIC; the timer stays \
+                 masked until the guest handles it (report this with your macOS version if the \
+                 guest stalls)",
                 self.index
             );
         }
-        // SAFETY: plain values; on the vCPU's thread.
-        let ret = unsafe { hv_vcpu_set_vtimer_mask(self.id, false) };
-        status::check(ret, || format!("unmasking the vtimer of vCPU {}", self.index))?;
+        self.vtimer.activated();
         Ok(VcpuExit::Handled)
+    }
+
+    /// Before entering the guest: unmask the virtual timer if the framework masked it and
+    /// the guest's timer no longer asserts.
+    fn sync_vtimer(&mut self) -> Result<()> {
+        if !self.vtimer.masked() {
+            return Ok(());
+        }
+        let ctl = regs::get_sys(self.id, hv_sys_reg_t::CNTV_CTL_EL0)?;
+        if self.vtimer.unmask_before_entry(ctl) {
+            // SAFETY: plain values; on the vCPU's thread.
+            let ret = unsafe { hv_vcpu_set_vtimer_mask(self.id, false) };
+            status::check(ret, || format!("unmasking the vtimer of vCPU {}", self.index))?;
+        }
+        Ok(())
     }
 }
 
@@ -241,6 +279,7 @@ impl Vcpu for HvfVcpu {
             RunGate::Start(on) => self.start(&on)?,
             RunGate::Run => {}
         }
+        self.sync_vtimer()?;
         // SAFETY: runs this thread's vCPU; HVF fills the exit information.
         let ret = unsafe { hv_vcpu_run(self.id) };
         // The vCPU is named by whoever reports the error.

@@ -23,6 +23,8 @@ use crate::hypervisor::{GicSpec, HypervisorError, MemorySlot, MsiController, Res
 pub struct Shared {
     /// Guest physical address size, for the vCPUs' PARange.
     pub ipa_bits: u32,
+    /// Whether the vCPUs run with total store ordering (`--tso`).
+    pub tso: bool,
     /// The GIC functions.
     pub gic: GicApi,
     /// Where the GIC was created.
@@ -146,8 +148,9 @@ fn create_gic(api: &GicApi) -> Result<GicPlan> {
 }
 
 impl HvfVm {
-    /// Creates the process's VM with an `ipa_bits` guest physical address space, and its GIC.
-    pub fn create(gic: GicApi, ipa_bits: u32) -> Result<Self> {
+    /// Creates the process's VM with an `ipa_bits` guest physical address space, and its GIC;
+    /// its vCPUs will run with total store ordering if `tso`.
+    pub fn create(gic: GicApi, ipa_bits: u32, tso: bool) -> Result<Self> {
         // SAFETY: creates a configuration object; released below.
         let config = unsafe { hv_vm_config_create() };
         if config.is_null() {
@@ -175,8 +178,14 @@ impl HvfVm {
         std::mem::forget(guard);
         info!("Hypervisor.framework VM created with a {ipa_bits}-bit guest physical address space");
         let slots = SlotTable::new("Hypervisor.framework", super::super::GRANULE, u32::MAX);
-        let shared =
-            Shared { ipa_bits, gic, plan, power: VcpuPower::default(), slots: Mutex::new(slots) };
+        let shared = Shared {
+            ipa_bits,
+            tso,
+            gic,
+            plan,
+            power: VcpuPower::default(),
+            slots: Mutex::new(slots),
+        };
         Ok(Self { shared: Arc::new(shared) })
     }
 

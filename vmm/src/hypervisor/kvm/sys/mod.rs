@@ -53,6 +53,9 @@ impl Hypervisor for Kvm {
     }
 
     fn create_vm(&self, spec: &VmSpec) -> Result<Arc<dyn Vm>> {
+        if spec.tso {
+            return Err(HypervisorError::TsoUnsupported { hypervisor: "KVM" });
+        }
         let fd = self.kvm.create_vm_with_ipa_size(spec.ipa_bits).map_err(|e| {
             HypervisorError::KvmCreateVm { ipa_bits: spec.ipa_bits, source: e.into() }
         })?;
