@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::virtio::test_ring::*;
-use crate::virtio::QueueNotifier;
+use crate::virtio::QueueEvent;
 
 const HEADER: u64 = DATA_BASE;
 const DATA: u64 = DATA_BASE + 0x1000;
@@ -568,8 +568,8 @@ fn activate(
     mem: &GuestMemoryMmap,
     ring: &TestRing<'_>,
     interrupt: &Arc<RecordingInterrupt>,
-) -> Arc<QueueNotifier> {
-    let notify = Arc::new(QueueNotifier::default());
+) -> Arc<QueueEvent> {
+    let notify = Arc::new(QueueEvent::new().unwrap());
     let active = ActiveQueue { index: 0, queue: ring.queue(), notify: Arc::clone(&notify) };
     let interrupt: Arc<dyn VirtioInterrupt> = Arc::clone(interrupt) as Arc<dyn VirtioInterrupt>;
     block.activate(mem.clone(), vec![active], interrupt).unwrap();
@@ -620,7 +620,7 @@ fn activation_checks_the_queues() {
 
     let mut queue = ring.queue();
     queue.set_ready(false);
-    let notify = Arc::new(QueueNotifier::default());
+    let notify = Arc::new(QueueEvent::new().unwrap());
     let active = ActiveQueue { index: 0, queue, notify };
     assert!(block.activate(mem.clone(), vec![active], interrupt).is_err());
     block.reset();
