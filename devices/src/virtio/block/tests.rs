@@ -814,7 +814,7 @@ fn scattered_request(mem: &GuestMemoryMmap, kind: u32, sector: u64, pages: u64) 
 #[test]
 fn one_mib_scattered_requests_go_straight_to_guest_memory() {
     let pages = 256u64;
-    let contents: Vec<u8> = (0..2 << 20).map(|i: usize| (i % 251 ^ i >> 12) as u8).collect();
+    let contents: Vec<u8> = (0..2 << 20).map(|i: usize| ((i % 251) ^ (i >> 12)) as u8).collect();
     let image = TempImage::new(&contents);
     let mut proc = processor(&image, false);
     let mem = big_memory();
