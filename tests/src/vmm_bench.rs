@@ -28,7 +28,7 @@ case " $(cat /proc/cmdline) " in
     modprobe -a virtio_pci virtio_mmio virtio_blk 2>/dev/null
     n=0
     while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-    for spec in 1M:128 4K:8192; do
+    for spec in 1M:128 4K:2048; do
         bs=${spec%:*} count=${spec#*:}
         echo "BENCH-READ-START bs=$bs"
         sleep 1
@@ -49,26 +49,34 @@ poweroff -f
 pub const GUEST_MEMORY_MIB: u32 = 256;
 /// vCPUs of every run.
 pub const GUEST_CPUS: u32 = 2;
-/// The disk read in L1's tmpfs, in MiB (the reads cover 128 MiB and 32 MiB of it).
+/// The disk read in L1's tmpfs, in MiB (the reads cover 128 MiB and 8 MiB of it).
 pub const DISK_MIB: u32 = 160;
-/// Where the peer binary lands in L1.
-pub const PEER_PATH: &str = "/tmp/peer-kvmtool";
-
 /// Which VMM a case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vmm {
     /// `/aperture` of the rig.
     Aperture,
-    /// kvmtool's `lkvm`, copied into L1 from the disk the bench gives L1.
+    /// Another `aperture` binary (e.g. an older build), copied into L1 from a disk.
+    ApertureBaseline,
+    /// kvmtool's `lkvm`, copied into L1 from a disk.
     Kvmtool,
 }
 
 impl Vmm {
-    /// Its name in case names and the table.
+    /// Its name in case names, the table, and the serial of the disk that carries it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Aperture => "aperture",
+            Self::ApertureBaseline => "aperture-base",
             Self::Kvmtool => "kvmtool",
+        }
+    }
+
+    /// Where its binary is in L1.
+    pub fn binary(self) -> String {
+        match self {
+            Self::Aperture => "/aperture".into(),
+            other => format!("/tmp/bin-{}", other.name()),
         }
     }
 
@@ -76,25 +84,27 @@ impl Vmm {
     fn command(self, read: bool) -> String {
         let extra = if read { " bench.read" } else { "" };
         match self {
-            Self::Aperture => format!(
-                "/aperture run --kernel /guest/Image --initrd /tmp/bench.cpio --cpus {GUEST_CPUS} \
+            Self::Aperture | Self::ApertureBaseline => format!(
+                "{} run --kernel /guest/Image --initrd /tmp/bench.cpio --cpus {GUEST_CPUS} \
                  --memory {GUEST_MEMORY_MIB} --timeout 300 --cmdline 'console=ttyAMA0 panic=-1 \
                  quiet{extra}'{}",
+                self.binary(),
                 if read { " --disk /tmp/bench-disk.img" } else { "" }
             ),
             // No network (Aperture has none); its serial console, as Aperture's PL011.
             Self::Kvmtool => format!(
-                "{PEER_PATH} run -k /guest/Image -i /tmp/bench.cpio -c {GUEST_CPUS} -m \
+                "{} run -k /guest/Image -i /tmp/bench.cpio -c {GUEST_CPUS} -m \
                  {GUEST_MEMORY_MIB} -n mode=none --console serial -p 'quiet{extra}'{}",
+                self.binary(),
                 if read { " -d /tmp/bench-disk.img" } else { "" }
             ),
         }
     }
 }
 
-/// L1 script lines that prepare the bench guest, the disk and (when `peer_bytes` is given)
-/// the peer binary from L1's first virtio disk.
-fn prelude(peer_bytes: Option<u64>) -> String {
+/// L1 script lines that prepare the bench guest, the disk and the binaries brought on L1's
+/// virtio disks (`(vmm, length)`: the disk whose serial is the VMM's name).
+fn prelude(binaries: &[(Vmm, u64)]) -> String {
     let mut text = String::from(
         r#"mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 kvm_stat() { cat "/sys/kernel/debug/kvm/$1" 2>/dev/null || echo 0; }
@@ -114,16 +124,22 @@ fi
 [ -f /tmp/bench-disk.img ] || dd if=/dev/zero of=/tmp/bench-disk.img bs=1M count={DISK_MIB} 2>/dev/null
 "#
     );
-    if let Some(bytes) = peer_bytes {
+    for &(vmm, bytes) in binaries {
         let _ = write!(
             text,
-            r#"if [ ! -x {PEER_PATH} ]; then
+            r#"if [ ! -x {path} ]; then
     modprobe -a virtio_pci virtio_blk 2>/dev/null
     n=0
     while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-    head -c {bytes} /dev/vda > {PEER_PATH} && chmod 755 {PEER_PATH}
+    sleep 1
+    for d in /sys/block/vd*; do
+        [ "$(cat "$d/serial" 2>/dev/null)" = {serial} ] && head -c {bytes} "/dev/${{d##*/}}" > {path}
+    done
+    chmod 755 {path}
 fi
-"#
+"#,
+            path = vmm.binary(),
+            serial = vmm.name(),
         );
     }
     text
@@ -132,8 +148,8 @@ fi
 /// The L1 script of one run: the VMM's output through a loop that samples KVM's exit
 /// counters at the guest's read markers, a watcher that keeps the VMM's VmHWM, and a
 /// summary line with L1's clock around the run.
-pub fn case_script(vmm: Vmm, read: bool, peer_bytes: Option<u64>) -> String {
-    let mut text = prelude(peer_bytes);
+pub fn case_script(vmm: Vmm, read: bool, binaries: &[(Vmm, u64)]) -> String {
+    let mut text = prelude(binaries);
     let _ = write!(
         text,
         r#"up() {{ cut -d' ' -f1 /proc/uptime; }}
@@ -145,7 +161,7 @@ t0=$(up)
 pid=$!
 ( hwm=0
   while kill -0 "$pid" 2>/dev/null; do
-      v=$(sed -n 's/^VmHWM: *\([0-9]*\) kB/\1/p' "/proc/$pid/status" 2>/dev/null)
+      v=$(awk '/^VmHWM:/ {{ print $2 }}' "/proc/$pid/status" 2>/dev/null)
       [ -n "$v" ] && hwm=$v && echo "$hwm" > /tmp/bench-hwm
       usleep 50000
   done ) &
@@ -342,15 +358,19 @@ mod tests {
 
     #[test]
     fn scripts_run_the_right_command_and_carry_the_guest_init() {
-        let aperture = case_script(Vmm::Aperture, true, None);
+        let aperture = case_script(Vmm::Aperture, true, &[]);
         assert!(aperture.contains("/aperture run --kernel /guest/Image --initrd /tmp/bench.cpio"));
         assert!(aperture.contains("--disk /tmp/bench-disk.img"));
         assert!(aperture.contains("quiet bench.read'"));
         assert!(aperture.contains(GUEST_INIT));
-        assert!(!aperture.contains(PEER_PATH));
-        let kvmtool = case_script(Vmm::Kvmtool, false, Some(1234));
-        assert!(kvmtool.contains("head -c 1234 /dev/vda > /tmp/peer-kvmtool"));
-        assert!(kvmtool.contains("/tmp/peer-kvmtool run -k /guest/Image"));
+        assert!(!aperture.contains("/tmp/bin-"));
+        let binaries = [(Vmm::Kvmtool, 1234), (Vmm::ApertureBaseline, 99)];
+        let kvmtool = case_script(Vmm::Kvmtool, false, &binaries);
+        assert!(
+            kvmtool.contains(r#"= kvmtool ] && head -c 1234 "/dev/${d##*/}" > /tmp/bin-kvmtool"#)
+        );
+        assert!(kvmtool.contains(r#"= aperture-base ] && head -c 99 "#));
+        assert!(kvmtool.contains("/tmp/bin-kvmtool run -k /guest/Image"));
         assert!(!kvmtool.contains(" -d /tmp/bench-disk.img"));
         assert!(kvmtool.contains("L1-BENCH vmm=kvmtool"));
     }

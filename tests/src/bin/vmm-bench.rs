@@ -2,8 +2,9 @@
 //! `APERTURE_PEER_KVMTOOL=/path/to/static/arm64/lkvm` is set, in one boot of the emulated
 //! host, and prints side by side: boot-to-poweroff and the VMM's share of it (median of RUNS,
 //! default 5), virtio-blk direct reads at 1 MiB and 4 KiB, VMM exits per MiB read, peak RSS.
-//! `APERTURE_BENCH_L1_BASE=/path/l1-base.cpio` boots another L1 image (e.g. one packed with
-//! an older `aperture` by `APERTURE_BIN=... tests/rig/build-rig.sh`). kvmtool is never built
+//! `APERTURE_BENCH_BASELINE=/path/to/aperture` adds another (static arm64) Aperture build,
+//! e.g. main's, to the same run as "aperture-base"; `APERTURE_BENCH_L1_BASE=/path/l1-base.cpio`
+//! boots another L1 image. Binaries reach L1 on virtio disks of their own. kvmtool is never built
 //! or shipped by this project: bring your own binary. Figures for notes, not pass/fail.
 //! Needs the rig built (tests/rig/build-rig.sh).
 
@@ -23,14 +24,19 @@ const DEFAULT_RUNS: usize = 5;
 const USAGE: &str =
     "usage: [APERTURE_PEER_KVMTOOL=lkvm] vmm-bench [RUNS]   (RUNS 1..=20, default 5)";
 
-/// Copies the peer binary, padded to whole sectors, to a disk image L1 reads it from;
-/// returns the image and the binary's length.
-fn peer_disk(binary: &PathBuf, rig_dir: &std::path::Path) -> Result<(PathBuf, u64), String> {
-    let mut bytes = std::fs::read(binary)
-        .map_err(|e| format!("APERTURE_PEER_KVMTOOL={}: {e}", binary.display()))?;
+/// Copies a binary, padded to whole sectors, to a disk image L1 reads it from; returns the
+/// image and the binary's length.
+fn binary_disk(
+    variable: &str,
+    binary: &PathBuf,
+    vmm: Vmm,
+    rig_dir: &std::path::Path,
+) -> Result<(PathBuf, u64), String> {
+    let mut bytes =
+        std::fs::read(binary).map_err(|e| format!("{variable}={}: {e}", binary.display()))?;
     let len = bytes.len() as u64;
     bytes.resize(bytes.len().div_ceil(512) * 512, 0);
-    let image = rig_dir.join("peer-kvmtool.img");
+    let image = rig_dir.join(format!("bench-{}.img", vmm.name()));
     std::fs::write(&image, &bytes).map_err(|e| format!("{}: {e}", image.display()))?;
     Ok((image, len))
 }
@@ -54,8 +60,9 @@ fn row(label: &str, values: &[Option<f64>], unit: &str, digits: usize) {
             None => line.push_str(&format!("{:>14}", "-")),
         }
     }
-    if let [Some(ours), Some(peer)] = values {
-        if *peer != 0.0 {
+    // Aperture against the last column (kvmtool when given).
+    if let (Some(Some(ours)), Some(Some(peer))) = (values.first(), values.last()) {
+        if values.len() > 1 && *peer != 0.0 {
             line.push_str(&format!("   ({:.2}x)", ours / peer));
         }
     }
@@ -79,18 +86,23 @@ fn main() -> ExitCode {
         options.paths.l1_base = PathBuf::from(base);
     }
     let mut vmms = vec![Vmm::Aperture];
-    let mut peer_bytes = None;
-    if let Some(peer) = std::env::var_os("APERTURE_PEER_KVMTOOL") {
-        match peer_disk(&PathBuf::from(peer), &options.paths.rig_dir) {
+    let mut binaries = Vec::new();
+    for (variable, vmm) in [
+        ("APERTURE_BENCH_BASELINE", Vmm::ApertureBaseline),
+        ("APERTURE_PEER_KVMTOOL", Vmm::Kvmtool),
+    ] {
+        let Some(path) = std::env::var_os(variable) else { continue };
+        match binary_disk(variable, &PathBuf::from(path), vmm, &options.paths.rig_dir) {
             Ok((image, len)) => {
-                options.extra_qemu_args = vec![
+                let id = vmm.name();
+                options.extra_qemu_args.extend([
                     "-drive".into(),
-                    format!("file={},format=raw,if=none,id=peer,readonly=on", image.display()),
+                    format!("file={},format=raw,if=none,id={id},readonly=on", image.display()),
                     "-device".into(),
-                    "virtio-blk-pci,drive=peer".into(),
-                ];
-                peer_bytes = Some(len);
-                vmms.push(Vmm::Kvmtool);
+                    format!("virtio-blk-pci,drive={id},serial={id}"),
+                ]);
+                binaries.push((vmm, len));
+                vmms.push(vmm);
             }
             Err(error) => {
                 eprintln!("vmm-bench: {error}");
@@ -102,12 +114,12 @@ fn main() -> ExitCode {
     let mut cases = Vec::new();
     for i in 1..=runs {
         for &vmm in &vmms {
-            let script = case_script(vmm, false, peer_bytes);
+            let script = case_script(vmm, false, &binaries);
             cases.push(Case::new(format!("{}-boot-{i}", vmm.name()), script));
         }
     }
     for &vmm in &vmms {
-        let script = case_script(vmm, true, peer_bytes);
+        let script = case_script(vmm, true, &binaries);
         cases.push(
             Case::new(format!("{}-read", vmm.name()), script).with_limit(Duration::from_secs(400)),
         );
