@@ -275,14 +275,15 @@ impl BlockRequestProcessor {
         match header.kind {
             VIRTIO_BLK_T_IN => {
                 let offset = self.check_transfer(header.sector, data, "read", true, mem)?;
-                self.read(offset, data, mem, written)?;
+                let len = self.transfer(Direction::Read, offset, data, mem)?;
+                *written = written.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
             }
             VIRTIO_BLK_T_OUT => {
                 if self.read_only {
                     return Err(RequestError::ReadOnly);
                 }
                 let offset = self.check_transfer(header.sector, data, "write", false, mem)?;
-                self.write(offset, data, mem)?;
+                self.transfer(Direction::Write, offset, data, mem)?;
             }
             VIRTIO_BLK_T_FLUSH => {
                 if !self.read_only {
@@ -327,34 +328,20 @@ impl BlockRequestProcessor {
         Ok(offset)
     }
 
-    /// Image → guest, straight into guest RAM.
-    fn read(
+    /// Image → guest (`Read`) or guest → image (`Write`), straight between the image and
+    /// guest RAM; returns the bytes moved.
+    fn transfer(
         &mut self,
+        direction: Direction,
         offset: u64,
         data: &[Descriptor],
         mem: &GuestMemoryMmap,
-        written: &mut u32,
-    ) -> Result<(), RequestError> {
+    ) -> Result<u64, RequestError> {
         let (buffers, len) = host_buffers(data, mem)?;
-        // SAFETY: the buffers are guest RAM mappings checked writable by `check_transfer`;
-        // `mem` keeps them mapped for the call.
-        unsafe { host_io::transfer_at(&self.file, Direction::Read, &buffers, offset)? };
-        *written = written.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
-        Ok(())
-    }
-
-    /// Guest → image, straight from guest RAM.
-    fn write(
-        &mut self,
-        offset: u64,
-        data: &[Descriptor],
-        mem: &GuestMemoryMmap,
-    ) -> Result<(), RequestError> {
-        let (buffers, _) = host_buffers(data, mem)?;
-        // SAFETY: the buffers are guest RAM mappings checked by `check_transfer`; `mem` keeps
-        // them mapped for the call, which only reads them.
-        unsafe { host_io::transfer_at(&self.file, Direction::Write, &buffers, offset)? };
-        Ok(())
+        // SAFETY: the buffers are guest RAM mappings that `check_transfer` found in guest RAM
+        // with the access the direction needs; `mem` keeps them mapped for the call.
+        unsafe { host_io::transfer_at(&self.file, direction, &buffers, offset)? };
+        Ok(len)
     }
 
     /// DISCARD or WRITE_ZEROES: each range is deallocated or zeroed in place.
