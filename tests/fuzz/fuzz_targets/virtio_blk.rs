@@ -263,7 +263,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 // Discard/write-zeroes ranges where a data buffer is likely to be.
                 for i in 0..u.int_in_range(0..=3u64)? {
                     let at = buffer_addr(u)?;
-                    let _ = mem.write_slice(&discard_range(u)?, GuestAddress(at + 16 * i));
+                    let _ =
+                        mem.write_slice(&discard_range(u)?, GuestAddress(at.wrapping_add(16 * i)));
                 }
             }
             6 => {
