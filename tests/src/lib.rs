@@ -18,6 +18,7 @@ mod nvme;
 mod paths;
 mod qemu;
 mod rig;
+pub mod vmm_bench;
 
 pub use case::{Case, CaseOutput};
 pub use console_log::{CASE_BEGIN, CASE_END, CASE_WATCHDOG, L1_DONE, L1_READY};

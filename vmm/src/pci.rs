@@ -293,7 +293,9 @@ pub fn build_pci(
             .write(!disk.readonly)
             .open(&disk.path)
             .map_err(|source| PciSetupError::OpenDisk { path: path.clone(), source })?;
-        let mut block = Block::new(file, disk.readonly, &path)
+        // One request queue per vCPU (the device caps it), so vCPUs do not share a ring.
+        let queues = u16::try_from(config.vcpus).unwrap_or(u16::MAX);
+        let mut block = Block::with_queues(file, disk.readonly, &path, queues)
             .map_err(|e| PciSetupError::Disk { path: path.clone(), reason: e.to_string() })?;
         info!(
             "virtio-blk{index}: {path}, {} sectors{}",

@@ -1,8 +1,10 @@
 //! virtio devices, independent of the transport (the PCI transport is in `pci`).
 
 pub mod block;
+mod queue_event;
 mod queue_service;
 pub mod rng;
+pub mod sys;
 #[cfg(test)]
 mod test_ring;
 mod worker;
@@ -13,6 +15,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use block::Block;
+pub use queue_event::QueueEvent;
 pub use rng::Rng;
 pub use worker::WorkerStartHook;
 
@@ -42,35 +45,9 @@ pub struct ActiveQueue {
     pub index: u16,
     /// The queue (virtio-queue), with sizes and ring addresses set by the driver.
     pub queue: Queue,
-    /// Rung by the transport when the driver notifies this queue.
-    pub notify: Arc<QueueNotifier>,
-}
-
-/// Wakes a device worker when the driver notifies a queue. Portable: a counter under a
-/// mutex with a condition variable (the vCPU thread that trapped the notify write kicks it).
-#[derive(Debug, Default)]
-pub struct QueueNotifier {
-    pending: std::sync::Mutex<u64>,
-    wake: std::sync::Condvar,
-}
-
-impl QueueNotifier {
-    /// Called by the transport on a notify write.
-    pub fn notify(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        *pending += 1;
-        self.wake.notify_all();
-    }
-
-    /// Waits up to `timeout` for notifications; returns how many arrived (0 on timeout).
-    pub fn wait(&self, timeout: std::time::Duration) -> u64 {
-        let guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut pending, _) = self
-            .wake
-            .wait_timeout_while(guard, timeout, |p| *p == 0)
-            .unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *pending)
-    }
+    /// The queue's doorbell: rung by the transport on a trapped notify write, or by the
+    /// hypervisor itself (an ioeventfd) where it can.
+    pub notify: Arc<QueueEvent>,
 }
 
 /// A virtio device (virtio 1.x, modern only).

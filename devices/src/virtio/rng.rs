@@ -228,7 +228,7 @@ mod tests {
 
     use super::*;
     use crate::virtio::test_ring::*;
-    use crate::virtio::QueueNotifier;
+    use crate::virtio::QueueEvent;
 
     /// A source that yields 0, 1, 2, ... (mod 256) across calls.
     fn counting_source() -> EntropySource {
@@ -371,7 +371,7 @@ mod tests {
         let mut rng = Rng::with_host_urandom().unwrap();
         let mem = test_memory();
         let mut ring = TestRing::new(&mem);
-        let notify = Arc::new(QueueNotifier::default());
+        let notify = Arc::new(QueueEvent::new().unwrap());
         let interrupt = Arc::new(RecordingInterrupt::default());
         let active = ActiveQueue { index: 0, queue: ring.queue(), notify: Arc::clone(&notify) };
         rng.activate(mem.clone(), vec![active], Arc::clone(&interrupt) as Arc<dyn VirtioInterrupt>)
@@ -398,7 +398,7 @@ mod tests {
         let ring = TestRing::new(&mem);
         let interrupt = Arc::new(RecordingInterrupt::default());
         for round in 1..=2 {
-            let notify = Arc::new(QueueNotifier::default());
+            let notify = Arc::new(QueueEvent::new().unwrap());
             let active = ActiveQueue { index: 0, queue: ring.queue(), notify };
             let interrupt = Arc::clone(&interrupt) as Arc<dyn VirtioInterrupt>;
             rng.activate(mem.clone(), vec![active], interrupt).unwrap();

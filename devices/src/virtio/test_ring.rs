@@ -55,6 +55,15 @@ impl<'a> TestRing<'a> {
         Self { mock: MockSplitQueue::new(mem, RING_SIZE), next_desc: 0, next_avail: 0 }
     }
 
+    /// A ring whose tables start at guest address `at` (a second queue).
+    pub(crate) fn at(mem: &'a GuestMemoryMmap, at: u64) -> Self {
+        Self {
+            mock: MockSplitQueue::create(mem, GuestAddress(at), RING_SIZE),
+            next_desc: 0,
+            next_avail: 0,
+        }
+    }
+
     /// The device's view of the ring, ready to serve.
     pub(crate) fn queue(&self) -> Queue {
         self.mock.create_queue::<Queue>().unwrap()

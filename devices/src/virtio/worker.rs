@@ -1,5 +1,6 @@
-//! The thread that serves one virtqueue: it waits for the driver's notifications, runs the
-//! device's queue handler and raises the queue's interrupt.
+//! The thread that serves one virtqueue: it waits for the queue's doorbell in an event loop
+//! (`sys`: event-manager on Linux), runs the device's queue handler and raises the queue's
+//! interrupt once per batch.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,11 +12,12 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_service::has_pending;
-use super::{ActivateError, ActiveQueue, QueueNotifier, VirtioInterrupt};
+use super::sys::run_event_loop;
+use super::{ActivateError, ActiveQueue, QueueEvent, VirtioInterrupt};
 
 /// How long the worker sleeps without a notification before it looks at the ring and the stop
 /// flag again (a missed notification costs at most this much latency).
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs first on every device worker thread, with the thread's name, before it touches the
 /// queue: where the VMM confines the thread (seccomp on Linux), so that this crate stays free
@@ -42,18 +44,61 @@ pub(crate) trait QueueHandler: Send + 'static {
     fn process_queue(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
 }
 
+/// One queue as its worker serves it: the device's handler, the ring and its doorbell.
+pub(crate) trait QueueService {
+    /// Serves every available chain, interrupting the driver once per batch when it asks for
+    /// it, until the ring is drained.
+    fn serve(&mut self);
+    /// The queue's doorbell.
+    fn doorbell(&self) -> &QueueEvent;
+}
+
+struct ServedQueue<'a, H> {
+    handler: &'a Mutex<H>,
+    memory: &'a GuestMemoryMmap,
+    index: u16,
+    queue: Queue,
+    doorbell: Arc<QueueEvent>,
+    interrupt: &'a dyn VirtioInterrupt,
+}
+
+impl<H: QueueHandler> QueueService for ServedQueue<'_, H> {
+    fn serve(&mut self) {
+        loop {
+            let before = self.queue.next_avail();
+            let needs_interrupt = self
+                .handler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_queue(&mut self.queue, self.memory);
+            if needs_interrupt {
+                self.interrupt.signal_queue(self.index);
+            }
+            // A pass stops early on a full ring; go on without waiting for a notification.
+            if self.queue.next_avail() == before || !has_pending(&self.queue, self.memory) {
+                return;
+            }
+        }
+    }
+
+    fn doorbell(&self) -> &QueueEvent {
+        &self.doorbell
+    }
+}
+
 /// A running queue worker; stopping (or dropping) it joins the thread.
 #[derive(Debug)]
 pub(crate) struct QueueWorker {
     name: &'static str,
     stop: Arc<AtomicBool>,
-    notify: Arc<QueueNotifier>,
+    notify: Arc<QueueEvent>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl QueueWorker {
     /// Starts a thread called `name` that runs `on_start`, then serves `active` with
-    /// `handler`. The handler stays shared so that it survives a failed spawn and a reset.
+    /// `handler` in the queue's event loop. The handler stays shared so that it survives a
+    /// failed spawn and a reset.
     pub(crate) fn spawn<H: QueueHandler>(
         name: &'static str,
         handler: Arc<Mutex<H>>,
@@ -69,7 +114,16 @@ impl QueueWorker {
             if let Some(hook) = on_start {
                 (hook.0)(name);
             }
-            serve_until_stopped(&handler, &memory, active, interrupt.as_ref(), &thread_stop)
+            let ActiveQueue { index, queue, notify } = active;
+            let mut served = ServedQueue {
+                handler: &handler,
+                memory: &memory,
+                index,
+                queue,
+                doorbell: notify,
+                interrupt: interrupt.as_ref(),
+            };
+            run_event_loop(&mut served, &thread_stop);
         })?;
         Ok(Self { name, stop, notify, thread: Some(thread) })
     }
@@ -97,30 +151,6 @@ impl QueueWorker {
 impl Drop for QueueWorker {
     fn drop(&mut self) {
         self.stop_and_join();
-    }
-}
-
-fn serve_until_stopped<H: QueueHandler>(
-    handler: &Mutex<H>,
-    memory: &GuestMemoryMmap,
-    active: ActiveQueue,
-    interrupt: &dyn VirtioInterrupt,
-    stop: &AtomicBool,
-) {
-    let ActiveQueue { index, mut queue, notify } = active;
-    // Serve first: the driver may have queued requests before the device went live.
-    while !stop.load(Ordering::Acquire) {
-        let before = queue.next_avail();
-        let needs_interrupt =
-            handler.lock().unwrap_or_else(|e| e.into_inner()).process_queue(&mut queue, memory);
-        if needs_interrupt {
-            interrupt.signal_queue(index);
-        }
-        // A pass stops early on a full ring; go on without waiting for a notification.
-        if queue.next_avail() != before && has_pending(&queue, memory) {
-            continue;
-        }
-        notify.wait(POLL_INTERVAL);
     }
 }
 

@@ -14,7 +14,8 @@ use devices::virtio::VirtioDevice;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
@@ -86,7 +87,15 @@ fn buffer_len(u: &mut Unstructured<'_>) -> Result<u32> {
 }
 
 fn header(u: &mut Unstructured<'_>) -> Result<[u8; 16]> {
-    let kinds = [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, 2];
+    let kinds = [
+        VIRTIO_BLK_T_IN,
+        VIRTIO_BLK_T_OUT,
+        VIRTIO_BLK_T_FLUSH,
+        VIRTIO_BLK_T_GET_ID,
+        VIRTIO_BLK_T_DISCARD,
+        VIRTIO_BLK_T_WRITE_ZEROES,
+        2,
+    ];
     let kind = if u.ratio(7u8, 8u8)? { *u.choose(&kinds)? } else { u.arbitrary()? };
     let cap = IMAGE_SECTORS;
     let sector = aperture_fuzz::biased_u64(
@@ -99,15 +108,33 @@ fn header(u: &mut Unstructured<'_>) -> Result<[u8; 16]> {
     Ok(raw)
 }
 
+/// A discard/write-zeroes range (sector, sector count, flags), biased to the edges.
+fn discard_range(u: &mut Unstructured<'_>) -> Result<[u8; 16]> {
+    let cap = IMAGE_SECTORS;
+    let sector = aperture_fuzz::biased_u64(u, &[0, 1, cap - 1, cap, u64::MAX / 512])?;
+    let (any_sectors, any_flags): (u32, u32) = (u.arbitrary()?, u.arbitrary()?);
+    let sectors = *u.choose(&[0, 1, 8, IMAGE_SECTORS as u32, u32::MAX, any_sectors])?;
+    let flags = *u.choose(&[0, 0, 1, 2, any_flags])?;
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&sector.to_le_bytes());
+    raw[8..12].copy_from_slice(&sectors.to_le_bytes());
+    raw[12..].copy_from_slice(&flags.to_le_bytes());
+    Ok(raw)
+}
+
 enum Device {
-    Block(Box<BlockRequestProcessor>),
+    /// Two clones of one processor, as two queues' workers share a disk; each pass picks one.
+    Block(Box<[BlockRequestProcessor; 2]>, bool),
     Rng(RngRequestProcessor),
 }
 
 impl Device {
     fn process(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         match self {
-            Self::Block(p) => p.process_queue(queue, mem),
+            Self::Block(p, second) => {
+                *second = !*second;
+                p[usize::from(*second)].process_queue(queue, mem)
+            }
             Self::Rng(p) => p.process_queue(queue, mem),
         }
     }
@@ -150,7 +177,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
 
     let image = scratch_image();
     let before = image_contents(&image);
-    let disk = Block::new(scratch_image(), read_only, "fuzz-disk");
+    let queues = u.int_in_range(1..=9u16)?;
+    let disk = Block::with_queues(scratch_image(), read_only, "fuzz-disk", queues);
     let Ok(disk) = disk else { panic!("Block::new: {disk:?}") };
     let mut device = if rng_device {
         Device::Rng(RngRequestProcessor::new(Box::new(|buf: &mut [u8]| {
@@ -160,7 +188,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     } else {
         let p = BlockRequestProcessor::new(scratch_image(), read_only, "fuzz-disk");
         let Ok(p) = p else { panic!("BlockRequestProcessor::new: {p:?}") };
-        Device::Block(Box::new(p))
+        Device::Block(Box::new([p.clone(), p]), false)
     };
     let mut driver = Driver { avail, size, next_desc: 0, next_avail: 0 };
 
@@ -232,6 +260,12 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             5 => {
                 let header_at = buffer_addr(u)?;
                 let _ = mem.write_slice(&header(u)?, GuestAddress(header_at));
+                // Discard/write-zeroes ranges where a data buffer is likely to be.
+                for i in 0..u.int_in_range(0..=3u64)? {
+                    let at = buffer_addr(u)?;
+                    let _ =
+                        mem.write_slice(&discard_range(u)?, GuestAddress(at.wrapping_add(16 * i)));
+                }
             }
             6 => {
                 let at = u.int_in_range(0..=MEM_END)?;

@@ -226,6 +226,15 @@ fn device_worker(list: &mut Allowlist) -> Result<()> {
     list.always(libc::SYS_pwritev);
     list.always(libc::SYS_fdatasync);
     list.always(libc::SYS_fsync);
+    // virtio-blk DISCARD and WRITE_ZEROES: punching holes and zeroing ranges of the image.
+    list.always(libc::SYS_fallocate);
+    // The worker's event loop (event-manager on epoll), waiting on its queue's eventfd;
+    // created and filled on the vCPU thread that starts the worker or on the worker itself.
+    list.always(libc::SYS_epoll_create1);
+    list.always(libc::SYS_epoll_ctl);
+    list.always(libc::SYS_epoll_pwait);
+    #[cfg(target_arch = "x86_64")]
+    list.always(libc::SYS_epoll_wait);
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! `child_entry` with the case in the environment) and the parent checks how it ended.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -95,6 +96,22 @@ fn worker_body(disk: &std::fs::File) {
     expect("disk read", disk.read_exact_at(&mut sector, 0).is_ok());
     expect("disk write", disk.write_all_at(&sector, 512).is_ok());
     expect("disk flush", disk.sync_data().is_ok());
+    let mut pieces = [[0u8; 256]; 2];
+    let mut iovecs = pieces.each_mut().map(|p| std::io::IoSliceMut::new(p));
+    // SAFETY: the iovecs describe live buffers (IoSliceMut is ABI-compatible with iovec).
+    let read = unsafe { libc::preadv(disk.as_raw_fd(), iovecs.as_mut_ptr().cast(), 2, 0) };
+    expect("vectored disk read", read == 512);
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain integers on a descriptor the test owns.
+    let punched = unsafe { libc::fallocate(disk.as_raw_fd(), mode, 1024, 512) };
+    expect("punching a hole (virtio-blk discard)", punched == 0 || errno() == libc::EOPNOTSUPP);
+    // The event loop of a virtio worker: epoll, waiting on its queue's eventfd.
+    let epoll = vmm_sys_util::epoll::Epoll::new();
+    expect("creating an epoll", epoll.is_ok());
+    if let Ok(epoll) = epoll {
+        let mut events = [vmm_sys_util::epoll::EpollEvent::default(); 1];
+        expect("waiting on an epoll", epoll.wait(0, &mut events).is_ok());
+    }
     expect("KVM_SIGNAL_MSI is allowed", ioctl_ebadf(KVM_SIGNAL_MSI()));
 }
 

@@ -29,7 +29,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::config::{BarKind, BarRegion, ConfigError, ConfigSpace, PciIds};
 use super::msix::{MsixCapability, MsixError, MsixState, MSIX_ENTRY_SIZE};
 use super::PciFunction;
-use crate::virtio::{ActivateError, ActiveQueue, QueueNotifier, VirtioDevice, VirtioInterrupt};
+use crate::virtio::{ActivateError, ActiveQueue, QueueEvent, VirtioDevice, VirtioInterrupt};
 use common_cfg::{
     CommonConfig, COMMON_CFG_LEN, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
 };
@@ -105,6 +105,16 @@ pub enum VirtioPciError {
         /// The size it reported.
         size: u16,
     },
+    /// A queue's doorbell could not be created.
+    #[error(
+        "{name}: cannot create a queue doorbell (eventfd): {source}; raise the open-files limit"
+    )]
+    Doorbell {
+        /// Device name.
+        name: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The device type has no PCI device id.
     #[error(
         "{name}: virtio device type {device_type} has no virtio-pci device id (only types up \
@@ -158,8 +168,10 @@ pub struct VirtioPci {
     memory: GuestMemoryMmap,
     common: CommonConfig,
     interrupt: Arc<VirtioPciInterrupt>,
-    /// Per queue, while the device is active.
-    notifiers: Vec<Option<Arc<QueueNotifier>>>,
+    /// Per queue, for the life of the function (a hypervisor may have registered them).
+    doorbells: Vec<Arc<QueueEvent>>,
+    /// Whether each queue is being served (the device is active and the queue enabled).
+    live: Vec<bool>,
 }
 
 impl std::fmt::Debug for VirtioPci {
@@ -210,9 +222,17 @@ impl VirtioPci {
             );
         }
         let interrupt = Arc::new(VirtioPciInterrupt::new(&name, msix, msi, max_sizes.len()));
+        let mut doorbells = Vec::with_capacity(max_sizes.len());
+        for _ in &max_sizes {
+            match QueueEvent::new() {
+                Ok(event) => doorbells.push(Arc::new(event)),
+                Err(source) => return Err(VirtioPciError::Doorbell { name, source }),
+            }
+        }
         Ok(Self {
             common: CommonConfig::new(device.device_features(), &max_sizes),
-            notifiers: vec![None; max_sizes.len()],
+            live: vec![false; max_sizes.len()],
+            doorbells,
             name,
             config,
             msix_capability,
@@ -281,6 +301,22 @@ impl VirtioPci {
         self.interrupt.clone()
     }
 
+    /// The queues' doorbells, for a hypervisor that can signal them itself: queue `i`'s
+    /// notify address is `BAR 0 base + notify_offset(i)`, any write of any length there means
+    /// "queue i has work" (no data match needed: each queue has its own address). The events
+    /// stay valid for the life of the function; only the BAR base moves.
+    pub fn queue_doorbells(&self) -> Vec<QueueDoorbell> {
+        self.doorbells
+            .iter()
+            .enumerate()
+            .map(|(index, event)| QueueDoorbell {
+                bar: BAR_INDEX,
+                offset: notify_offset(index),
+                event: Arc::clone(event),
+            })
+            .collect()
+    }
+
     fn send(&self, messages: Vec<super::MsiMessage>) {
         if !messages.is_empty() {
             self.interrupt.send(messages);
@@ -294,7 +330,7 @@ impl VirtioPci {
         self.device.reset();
         self.common.reset();
         self.interrupt.reset();
-        self.notifiers.iter_mut().for_each(|n| *n = None);
+        self.live.iter_mut().for_each(|live| *live = false);
     }
 
     fn write_status(&mut self, value: u8) {
@@ -364,7 +400,7 @@ impl VirtioPci {
     /// Builds the enabled queues and starts the device.
     fn activate(&mut self) -> Result<(), ActivateError> {
         let mut queues = Vec::new();
-        let mut notifiers = vec![None; self.common.queues.len()];
+        let mut live = vec![false; self.common.queues.len()];
         for (index, setup) in self.common.queues.iter().enumerate() {
             if !setup.enabled {
                 continue;
@@ -388,24 +424,29 @@ impl VirtioPci {
             if !queue.is_valid(&self.memory) {
                 return Err(bad("its rings are not inside guest RAM"));
             }
-            let notify = Arc::new(QueueNotifier::default());
-            notifiers[index] = Some(notify.clone());
+            let Some(notify) = self.doorbells.get(index).cloned() else {
+                return Err(bad("it has no doorbell"));
+            };
+            live[index] = true;
             // index < MAX_QUEUES, which fits in a u16.
             queues.push(ActiveQueue { index: index as u16, queue, notify });
         }
         let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
         self.device.activate(self.memory.clone(), queues, interrupt)?;
-        self.notifiers = notifiers;
+        self.live = live;
         debug!("{}: activated", self.name);
         Ok(())
     }
 
     // ---- BAR regions ----
 
+    /// A notify write that trapped (no ioeventfd, or HVF): rings the same doorbell the
+    /// hypervisor would have.
     fn notify(&self, offset: u64) {
         let queue = offset / u64::from(NOTIFY_OFF_MULTIPLIER);
-        match usize::try_from(queue).ok().and_then(|q| self.notifiers.get(q)) {
-            Some(Some(notifier)) => notifier.notify(),
+        let index = usize::try_from(queue).ok();
+        match index.and_then(|q| Some((self.live.get(q)?, self.doorbells.get(q)?))) {
+            Some((true, doorbell)) => doorbell.notify(),
             _ => debug!("{}: notify of queue {queue}, which is not active, ignored", self.name),
         }
     }
@@ -487,6 +528,22 @@ impl VirtioPci {
         }
         valid.then_some((offset, length))
     }
+}
+
+/// Where queue `index`'s notify address lies in BAR 0.
+pub fn notify_offset(index: usize) -> u64 {
+    NOTIFY_OFFSET + index as u64 * u64::from(NOTIFY_OFF_MULTIPLIER)
+}
+
+/// One queue's doorbell and where the guest rings it.
+#[derive(Debug, Clone)]
+pub struct QueueDoorbell {
+    /// The BAR holding the notify address.
+    pub bar: usize,
+    /// Offset of the queue's notify address in that BAR.
+    pub offset: u64,
+    /// The event the device's worker waits on.
+    pub event: Arc<QueueEvent>,
 }
 
 /// Adds a virtio vendor-specific capability pointing at `offset..offset + length` of BAR 0,

@@ -20,7 +20,7 @@ type QueueSnapshot = (u16, u16, u64, u64, u64);
 struct FakeState {
     acked: Option<u64>,
     activations: Vec<Vec<QueueSnapshot>>,
-    notifiers: Vec<Arc<QueueNotifier>>,
+    notifiers: Vec<Arc<QueueEvent>>,
     interrupt: Option<Arc<dyn VirtioInterrupt>>,
     resets: usize,
     config_writes: Vec<(u64, Vec<u8>)>,
@@ -351,8 +351,8 @@ fn notify_reaches_the_queue_notifier() {
     h.write(0x2004, 4, 1);
     h.write(0x2000, 2, 0);
     h.write(0x2ff0, 2, 0x3fc);
-    assert_eq!(notifiers[0].wait(Duration::ZERO), 1);
-    assert_eq!(notifiers[1].wait(Duration::ZERO), 2);
+    assert_eq!(notifiers[0].take(), 1);
+    assert_eq!(notifiers[1].take(), 2);
 }
 
 #[test]
@@ -413,7 +413,7 @@ fn reset_stops_the_device_and_clears_state() {
     assert_eq!(h.read(DRIVER_FEATURE, 4), 0);
     // Old notifiers are disconnected; the MSI-X table survives (PCI state).
     h.write(0x2000, 2, 0);
-    assert_eq!(notifiers[0].wait(Duration::ZERO), 0);
+    assert_eq!(notifiers[0].take(), 0);
     assert_eq!(h.read(0x3008, 4), 1);
     // And it can be brought up again.
     h.activate();
@@ -633,4 +633,26 @@ fn end_to_end_with_virtio_rng() {
     root.mmio_write(bar + DEVICE_STATUS, &[0]);
     root.mmio_read(bar + DEVICE_STATUS, &mut status);
     assert_eq!(status, [0]);
+}
+
+#[test]
+fn queue_doorbells_are_the_events_the_device_waits_on() {
+    let mut h = harness();
+    let doorbells = h.pci.queue_doorbells();
+    assert_eq!(doorbells.len(), 2);
+    assert_eq!((doorbells[0].bar, doorbells[0].offset), (0, 0x2000));
+    assert_eq!((doorbells[1].bar, doorbells[1].offset), (0, 0x2004));
+    h.activate();
+    let notifiers = h.state.lock().unwrap().notifiers.clone();
+    assert!(Arc::ptr_eq(&notifiers[1], &doorbells[1].event));
+    // What KVM does on an ioeventfd match: signal the eventfd, no exit, no transport call.
+    doorbells[1].event.eventfd().write(1).unwrap();
+    // What the trapped MMIO write (HVF, or no ioeventfd) does: the same doorbell.
+    h.write(0x2004, 2, 1);
+    assert_eq!(notifiers[1].take(), 2);
+    assert_eq!(notifiers[0].take(), 0);
+    // A reset keeps the doorbells (a hypervisor registration stays valid).
+    h.set_status(0);
+    h.activate();
+    assert!(Arc::ptr_eq(&h.pci.queue_doorbells()[1].event, &doorbells[1].event));
 }

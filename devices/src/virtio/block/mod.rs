@@ -1,9 +1,11 @@
 //! virtio-blk (device type 2, virtio 1.2 §5.2): a raw image file as a guest disk.
 //!
-//! The VMM opens the image and hands over the [`File`]; [`Block`] serves one request queue on
-//! a "virtio-blk" worker thread with positioned I/O. Requests are executed by
+//! The VMM opens the image and hands over the [`File`]; [`Block`] serves up to
+//! [`MAX_QUEUES`] request queues (VIRTIO_BLK_F_MQ), each on its own "virtio-blk" worker thread
+//! with vectored positioned I/O straight into guest RAM. Requests are executed by
 //! [`BlockRequestProcessor`], which tests drive directly.
 
+mod host_io;
 mod processor;
 #[cfg(test)]
 mod tests;
@@ -13,29 +15,46 @@ use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-pub use processor::{BlockRequestProcessor, RequestError, ID_LEN, SECTOR_SIZE, SEG_MAX};
+pub use processor::{
+    BlockRequestProcessor, RequestError, ID_LEN, MAX_RANGES, MAX_RANGE_SECTORS, SECTOR_SIZE,
+    SEG_MAX, SIZE_MAX,
+};
 
-use super::worker::{single_queue, QueueWorker, WorkerStartHook};
+use super::worker::{QueueWorker, WorkerStartHook};
 use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 
-/// Size of the request queue.
-pub const QUEUE_SIZE: u16 = 256;
+/// Size of each request queue (1024 requests in flight, and chains up to [`SEG_MAX`] + 2).
+pub const QUEUE_SIZE: u16 = 1024;
+/// Most request queues (one per vCPU up to this).
+pub const MAX_QUEUES: u16 = 8;
 /// The block size advertised to the guest (`blk_size`).
 pub const BLOCK_SIZE: u32 = 512;
+/// Alignment of discard ranges the driver should use, in sectors (4 KiB: a host page).
+const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 
-const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
-/// `struct virtio_blk_config` up to and including `blk_size`; later fields read as 0.
-const CONFIG_LEN: usize = 24;
+/// `struct virtio_blk_config` up to and including `write_zeroes_may_unmap`; later fields
+/// read as 0.
+const CONFIG_LEN: usize = 60;
 const CONFIG_CAPACITY: usize = 0;
+const CONFIG_SIZE_MAX: usize = 8;
 const CONFIG_SEG_MAX: usize = 12;
 const CONFIG_BLK_SIZE: usize = 20;
+const CONFIG_NUM_QUEUES: usize = 34;
+const CONFIG_MAX_DISCARD_SECTORS: usize = 36;
+const CONFIG_MAX_DISCARD_SEG: usize = 40;
+const CONFIG_DISCARD_SECTOR_ALIGNMENT: usize = 44;
+const CONFIG_MAX_WRITE_ZEROES_SECTORS: usize = 48;
+const CONFIG_MAX_WRITE_ZEROES_SEG: usize = 52;
+const CONFIG_WRITE_ZEROES_MAY_UNMAP: usize = 56;
 
 /// Errors setting up a virtio-blk disk.
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +87,10 @@ pub struct Block {
     read_only: bool,
     capacity_sectors: u64,
     acked_features: u64,
-    processor: Arc<Mutex<BlockRequestProcessor>>,
-    worker: Option<QueueWorker>,
+    /// Each queue's worker serves a clone of this.
+    processor: BlockRequestProcessor,
+    queue_sizes: Vec<u16>,
+    workers: Vec<QueueWorker>,
     /// Runs first on each worker thread.
     worker_start: Option<WorkerStartHook>,
 }
@@ -78,20 +99,34 @@ impl Block {
     /// A disk serving `file` (opened by the VMM; opened read-only is fine when `read_only`).
     /// `id` names the disk in logs and is the guest's GET_ID answer (first 20 bytes).
     pub fn new(file: File, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        Self::with_queues(file, read_only, id, 1)
+    }
+
+    /// Like [`Block::new`] with `queues` request queues (VIRTIO_BLK_F_MQ; usually one per
+    /// vCPU), clamped to 1..=[`MAX_QUEUES`].
+    pub fn with_queues(
+        file: File,
+        read_only: bool,
+        id: &str,
+        queues: u16,
+    ) -> Result<Self, BlockError> {
         let processor = BlockRequestProcessor::new(file, read_only, id)?;
+        let queues = queues.clamp(1, MAX_QUEUES);
         let capacity_sectors = processor.capacity_sectors();
         info!(
-            "virtio-blk {id}: {capacity_sectors} sectors ({} MiB){}",
+            "virtio-blk {id}: {capacity_sectors} sectors ({} MiB), {queues} queue(s){}{}",
             capacity_sectors * SECTOR_SIZE / (1 << 20),
-            if read_only { ", read-only" } else { "" }
+            if read_only { ", read-only" } else { "" },
+            if processor.can_deallocate() { ", discard/write-zeroes" } else { "" }
         );
         Ok(Self {
             id: id.to_string(),
             read_only,
             capacity_sectors,
             acked_features: 0,
-            processor: Arc::new(Mutex::new(processor)),
-            worker: None,
+            processor,
+            queue_sizes: vec![QUEUE_SIZE; usize::from(queues)],
+            workers: Vec::new(),
             worker_start: None,
         })
     }
@@ -114,8 +149,24 @@ impl Block {
     fn config_space(&self) -> [u8; CONFIG_LEN] {
         let mut config = [0u8; CONFIG_LEN];
         put_le(&mut config, CONFIG_CAPACITY, &self.capacity_sectors.to_le_bytes());
+        put_le(&mut config, CONFIG_SIZE_MAX, &SIZE_MAX.to_le_bytes());
         put_le(&mut config, CONFIG_SEG_MAX, &SEG_MAX.to_le_bytes());
         put_le(&mut config, CONFIG_BLK_SIZE, &BLOCK_SIZE.to_le_bytes());
+        // At most MAX_QUEUES, which fits.
+        let queues = self.queue_sizes.len() as u16;
+        put_le(&mut config, CONFIG_NUM_QUEUES, &queues.to_le_bytes());
+        if self.processor.can_deallocate() {
+            for (offset, value) in [
+                (CONFIG_MAX_DISCARD_SECTORS, MAX_RANGE_SECTORS),
+                (CONFIG_MAX_DISCARD_SEG, MAX_RANGES),
+                (CONFIG_DISCARD_SECTOR_ALIGNMENT, DISCARD_ALIGNMENT_SECTORS),
+                (CONFIG_MAX_WRITE_ZEROES_SECTORS, MAX_RANGE_SECTORS),
+                (CONFIG_MAX_WRITE_ZEROES_SEG, MAX_RANGES),
+            ] {
+                put_le(&mut config, offset, &value.to_le_bytes());
+            }
+            config[CONFIG_WRITE_ZEROES_MAY_UNMAP] = 1;
+        }
         config
     }
 
@@ -125,8 +176,8 @@ impl Block {
         self.worker_start = hook;
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
+    fn stop_workers(&mut self) {
+        for worker in self.workers.drain(..) {
             worker.stop();
         }
     }
@@ -138,7 +189,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        &self.queue_sizes
     }
 
     fn device_features(&self) -> u64 {
@@ -147,9 +198,16 @@ impl VirtioDevice for Block {
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE;
         if self.read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if self.queue_sizes.len() > 1 {
+            features |= 1 << VIRTIO_BLK_F_MQ;
+        }
+        if self.processor.can_deallocate() {
+            features |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
         }
         features
     }
@@ -186,26 +244,60 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            warn!("virtio-blk {}: activated while running; restarting its worker", self.id);
-            self.stop_worker();
+        if !self.workers.is_empty() {
+            warn!("virtio-blk {}: activated while running; restarting its workers", self.id);
+            self.stop_workers();
         }
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let active = single_queue("virtio-blk", queues, &memory, event_idx)?;
-        let worker = QueueWorker::spawn(
-            "virtio-blk",
-            Arc::clone(&self.processor),
-            memory,
-            active,
-            interrupt,
-            self.worker_start.clone(),
-        )?;
-        self.worker = Some(worker);
+        if queues.is_empty() {
+            return Err(ActivateError::BadSetup(format!(
+                "virtio-blk {}: the driver enabled no queue; the guest driver is broken",
+                self.id
+            )));
+        }
+        let mut ready = Vec::with_capacity(queues.len());
+        for mut active in queues {
+            if usize::from(active.index) >= self.queue_sizes.len() {
+                return Err(ActivateError::BadSetup(format!(
+                    "virtio-blk {} has {} queues but the driver set up queue {}; the guest \
+                     driver is broken",
+                    self.id,
+                    self.queue_sizes.len(),
+                    active.index
+                )));
+            }
+            active.queue.set_event_idx(event_idx);
+            if !active.queue.is_valid(&memory) {
+                return Err(ActivateError::BadSetup(format!(
+                    "virtio-blk {} queue {} is not usable: it is not enabled or its rings lie \
+                     outside guest RAM; the guest driver set it up wrong",
+                    self.id, active.index
+                )));
+            }
+            ready.push(active);
+        }
+        for active in ready {
+            let worker = QueueWorker::spawn(
+                "virtio-blk",
+                Arc::new(Mutex::new(self.processor.clone())),
+                memory.clone(),
+                active,
+                Arc::clone(&interrupt),
+                self.worker_start.clone(),
+            );
+            match worker {
+                Ok(worker) => self.workers.push(worker),
+                Err(e) => {
+                    self.stop_workers();
+                    return Err(e.into());
+                }
+            }
+        }
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.stop_workers();
         self.acked_features = 0;
     }
 }

@@ -7,32 +7,46 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
+use super::host_io::{self, Direction, HostBuffer};
 use super::BlockError;
 use crate::virtio::queue_service::{drain_queue, GuestChain};
 use crate::virtio::worker::QueueHandler;
 
 /// The sector size of virtio-blk requests (fixed by the spec, whatever `blk_size` says).
 pub const SECTOR_SIZE: u64 = 512;
-/// Most data buffers in one request (advertised as `seg_max`): a full 256-entry ring minus the
-/// header and status descriptors.
-pub const SEG_MAX: u32 = 254;
+/// Most data buffers in one request (advertised as `seg_max`): a full ring (see
+/// `QUEUE_SIZE`) minus the header and status descriptors, so that a 1 MiB request of
+/// scattered 4 KiB pages (258 descriptors) is one request, not two.
+pub const SEG_MAX: u32 = 1022;
+/// Largest single data buffer (advertised as `size_max`).
+pub const SIZE_MAX: u32 = 1 << 22;
+/// Most ranges in one discard or write-zeroes request (`max_discard_seg`,
+/// `max_write_zeroes_seg`).
+pub const MAX_RANGES: u32 = 64;
+/// Most sectors in one discard or write-zeroes range (`max_discard_sectors`,
+/// `max_write_zeroes_sectors`): 2 GiB.
+pub const MAX_RANGE_SECTORS: u32 = 1 << 22;
+/// `struct virtio_blk_discard_write_zeroes`: sector (u64), num_sectors (u32), flags (u32).
+const RANGE_LEN: u64 = 16;
+/// write-zeroes flag: the device may deallocate the range.
+const WRITE_ZEROES_UNMAP: u32 = 1;
 /// Length of the GET_ID answer.
 pub const ID_LEN: usize = 20;
 
 const MAX_DESCRIPTORS: usize = SEG_MAX as usize + 2;
 const HEADER_LEN: u32 = 16;
-/// Image I/O goes through this bounce buffer in pieces of at most this size.
-const BOUNCE_LEN: usize = 64 * 1024;
 
 /// Why a request failed; the driver sees VIRTIO_BLK_S_IOERR, the log sees this.
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +106,28 @@ pub enum RequestError {
     /// The image file failed.
     #[error("the image file failed: {0} (check the host file and its storage)")]
     Image(#[from] std::io::Error),
-    /// Copying between guest RAM and the bounce buffer failed.
+    /// Reaching guest RAM failed.
     #[error("guest memory access failed: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
+    /// A discard or write-zeroes payload is not whole 16-byte ranges, or has too many.
+    #[error(
+        "the {kind} request carries {len} bytes of ranges; it needs 1 to {MAX_RANGES} ranges \
+         of {RANGE_LEN} bytes"
+    )]
+    BadRanges {
+        /// Request type name.
+        kind: &'static str,
+        /// Payload length.
+        len: u64,
+    },
+    /// A discard or write-zeroes range is longer than advertised.
+    #[error("a {kind} range of {sectors} sectors is longer than the {MAX_RANGE_SECTORS} allowed")]
+    RangeTooLong {
+        /// Request type name.
+        kind: &'static str,
+        /// Its sector count.
+        sectors: u32,
+    },
 }
 
 /// The fields of a request header the device uses.
@@ -105,16 +138,18 @@ struct RequestHeader {
 }
 
 /// Serves virtio-blk requests from a queue against a raw image. Runs on the device's worker
-/// thread; usable directly (without threads) in tests.
-#[derive(Debug)]
+/// threads (one clone per queue, sharing the file: all its I/O is positioned); usable
+/// directly (without threads) in tests.
+#[derive(Debug, Clone)]
 pub struct BlockRequestProcessor {
     /// The disk's name in logs.
     name: String,
-    file: File,
+    file: Arc<File>,
     read_only: bool,
+    /// DISCARD and WRITE_ZEROES are served (fallocate on a writable regular file).
+    deallocate: bool,
     capacity_sectors: u64,
     id: [u8; ID_LEN],
-    bounce: Vec<u8>,
     descriptors: Vec<Descriptor>,
 }
 
@@ -147,13 +182,18 @@ impl BlockRequestProcessor {
         }
         Ok(Self {
             name: id.to_string(),
-            file,
+            deallocate: host_io::can_deallocate(&file, read_only),
+            file: Arc::new(file),
             read_only,
             capacity_sectors,
             id: id_field,
-            bounce: vec![0; BOUNCE_LEN],
             descriptors: Vec::with_capacity(MAX_DESCRIPTORS + 1),
         })
+    }
+
+    /// Whether DISCARD and WRITE_ZEROES are served (offered to the driver).
+    pub fn can_deallocate(&self) -> bool {
+        self.deallocate
     }
 
     /// Disk size in 512-byte sectors.
@@ -235,14 +275,15 @@ impl BlockRequestProcessor {
         match header.kind {
             VIRTIO_BLK_T_IN => {
                 let offset = self.check_transfer(header.sector, data, "read", true, mem)?;
-                self.read(offset, data, mem, written)?;
+                let len = self.transfer(Direction::Read, offset, data, mem)?;
+                *written = written.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
             }
             VIRTIO_BLK_T_OUT => {
                 if self.read_only {
                     return Err(RequestError::ReadOnly);
                 }
                 let offset = self.check_transfer(header.sector, data, "write", false, mem)?;
-                self.write(offset, data, mem)?;
+                self.transfer(Direction::Write, offset, data, mem)?;
             }
             VIRTIO_BLK_T_FLUSH => {
                 if !self.read_only {
@@ -252,6 +293,9 @@ impl BlockRequestProcessor {
             VIRTIO_BLK_T_GET_ID => {
                 check_buffers(data, "get-id", true, mem)?;
                 self.write_id(data, mem, written)?;
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if self.deallocate => {
+                return self.deallocate(header.kind, data, mem);
             }
             other => {
                 debug!("virtio-blk {}: request type {other} is not supported", self.name);
@@ -284,40 +328,102 @@ impl BlockRequestProcessor {
         Ok(offset)
     }
 
-    /// Image → guest.
-    fn read(
+    /// Image → guest (`Read`) or guest → image (`Write`), straight between the image and
+    /// guest RAM; returns the bytes moved.
+    fn transfer(
         &mut self,
-        mut offset: u64,
+        direction: Direction,
+        offset: u64,
         data: &[Descriptor],
         mem: &GuestMemoryMmap,
-        written: &mut u32,
-    ) -> Result<(), RequestError> {
-        for desc in data {
-            for (chunk_addr, chunk_len) in chunks(desc)? {
-                let buf = &mut self.bounce[..chunk_len];
-                self.file.read_exact_at(buf, offset)?;
-                mem.write_slice(buf, chunk_addr)?;
-                *written = written.saturating_add(u32::try_from(chunk_len).unwrap_or(u32::MAX));
-                offset += chunk_len as u64;
-            }
-        }
-        Ok(())
+    ) -> Result<u64, RequestError> {
+        let (buffers, len) = host_buffers(data, mem)?;
+        // SAFETY: the buffers are guest RAM mappings that `check_transfer` found in guest RAM
+        // with the access the direction needs; `mem` keeps them mapped for the call.
+        unsafe { host_io::transfer_at(&self.file, direction, &buffers, offset)? };
+        Ok(len)
     }
 
-    /// Guest → image.
-    fn write(
+    /// DISCARD or WRITE_ZEROES: each range is deallocated or zeroed in place.
+    fn deallocate(
         &mut self,
-        mut offset: u64,
+        kind: u32,
         data: &[Descriptor],
         mem: &GuestMemoryMmap,
-    ) -> Result<(), RequestError> {
+    ) -> Result<u32, RequestError> {
+        let (name, discard) = match kind {
+            VIRTIO_BLK_T_DISCARD => ("discard", true),
+            _ => ("write-zeroes", false),
+        };
+        if self.read_only {
+            return Err(RequestError::ReadOnly);
+        }
+        let len = check_buffers(data, name, false, mem)?;
+        if len == 0 || len % RANGE_LEN != 0 || len / RANGE_LEN > u64::from(MAX_RANGES) {
+            return Err(RequestError::BadRanges { kind: name, len });
+        }
+        let mut payload = vec![0u8; len as usize];
+        let mut at = 0;
         for desc in data {
-            for (chunk_addr, chunk_len) in chunks(desc)? {
-                let buf = &mut self.bounce[..chunk_len];
-                mem.read_slice(buf, chunk_addr)?;
-                self.file.write_all_at(buf, offset)?;
-                offset += chunk_len as u64;
+            let end = at + desc.len() as usize;
+            mem.read_slice(&mut payload[at..end], desc.addr())?;
+            at = end;
+        }
+        let mut ranges = Vec::with_capacity(payload.len() / RANGE_LEN as usize);
+        for range in payload.chunks_exact(RANGE_LEN as usize) {
+            let field = |from: usize, to: usize| {
+                range[from..to].iter().rev().fold(0u64, |v, b| v << 8 | u64::from(*b))
+            };
+            let sector = field(0, 8);
+            // Both fields are 4 bytes wide.
+            let (sectors, flags) = (field(8, 12) as u32, field(12, 16) as u32);
+            // Discard has no flags; write-zeroes only "unmap" (virtio 1.2 §5.2.6.2).
+            let allowed = if discard { 0 } else { WRITE_ZEROES_UNMAP };
+            if flags & !allowed != 0 {
+                debug!("virtio-blk {}: {name} flags {flags:#x} are not supported", self.name);
+                return Ok(VIRTIO_BLK_S_UNSUPP);
             }
+            if sectors > MAX_RANGE_SECTORS {
+                return Err(RequestError::RangeTooLong { kind: name, sectors });
+            }
+            let bytes = u64::from(sectors) * SECTOR_SIZE;
+            let capacity = self.capacity_sectors;
+            let out_of_range = || RequestError::OutOfRange { sector, len: bytes, capacity };
+            let offset = sector.checked_mul(SECTOR_SIZE).ok_or_else(out_of_range)?;
+            let end = offset.checked_add(bytes).ok_or_else(out_of_range)?;
+            if end > capacity * SECTOR_SIZE {
+                return Err(out_of_range());
+            }
+            ranges.push((offset, bytes, flags & WRITE_ZEROES_UNMAP != 0));
+        }
+        for (offset, bytes, unmap) in ranges.into_iter().filter(|r| r.1 > 0) {
+            if discard {
+                // A hint: a host file system that cannot punch holes keeps the data.
+                if let Err(e) = host_io::punch_hole(&self.file, offset, bytes) {
+                    debug!("virtio-blk {}: discard not done by the host: {e}", self.name);
+                }
+            } else {
+                self.zero(offset, bytes, unmap)?;
+            }
+        }
+        Ok(VIRTIO_BLK_S_OK)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros: the cheapest way the host file allows.
+    fn zero(&self, offset: u64, len: u64, unmap: bool) -> Result<(), RequestError> {
+        let first = if unmap { host_io::punch_hole } else { host_io::zero_range };
+        if first(&self.file, offset, len).is_ok()
+            || host_io::punch_hole(&self.file, offset, len).is_ok()
+        {
+            return Ok(());
+        }
+        // Neither is supported here: write the zeros.
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let now = (len - done).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..now], offset + done)?;
+            done += now as u64;
         }
         Ok(())
     }
@@ -403,14 +509,25 @@ fn check_buffers(
     Ok(total)
 }
 
-/// Splits a (checked) buffer into bounce-buffer-sized pieces.
-fn chunks(desc: &Descriptor) -> Result<impl Iterator<Item = (GuestAddress, usize)>, RequestError> {
-    let start = desc.addr();
-    let len = desc.len() as usize;
-    let outside = RequestError::BufferOutsideMemory { addr: start.raw_value(), len: desc.len() };
-    // check_buffers saw the whole range in guest RAM, so this cannot overflow; stay safe.
-    start.checked_add(len as u64).ok_or(outside)?;
-    Ok((0..len)
-        .step_by(BOUNCE_LEN)
-        .map(move |at| (start.unchecked_add(at as u64), (len - at).min(BOUNCE_LEN))))
+/// The host mappings of (checked) data buffers, and their total length. A buffer that spans
+/// two guest RAM regions becomes two host buffers; empty ones are left out.
+fn host_buffers(
+    data: &[Descriptor],
+    mem: &GuestMemoryMmap,
+) -> Result<(Vec<HostBuffer>, u64), RequestError> {
+    let mut buffers = Vec::with_capacity(data.len());
+    let mut total = 0u64;
+    for desc in data {
+        for slice in
+            vm_memory::GuestMemoryBackend::get_slices(mem, desc.addr(), desc.len() as usize)
+        {
+            let slice = slice?;
+            if slice.is_empty() {
+                continue;
+            }
+            total += slice.len() as u64;
+            buffers.push(HostBuffer { addr: slice.ptr_guard_mut().as_ptr(), len: slice.len() });
+        }
+    }
+    Ok((buffers, total))
 }

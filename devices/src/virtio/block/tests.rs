@@ -1,9 +1,11 @@
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{
@@ -17,13 +19,15 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::virtio::test_ring::*;
-use crate::virtio::QueueNotifier;
+use crate::virtio::QueueEvent;
 
 const HEADER: u64 = DATA_BASE;
 const DATA: u64 = DATA_BASE + 0x1000;
 const DATA2: u64 = DATA_BASE + 0x4_0000;
 const STATUS: u64 = DATA_BASE + 0x800;
 const INDIRECT_TABLE: u64 = DATA_BASE + 0x900;
+/// Room for an indirect table of more than SEG_MAX + 2 entries.
+const BIG_TABLE: u64 = DATA_BASE + 0x8_0000;
 /// Test image: 64 sectors.
 const IMAGE_LEN: usize = 64 * 512;
 const POISON: u8 = 0xee;
@@ -205,7 +209,9 @@ fn requests_past_the_end_fail() {
 #[test]
 fn unsupported_types_report_unsupp() {
     let image = TempImage::new(&pattern_image());
-    let mut proc = processor(&image, false);
+    // Read-only: no discard (11) or write-zeroes (13) either.
+    let mut proc = processor(&image, true);
+    assert!(!proc.can_deallocate());
     let mem = test_memory();
     for kind in [2, 11, 13, 0xffff_ffff] {
         write_header(&mem, kind, 0);
@@ -372,13 +378,13 @@ fn chains_longer_than_seg_max_fail() {
             i if i == count - 1 => Descriptor::new(STATUS, 1, w, 0),
             i => Descriptor::new(DATA, 512, w | n, i as u16 + 1),
         };
-        mem.write_obj(RawDescriptor::from(desc), GuestAddress(INDIRECT_TABLE + 16 * i)).unwrap();
+        mem.write_obj(RawDescriptor::from(desc), GuestAddress(BIG_TABLE + 16 * i)).unwrap();
     }
     let mut ring = TestRing::new(&mem);
     let mut queue = ring.queue();
     ring.set_desc(
         0,
-        Descriptor::new(INDIRECT_TABLE, 16 * count as u32, VRING_DESC_F_INDIRECT as u16, 0),
+        Descriptor::new(BIG_TABLE, 16 * count as u32, VRING_DESC_F_INDIRECT as u16, 0),
     );
     ring.publish(0);
     assert!(proc.process_queue(&mut queue, &mem));
@@ -504,13 +510,26 @@ fn random_chains_never_panic() {
 fn config_space_layout() {
     let image = TempImage::new(&vec![0; 3 * 1024 * 1024]);
     let block = Block::new(image.open_rw(), false, "cfg").unwrap();
-    let mut config = [0xffu8; 32];
+    let mut config = [0xffu8; 64];
     block.read_config(0, &mut config);
+    let u32_at = |at: usize| u32::from_le_bytes(config[at..at + 4].try_into().unwrap());
     assert_eq!(config[0..8], (6144u64).to_le_bytes(), "capacity in sectors");
-    assert_eq!(config[12..16], SEG_MAX.to_le_bytes(), "seg_max");
-    assert_eq!(config[20..24], 512u32.to_le_bytes(), "blk_size");
-    assert_eq!(config[8..12], [0; 4], "size_max unused");
-    assert_eq!(config[24..], [0; 8], "later fields read as zero");
+    assert_eq!(u32_at(8), SIZE_MAX, "size_max");
+    assert_eq!(u32_at(12), SEG_MAX, "seg_max");
+    assert_eq!(u32_at(20), 512, "blk_size");
+    assert_eq!(config[24..34], [0; 10], "topology and writeback unused");
+    assert_eq!(config[34..36], 1u16.to_le_bytes(), "num_queues");
+    assert_eq!(u32_at(36), MAX_RANGE_SECTORS, "max_discard_sectors");
+    assert_eq!(u32_at(40), MAX_RANGES, "max_discard_seg");
+    assert_eq!(u32_at(44), 8, "discard_sector_alignment");
+    assert_eq!(u32_at(48), MAX_RANGE_SECTORS, "max_write_zeroes_sectors");
+    assert_eq!(u32_at(52), MAX_RANGES, "max_write_zeroes_seg");
+    assert_eq!(config[56], 1, "write_zeroes_may_unmap");
+    assert_eq!(config[57..], [0; 7], "later fields read as zero");
+    // A read-only disk advertises no discard or write-zeroes limits.
+    let ro = Block::new(image.open_ro(), true, "cfg-ro").unwrap();
+    ro.read_config(0, &mut config);
+    assert_eq!(config[36..60], [0; 24]);
 
     let mut word = [0u8; 4];
     block.read_config(20, &mut word);
@@ -528,11 +547,12 @@ fn features_and_identity() {
     let rw = Block::new(image.open_rw(), false, "rw").unwrap();
     let ro = Block::new(image.open_ro(), true, "ro").unwrap();
     assert_eq!(rw.device_type(), 2);
-    assert_eq!(rw.queue_max_sizes(), &[256]);
+    assert_eq!(rw.queue_max_sizes(), &[1024]);
     for bit in [
         VIRTIO_F_VERSION_1,
         VIRTIO_BLK_F_FLUSH,
         VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_SIZE_MAX,
         VIRTIO_BLK_F_BLK_SIZE,
         VIRTIO_RING_F_INDIRECT_DESC,
         VIRTIO_RING_F_EVENT_IDX,
@@ -542,6 +562,11 @@ fn features_and_identity() {
     }
     assert_eq!(rw.device_features() & (1 << VIRTIO_BLK_F_RO), 0);
     assert_ne!(ro.device_features() & (1 << VIRTIO_BLK_F_RO), 0);
+    // Discard and write-zeroes on a writable regular file only; one queue: no MQ.
+    let dealloc = 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+    assert_eq!(rw.device_features() & dealloc, dealloc);
+    assert_eq!(ro.device_features() & dealloc, 0);
+    assert_eq!(rw.device_features() & (1 << VIRTIO_BLK_F_MQ), 0);
     assert!(ro.read_only() && !rw.read_only());
     assert_eq!(rw.capacity_sectors(), 64);
     assert_eq!(rw.id(), "rw");
@@ -568,8 +593,8 @@ fn activate(
     mem: &GuestMemoryMmap,
     ring: &TestRing<'_>,
     interrupt: &Arc<RecordingInterrupt>,
-) -> Arc<QueueNotifier> {
-    let notify = Arc::new(QueueNotifier::default());
+) -> Arc<QueueEvent> {
+    let notify = Arc::new(QueueEvent::new().unwrap());
     let active = ActiveQueue { index: 0, queue: ring.queue(), notify: Arc::clone(&notify) };
     let interrupt: Arc<dyn VirtioInterrupt> = Arc::clone(interrupt) as Arc<dyn VirtioInterrupt>;
     block.activate(mem.clone(), vec![active], interrupt).unwrap();
@@ -620,7 +645,7 @@ fn activation_checks_the_queues() {
 
     let mut queue = ring.queue();
     queue.set_ready(false);
-    let notify = Arc::new(QueueNotifier::default());
+    let notify = Arc::new(QueueEvent::new().unwrap());
     let active = ActiveQueue { index: 0, queue, notify };
     assert!(block.activate(mem.clone(), vec![active], interrupt).is_err());
     block.reset();
@@ -679,4 +704,219 @@ fn mutated_valid_requests_never_panic() {
     for status in [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, u32::from(POISON)] {
         assert!(outcomes.get(&status).copied().unwrap_or(0) > 10, "{outcomes:?}");
     }
+}
+
+/// A discard/write-zeroes range as the driver lays it out.
+fn range(sector: u64, sectors: u32, flags: u32) -> [u8; 16] {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&sector.to_le_bytes());
+    raw[8..12].copy_from_slice(&sectors.to_le_bytes());
+    raw[12..].copy_from_slice(&flags.to_le_bytes());
+    raw
+}
+
+/// Runs a discard or write-zeroes request with `ranges` at DATA.
+fn run_ranges(
+    proc: &mut BlockRequestProcessor,
+    mem: &GuestMemoryMmap,
+    kind: u32,
+    ranges: &[[u8; 16]],
+) -> (u32, u32) {
+    write_header(mem, kind, 0);
+    let payload: Vec<u8> = ranges.concat();
+    mem.write_slice(&payload, GuestAddress(DATA)).unwrap();
+    let bufs = [readable(HEADER, 16), readable(DATA, payload.len() as u32), writable(STATUS, 1)];
+    run(proc, mem, &bufs)
+}
+
+#[test]
+fn discard_and_write_zeroes_zero_their_ranges() {
+    let image = TempImage::new(&pattern_image());
+    let mut proc = processor(&image, false);
+    assert!(proc.can_deallocate());
+    let mem = test_memory();
+    assert_eq!(run_ranges(&mut proc, &mem, VIRTIO_BLK_T_DISCARD, &[range(8, 8, 0)]), (0, 1));
+    // Two ranges; the second may unmap.
+    let zeroes = [range(1, 1, 0), range(40, 3, 1)];
+    assert_eq!(run_ranges(&mut proc, &mem, VIRTIO_BLK_T_WRITE_ZEROES, &zeroes), (0, 1));
+    let contents = image.contents();
+    assert_eq!(contents.len(), IMAGE_LEN, "the image keeps its size");
+    let mut expected = pattern_image();
+    // A discard only promises zeros where the host punched a hole; this host's file
+    // systems (tmpfs, ext4, xfs, btrfs) do.
+    for (from, to) in [(8, 16), (1, 2), (40, 43)] {
+        expected[from * 512..to * 512].fill(0);
+    }
+    assert_eq!(contents, expected);
+}
+
+#[test]
+fn bad_discard_and_write_zeroes_requests_are_refused() {
+    let image = TempImage::new(&pattern_image());
+    let mut proc = processor(&image, false);
+    let mem = test_memory();
+    let ioerr = (VIRTIO_BLK_S_IOERR, 1);
+    for kind in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+        // Past the end, overflowing, too long, no ranges, too many ranges.
+        assert_eq!(run_ranges(&mut proc, &mem, kind, &[range(60, 5, 0)]), ioerr);
+        assert_eq!(run_ranges(&mut proc, &mem, kind, &[range(u64::MAX / 256, 1, 0)]), ioerr);
+        let too_long = range(0, MAX_RANGE_SECTORS + 1, 0);
+        assert_eq!(run_ranges(&mut proc, &mem, kind, &[too_long]), ioerr);
+        assert_eq!(run_ranges(&mut proc, &mem, kind, &[]), ioerr);
+        let many = vec![range(0, 1, 0); MAX_RANGES as usize + 1];
+        assert_eq!(run_ranges(&mut proc, &mem, kind, &many), ioerr);
+        // A partial range (15 bytes), and a range in a device-writable buffer.
+        write_header(&mem, kind, 0);
+        let bufs = [readable(HEADER, 16), readable(DATA, 15), writable(STATUS, 1)];
+        assert_eq!(run(&mut proc, &mem, &bufs), ioerr);
+        let bufs = [readable(HEADER, 16), writable(DATA, 16), writable(STATUS, 1)];
+        assert_eq!(run(&mut proc, &mem, &bufs), ioerr);
+        // Flags the request type does not have.
+        assert_eq!(run_ranges(&mut proc, &mem, kind, &[range(0, 1, 2)]), (VIRTIO_BLK_S_UNSUPP, 1));
+    }
+    assert_eq!(
+        run_ranges(&mut proc, &mem, VIRTIO_BLK_T_DISCARD, &[range(0, 1, 1)]),
+        (VIRTIO_BLK_S_UNSUPP, 1),
+        "discard has no unmap flag"
+    );
+    assert_eq!(image.contents(), pattern_image(), "nothing was zeroed");
+}
+
+/// Guest RAM of two adjacent regions (a buffer can span them) with room for 1 MiB requests.
+fn big_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 0x10_0000),
+        (GuestAddress(0x10_0000), 0x20_0000),
+    ])
+    .unwrap()
+}
+
+/// A request of `pages` scattered 4 KiB buffers (in reverse order, the first one spanning
+/// the two RAM regions) through an indirect table: what Linux sends for a 1 MiB direct read.
+fn scattered_request(mem: &GuestMemoryMmap, kind: u32, sector: u64, pages: u64) -> Vec<u64> {
+    write_header(mem, kind, sector);
+    let flags = if kind == VIRTIO_BLK_T_IN { VRING_DESC_F_WRITE as u16 } else { 0 };
+    let n = VRING_DESC_F_NEXT as u16;
+    let addrs: Vec<u64> = (0..pages)
+        .map(|i| if i == 0 { 0x10_0000 - 0x800 } else { 0x11_0000 + (pages - i) * 0x1000 })
+        .collect();
+    let mut table = vec![Descriptor::new(HEADER, 16, n, 1)];
+    for (i, &addr) in addrs.iter().enumerate() {
+        table.push(Descriptor::new(addr, 4096, flags | n, i as u16 + 2));
+    }
+    table.push(Descriptor::new(STATUS, 1, VRING_DESC_F_WRITE as u16, 0));
+    for (i, desc) in table.iter().enumerate() {
+        mem.write_obj(RawDescriptor::from(*desc), GuestAddress(BIG_TABLE + 16 * i as u64)).unwrap();
+    }
+    addrs
+}
+
+#[test]
+fn one_mib_scattered_requests_go_straight_to_guest_memory() {
+    let pages = 256u64;
+    let contents: Vec<u8> = (0..2 << 20).map(|i: usize| ((i % 251) ^ (i >> 12)) as u8).collect();
+    let image = TempImage::new(&contents);
+    let mut proc = processor(&image, false);
+    let mem = big_memory();
+    let addrs = scattered_request(&mem, VIRTIO_BLK_T_IN, 16, pages);
+    let table_len = 16 * (pages as u32 + 2);
+    let mut ring = TestRing::new(&mem);
+    let mut queue = ring.queue();
+    ring.set_desc(0, Descriptor::new(BIG_TABLE, table_len, VRING_DESC_F_INDIRECT as u16, 0));
+    ring.publish(0);
+    assert!(proc.process_queue(&mut queue, &mem));
+    assert_eq!(ring.used(0), (0, (1 << 20) + 1));
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+    for (i, &addr) in addrs.iter().enumerate() {
+        let at = 16 * 512 + i * 4096;
+        assert_eq!(read_mem(&mem, addr, 4096), contents[at..at + 4096], "page {i}");
+    }
+
+    // And back out to another place on the disk, from the same scattered pages.
+    scattered_request(&mem, VIRTIO_BLK_T_OUT, 2048, pages);
+    ring.set_desc(1, Descriptor::new(BIG_TABLE, table_len, VRING_DESC_F_INDIRECT as u16, 0));
+    ring.publish(1);
+    assert!(proc.process_queue(&mut queue, &mem));
+    assert_eq!(ring.used(1), (1, 1));
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+    let written = image.contents();
+    assert_eq!(written[1 << 20..2 << 20], contents[16 * 512..16 * 512 + (1 << 20)]);
+    assert_eq!(written[..1 << 20], contents[..1 << 20]);
+}
+
+#[test]
+fn reads_past_the_end_of_a_shrunk_image_fail() {
+    let image = TempImage::new(&pattern_image());
+    let mut proc = processor(&image, false);
+    // Someone truncated the image under the VM: the read hits the end of the file.
+    image.open_rw().set_len(4 * 512).unwrap();
+    let mem = test_memory();
+    write_header(&mem, VIRTIO_BLK_T_IN, 3);
+    let bufs = [readable(HEADER, 16), writable(DATA, 1024), writable(STATUS, 1)];
+    assert_eq!(run(&mut proc, &mem, &bufs).0, VIRTIO_BLK_S_IOERR);
+}
+
+#[test]
+fn multi_queue_disks_serve_each_queue_on_its_own_worker() {
+    let image = TempImage::new(&pattern_image());
+    let mut block = Block::with_queues(image.open_rw(), false, "mq", 2).unwrap();
+    assert_eq!(block.queue_max_sizes(), &[1024, 1024]);
+    assert_ne!(block.device_features() & (1 << VIRTIO_BLK_F_MQ), 0);
+    let mut num_queues = [0u8; 2];
+    block.read_config(34, &mut num_queues);
+    assert_eq!(u16::from_le_bytes(num_queues), 2);
+    // Clamped to the device's limit.
+    let many = Block::with_queues(image.open_rw(), false, "many", 100).unwrap();
+    assert_eq!(many.queue_max_sizes().len(), usize::from(MAX_QUEUES));
+
+    block.ack_features(block.device_features());
+    let mem = test_memory();
+    let interrupt = Arc::new(RecordingInterrupt::default());
+    let mut rings = [TestRing::new(&mem), TestRing::at(&mem, 0x8000)];
+    let doorbells: Vec<Arc<QueueEvent>> =
+        (0..2).map(|_| Arc::new(QueueEvent::new().unwrap())).collect();
+    let queues = (0..2)
+        .map(|i| ActiveQueue {
+            index: i as u16,
+            queue: rings[i].queue(),
+            notify: Arc::clone(&doorbells[i]),
+        })
+        .collect();
+    let signal: Arc<dyn VirtioInterrupt> = Arc::clone(&interrupt) as Arc<dyn VirtioInterrupt>;
+    block.activate(mem.clone(), queues, signal).unwrap();
+
+    write_header(&mem, VIRTIO_BLK_T_IN, 7);
+    rings[1].add_chain(&[readable(HEADER, 16), writable(DATA, 512), writable(STATUS, 1)]);
+    doorbells[1].notify();
+    assert!(wait_for(|| rings[1].used_count() == 1));
+    assert!(wait_for(|| interrupt.queue_signals() == [1]), "queue 1's interrupt only");
+    assert_eq!(rings[0].used_count(), 0);
+    assert_eq!(read_mem(&mem, DATA, 512), pattern_image()[7 * 512..8 * 512]);
+
+    // A queue the device does not have is refused.
+    block.reset();
+    let bad = ActiveQueue { index: 2, queue: rings[0].queue(), notify: Arc::clone(&doorbells[0]) };
+    let signal: Arc<dyn VirtioInterrupt> = Arc::clone(&interrupt) as Arc<dyn VirtioInterrupt>;
+    let err = block.activate(mem.clone(), vec![bad], signal).unwrap_err();
+    assert!(err.to_string().contains("queue 2"), "{err}");
+}
+
+#[test]
+fn a_batch_of_requests_raises_one_interrupt() {
+    let image = TempImage::new(&pattern_image());
+    let mut block = Block::new(image.open_rw(), false, "batch").unwrap();
+    block.ack_features(block.device_features());
+    let mem = test_memory();
+    let interrupt = Arc::new(RecordingInterrupt::default());
+    let mut ring = TestRing::new(&mem);
+    // Queued before the worker starts: it serves all of them in one pass.
+    write_header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+    for i in 0..8 {
+        ring.add_chain(&[readable(HEADER, 16), writable(STATUS + 1 + i, 1)]);
+    }
+    let _doorbell = activate(&mut block, &mem, &ring, &interrupt);
+    assert!(wait_for(|| ring.used_count() == 8));
+    assert!(wait_for(|| !interrupt.queue_signals().is_empty()));
+    block.reset();
+    assert_eq!(interrupt.queue_signals(), [0], "one interrupt for the batch");
 }

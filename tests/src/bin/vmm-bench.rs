@@ -1,0 +1,171 @@
+//! `vmm-bench [RUNS]`: boots the bench guest under Aperture, and under kvmtool when
+//! `APERTURE_PEER_KVMTOOL=/path/to/static/arm64/lkvm` is set, in one boot of the emulated
+//! host, and prints side by side: boot-to-poweroff and the VMM's share of it (median of RUNS,
+//! default 5), virtio-blk direct reads at 1 MiB and 4 KiB, VMM exits per MiB read, peak RSS.
+//! `APERTURE_BENCH_BASELINE=/path/to/aperture` adds another (static arm64) Aperture build,
+//! e.g. main's, to the same run as "aperture-base"; `APERTURE_BENCH_L1_BASE=/path/l1-base.cpio`
+//! boots another L1 image. Binaries reach L1 on virtio disks of their own. kvmtool is never built
+//! or shipped by this project: bring your own binary. Figures for notes, not pass/fail.
+//! Needs the rig built (tests/rig/build-rig.sh).
+
+// The figures on stdout are this tool's output.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aperture_e2e::vmm_bench::{
+    boot_figures, case_script, median, read_figures, BootFigures, ReadFigures, Vmm,
+};
+use aperture_e2e::{run_cases_with, Case, RigOptions, RigRun};
+
+const DEFAULT_RUNS: usize = 5;
+const USAGE: &str =
+    "usage: [APERTURE_PEER_KVMTOOL=lkvm] vmm-bench [RUNS]   (RUNS 1..=20, default 5)";
+
+/// Copies a binary, padded to whole sectors, to a disk image L1 reads it from; returns the
+/// image and the binary's length.
+fn binary_disk(
+    variable: &str,
+    binary: &PathBuf,
+    vmm: Vmm,
+    rig_dir: &std::path::Path,
+) -> Result<(PathBuf, u64), String> {
+    let mut bytes =
+        std::fs::read(binary).map_err(|e| format!("{variable}={}: {e}", binary.display()))?;
+    let len = bytes.len() as u64;
+    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
+    let image = rig_dir.join(format!("bench-{}.img", vmm.name()));
+    std::fs::write(&image, &bytes).map_err(|e| format!("{}: {e}", image.display()))?;
+    Ok((image, len))
+}
+
+fn boots(run: &RigRun, vmm: Vmm, runs: usize) -> Vec<BootFigures> {
+    (1..=runs)
+        .filter_map(|i| run.case(&format!("{}-boot-{i}", vmm.name())).and_then(boot_figures))
+        .collect()
+}
+
+fn reads(run: &RigRun, vmm: Vmm) -> Vec<ReadFigures> {
+    run.case(&format!("{}-read", vmm.name())).map(read_figures).unwrap_or_default()
+}
+
+/// One table row: a figure per VMM, and Aperture's ratio to the peer.
+fn row(label: &str, values: &[Option<f64>], unit: &str, digits: usize) {
+    let mut line = format!("{label:<34}");
+    for value in values {
+        match value {
+            Some(v) => line.push_str(&format!("{:>14}", format!("{v:.digits$} {unit}"))),
+            None => line.push_str(&format!("{:>14}", "-")),
+        }
+    }
+    // Aperture against the last column (kvmtool when given).
+    if let (Some(Some(ours)), Some(Some(peer))) = (values.first(), values.last()) {
+        if values.len() > 1 && *peer != 0.0 {
+            line.push_str(&format!("   ({:.2}x)", ours / peer));
+        }
+    }
+    println!("{line}");
+}
+
+fn main() -> ExitCode {
+    let runs = match std::env::args().nth(1) {
+        None => DEFAULT_RUNS,
+        Some(arg) => match arg.parse().ok().filter(|n| (1..=20).contains(n)) {
+            Some(n) => n,
+            None => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let mut options = RigOptions::new(Duration::from_secs(600));
+    options.log_name = "vmm-bench-last-run.log".into();
+    if let Some(base) = std::env::var_os("APERTURE_BENCH_L1_BASE") {
+        options.paths.l1_base = PathBuf::from(base);
+    }
+    let mut vmms = vec![Vmm::Aperture];
+    let mut binaries = Vec::new();
+    for (variable, vmm) in [
+        ("APERTURE_BENCH_BASELINE", Vmm::ApertureBaseline),
+        ("APERTURE_PEER_KVMTOOL", Vmm::Kvmtool),
+    ] {
+        let Some(path) = std::env::var_os(variable) else { continue };
+        match binary_disk(variable, &PathBuf::from(path), vmm, &options.paths.rig_dir) {
+            Ok((image, len)) => {
+                let id = vmm.name();
+                options.extra_qemu_args.extend([
+                    "-drive".into(),
+                    format!("file={},format=raw,if=none,id={id},readonly=on", image.display()),
+                    "-device".into(),
+                    format!("virtio-blk-pci,drive={id},serial={id}"),
+                ]);
+                binaries.push((vmm, len));
+                vmms.push(vmm);
+            }
+            Err(error) => {
+                eprintln!("vmm-bench: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // Boots interleaved (a drift in the emulated host hits both VMMs alike), reads last.
+    let mut cases = Vec::new();
+    for i in 1..=runs {
+        for &vmm in &vmms {
+            let script = case_script(vmm, false, &binaries);
+            cases.push(Case::new(format!("{}-boot-{i}", vmm.name()), script));
+        }
+    }
+    for &vmm in &vmms {
+        let script = case_script(vmm, true, &binaries);
+        cases.push(
+            Case::new(format!("{}-read", vmm.name()), script).with_limit(Duration::from_secs(400)),
+        );
+    }
+    options.qemu_timeout = Duration::from_secs(300 + 120 * cases.len() as u64);
+    let run = match run_cases_with(&cases, &options) {
+        Ok(run) => run,
+        Err(error) => {
+            eprintln!("vmm-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let header: String = vmms.iter().map(|v| format!("{:>14}", v.name())).collect();
+    println!("{:<34}{header}", format!("figure (L1 clock; median of {runs})"));
+    let boot: Vec<Vec<BootFigures>> = vmms.iter().map(|&v| boots(&run, v, runs)).collect();
+    let pick = |f: &dyn Fn(&BootFigures) -> f64| -> Vec<Option<f64>> {
+        boot.iter().map(|b| median(&b.iter().map(f).collect::<Vec<_>>())).collect()
+    };
+    row("boot-to-poweroff", &pick(&|b| b.wall * 1000.0), "ms", 0);
+    row("VMM overhead (wall - guest uptime)", &pick(&|b| b.vmm_overhead() * 1000.0), "ms", 0);
+    row("peak RSS (boot)", &pick(&|b| b.peak_rss_kib / 1024.0), "MiB", 1);
+    let read: Vec<Vec<ReadFigures>> = vmms.iter().map(|&v| reads(&run, v)).collect();
+    for block in ["1M", "4K"] {
+        let find = |f: &dyn Fn(&ReadFigures) -> f64| -> Vec<Option<f64>> {
+            read.iter().map(|r| r.iter().find(|x| x.block == block).map(f)).collect()
+        };
+        row(&format!("virtio-blk read bs={block}"), &find(&|r| r.speed()), "MiB/s", 1);
+        row(&format!("  VMM exits per MiB (bs={block})"), &find(&|r| r.vmm_exits_per_mib()), "", 1);
+        row(
+            &format!("  all KVM exits per MiB (bs={block})"),
+            &find(&|r| r.all_exits / r.mib),
+            "",
+            1,
+        );
+    }
+    let complete = boot.iter().all(|b| b.len() == runs) && read.iter().all(|r| r.len() == 2);
+    println!("{}", run.summary());
+    if complete {
+        ExitCode::SUCCESS
+    } else {
+        for case in &run.cases {
+            if boot_figures(case).is_none() && read_figures(case).is_empty() {
+                println!("{}", case.describe());
+            }
+        }
+        ExitCode::FAILURE
+    }
+}

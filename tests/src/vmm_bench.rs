@@ -1,0 +1,384 @@
+//! The VMM benchmark (`vmm-bench`): the same tiny guest under Aperture and, when a binary is
+//! given, kvmtool, in one boot of the emulated host (L1). Per VMM: boot-to-poweroff wall
+//! time and the VMM's share of it (wall minus the guest's uptime at power-off), virtio-blk
+//! `dd iflag=direct` reads at 1 MiB and 4 KiB, VMM exits per MiB read (KVM's
+//! `mmio_exit_user` in L1's debugfs, sampled around the reads), and the VMM's peak RSS.
+//!
+//! The guest is the test guest's initramfs with a bench `/init` appended (a later newc
+//! archive replaces `/init`), so both VMMs boot the same kernel and files. Figures for notes,
+//! not pass/fail.
+
+use std::fmt::Write as _;
+
+use crate::case::CaseOutput;
+
+/// The bench guest's `/init`: boots, optionally reads `/dev/vda`, prints its uptime,
+/// powers off.
+pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec 0<>/dev/console 1>&0 2>&0
+echo "APERTURE-GUEST-INIT-OK"
+case " $(cat /proc/cmdline) " in
+*" bench.read "*)
+    modprobe -a virtio_pci virtio_mmio virtio_blk 2>/dev/null
+    n=0
+    while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    for spec in 1M:128 4K:2048; do
+        bs=${spec%:*} count=${spec#*:}
+        echo "BENCH-READ-START bs=$bs"
+        sleep 1
+        start=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/vda of=/dev/null bs=$bs count=$count iflag=direct 2>/dev/null
+        status=$?
+        end=$(cut -d' ' -f1 /proc/uptime)
+        sleep 1
+        echo "BENCH-READ-END bs=$bs count=$count start=$start end=$end status=$status"
+    done
+    ;;
+esac
+echo "BENCH-UPTIME $(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
+"#;
+
+/// Guest RAM and vCPUs of every run (the same for both VMMs).
+pub const GUEST_MEMORY_MIB: u32 = 256;
+/// vCPUs of every run.
+pub const GUEST_CPUS: u32 = 2;
+/// The disk read in L1's tmpfs, in MiB (the reads cover 128 MiB and 8 MiB of it).
+pub const DISK_MIB: u32 = 160;
+/// Which VMM a case runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    /// `/aperture` of the rig.
+    Aperture,
+    /// Another `aperture` binary (e.g. an older build), copied into L1 from a disk.
+    ApertureBaseline,
+    /// kvmtool's `lkvm`, copied into L1 from a disk.
+    Kvmtool,
+}
+
+impl Vmm {
+    /// Its name in case names, the table, and the serial of the disk that carries it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aperture => "aperture",
+            Self::ApertureBaseline => "aperture-base",
+            Self::Kvmtool => "kvmtool",
+        }
+    }
+
+    /// Where its binary is in L1.
+    pub fn binary(self) -> String {
+        match self {
+            Self::Aperture => "/aperture".into(),
+            other => format!("/tmp/bin-{}", other.name()),
+        }
+    }
+
+    /// The shell command that runs the bench guest (`read`: with the disk and the reads).
+    fn command(self, read: bool) -> String {
+        let extra = if read { " bench.read" } else { "" };
+        match self {
+            Self::Aperture | Self::ApertureBaseline => format!(
+                "{} run --kernel /guest/Image --initrd /tmp/bench.cpio --cpus {GUEST_CPUS} \
+                 --memory {GUEST_MEMORY_MIB} --timeout 300 --cmdline 'console=ttyAMA0 panic=-1 \
+                 quiet{extra}'{}",
+                self.binary(),
+                if read { " --disk /tmp/bench-disk.img" } else { "" }
+            ),
+            // No network (Aperture has none); its serial console, as Aperture's PL011.
+            Self::Kvmtool => format!(
+                "{} run -k /guest/Image -i /tmp/bench.cpio -c {GUEST_CPUS} -m \
+                 {GUEST_MEMORY_MIB} -n mode=none --console serial -p 'quiet{extra}'{}",
+                self.binary(),
+                if read { " -d /tmp/bench-disk.img" } else { "" }
+            ),
+        }
+    }
+}
+
+/// L1 script lines that prepare the bench guest, the disk and the binaries brought on L1's
+/// virtio disks (`(vmm, length)`: the disk whose serial is the VMM's name).
+fn prelude(binaries: &[(Vmm, u64)]) -> String {
+    let mut text = String::from(
+        r#"mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+kvm_stat() { cat "/sys/kernel/debug/kvm/$1" 2>/dev/null || echo 0; }
+if [ ! -f /tmp/bench.cpio ]; then
+    mkdir -p /tmp/bench-root
+    cat > /tmp/bench-root/init <<'BENCH_INIT_EOF'
+"#,
+    );
+    text.push_str(GUEST_INIT);
+    let _ = write!(
+        text,
+        r#"BENCH_INIT_EOF
+    chmod 755 /tmp/bench-root/init
+    (cd /tmp/bench-root && echo init | cpio -o -H newc > /tmp/bench-init.cpio 2>/dev/null)
+    cat /guest/guest.cpio /tmp/bench-init.cpio > /tmp/bench.cpio
+fi
+[ -f /tmp/bench-disk.img ] || dd if=/dev/zero of=/tmp/bench-disk.img bs=1M count={DISK_MIB} 2>/dev/null
+"#
+    );
+    for &(vmm, bytes) in binaries {
+        let _ = write!(
+            text,
+            r#"if [ ! -x {path} ]; then
+    modprobe -a virtio_pci virtio_blk 2>/dev/null
+    n=0
+    while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+    sleep 1
+    for d in /sys/block/vd*; do
+        [ "$(cat "$d/serial" 2>/dev/null)" = {serial} ] && head -c {bytes} "/dev/${{d##*/}}" > {path}
+    done
+    chmod 755 {path}
+fi
+"#,
+            path = vmm.binary(),
+            serial = vmm.name(),
+        );
+    }
+    text
+}
+
+/// The L1 script of one run: the VMM's output through a loop that samples KVM's exit
+/// counters at the guest's read markers, a watcher that keeps the VMM's VmHWM, and a
+/// summary line with L1's clock around the run.
+pub fn case_script(vmm: Vmm, read: bool, binaries: &[(Vmm, u64)]) -> String {
+    let mut text = prelude(binaries);
+    let _ = write!(
+        text,
+        r#"up() {{ cut -d' ' -f1 /proc/uptime; }}
+fifo=/tmp/bench-out.$$
+rm -f "$fifo" /tmp/bench-hwm
+mkfifo "$fifo"
+t0=$(up)
+{command} > "$fifo" 2>&1 &
+pid=$!
+( hwm=0
+  while kill -0 "$pid" 2>/dev/null; do
+      v=$(awk '/^VmHWM:/ {{ print $2 }}' "/proc/$pid/status" 2>/dev/null)
+      [ -n "$v" ] && hwm=$v && echo "$hwm" > /tmp/bench-hwm
+      usleep 50000
+  done ) &
+watcher=$!
+while IFS= read -r line; do
+    case "$line" in
+        *BENCH-READ-START*|*BENCH-READ-END*)
+            echo "L1-EXITS mmio_user=$(kvm_stat mmio_exit_user) exits=$(kvm_stat exits)" ;;
+    esac
+    echo "$line"
+done < "$fifo"
+wait "$pid"
+status=$?
+t1=$(up)
+wait "$watcher"
+echo "L1-BENCH vmm={name} start=$t0 end=$t1 status=$status hwm_kib=$(cat /tmp/bench-hwm 2>/dev/null || echo 0)"
+rm -f "$fifo"
+exit $status
+"#,
+        command = vmm.command(read),
+        name = vmm.name(),
+    );
+    text
+}
+
+/// `key=value` from a line of `key=value` words.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|value| value.trim_end_matches(['M', 'K']).parse().ok())
+}
+
+/// One boot's figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BootFigures {
+    /// L1 seconds from starting the VMM to its exit.
+    pub wall: f64,
+    /// The guest's uptime when it powered off.
+    pub guest_uptime: f64,
+    /// The VMM's peak RSS in KiB.
+    pub peak_rss_kib: f64,
+}
+
+impl BootFigures {
+    /// The VMM's share of the wall time.
+    pub fn vmm_overhead(&self) -> f64 {
+        self.wall - self.guest_uptime
+    }
+}
+
+/// One read series' figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadFigures {
+    /// Block size as dd got it ("1M", "4K").
+    pub block: String,
+    /// MiB read.
+    pub mib: f64,
+    /// Guest seconds the dd took.
+    pub seconds: f64,
+    /// Exits to the VMM (KVM `mmio_exit_user`) during the read, with a second either side.
+    pub vmm_exits: f64,
+    /// All KVM exits in the same window.
+    pub all_exits: f64,
+}
+
+impl ReadFigures {
+    /// MiB/s.
+    pub fn speed(&self) -> f64 {
+        self.mib / self.seconds.max(0.01)
+    }
+
+    /// VMM exits per MiB read.
+    pub fn vmm_exits_per_mib(&self) -> f64 {
+        self.vmm_exits / self.mib.max(1.0 / 1024.0)
+    }
+}
+
+/// The boot figures of a finished run, if it printed them.
+pub fn boot_figures(case: &CaseOutput) -> Option<BootFigures> {
+    let summary = case.line_with("L1-BENCH ")?;
+    let uptime = case.line_with("BENCH-UPTIME ")?;
+    let guest_uptime = uptime.split_whitespace().last()?.parse().ok()?;
+    Some(BootFigures {
+        wall: field(summary, "end")? - field(summary, "start")?,
+        guest_uptime,
+        peak_rss_kib: field(summary, "hwm_kib")?,
+    })
+}
+
+/// The read figures of a finished run, in the order the guest read.
+pub fn read_figures(case: &CaseOutput) -> Vec<ReadFigures> {
+    let mut figures = Vec::new();
+    let mut start_exits: Option<(f64, f64)> = None;
+    let mut last_exits = (0.0, 0.0);
+    for (_, line) in &case.lines {
+        if line.contains("L1-EXITS ") {
+            last_exits =
+                (field(line, "mmio_user").unwrap_or(0.0), field(line, "exits").unwrap_or(0.0));
+        } else if line.contains("BENCH-READ-START") {
+            start_exits = Some(last_exits);
+        } else if line.contains("BENCH-READ-END") {
+            let (Some((user0, all0)), Some(count), Some(start), Some(end)) = (
+                start_exits.take(),
+                field(line, "count"),
+                field(line, "start"),
+                field(line, "end"),
+            ) else {
+                continue;
+            };
+            let block = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("bs="))
+                .unwrap_or("?")
+                .to_string();
+            let block_kib = match block.as_str() {
+                "1M" => 1024.0,
+                "4K" => 4.0,
+                _ => continue,
+            };
+            figures.push(ReadFigures {
+                block,
+                mib: count * block_kib / 1024.0,
+                seconds: end - start,
+                vmm_exits: last_exits.0 - user0,
+                all_exits: last_exits.1 - all0,
+            });
+        }
+    }
+    figures
+}
+
+/// The median of `values` (None when empty).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn output(lines: &[&str]) -> CaseOutput {
+        CaseOutput {
+            lines: lines.iter().map(|l| (Duration::ZERO, l.to_string())).collect(),
+            ..CaseOutput::default()
+        }
+    }
+
+    #[test]
+    fn boot_figures_come_from_the_summary_and_the_guest_uptime() {
+        let case = output(&[
+            "APERTURE-GUEST-INIT-OK",
+            "BENCH-UPTIME 1.38",
+            "L1-BENCH vmm=aperture start=100.50 end=102.95 status=0 hwm_kib=40960",
+        ]);
+        let boot = boot_figures(&case).unwrap();
+        assert!((boot.wall - 2.45).abs() < 1e-9);
+        assert!((boot.vmm_overhead() - 1.07).abs() < 1e-9);
+        assert_eq!(boot.peak_rss_kib, 40960.0);
+        assert_eq!(boot_figures(&output(&["BENCH-UPTIME 1.0"])), None);
+    }
+
+    #[test]
+    fn read_figures_pair_the_exit_samples_with_each_read() {
+        let case = output(&[
+            "L1-EXITS mmio_user=1000 exits=5000",
+            "BENCH-READ-START bs=1M",
+            "L1-EXITS mmio_user=1256 exits=9000",
+            "BENCH-READ-END bs=1M count=128 start=3.00 end=3.25 status=0",
+            "L1-EXITS mmio_user=1300 exits=9100",
+            "BENCH-READ-START bs=4K",
+            "L1-EXITS mmio_user=9492 exits=20000",
+            "BENCH-READ-END bs=4K count=8192 start=5.00 end=8.00 status=0",
+        ]);
+        let reads = read_figures(&case);
+        assert_eq!(reads.len(), 2);
+        assert_eq!(reads[0].block, "1M");
+        assert_eq!(reads[0].mib, 128.0);
+        assert!((reads[0].speed() - 512.0).abs() < 1e-6);
+        assert_eq!(reads[0].vmm_exits_per_mib(), 2.0);
+        assert_eq!(reads[0].all_exits, 4000.0);
+        assert_eq!(reads[1].mib, 32.0);
+        assert_eq!(reads[1].vmm_exits, 8192.0);
+        assert_eq!(reads[1].vmm_exits_per_mib(), 256.0);
+    }
+
+    #[test]
+    fn scripts_run_the_right_command_and_carry_the_guest_init() {
+        let aperture = case_script(Vmm::Aperture, true, &[]);
+        assert!(aperture.contains("/aperture run --kernel /guest/Image --initrd /tmp/bench.cpio"));
+        assert!(aperture.contains("--disk /tmp/bench-disk.img"));
+        assert!(aperture.contains("quiet bench.read'"));
+        assert!(aperture.contains(GUEST_INIT));
+        assert!(!aperture.contains("/tmp/bin-"));
+        let binaries = [(Vmm::Kvmtool, 1234), (Vmm::ApertureBaseline, 99)];
+        let kvmtool = case_script(Vmm::Kvmtool, false, &binaries);
+        assert!(
+            kvmtool.contains(r#"= kvmtool ] && head -c 1234 "/dev/${d##*/}" > /tmp/bin-kvmtool"#)
+        );
+        assert!(kvmtool.contains(r#"= aperture-base ] && head -c 99 "#));
+        assert!(kvmtool.contains("/tmp/bin-kvmtool run -k /guest/Image"));
+        assert!(!kvmtool.contains(" -d /tmp/bench-disk.img"));
+        assert!(kvmtool.contains("L1-BENCH vmm=kvmtool"));
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+}
