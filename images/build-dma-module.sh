@@ -59,6 +59,10 @@ hostarch=$(dpkg --print-architecture)
 command -v aarch64-linux-gnu-gcc-12 >/dev/null \
     || die "aarch64-linux-gnu-gcc-12 not found: run images/host-deps.sh (gcc-aarch64-linux-gnu)"
 
+# The guest's modprobe settings for NVIDIA behind DMA windows, shipped next to the modules.
+mkdir -p "$out/modprobe.d"
+cp "$repo/images/guest-config/aperture-nvidia.conf" "$out/modprobe.d/aperture-nvidia.conf"
+
 want=$(cat "$src"/*.c "$src/Kbuild" "$edu_src"/*.c "$edu_src/Kbuild" "$0" | sha256sum | cut -d' ' -f1)
 stamp="$kver $debver $hostarch $want"
 up_to_date=1
