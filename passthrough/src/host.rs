@@ -43,22 +43,39 @@ impl RamRegion {
 /// What a device reset did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetOutcome {
-    /// The host reset the function (VFIO: FLR, PM or bus reset, whichever the kernel found;
-    /// DriverKit: FLR or a hot reset of its port).
+    /// The host reset the function alone (VFIO: FLR, PM or bus reset, whichever the kernel
+    /// found; DriverKit: FLR or a hot reset of its port).
     Done,
+    /// The host reset the function's whole slot (VFIO hot reset: every function on it).
+    HotReset,
     /// The device has no reset method the host can use.
     Unsupported,
-    /// The reset failed (some GPUs behind Thunderbolt never come back from FLR).
+    /// Only a hot reset would do, and it would also reset functions this VM does not own.
+    NotOwned,
+    /// The per-function reset failed (some GPUs behind Thunderbolt never come back from FLR).
     Failed,
+    /// The hot reset of the slot failed.
+    HotResetFailed,
 }
 
 impl ResetOutcome {
-    /// Its name in traces: "done", "unsupported", "failed".
+    /// Its outcome in traces: "done", "unsupported", "not-owned", "failed".
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Done => "done",
+            Self::Done | Self::HotReset => "done",
             Self::Unsupported => "unsupported",
-            Self::Failed => "failed",
+            Self::NotOwned => "not-owned",
+            Self::Failed | Self::HotResetFailed => "failed",
+        }
+    }
+
+    /// The method that ran, in traces: "flr" (the per-function reset), "hot-reset" (the
+    /// slot) or "none".
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Done | Self::Failed => "flr",
+            Self::HotReset | Self::HotResetFailed => "hot-reset",
+            Self::Unsupported | Self::NotOwned => "none",
         }
     }
 }
@@ -268,10 +285,19 @@ mod tests {
 
     #[test]
     fn reset_outcomes_have_trace_names() {
-        let names: Vec<_> = [ResetOutcome::Done, ResetOutcome::Unsupported, ResetOutcome::Failed]
-            .iter()
-            .map(|o| o.as_str())
-            .collect();
-        assert_eq!(names, ["done", "unsupported", "failed"]);
+        use ResetOutcome::*;
+        let all = [Done, HotReset, Unsupported, NotOwned, Failed, HotResetFailed];
+        let names: Vec<_> = all.iter().map(|o| (o.as_str(), o.method())).collect();
+        assert_eq!(
+            names,
+            [
+                ("done", "flr"),
+                ("done", "hot-reset"),
+                ("unsupported", "none"),
+                ("not-owned", "none"),
+                ("failed", "flr"),
+                ("failed", "hot-reset"),
+            ]
+        );
     }
 }

@@ -176,12 +176,15 @@ echo "l1: bound E=$(driver_of "$E") H=$(driver_of "$H")""#
         Case::new("edu-window-612", vm(RUN_612, window, "edu aperture.edu=timing=1")),
         // A 2 MiB map through the window: its device address must be 2 MiB aligned.
         Case::new("edu-window-2m", vm(RUN, window, "edu aperture.edu=big=1,rounds=1")),
-        // Two VMs in a row with edu and audio: the second must find both working.
+        // Two VMs in a row with edu and audio: neither has FLR, so the first VM resets their
+        // slot with a VFIO hot reset at start and exit (its trace's resets are printed); the
+        // second must find both working.
         Case::new(
             "edu-second-vm",
             edu(format!(
                 r#"bind_vfio "$E" && bind_vfio "$H" || exit 1
-run_vm vm1 {both} {check}
+run_vm vm1 {both} --trace-pci /tmp/edu-reset.trace {check}
+grep ' reset ' /tmp/edu-reset.trace | sed 's/^/l1: trace: /'
 run_vm vm2 {both} {check}"#,
                 check = with_check("edu,hdaudio")
             )),
@@ -1352,6 +1355,25 @@ fn a_2_mib_window_map_gets_a_2_mib_aligned_device_address() {
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn second_vm_gets_a_working_edu_and_audio_after_the_first() {
     let (run, output) = case("edu-second-vm");
+    // Both functions, at start and at exit, by the slot's hot reset (one ioctl per slot, the
+    // other function's reset is the same one).
+    for function in [".0", ".1"] {
+        for when in ["start", "exit"] {
+            let traced = output.lines.iter().any(|(_, line)| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                line.starts_with("l1: trace: ")
+                    && words.windows(2).any(|w| w[0].ends_with(function) && w[1] == "reset")
+                    && line.contains(&format!("when={when}"))
+                    && line.contains("outcome=done")
+                    && line.contains("method=hot-reset")
+            });
+            assert!(
+                traced,
+                "no hot reset of function {function} at {when} in vm1's trace\n{}",
+                context(run, output)
+            );
+        }
+    }
     for vm in ["vm1", "vm2"] {
         let prefix = format!("{vm}: ");
         assert_edu_pass(run, output, &prefix, &edu_pass(2, 0));

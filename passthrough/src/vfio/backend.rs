@@ -12,6 +12,7 @@ use super::device::{VfioDevice, VfioHostFunction};
 use super::dma::{VfioHostPicksMapper, VfioIdentityMapper};
 use super::error::{check_memlock, VfioError};
 use super::interrupts::{InterruptRoute, IntxHandle, VfioInterrupts};
+use super::reset::OwnedFunctions;
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
@@ -36,6 +37,8 @@ pub struct VfioBackend {
     checked: HashMap<PciAddress, HostDevice>,
     /// The container the `dma=identity` functions share, once one is open.
     identity: Option<Arc<VfioContainer>>,
+    /// The functions opened so far, for hot resets.
+    owned: Arc<OwnedFunctions>,
     page_size: u64,
 }
 
@@ -57,6 +60,7 @@ impl VfioBackend {
             new_route,
             checked: HashMap::new(),
             identity: None,
+            owned: Arc::default(),
             page_size: host_page_size(),
         }
     }
@@ -144,8 +148,10 @@ impl HostBackend for VfioBackend {
             DmaRequest::Window(_) => open_container()?,
         };
         let vfio = Arc::new(container.open_device(&device)?);
+        self.owned.add(vfio.address(), vfio.group().clone());
         Ok(VfioFunction {
             device: vfio,
+            owned: self.owned.clone(),
             container,
             new_route: self.new_route.clone(),
             page_size: self.page_size,
@@ -167,6 +173,7 @@ impl HostBackend for VfioBackend {
 pub struct VfioFunction {
     device: Arc<VfioDevice>,
     container: Arc<VfioContainer>,
+    owned: Arc<OwnedFunctions>,
     new_route: SharedRouteFactory,
     page_size: u64,
 }
@@ -194,7 +201,7 @@ impl OpenedFunction for VfioFunction {
     }
 
     fn reset(&self, when: &str) -> ResetOutcome {
-        self.device.reset(when)
+        self.owned.reset(&self.device, when)
     }
 
     fn host_function(&self) -> Box<dyn HostFunction> {

@@ -18,14 +18,18 @@ mod container;
 mod device;
 mod dma;
 mod error;
+mod hot_reset;
 mod interrupts;
 mod ioctls;
+mod reset;
 
 pub use backend::{SharedRouteFactory, VfioBackend, VfioFunction};
 pub use container::{can_lock_unlimited, memlock_limit, VfioContainer, VfioGroup};
 pub use device::{MappedBar, VfioDevice, VfioHostFunction};
 pub use dma::{VfioHostPicksMapper, VfioIdentityMapper};
 pub use error::{check_memlock, VfioError};
+pub use hot_reset::{plan_hot_reset, AffectedFunction, HotResetPlan, ResetMethod};
 pub use interrupts::{
     InterruptRoute, InterruptRouteFactory, IntxHandle, IntxRoute, VfioInterrupts,
 };
+pub use reset::OwnedFunctions;

@@ -108,11 +108,14 @@ impl<P: HostPlatform> HostDevices<P> {
             windowed: Vec::new(),
             trace: trace.cloned(),
         };
-        // All devices are open and reset before any is used.
+        // All devices are open before any is reset (a hot reset of a slot needs every function
+        // on it in hand), and reset before any is used.
         for request in &requests {
             let function = backend.open(request).map_err(host_error(request.address))?;
-            this.reset(&function, "start");
             this.functions.push(function);
+        }
+        for function in &this.functions {
+            this.reset(function, "start");
         }
         let first = requests[0].address;
         if let Some(mapper) = backend.identity_mapper(ram.regions()).map_err(host_error(first))? {
@@ -189,8 +192,11 @@ impl<P: HostPlatform> HostDevices<P> {
     fn reset(&self, function: &Function<P>, when: &str) {
         let outcome = function.reset(when);
         if let Some(trace) = &self.trace {
-            let fields =
-                [("when", TraceValue::Str(when)), ("outcome", TraceValue::Str(outcome.as_str()))];
+            let fields = [
+                ("when", TraceValue::Str(when)),
+                ("outcome", TraceValue::Str(outcome.as_str())),
+                ("method", TraceValue::Str(outcome.method())),
+            ];
             let source = function.address().to_string();
             trace.record(&TraceRecord { source: &source, event: "reset", fields: &fields });
         }

@@ -210,8 +210,8 @@ fn opens_resets_maps_and_shuts_down_in_order() {
         [
             "check 2",
             "open 0000:01:00.0",
-            "reset 0000:01:00.0 start",
             "open 0000:02:00.0",
+            "reset 0000:01:00.0 start",
             "reset 0000:02:00.0 start",
             "map BAR 0 0x0",
         ],
@@ -222,8 +222,8 @@ fn opens_resets_maps_and_shuts_down_in_order() {
     assert_eq!(
         started[..3],
         [
-            "0000:01:00.0 reset when=start outcome=done",
-            "0000:02:00.0 reset when=start outcome=done",
+            "0000:01:00.0 reset when=start outcome=done method=flr",
+            "0000:02:00.0 reset when=start outcome=done method=flr",
             "dma dma-map gpa=0x40000000 iova=0x40000000 len=0x1000000",
         ]
     );
@@ -241,7 +241,7 @@ fn opens_resets_maps_and_shuts_down_in_order() {
         "interrupts stop before the resets"
     );
     let ended = trace.0.lock().unwrap().clone();
-    assert_eq!(ended[1], "0000:02:00.0 reset when=exit outcome=done");
+    assert_eq!(ended[1], "0000:02:00.0 reset when=exit outcome=done method=flr");
     assert_eq!(ended[2], "dma dma-unmap iova=0x40000000 len=0x1000000");
     assert!(ended[3].starts_with("0000:02:00.0 dma-stats summary="), "{ended:#?}");
     host.shutdown();
