@@ -163,11 +163,10 @@ pub enum HostError {
     /// A BAR piece could not be mapped into this process.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// Functions of one IOMMU group share a DMA address space, which a window manager cannot.
+    /// Functions of one IOMMU group share one DMA address space, so one DMA mode.
     #[error(
-        "it shares IOMMU group {group} with {other}, and dma=window needs a group of its own \
-         (one DMA address space per window manager); pass one of them with dma=identity, or \
-         only one of them"
+        "it shares IOMMU group {group} with {other}, and functions of one IOMMU group share \
+         one DMA address space: give them the same dma= mode"
     )]
     SharedGroup {
         /// The group.
@@ -218,6 +217,12 @@ pub trait OpenedFunction: Send + std::fmt::Debug {
     ) -> Result<WindowMapper, HostError>;
     /// Stops the function's interrupts before its reset at exit.
     fn quiesce(&self) {}
+
+    /// The host DMA address space the function is in, where functions can share one (VFIO:
+    /// its IOMMU group): `dma=window` functions of one space share one window manager.
+    fn dma_space(&self) -> Option<u32> {
+        None
+    }
 
     /// The page-aligned pieces of each BAR of `function` that the guest can access directly;
     /// the rest is trapped.

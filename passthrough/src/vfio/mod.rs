@@ -2,8 +2,8 @@
 //!
 //! [`VfioBackend`] is VFIO's [`crate::host::HostBackend`]: it checks the functions in sysfs
 //! and opens each in a [`VfioContainer`] (the `dma=identity` functions share one, whose
-//! [`VfioIdentityMapper`] maps guest RAM at IOVA = guest-physical address; each `dma=window`
-//! function gets its own, with a [`VfioHostPicksMapper`] imitating the macOS DART's limits).
+//! [`VfioIdentityMapper`] maps guest RAM at IOVA = guest-physical address; the `dma=window`
+//! functions of each IOMMU group get their own, with a [`VfioHostPicksMapper`] imitating the macOS DART's limits).
 //! Each [`VfioDevice`] gives the portable [`crate::assigned::AssignedFunction`] its
 //! configuration space and BARs ([`VfioHostFunction`]) and MSI / MSI-X / INTx eventfds
 //! ([`VfioInterrupts`], INTx wired late through an [`IntxHandle`]), and lets the VMM mmap its

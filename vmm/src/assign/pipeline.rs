@@ -16,7 +16,9 @@ use passthrough::host::{
 };
 use passthrough::PciAddress;
 
-use super::window::{mapper_limits, window_device, RequesterIdWatch, WindowedDevice};
+use super::window::{
+    mapper_limits, window_device, window_manager, RequesterIdWatch, WindowedDevice,
+};
 use super::{AssignError, AssignedIntx, AssignedParts, DirectBar, IntxHandle, PendingFunction};
 use crate::config::{DeviceConfig, DmaMode};
 use crate::hypervisor::Vm;
@@ -128,13 +130,25 @@ impl<P: HostPlatform> HostDevices<P> {
                 DmaMode::Identity => Box::new(function),
                 DmaMode::Window(limits) => {
                     let address = config.address;
-                    let mapper = host
-                        .window_mapper(ram.regions(), mapper_limits(limits))
-                        .map_err(host_error(address))?;
-                    let index = this.windowed.len();
-                    let (windowed, device, rid) =
-                        window_device(address, index, mapper, ram, limits, trace)?;
-                    this.windowed.push(windowed);
+                    // Functions of one DMA address space (IOMMU group) share its windows.
+                    let space = host.dma_space();
+                    let shared =
+                        this.windowed.iter().position(|w| space.is_some() && w.space == space);
+                    let windowed = match shared {
+                        Some(i) => i,
+                        None => {
+                            let mapper = host
+                                .window_mapper(ram.regions(), mapper_limits(limits))
+                                .map_err(host_error(address))?;
+                            let mut windowed = window_manager(address, mapper, ram, limits)?;
+                            windowed.space = space;
+                            this.windowed.push(windowed);
+                            this.windowed.len() - 1
+                        }
+                    };
+                    let index = parts.endpoints.len();
+                    let (device, rid) =
+                        window_device(address, index, &this.windowed[windowed], ram, trace)?;
                     parts.endpoints.push(Box::new(device));
                     Box::new(RequesterIdWatch::new(Box::new(function), rid))
                 }

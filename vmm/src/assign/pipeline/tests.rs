@@ -146,6 +146,11 @@ impl OpenedFunction for FakeFunction {
     fn quiesce(&self) {
         note(&self.calls, format!("quiesce {}", self.address));
     }
+
+    /// One DMA address space per bus, as an IOMMU group per slot.
+    fn dma_space(&self) -> Option<u32> {
+        Some(self.address.bus.into())
+    }
 }
 
 /// Keeps every trace record as `source event k=v ...`.
@@ -268,4 +273,43 @@ fn refusals_name_the_device_before_anything_is_opened() {
     );
     assert!(err.to_string().starts_with("--device 0000:03:00.0: dma=identity is not possible"));
     assert_eq!(*calls.lock().unwrap(), ["check 2"], "nothing opened");
+}
+
+#[test]
+fn windowed_functions_of_one_dma_space_share_its_windows() {
+    let ram = ram();
+    let window = || DmaMode::Window(DmaWindowLimits::default());
+    let configs = [
+        device("0000:03:00.0", window()),
+        device("0000:03:00.1", window()),
+        device("0000:04:00.0", window()),
+    ];
+    let (platform, backend, calls) = fake_host();
+    let trace = Arc::new(RecordingTrace::default());
+    let sink: Arc<dyn TraceSink> = trace.clone();
+    let (mut host, parts) =
+        HostDevices::open(platform, backend, &ram, &configs, Some(&sink)).unwrap();
+    let endpoints: Vec<_> = parts.endpoints.iter().map(|e| e.name()).collect();
+    assert_eq!(
+        endpoints,
+        ["aperture-dma0", "aperture-dma1", "aperture-dma2"],
+        "each function still gets its aperture-dma device"
+    );
+    let mappers: Vec<String> =
+        calls.lock().unwrap().iter().filter(|c| c.starts_with("window mapper")).cloned().collect();
+    assert_eq!(
+        mappers,
+        ["window mapper 0000:03:00.0", "window mapper 0000:04:00.0"],
+        "one mapper (one IOVA space) per DMA address space"
+    );
+    host.shutdown();
+    let stats: Vec<String> = trace
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("dma-stats") && l.contains("summary=DMA windows"))
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(stats, ["0000:03:00.0", "0000:04:00.0"], "one window manager each");
 }
