@@ -261,8 +261,8 @@ exit $status"#,
 echo "l1: A=$A"
 {RUN} -v --device "$A,trace-bar=0:0x1000+0x1000" --trace-pci /tmp/bar-trace.log {}
 status=$?
-echo "l1: bar-writes=$(grep -c ' bar-write ' /tmp/bar-trace.log)"
-grep -m8 ' bar-write ' /tmp/bar-trace.log | sed 's/^/l1: trace: /'
+echo "l1: bar-writes=$(grep -c "$A  *bar-write " /tmp/bar-trace.log)"
+grep -m8 "$A  *bar-write " /tmp/bar-trace.log | sed 's/^/l1: trace: /'
 echo "l1: status=$status"
 exit $status"#,
                 expect(FILL_A),
