@@ -130,3 +130,24 @@ impl OwnedFunctions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_reset_along_with_its_slot_is_reset_once() {
+        let owned = OwnedFunctions::default();
+        let audio: PciAddress = "0000:03:00.1".parse().unwrap();
+        let other: PciAddress = "0000:04:00.0".parse().unwrap();
+        assert!(!owned.take_reset_along(audio), "nothing reset yet");
+        owned.note_reset_along(&[audio]);
+        owned.note_reset_along(&[audio]);
+        assert!(!owned.take_reset_along(other));
+        assert!(owned.take_reset_along(audio), "its slot's hot reset counts for it");
+        assert!(!owned.take_reset_along(audio), "once: the next round resets it again");
+        assert!(owned.owned().is_empty());
+        assert_eq!(owned.group_fds(&[]), Some(Vec::new()));
+        assert_eq!(owned.group_fds(&[7]), None, "group 7 is not open");
+    }
+}

@@ -220,9 +220,14 @@ impl<P: HostPlatform> HostDevices<P> {
     /// (and reports what the windows did).
     pub(super) fn shutdown(&mut self) {
         self.platform.stop();
-        for function in std::mem::take(&mut self.functions) {
+        // Every function's interrupts stop before any reset: a hot reset resets its slot's
+        // other functions too.
+        let functions = std::mem::take(&mut self.functions);
+        for function in &functions {
             function.quiesce();
-            self.reset(&function, "exit");
+        }
+        for function in &functions {
+            self.reset(function, "exit");
         }
         if let Some(mut identity) = self.identity.take() {
             for (iova, len) in identity.mapped.drain(..) {

@@ -239,8 +239,8 @@ fn opens_resets_maps_and_shuts_down_in_order() {
         [
             "stop",
             "quiesce 0000:01:00.0",
-            "reset 0000:01:00.0 exit",
             "quiesce 0000:02:00.0",
+            "reset 0000:01:00.0 exit",
             "reset 0000:02:00.0 exit",
         ],
         "interrupts stop before the resets"
