@@ -43,22 +43,39 @@ impl RamRegion {
 /// What a device reset did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetOutcome {
-    /// The host reset the function (VFIO: FLR, PM or bus reset, whichever the kernel found;
-    /// DriverKit: FLR or a hot reset of its port).
+    /// The host reset the function alone (VFIO: FLR, PM or bus reset, whichever the kernel
+    /// found; DriverKit: FLR or a hot reset of its port).
     Done,
+    /// The host reset the function's whole slot (VFIO hot reset: every function on it).
+    HotReset,
     /// The device has no reset method the host can use.
     Unsupported,
-    /// The reset failed (some GPUs behind Thunderbolt never come back from FLR).
+    /// Only a hot reset would do, and it would also reset functions this VM does not own.
+    NotOwned,
+    /// The per-function reset failed (some GPUs behind Thunderbolt never come back from FLR).
     Failed,
+    /// The hot reset of the slot failed.
+    HotResetFailed,
 }
 
 impl ResetOutcome {
-    /// Its name in traces: "done", "unsupported", "failed".
+    /// Its outcome in traces: "done", "unsupported", "not-owned", "failed".
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Done => "done",
+            Self::Done | Self::HotReset => "done",
             Self::Unsupported => "unsupported",
-            Self::Failed => "failed",
+            Self::NotOwned => "not-owned",
+            Self::Failed | Self::HotResetFailed => "failed",
+        }
+    }
+
+    /// The method that ran, in traces: "flr" (the per-function reset), "hot-reset" (the
+    /// slot) or "none".
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Done | Self::Failed => "flr",
+            Self::HotReset | Self::HotResetFailed => "hot-reset",
+            Self::Unsupported | Self::NotOwned => "none",
         }
     }
 }
@@ -146,11 +163,10 @@ pub enum HostError {
     /// A BAR piece could not be mapped into this process.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// Functions of one IOMMU group share a DMA address space, which a window manager cannot.
+    /// Functions of one IOMMU group share one DMA address space, so one DMA mode.
     #[error(
-        "it shares IOMMU group {group} with {other}, and dma=window needs a group of its own \
-         (one DMA address space per window manager); pass one of them with dma=identity, or \
-         only one of them"
+        "it shares IOMMU group {group} with {other}, and functions of one IOMMU group share \
+         one DMA address space: give them the same dma= mode"
     )]
     SharedGroup {
         /// The group.
@@ -201,6 +217,12 @@ pub trait OpenedFunction: Send + std::fmt::Debug {
     ) -> Result<WindowMapper, HostError>;
     /// Stops the function's interrupts before its reset at exit.
     fn quiesce(&self) {}
+
+    /// The host DMA address space the function is in, where functions can share one (VFIO:
+    /// its IOMMU group): `dma=window` functions of one space share one window manager.
+    fn dma_space(&self) -> Option<u32> {
+        None
+    }
 
     /// The page-aligned pieces of each BAR of `function` that the guest can access directly;
     /// the rest is trapped.
@@ -268,10 +290,19 @@ mod tests {
 
     #[test]
     fn reset_outcomes_have_trace_names() {
-        let names: Vec<_> = [ResetOutcome::Done, ResetOutcome::Unsupported, ResetOutcome::Failed]
-            .iter()
-            .map(|o| o.as_str())
-            .collect();
-        assert_eq!(names, ["done", "unsupported", "failed"]);
+        use ResetOutcome::*;
+        let all = [Done, HotReset, Unsupported, NotOwned, Failed, HotResetFailed];
+        let names: Vec<_> = all.iter().map(|o| (o.as_str(), o.method())).collect();
+        assert_eq!(
+            names,
+            [
+                ("done", "flr"),
+                ("done", "hot-reset"),
+                ("unsupported", "none"),
+                ("not-owned", "none"),
+                ("failed", "flr"),
+                ("failed", "hot-reset"),
+            ]
+        );
     }
 }

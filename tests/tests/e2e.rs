@@ -148,8 +148,7 @@ exit $status"#,
         ))
     };
     let both = r#"--device "$E" --device "$H""#;
-    // Only the edu: Aperture refuses any other function of a windowed device's IOMMU group
-    // (the audio stays bound to vfio-pci in L1, unassigned).
+    // Only the edu (the audio stays bound to vfio-pci in L1, unassigned).
     let window = r#"--device "$E,dma=window""#;
     vec![
         Case::new(
@@ -174,14 +173,23 @@ echo "l1: bound E=$(driver_of "$E") H=$(driver_of "$H")""#
         // be below 2^40 (protocol 1.1's mask_bits), on the 6.1 and the 6.12 guest.
         Case::new("edu-window", vm(RUN, window, "edu aperture.edu=timing=1")),
         Case::new("edu-window-612", vm(RUN_612, window, "edu aperture.edu=timing=1")),
+        // A GPU and its audio in window mode: one IOMMU group, so one container and one
+        // window manager (one IOVA space), an aperture-dma device each.
+        Case::new(
+            "edu-window-audio",
+            vm(RUN, r#"--device "$E,dma=window" --device "$H,dma=window""#, "edu,hdaudio"),
+        ),
         // A 2 MiB map through the window: its device address must be 2 MiB aligned.
         Case::new("edu-window-2m", vm(RUN, window, "edu aperture.edu=big=1,rounds=1")),
-        // Two VMs in a row with edu and audio: the second must find both working.
+        // Two VMs in a row with edu and audio: neither has FLR, so the first VM resets their
+        // slot with a VFIO hot reset at start and exit (its trace's resets are printed); the
+        // second must find both working.
         Case::new(
             "edu-second-vm",
             edu(format!(
                 r#"bind_vfio "$E" && bind_vfio "$H" || exit 1
-run_vm vm1 {both} {check}
+run_vm vm1 {both} --trace-pci /tmp/edu-reset.trace {check}
+grep ' reset ' /tmp/edu-reset.trace | sed 's/^/l1: trace: /'
 run_vm vm2 {both} {check}"#,
                 check = with_check("edu,hdaudio")
             )),
@@ -241,6 +249,26 @@ grep -m4 ' intx-' /tmp/intx-trace.log | sed 's/^/l1: trace: /'
 echo "l1: status=$status"
 exit $status"#,
                 expect(FILL_A)
+            )),
+        ),
+        // A with its doorbell page (BAR0 0x1000+0x1000) traced: trapped instead of mapped,
+        // every access in the PCI trace; the driver's doorbell writes must show, and I/O work.
+        Case::new(
+            "nvme-trace-bar",
+            nvme(format!(
+                r#"bind_vfio "$A" || exit 1
+{}
+echo "l1: A=$A"
+{RUN} -v --device "$A,trace-bar=0:0x1000+0x1000" --trace-pci /tmp/bar-trace.log {}
+status=$?
+# The doorbell page only (BAR0 also has the MSI-X table, trapped and traced anyway).
+doorbells="$A  *bar-write  *bar=0 offset=0x1[0-9a-f][0-9a-f][0-9a-f] "
+echo "l1: doorbell-writes=$(grep -c "$doorbells" /tmp/bar-trace.log)"
+grep -m8 "$doorbells" /tmp/bar-trace.log | sed 's/^/l1: trace: /'
+echo "l1: status=$status"
+exit $status"#,
+                expect(FILL_A),
+                with_check("nvme")
             )),
         ),
         Case::new(
@@ -910,6 +938,33 @@ fn nvme_without_msi_interrupts_through_intx() {
 
 #[test]
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn traced_doorbell_page_records_the_drivers_doorbell_writes() {
+    let (run, output) = case("nvme-trace-bar");
+    assert_contains(run, output, "l1: status=0");
+    assert_nvme_io(run, output, "", "aperture-a");
+    let a = output.line_with("l1: A=").and_then(|l| l.strip_prefix("l1: A=")).unwrap_or("?");
+    // `t source bar-write bar=0 offset=0x1000 size=4 value=0x1`
+    let doorbells: Vec<u64> = output
+        .lines
+        .iter()
+        .filter_map(|(_, line)| {
+            let words: Vec<&str> = line.strip_prefix("l1: trace: ")?.split_whitespace().collect();
+            let ok = words.get(1) == Some(&a) && words.get(2) == Some(&"bar-write");
+            let ok = ok && words.contains(&"bar=0");
+            let offset = words.iter().find_map(|w| w.strip_prefix("offset=0x"))?;
+            ok.then(|| u64::from_str_radix(offset, 16).ok()).flatten()
+        })
+        .collect();
+    assert!(
+        !doorbells.is_empty() && doorbells.iter().all(|o| (0x1000..0x2000).contains(o)),
+        "no doorbell writes of {a} in BAR0 0x1000..0x1fff in the trace: {doorbells:x?}\n{}",
+        context(run, output)
+    );
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn nvme_guest_write_lands_in_host_image() {
     assert_image(0, FILL_A, "nvme-shared-bar");
 }
@@ -1355,8 +1410,37 @@ fn a_2_mib_window_map_gets_a_2_mib_aligned_device_address() {
 
 #[test]
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn edu_and_audio_of_one_group_share_a_dma_window_space() {
+    let (run, output) = case("edu-window-audio");
+    assert_edu_pass(run, output, "", &edu_pass(2, 0));
+    assert_contains(run, output, "in the DMA address space it shares with");
+    assert_contains(run, output, "l1: status=0");
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn second_vm_gets_a_working_edu_and_audio_after_the_first() {
     let (run, output) = case("edu-second-vm");
+    // Both functions, at start and at exit, by the slot's hot reset (one ioctl per slot, the
+    // other function's reset is the same one).
+    for function in [".0", ".1"] {
+        for when in ["start", "exit"] {
+            let traced = output.lines.iter().any(|(_, line)| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                line.starts_with("l1: trace: ")
+                    && words.windows(2).any(|w| w[0].ends_with(function) && w[1] == "reset")
+                    && line.contains(&format!("when={when}"))
+                    && line.contains("outcome=done")
+                    && line.contains("method=hot-reset")
+            });
+            assert!(
+                traced,
+                "no hot reset of function {function} at {when} in vm1's trace\n{}",
+                context(run, output)
+            );
+        }
+    }
     for vm in ["vm1", "vm2"] {
         let prefix = format!("{vm}: ");
         assert_edu_pass(run, output, &prefix, &edu_pass(2, 0));

@@ -1,7 +1,7 @@
 //! [`VfioBackend`]: VFIO as a [`HostBackend`]. Functions are checked in sysfs, opened in
 //! containers (one shared by the `dma=identity` functions, so one mapping of guest RAM serves
-//! them; one per `dma=window` function, so that no identity mapping lets it reach all of
-//! RAM), and give the VMM their regions, eventfd interrupts and BAR mmaps.
+//! them; one per IOMMU group of `dma=window` functions, so that no identity mapping lets them
+//! reach all of RAM), and give the VMM their regions, eventfd interrupts and BAR mmaps.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +12,7 @@ use super::device::{VfioDevice, VfioHostFunction};
 use super::dma::{VfioHostPicksMapper, VfioIdentityMapper};
 use super::error::{check_memlock, VfioError};
 use super::interrupts::{InterruptRoute, IntxHandle, VfioInterrupts};
+use super::reset::OwnedFunctions;
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
@@ -36,6 +37,11 @@ pub struct VfioBackend {
     checked: HashMap<PciAddress, HostDevice>,
     /// The container the `dma=identity` functions share, once one is open.
     identity: Option<Arc<VfioContainer>>,
+    /// The containers of `dma=window` functions, one per IOMMU group (its functions share
+    /// one DMA address space, so one window manager).
+    windowed: HashMap<u32, Arc<VfioContainer>>,
+    /// The functions opened so far, for hot resets.
+    owned: Arc<OwnedFunctions>,
     page_size: u64,
 }
 
@@ -57,6 +63,8 @@ impl VfioBackend {
             new_route,
             checked: HashMap::new(),
             identity: None,
+            windowed: HashMap::new(),
+            owned: Arc::default(),
             page_size: host_page_size(),
         }
     }
@@ -72,8 +80,8 @@ fn open_container() -> Result<Arc<VfioContainer>, VfioError> {
     VfioContainer::open(Path::new("/dev"))
 }
 
-/// Every function of an IOMMU group shares its container, so they must share a DMA mode;
-/// and a window manager serves one function.
+/// Every function of an IOMMU group shares its container (one DMA address space), so they
+/// must share a DMA mode (windowed ones then share one window manager).
 fn check_groups(
     requests: &[FunctionRequest],
     devices: &[HostDevice],
@@ -81,7 +89,7 @@ fn check_groups(
     let windowed = |r: &FunctionRequest| matches!(r.dma, DmaRequest::Window(_));
     for (i, (request, device)) in requests.iter().zip(devices).enumerate() {
         for (other_request, other) in requests.iter().zip(devices).skip(i + 1) {
-            if other.group == device.group && (windowed(request) || windowed(other_request)) {
+            if other.group == device.group && windowed(request) != windowed(other_request) {
                 let error = HostError::SharedGroup { group: device.group, other: device.address };
                 return Err((other.address, error));
             }
@@ -141,11 +149,20 @@ impl HostBackend for VfioBackend {
                 Some(container) => container.clone(),
                 None => self.identity.insert(open_container()?).clone(),
             },
-            DmaRequest::Window(_) => open_container()?,
+            DmaRequest::Window(_) => match self.windowed.get(&device.group) {
+                Some(container) => container.clone(),
+                None => {
+                    let container = open_container()?;
+                    self.windowed.insert(device.group, container.clone());
+                    container
+                }
+            },
         };
         let vfio = Arc::new(container.open_device(&device)?);
+        self.owned.add(vfio.address(), vfio.group().clone());
         Ok(VfioFunction {
             device: vfio,
+            owned: self.owned.clone(),
             container,
             new_route: self.new_route.clone(),
             page_size: self.page_size,
@@ -167,6 +184,7 @@ impl HostBackend for VfioBackend {
 pub struct VfioFunction {
     device: Arc<VfioDevice>,
     container: Arc<VfioContainer>,
+    owned: Arc<OwnedFunctions>,
     new_route: SharedRouteFactory,
     page_size: u64,
 }
@@ -194,7 +212,7 @@ impl OpenedFunction for VfioFunction {
     }
 
     fn reset(&self, when: &str) -> ResetOutcome {
-        self.device.reset(when)
+        self.owned.reset(&self.device, when)
     }
 
     fn host_function(&self) -> Box<dyn HostFunction> {
@@ -232,6 +250,10 @@ impl OpenedFunction for VfioFunction {
         Ok(WindowMapper { mapper: Box::new(mapper), placement })
     }
 
+    fn dma_space(&self) -> Option<u32> {
+        Some(self.device.group().number())
+    }
+
     /// Turns MSI-X and MSI off, so the host stops signalling the eventfds.
     fn quiesce(&self) {
         let device = &self.device;
@@ -266,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn windowed_functions_need_a_group_of_their_own() {
+    fn functions_of_one_group_share_a_dma_mode() {
         let window = DmaRequest::Window(MapperLimits::APPLE_DART);
         let a = request("0000:01:00.0", window);
         let b = request("0000:01:00.1", DmaRequest::Identity);
@@ -275,9 +297,11 @@ mod tests {
         assert_eq!(address.to_string(), "0000:01:00.1");
         let text = error.to_string();
         assert!(text.contains("shares IOMMU group 7 with 0000:01:00.0"), "{text}");
-        let b = request("0000:01:00.1", DmaRequest::Identity);
+        assert!(text.contains("give them the same dma= mode"), "{text}");
         let identity = request("0000:01:00.0", DmaRequest::Identity);
         assert!(check_groups(&[identity, b], &devices).is_ok(), "identity functions share");
+        let audio = request("0000:01:00.1", window);
+        assert!(check_groups(&[a, audio], &devices).is_ok(), "windowed functions share");
         let apart = [device("0000:01:00.0", 7), device("0000:01:00.1", 8)];
         assert!(check_groups(&[a, b], &apart).is_ok());
     }

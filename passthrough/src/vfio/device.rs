@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use log::{debug, info, warn};
+use log::debug;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_NONE,
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
@@ -19,7 +19,7 @@ use super::container::{VfioContainer, VfioGroup};
 use super::error::VfioError;
 use super::ioctls;
 use crate::assigned::{HostFunction, RegionInfo};
-use crate::host::{HostMemory, ResetOutcome};
+use crate::host::HostMemory;
 use crate::pci_address::PciAddress;
 
 /// Regions of a VFIO PCI device that Aperture uses: BARs 0-5, ROM, configuration space.
@@ -55,7 +55,7 @@ pub struct VfioDevice {
     /// VFIO can deliver the device's INTx (it has a pin, and VFIO did not turn INTx off).
     intx: bool,
     // Keep the group and the container open while the device is.
-    _group: Arc<VfioGroup>,
+    group: Arc<VfioGroup>,
     _container: Arc<VfioContainer>,
 }
 
@@ -102,7 +102,7 @@ impl VfioDevice {
             flags: info.flags,
             msix_vectors,
             intx,
-            _group: group,
+            group,
             _container: container,
         })
     }
@@ -127,26 +127,14 @@ impl VfioDevice {
         &self.file
     }
 
-    /// Resets the function and reports the outcome (`when`: "start", "exit").
-    pub fn reset(&self, when: &str) -> ResetOutcome {
-        if self.flags & VFIO_DEVICE_FLAGS_RESET == 0 {
-            warn!(
-                "{}: reset at {when}: the device has no reset method VFIO can use (no FLR, PM \
-                 or bus reset); its state carries over",
-                self.address
-            );
-            return ResetOutcome::Unsupported;
-        }
-        match ioctls::device_reset(&self.file) {
-            Ok(()) => {
-                info!("{}: reset at {when}: done", self.address);
-                ResetOutcome::Done
-            }
-            Err(e) => {
-                warn!("{}: reset at {when} failed: {e}", self.address);
-                ResetOutcome::Failed
-            }
-        }
+    /// Whether VFIO offers a per-function reset (VFIO_DEVICE_RESET).
+    pub fn has_function_reset(&self) -> bool {
+        self.flags & VFIO_DEVICE_FLAGS_RESET != 0
+    }
+
+    /// The device's IOMMU group.
+    pub fn group(&self) -> &Arc<VfioGroup> {
+        &self.group
     }
 
     /// Turns off every MSI-X vector (the host stops signalling eventfds).

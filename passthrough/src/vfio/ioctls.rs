@@ -197,3 +197,50 @@ pub fn iommu_info(container: &File) -> io::Result<Vec<u8>> {
     }
     Err(io::Error::other("VFIO_IOMMU_GET_INFO kept growing its answer"))
 }
+
+ioctl_io_nr!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_TYPE as u32, VFIO_BASE + 12);
+ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE as u32, VFIO_BASE + 13);
+
+/// VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the raw `vfio_pci_hot_reset_info` (parsed by
+/// `super::hot_reset::parse_hot_reset_info`) listing what a hot reset of `device` affects.
+pub fn hot_reset_info(device: &File) -> io::Result<Vec<u8>> {
+    use super::hot_reset::{hot_reset_info_count, hot_reset_info_size, HOT_RESET_INFO_HEADER};
+    let mut size = HOT_RESET_INFO_HEADER;
+    for _ in 0..3 {
+        // u32 words keep the buffer aligned for the struct.
+        let mut words = vec![0u32; size.div_ceil(4)];
+        words[0] = size as u32; // argsz; flags 0: group ids, not device ids
+                                // SAFETY: the kernel writes at most argsz bytes into `words`, which holds that many.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ptr(
+                device,
+                VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                words.as_mut_ptr(),
+            )
+        };
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        match check(ret) {
+            Ok(_) => return Ok(bytes),
+            // ENOSPC: too small; the kernel wrote the count it needs.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                let count = hot_reset_info_count(&bytes).unwrap_or(0);
+                size = hot_reset_info_size(count.max(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("VFIO_DEVICE_GET_PCI_HOT_RESET_INFO kept growing its answer"))
+}
+
+/// VFIO_DEVICE_PCI_HOT_RESET of `device`'s slot or bus, proving ownership with the fds of
+/// every affected IOMMU group.
+pub fn pci_hot_reset(device: &File, group_fds: &[i32]) -> io::Result<()> {
+    // struct vfio_pci_hot_reset: argsz, flags, count, then the int group fds.
+    let mut words: Vec<u32> = vec![0, 0, group_fds.len() as u32];
+    words.extend(group_fds.iter().map(|&fd| fd as u32));
+    words[0] = (words.len() * 4) as u32;
+    // SAFETY: `words` is a correctly laid out vfio_pci_hot_reset of `argsz` bytes that lives
+    // across the call; the kernel only reads it.
+    check(unsafe { ioctl_with_ptr(device, VFIO_DEVICE_PCI_HOT_RESET(), words.as_ptr()) })
+        .map(|_| ())
+}

@@ -2,8 +2,8 @@
 //!
 //! [`VfioBackend`] is VFIO's [`crate::host::HostBackend`]: it checks the functions in sysfs
 //! and opens each in a [`VfioContainer`] (the `dma=identity` functions share one, whose
-//! [`VfioIdentityMapper`] maps guest RAM at IOVA = guest-physical address; each `dma=window`
-//! function gets its own, with a [`VfioHostPicksMapper`] imitating the macOS DART's limits).
+//! [`VfioIdentityMapper`] maps guest RAM at IOVA = guest-physical address; the `dma=window`
+//! functions of each IOMMU group get their own, with a [`VfioHostPicksMapper`] imitating the macOS DART's limits).
 //! Each [`VfioDevice`] gives the portable [`crate::assigned::AssignedFunction`] its
 //! configuration space and BARs ([`VfioHostFunction`]) and MSI / MSI-X / INTx eventfds
 //! ([`VfioInterrupts`], INTx wired late through an [`IntxHandle`]), and lets the VMM mmap its
@@ -18,14 +18,18 @@ mod container;
 mod device;
 mod dma;
 mod error;
+mod hot_reset;
 mod interrupts;
 mod ioctls;
+mod reset;
 
 pub use backend::{SharedRouteFactory, VfioBackend, VfioFunction};
 pub use container::{can_lock_unlimited, memlock_limit, VfioContainer, VfioGroup};
 pub use device::{MappedBar, VfioDevice, VfioHostFunction};
 pub use dma::{VfioHostPicksMapper, VfioIdentityMapper};
 pub use error::{check_memlock, VfioError};
+pub use hot_reset::{plan_hot_reset, AffectedFunction, HotResetPlan, ResetMethod};
 pub use interrupts::{
     InterruptRoute, InterruptRouteFactory, IntxHandle, IntxRoute, VfioInterrupts,
 };
+pub use reset::OwnedFunctions;

@@ -16,7 +16,9 @@ use passthrough::host::{
 };
 use passthrough::PciAddress;
 
-use super::window::{mapper_limits, window_device, RequesterIdWatch, WindowedDevice};
+use super::window::{
+    mapper_limits, window_device, window_manager, RequesterIdWatch, WindowedDevice,
+};
 use super::{AssignError, AssignedIntx, AssignedParts, DirectBar, IntxHandle, PendingFunction};
 use crate::config::{DeviceConfig, DmaMode};
 use crate::hypervisor::Vm;
@@ -108,11 +110,14 @@ impl<P: HostPlatform> HostDevices<P> {
             windowed: Vec::new(),
             trace: trace.cloned(),
         };
-        // All devices are open and reset before any is used.
+        // All devices are open before any is reset (a hot reset of a slot needs every function
+        // on it in hand), and reset before any is used.
         for request in &requests {
             let function = backend.open(request).map_err(host_error(request.address))?;
-            this.reset(&function, "start");
             this.functions.push(function);
+        }
+        for function in &this.functions {
+            this.reset(function, "start");
         }
         let first = requests[0].address;
         if let Some(mapper) = backend.identity_mapper(ram.regions()).map_err(host_error(first))? {
@@ -125,13 +130,25 @@ impl<P: HostPlatform> HostDevices<P> {
                 DmaMode::Identity => Box::new(function),
                 DmaMode::Window(limits) => {
                     let address = config.address;
-                    let mapper = host
-                        .window_mapper(ram.regions(), mapper_limits(limits))
-                        .map_err(host_error(address))?;
-                    let index = this.windowed.len();
-                    let (windowed, device, rid) =
-                        window_device(address, index, mapper, ram, limits, trace)?;
-                    this.windowed.push(windowed);
+                    // Functions of one DMA address space (IOMMU group) share its windows.
+                    let space = host.dma_space();
+                    let shared =
+                        this.windowed.iter().position(|w| space.is_some() && w.space == space);
+                    let windowed = match shared {
+                        Some(i) => i,
+                        None => {
+                            let mapper = host
+                                .window_mapper(ram.regions(), mapper_limits(limits))
+                                .map_err(host_error(address))?;
+                            let mut windowed = window_manager(address, mapper, ram, limits)?;
+                            windowed.space = space;
+                            this.windowed.push(windowed);
+                            this.windowed.len() - 1
+                        }
+                    };
+                    let index = parts.endpoints.len();
+                    let (device, rid) =
+                        window_device(address, index, &this.windowed[windowed], ram, trace)?;
                     parts.endpoints.push(Box::new(device));
                     Box::new(RequesterIdWatch::new(Box::new(function), rid))
                 }
@@ -189,8 +206,11 @@ impl<P: HostPlatform> HostDevices<P> {
     fn reset(&self, function: &Function<P>, when: &str) {
         let outcome = function.reset(when);
         if let Some(trace) = &self.trace {
-            let fields =
-                [("when", TraceValue::Str(when)), ("outcome", TraceValue::Str(outcome.as_str()))];
+            let fields = [
+                ("when", TraceValue::Str(when)),
+                ("outcome", TraceValue::Str(outcome.as_str())),
+                ("method", TraceValue::Str(outcome.method())),
+            ];
             let source = function.address().to_string();
             trace.record(&TraceRecord { source: &source, event: "reset", fields: &fields });
         }
@@ -200,9 +220,14 @@ impl<P: HostPlatform> HostDevices<P> {
     /// (and reports what the windows did).
     pub(super) fn shutdown(&mut self) {
         self.platform.stop();
-        for function in std::mem::take(&mut self.functions) {
+        // Every function's interrupts stop before any reset: a hot reset resets its slot's
+        // other functions too.
+        let functions = std::mem::take(&mut self.functions);
+        for function in &functions {
             function.quiesce();
-            self.reset(&function, "exit");
+        }
+        for function in &functions {
+            self.reset(function, "exit");
         }
         if let Some(mut identity) = self.identity.take() {
             for (iova, len) in identity.mapped.drain(..) {

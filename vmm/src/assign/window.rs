@@ -31,7 +31,10 @@ pub(super) fn mapper_limits(limits: &DmaWindowLimits) -> MapperLimits {
 
 /// A device whose DMA goes through windows, and its window manager.
 pub(super) struct WindowedDevice {
+    /// The first function served; others of its DMA address space share the windows.
     address: PciAddress,
+    /// Its host DMA address space, where the host has a notion of one.
+    pub(super) space: Option<u32>,
     windows: SharedWindows,
 }
 
@@ -60,42 +63,59 @@ impl WindowedDevice {
     }
 }
 
-/// The window manager over `host` for the `dma=window` device at `address`, and the
-/// aperture-dma device (`aperture-dmaN`) the guest drives it with, serving the requester id
-/// published in the returned cell.
-pub(super) fn window_device(
+/// The window manager over `host` for the `dma=window` device at `address` (and the other
+/// windowed functions of its DMA address space).
+pub(super) fn window_manager(
     address: PciAddress,
-    index: usize,
     host: WindowMapper,
     ram: &GuestRam,
     limits: &DmaWindowLimits,
-    trace: Option<&Arc<dyn TraceSink>>,
-) -> Result<(WindowedDevice, DmaWindowDevice, Arc<AtomicU32>), AssignError> {
+) -> Result<WindowedDevice, AssignError> {
     let ranges: Vec<_> = ram.regions().iter().map(RamRegion::range).collect();
     let config = WindowConfig { window_size: limits.window_size, cache_released: true };
     let manager = WindowManager::new(host.mapper, config, &ranges)
         .map_err(|source| AssignError::DmaWindows { address, source })?;
-    let windows: SharedWindows = Arc::new(Mutex::new(manager));
-    let rid = Arc::new(AtomicU32::new(TARGET_RID_UNKNOWN));
-    let device_name = format!("aperture-dma{index}");
-    let device = DmaWindowDevice::new(
-        device_name.clone(),
-        windows.clone(),
-        ram.memory().clone(),
-        rid.clone(),
-        trace.cloned(),
-    )
-    .map_err(|source| AssignError::DmaDevice { address, source })?;
     log::info!(
-        "{address}: DMA through windows ({device_name}) {}: at most {} MiB in {} mappings, {} \
-         KiB granule, {} KiB windows",
+        "{address}: DMA through windows {}: at most {} MiB in {} mappings, {} KiB granule, {} \
+         KiB windows",
         host.placement,
         limits.max_bytes >> 20,
         limits.max_mappings,
         limits.alignment >> 10,
         limits.window_size >> 10
     );
-    Ok((WindowedDevice { address, windows }, device, rid))
+    Ok(WindowedDevice { address, space: None, windows: Arc::new(Mutex::new(manager)) })
+}
+
+/// The aperture-dma device (`aperture-dmaN`) the guest drives `windowed`'s windows with for
+/// the function at `address`, serving the requester id published in the returned cell.
+pub(super) fn window_device(
+    address: PciAddress,
+    index: usize,
+    windowed: &WindowedDevice,
+    ram: &GuestRam,
+    trace: Option<&Arc<dyn TraceSink>>,
+) -> Result<(DmaWindowDevice, Arc<AtomicU32>), AssignError> {
+    let rid = Arc::new(AtomicU32::new(TARGET_RID_UNKNOWN));
+    let device_name = format!("aperture-dma{index}");
+    let device = DmaWindowDevice::new(
+        device_name.clone(),
+        windowed.windows.clone(),
+        ram.memory().clone(),
+        rid.clone(),
+        trace.cloned(),
+    )
+    .map_err(|source| AssignError::DmaDevice { address, source })?;
+    if windowed.address == address {
+        info!("{address}: the guest maps its DMA windows through {device_name}");
+    } else {
+        info!(
+            "{address}: the guest maps its DMA windows through {device_name}, in the DMA \
+             address space it shares with {} (one IOMMU group)",
+            windowed.address
+        );
+    }
+    Ok((device, rid))
 }
 
 /// Passes everything to the wrapped function and publishes its requester id, which the

@@ -248,9 +248,12 @@ fn stdin(list: &mut Allowlist) -> Result<()> {
 /// (tgkill, in `common`), tearing down the VM and exiting.
 fn control(list: &mut Allowlist) -> Result<()> {
     list.ioctls(&[
-        // Assigned devices at exit: interrupts off, reset, guest RAM and DMA windows unmapped.
+        // Assigned devices at exit: interrupts off, reset (of the function, or a hot reset of
+        // its slot where it has none), guest RAM and DMA windows unmapped.
         VFIO_DEVICE_SET_IRQS(),
         VFIO_DEVICE_RESET(),
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+        VFIO_DEVICE_PCI_HOT_RESET(),
         VFIO_IOMMU_UNMAP_DMA(),
         // Their irqfds disconnected and GSI routes released as they are dropped.
         KVM_IRQFD(),

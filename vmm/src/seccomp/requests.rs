@@ -22,6 +22,10 @@ const VFIO_TYPE: u32 = b';' as u32;
 const VFIO_BASE: u32 = 100;
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE, VFIO_BASE + 11);
+// On a device fd; the same numbers as VFIO_IOMMU_GET_INFO and VFIO_IOMMU_MAP_DMA on a
+// container fd.
+ioctl_io_nr!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_TYPE, VFIO_BASE + 12);
+ioctl_io_nr!(VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE, VFIO_BASE + 14);
 
@@ -46,6 +50,8 @@ mod tests {
         assert_eq!(KVM_GET_ONE_REG(), 0x4010_aeab);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(), 0x3b70);
+        assert_eq!(VFIO_DEVICE_PCI_HOT_RESET(), 0x3b71);
         assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
         assert_eq!((TCGETS, TCSETS), (0x5401, 0x5402));

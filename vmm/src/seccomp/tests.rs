@@ -267,6 +267,8 @@ fn child_case(case: &str) {
             for request in [
                 VFIO_DEVICE_SET_IRQS(),
                 VFIO_DEVICE_RESET(),
+                VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                VFIO_DEVICE_PCI_HOT_RESET(),
                 VFIO_IOMMU_UNMAP_DMA(),
                 KVM_IRQFD(),
                 KVM_SET_GSI_ROUTING(),

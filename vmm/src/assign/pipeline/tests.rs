@@ -146,6 +146,11 @@ impl OpenedFunction for FakeFunction {
     fn quiesce(&self) {
         note(&self.calls, format!("quiesce {}", self.address));
     }
+
+    /// One DMA address space per bus, as an IOMMU group per slot.
+    fn dma_space(&self) -> Option<u32> {
+        Some(self.address.bus.into())
+    }
 }
 
 /// Keeps every trace record as `source event k=v ...`.
@@ -210,8 +215,8 @@ fn opens_resets_maps_and_shuts_down_in_order() {
         [
             "check 2",
             "open 0000:01:00.0",
-            "reset 0000:01:00.0 start",
             "open 0000:02:00.0",
+            "reset 0000:01:00.0 start",
             "reset 0000:02:00.0 start",
             "map BAR 0 0x0",
         ],
@@ -222,8 +227,8 @@ fn opens_resets_maps_and_shuts_down_in_order() {
     assert_eq!(
         started[..3],
         [
-            "0000:01:00.0 reset when=start outcome=done",
-            "0000:02:00.0 reset when=start outcome=done",
+            "0000:01:00.0 reset when=start outcome=done method=flr",
+            "0000:02:00.0 reset when=start outcome=done method=flr",
             "dma dma-map gpa=0x40000000 iova=0x40000000 len=0x1000000",
         ]
     );
@@ -234,14 +239,14 @@ fn opens_resets_maps_and_shuts_down_in_order() {
         [
             "stop",
             "quiesce 0000:01:00.0",
-            "reset 0000:01:00.0 exit",
             "quiesce 0000:02:00.0",
+            "reset 0000:01:00.0 exit",
             "reset 0000:02:00.0 exit",
         ],
         "interrupts stop before the resets"
     );
     let ended = trace.0.lock().unwrap().clone();
-    assert_eq!(ended[1], "0000:02:00.0 reset when=exit outcome=done");
+    assert_eq!(ended[1], "0000:02:00.0 reset when=exit outcome=done method=flr");
     assert_eq!(ended[2], "dma dma-unmap iova=0x40000000 len=0x1000000");
     assert!(ended[3].starts_with("0000:02:00.0 dma-stats summary="), "{ended:#?}");
     host.shutdown();
@@ -268,4 +273,43 @@ fn refusals_name_the_device_before_anything_is_opened() {
     );
     assert!(err.to_string().starts_with("--device 0000:03:00.0: dma=identity is not possible"));
     assert_eq!(*calls.lock().unwrap(), ["check 2"], "nothing opened");
+}
+
+#[test]
+fn windowed_functions_of_one_dma_space_share_its_windows() {
+    let ram = ram();
+    let window = || DmaMode::Window(DmaWindowLimits::default());
+    let configs = [
+        device("0000:03:00.0", window()),
+        device("0000:03:00.1", window()),
+        device("0000:04:00.0", window()),
+    ];
+    let (platform, backend, calls) = fake_host();
+    let trace = Arc::new(RecordingTrace::default());
+    let sink: Arc<dyn TraceSink> = trace.clone();
+    let (mut host, parts) =
+        HostDevices::open(platform, backend, &ram, &configs, Some(&sink)).unwrap();
+    let endpoints: Vec<_> = parts.endpoints.iter().map(|e| e.name()).collect();
+    assert_eq!(
+        endpoints,
+        ["aperture-dma0", "aperture-dma1", "aperture-dma2"],
+        "each function still gets its aperture-dma device"
+    );
+    let mappers: Vec<String> =
+        calls.lock().unwrap().iter().filter(|c| c.starts_with("window mapper")).cloned().collect();
+    assert_eq!(
+        mappers,
+        ["window mapper 0000:03:00.0", "window mapper 0000:04:00.0"],
+        "one mapper (one IOVA space) per DMA address space"
+    );
+    host.shutdown();
+    let stats: Vec<String> = trace
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("dma-stats") && l.contains("summary=DMA windows"))
+        .map(|l| l.split(' ').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(stats, ["0000:03:00.0", "0000:04:00.0"], "one window manager each");
 }
