@@ -325,8 +325,12 @@ mod tests {
             let power = power.clone();
             std::thread::spawn(move || power.idle(0, Duration::from_secs(30)))
         };
-        std::thread::sleep(Duration::from_millis(20));
-        power.interrupt_raised();
+        // An interrupt raised before the idler starts waiting is not its business, so raise
+        // them until it has seen one (no assumption about when the thread runs).
+        while !idler.is_finished() {
+            power.interrupt_raised();
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(idler.join().unwrap(), IdleEnd::Interrupt);
 
         let idler = {
