@@ -72,6 +72,8 @@ pub trait InterruptHost: Send {
     /// `kind` is enabled replaces the old one (MSI: the guest changed Multiple Message
     /// Enable); every vector starts disconnected until [`Self::set_vector`] routes it.
     fn set_vector_count(&mut self, kind: InterruptKind, vectors: u16) -> std::io::Result<()>;
+    /// A vector now delivers what `route` says ([`VectorRoute`]).
+    fn route_vector(&mut self, route: VectorRoute) -> std::io::Result<()>;
     /// Vector `vector` of `kind` now delivers `message` (`None`: masked or not programmed).
     /// `requester_id` is the function's current `bus << 8 | devfn`.
     fn set_vector(
@@ -80,7 +82,22 @@ pub trait InterruptHost: Send {
         vector: u16,
         message: Option<devices::pci::MsiMessage>,
         requester_id: u16,
-    ) -> std::io::Result<()>;
+    ) -> std::io::Result<()> {
+        self.route_vector(VectorRoute { kind, vector, message, requester_id })
+    }
+}
+
+/// What one MSI or MSI-X vector delivers, as [`InterruptHost::route_vector`] gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VectorRoute {
+    /// MSI or MSI-X.
+    pub kind: InterruptKind,
+    /// The vector's index.
+    pub vector: u16,
+    /// The message it sends; `None` while masked or not programmed.
+    pub message: Option<devices::pci::MsiMessage>,
+    /// The function's current `bus << 8 | devfn`.
+    pub requester_id: u16,
 }
 
 /// Whether a host may route vector `vector` of `kind` now, per the [`InterruptHost`] contract,

@@ -28,7 +28,9 @@ pub use bars::{AssignedBar, BarLayout, MIN_BAR_SIZE};
 pub use capabilities::CapabilityLayout;
 pub use error::AssignError;
 pub use function::{intx_pin_name, AssignedFunction, ROM_BAR_INDEX};
-pub use host::{vector_is_live, HostFunction, InterruptHost, InterruptKind, RegionInfo};
+pub use host::{
+    vector_is_live, HostFunction, InterruptHost, InterruptKind, RegionInfo, VectorRoute,
+};
 pub use msi::MsiCapability;
 pub use msix::MsixPlacement;
 pub use nvidia::ConfigMirror;

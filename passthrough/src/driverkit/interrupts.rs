@@ -23,7 +23,7 @@ use super::device::DextDevice;
 use super::protocol::{
     MemoryType, Selector, IRQ_ENABLED_OFFSET, IRQ_PENDING_OFFSET, IRQ_WORDS, MAX_VECTORS,
 };
-use crate::assigned::{vector_is_live, InterruptHost, InterruptKind};
+use crate::assigned::{vector_is_live, InterruptHost, InterruptKind, VectorRoute};
 
 /// Delivers a guest MSI: (message, requester id); the VMM injects it (`Vm::signal_msi`).
 pub type MsiSink = Arc<dyn Fn(MsiMessage, u16) + Send + Sync>;
@@ -352,13 +352,8 @@ impl InterruptHost for DextInterrupts {
         self.shared.set_mask(&mask).map_err(Into::into)
     }
 
-    fn set_vector(
-        &mut self,
-        kind: InterruptKind,
-        vector: u16,
-        message: Option<MsiMessage>,
-        requester_id: u16,
-    ) -> std::io::Result<()> {
+    fn route_vector(&mut self, route: VectorRoute) -> std::io::Result<()> {
+        let VectorRoute { kind, vector, message, requester_id } = route;
         let setting = Vector { message, requester_id, held: false };
         let held = self.shared.table().program(kind, vector, setting)?;
         if let Some(interrupt) = held {

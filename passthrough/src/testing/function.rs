@@ -10,6 +10,7 @@ use devices::pci::MsiMessage;
 
 use crate::assigned::{
     AssignError, AssignedFunction, HostFunction, InterruptHost, InterruptKind, RegionInfo,
+    VectorRoute,
 };
 
 /// Configuration space size (VFIO's configuration region is this big).
@@ -187,13 +188,8 @@ impl InterruptHost for RecordingHost {
         Ok(())
     }
 
-    fn set_vector(
-        &mut self,
-        kind: InterruptKind,
-        vector: u16,
-        message: Option<MsiMessage>,
-        requester_id: u16,
-    ) -> io::Result<()> {
+    fn route_vector(&mut self, route: VectorRoute) -> io::Result<()> {
+        let VectorRoute { kind, vector, message, requester_id } = route;
         let enabled = lock(&self.enabled)[slot(kind)];
         assert!(message.is_none() || vector < enabled, "{kind} vector {vector} not enabled");
         lock(&self.calls).push(HostCall::Vector(kind, vector, message, requester_id));

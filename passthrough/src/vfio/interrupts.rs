@@ -28,7 +28,7 @@ use vfio_bindings::bindings::vfio::{
 
 use super::device::VfioDevice;
 use super::ioctls;
-use crate::assigned::{vector_is_live, InterruptHost, InterruptKind};
+use crate::assigned::{vector_is_live, InterruptHost, InterruptKind, VectorRoute};
 
 /// An eventfd the VMM delivers to the guest as an MSI.
 pub trait InterruptRoute: Send + Sync {
@@ -340,13 +340,8 @@ impl InterruptHost for VfioInterrupts {
         result
     }
 
-    fn set_vector(
-        &mut self,
-        kind: InterruptKind,
-        vector: u16,
-        message: Option<MsiMessage>,
-        requester_id: u16,
-    ) -> io::Result<()> {
+    fn route_vector(&mut self, route: VectorRoute) -> io::Result<()> {
+        let VectorRoute { kind, vector, message, requester_id } = route;
         if !vector_is_live(self.enabled, kind, vector, message.as_ref())? {
             return Ok(());
         }

@@ -24,17 +24,17 @@ use crate::config::{DeviceConfig, DmaMode};
 use crate::hypervisor::Vm;
 use crate::memory::GuestRam;
 
+/// What [`HostPlatform::new`] makes: the OS adapter and the host backend it drives.
+pub(super) type PlatformParts<P> = Result<(P, <P as HostPlatform>::Backend), AssignError>;
+
 /// What an OS adapter (`sys/`) adds to the pipeline: its backend, made with the OS calls
 /// the backend needs from the VM, and the OS side of interrupts.
 pub(super) trait HostPlatform: Sized + Send + std::fmt::Debug {
     /// The host backend.
     type Backend: HostBackend<Function: OpenedFunction<Intx = IntxHandle>>;
 
-    /// The adapter and the backend for the VM `vm`.
-    fn new(
-        vm: &Arc<dyn Vm>,
-        trace: Option<&Arc<dyn TraceSink>>,
-    ) -> Result<(Self, Self::Backend), AssignError>;
+    /// The adapter and the backend for the VM `vm` (traced into `trace`).
+    fn new(vm: &Arc<dyn Vm>, trace: Option<&Arc<dyn TraceSink>>) -> PlatformParts<Self>;
 
     /// Wires the functions' INTx to their guest SPIs (hosts without INTx have none).
     fn connect_intx(&mut self, _vm: &Arc<dyn Vm>, _lines: &[AssignedIntx]) {}

@@ -327,14 +327,8 @@ impl crate::assigned::InterruptHost for LimitedHost {
         self.inner.set_vector_count(kind, vectors)
     }
 
-    fn set_vector(
-        &mut self,
-        kind: crate::assigned::InterruptKind,
-        vector: u16,
-        message: Option<MsiMessage>,
-        requester_id: u16,
-    ) -> std::io::Result<()> {
-        self.inner.set_vector(kind, vector, message, requester_id)
+    fn route_vector(&mut self, route: crate::assigned::VectorRoute) -> std::io::Result<()> {
+        self.inner.route_vector(route)
     }
 }
 

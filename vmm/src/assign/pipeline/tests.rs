@@ -14,7 +14,7 @@ use passthrough::host::{
 use passthrough::testing::function::{nvme, RecordingHost};
 use passthrough::PciAddress;
 
-use super::{HostDevices, HostPlatform};
+use super::{HostDevices, HostPlatform, PlatformParts};
 use crate::assign::{AssignError, IntxHandle};
 use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
 use crate::hypervisor::fake::FakeHypervisor;
@@ -34,10 +34,7 @@ struct FakePlatform(Calls);
 impl HostPlatform for FakePlatform {
     type Backend = FakeBackend;
 
-    fn new(
-        _vm: &Arc<dyn Vm>,
-        _trace: Option<&Arc<dyn TraceSink>>,
-    ) -> Result<(Self, FakeBackend), AssignError> {
+    fn new(_vm: &Arc<dyn Vm>, _trace: Option<&Arc<dyn TraceSink>>) -> PlatformParts<Self> {
         let calls = Calls::default();
         Ok((Self(calls.clone()), FakeBackend { calls, refuse: None, identity: false }))
     }

@@ -12,8 +12,8 @@ use log::{debug, info, warn};
 use passthrough::assigned::intx_pin_name;
 use passthrough::vfio::{InterruptRoute, IntxRoute, SharedRouteFactory, VfioBackend};
 
-use crate::assign::pipeline::HostPlatform;
-use crate::assign::{AssignError, AssignedIntx};
+use crate::assign::pipeline::{HostPlatform, PlatformParts};
+use crate::assign::AssignedIntx;
 use crate::hypervisor::{IrqfdLevel, IrqfdMsi, MsiRoute, Vm};
 
 pub use passthrough::vfio::IntxHandle;
@@ -118,10 +118,7 @@ impl HostPlatform for Platform {
     type Backend = VfioBackend;
 
     /// VFIO, with each MSI / MSI-X vector routed through a new KVM irqfd of `vm`.
-    fn new(
-        vm: &Arc<dyn Vm>,
-        trace: Option<&Arc<dyn TraceSink>>,
-    ) -> Result<(Self, VfioBackend), AssignError> {
+    fn new(vm: &Arc<dyn Vm>, trace: Option<&Arc<dyn TraceSink>>) -> PlatformParts<Self> {
         let vm = vm.clone();
         let new_route: SharedRouteFactory = Arc::new(move || {
             let irqfd = vm.create_irqfd_msi().map_err(std::io::Error::other)?;

@@ -13,8 +13,7 @@ use passthrough::driverkit::{
     ConnectionOpener, DextBackend, DextConnection, IoKitConnection, MsiSink, MsiSinkFactory,
 };
 
-use crate::assign::pipeline::HostPlatform;
-use crate::assign::AssignError;
+use crate::assign::pipeline::{HostPlatform, PlatformParts};
 use crate::hypervisor::Vm;
 
 /// The dext offers no INTx, so no assigned function shows a pin.
@@ -55,10 +54,7 @@ impl HostPlatform for Platform {
     type Backend = DextBackend;
 
     /// The dext over IOKit, with interrupts injected into `vm`.
-    fn new(
-        vm: &Arc<dyn Vm>,
-        _trace: Option<&Arc<dyn TraceSink>>,
-    ) -> Result<(Self, DextBackend), AssignError> {
+    fn new(vm: &Arc<dyn Vm>, _trace: Option<&Arc<dyn TraceSink>>) -> PlatformParts<Self> {
         let live = Arc::new(AtomicBool::new(true));
         let connect: ConnectionOpener = Box::new(|address| {
             let connection: Arc<dyn DextConnection> = Arc::new(IoKitConnection::open(address)?);
