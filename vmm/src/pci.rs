@@ -1,6 +1,8 @@
 //! The guest's PCIe hierarchy: host bridge, root ports and Aperture's virtio devices, wired to
 //! the MMIO bus and to the interrupt controller.
 
+mod doorbells;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ use crate::assign::{AssignedIntx, AssignedParts, DirectBar, PendingFunction};
 use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::hypervisor::{MemorySlot, Vm};
+
+use doorbells::DoorbellMapper;
 
 /// Root ports Aperture provides at least: one per assigned device, and one even without any
 /// (an empty port costs nothing and keeps the guest's view the same).
@@ -178,6 +182,33 @@ impl DirectBarMapper {
     }
 }
 
+/// Has the BARs of assigned devices (their mmapped pieces) and of virtio functions (their
+/// queue doorbells) followed wherever the guest places them; no hook when there is neither.
+fn set_bar_change_hook(
+    root: &PciRoot,
+    vm: &Arc<dyn Vm>,
+    direct_bars: HashMap<FunctionId, Vec<DirectBar>>,
+    queue_doorbells: HashMap<FunctionId, Vec<devices::pci::virtio_pci::QueueDoorbell>>,
+    trace: Option<Arc<dyn TraceSink>>,
+) {
+    let mut direct = (!direct_bars.is_empty()).then(|| DirectBarMapper {
+        vm: vm.clone(),
+        bars: direct_bars,
+        slots: HashMap::new(),
+        trace,
+    });
+    let mut doorbells = DoorbellMapper::new(vm.clone(), queue_doorbells);
+    if direct.is_none() && doorbells.is_empty() {
+        return;
+    }
+    root.set_bar_change_hook(Some(Box::new(move |change: &BarChange| {
+        if let Some(mapper) = &mut direct {
+            mapper.changed(change);
+        }
+        doorbells.changed(change);
+    })));
+}
+
 /// Groups assigned functions by host device (domain, bus, device), in `--device` order, with
 /// the function number each gets behind its root port: the host's own numbers when the host
 /// function 0 is among them (a GPU with its audio function stays one multi-function device),
@@ -277,15 +308,7 @@ pub fn build_pci(
             }
         }
     }
-    if !direct_bars.is_empty() {
-        let mut mapper = DirectBarMapper {
-            vm: vm.clone(),
-            bars: direct_bars,
-            slots: HashMap::new(),
-            trace: trace.clone(),
-        };
-        root.set_bar_change_hook(Some(Box::new(move |change: &BarChange| mapper.changed(change))));
-    }
+    let mut queue_doorbells = HashMap::new();
     for (index, disk) in config.disks.iter().enumerate() {
         let path = disk.path.display().to_string();
         let file = std::fs::OpenOptions::new()
@@ -310,15 +333,20 @@ pub fn build_pci(
             msi.clone(),
         )
         .map_err(|e| PciSetupError::Topology(e.to_string()))?;
-        root.add_function(Box::new(transport)).map_err(topology)?;
+        let doorbells = transport.queue_doorbells();
+        let id = root.add_function(Box::new(transport)).map_err(topology)?;
+        queue_doorbells.insert(id, doorbells);
     }
     if config.rng {
         let mut rng = Rng::with_host_urandom().map_err(|e| PciSetupError::Rng(e.to_string()))?;
         rng.set_worker_start_hook(worker_start.clone());
         let transport = VirtioPci::new("virtio-rng", Box::new(rng), memory.clone(), msi.clone())
             .map_err(|e| PciSetupError::Topology(e.to_string()))?;
-        root.add_function(Box::new(transport)).map_err(topology)?;
+        let doorbells = transport.queue_doorbells();
+        let id = root.add_function(Box::new(transport)).map_err(topology)?;
+        queue_doorbells.insert(id, doorbells);
     }
+    set_bar_change_hook(&root, vm, direct_bars, queue_doorbells, trace.clone());
     for endpoint in endpoints {
         let name = endpoint.name().to_string();
         let id = root.add_function(endpoint).map_err(topology)?;
@@ -436,10 +464,14 @@ mod tests {
         assert_eq!(read, Some(link));
     }
 
-    /// Records the guest mappings the BAR-change hook makes.
+    /// Records the guest mappings and ioeventfds the BAR-change hook makes.
     #[derive(Debug, Default)]
     struct MapRecorder {
         log: std::sync::Mutex<Vec<String>>,
+        /// Whether it takes ioeventfds, as KVM does (else it answers like HVF).
+        ioeventfd: bool,
+        /// Where the events registered are (compared, never dereferenced), by address.
+        events: std::sync::Mutex<HashMap<u64, usize>>,
     }
 
     impl Vm for MapRecorder {
@@ -454,6 +486,29 @@ mod tests {
         }
         fn unmap_memory(&self, slot: MemorySlot) -> crate::hypervisor::Result<()> {
             self.log.lock().unwrap().push(format!("unmap {:#x}", slot.guest_addr));
+            Ok(())
+        }
+        fn register_ioevent(
+            &self,
+            event: &devices::virtio::QueueEvent,
+            addr: u64,
+        ) -> crate::hypervisor::Result<()> {
+            self.log.lock().unwrap().push(format!("ioevent {addr:#x}"));
+            if !self.ioeventfd {
+                return Err(crate::hypervisor::HypervisorError::NoIoeventfd);
+            }
+            self.events.lock().unwrap().insert(addr, std::ptr::from_ref(event) as usize);
+            Ok(())
+        }
+        fn unregister_ioevent(
+            &self,
+            event: &devices::virtio::QueueEvent,
+            addr: u64,
+        ) -> crate::hypervisor::Result<()> {
+            self.log.lock().unwrap().push(format!("no ioevent {addr:#x}"));
+            let registered = self.events.lock().unwrap().remove(&addr);
+            let event = std::ptr::from_ref(event) as usize;
+            assert_eq!(registered, Some(event), "unregistered what was registered");
             Ok(())
         }
         fn create_vcpu(
@@ -557,5 +612,100 @@ mod tests {
                 "unmap 0x8010005000",
             ]
         );
+    }
+
+    /// The PCI root with a virtio-rng function, the BAR-change hook of `build_pci` on `vm`,
+    /// and an ECAM write of a 32-bit register of that function.
+    fn virtio_rng_on(
+        vm: Arc<dyn Vm>,
+    ) -> (PciRoot, Vec<devices::pci::virtio_pci::QueueDoorbell>, impl Fn(u64, u32)) {
+        let memory = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
+        let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
+        let rng = Rng::with_host_urandom().unwrap();
+        let transport = VirtioPci::new("virtio-rng", Box::new(rng), memory, msi).unwrap();
+        let doorbells = transport.queue_doorbells();
+        let root = PciRoot::new();
+        let id = root.add_function(Box::new(transport)).unwrap();
+        let FunctionId::Bus0 { device } = id else { panic!("{id} is not on bus 0") };
+        set_bar_change_hook(
+            &root,
+            &vm,
+            HashMap::new(),
+            HashMap::from([(id, doorbells.clone())]),
+            None,
+        );
+        let ecam = PciEcam::new(root.clone());
+        let write32 = move |register: u64, value: u32| {
+            let at = u64::from(device) << 15 | register;
+            devices::MmioTarget::write(&ecam, at, &value.to_le_bytes());
+        };
+        (root, doorbells, write32)
+    }
+
+    #[test]
+    fn queue_doorbells_follow_the_bar_the_guest_programs() {
+        let recorder = Arc::new(MapRecorder { ioeventfd: true, ..Default::default() });
+        let (_root, doorbells, write32) = virtio_rng_on(recorder.clone());
+        assert_eq!(doorbells.len(), 1, "virtio-rng has one queue");
+        let notify = doorbells[0].offset;
+        assert_eq!(notify, devices::pci::virtio_pci::notify_offset(0));
+        // Place BAR 0 (64-bit) while decoding is off: nothing registered yet.
+        write32(0x10, 0x1000_4000);
+        write32(0x14, 0);
+        assert!(recorder.log.lock().unwrap().is_empty(), "not decoding yet");
+        write32(0x04, 2);
+        let first = 0x1000_4000 + notify;
+        assert_eq!(
+            recorder.events.lock().unwrap().get(&first).copied(),
+            Some(Arc::as_ptr(&doorbells[0].event) as usize),
+            "KVM rings the event the device waits on"
+        );
+        // Move it above 4 GiB, then turn decoding off.
+        write32(0x14, 0x80);
+        let moved = 0x80_1000_4000 + notify;
+        write32(0x04, 0);
+        assert_eq!(
+            *recorder.log.lock().unwrap(),
+            [
+                format!("ioevent {first:#x}"),
+                format!("no ioevent {first:#x}"),
+                format!("ioevent {moved:#x}"),
+                format!("no ioevent {moved:#x}"),
+            ]
+        );
+        assert!(recorder.events.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn without_ioeventfd_queue_notifies_stay_trapped() {
+        // HVF: the first refusal ends the attempts; moving the BAR asks nothing more.
+        let recorder = Arc::new(MapRecorder::default());
+        let (_root, doorbells, write32) = virtio_rng_on(recorder.clone());
+        write32(0x10, 0x1000_4000);
+        write32(0x14, 0);
+        write32(0x04, 2);
+        write32(0x14, 0x80);
+        write32(0x04, 0);
+        let first = 0x1000_4000 + doorbells[0].offset;
+        assert_eq!(*recorder.log.lock().unwrap(), [format!("ioevent {first:#x}")]);
+    }
+
+    #[test]
+    fn the_fake_and_default_backends_have_no_ioeventfd() {
+        let hypervisor = crate::hypervisor::fake::FakeHypervisor::default();
+        let vm = crate::hypervisor::Hypervisor::create_vm(
+            &hypervisor,
+            &crate::hypervisor::VmSpec { ipa_bits: 40, tso: false },
+        )
+        .unwrap();
+        let event = devices::virtio::QueueEvent::new().unwrap();
+        assert!(matches!(
+            vm.register_ioevent(&event, 0x1000),
+            Err(crate::hypervisor::HypervisorError::NoIoeventfd)
+        ));
+        assert!(matches!(
+            vm.unregister_ioevent(&event, 0x1000),
+            Err(crate::hypervisor::HypervisorError::NoIoeventfd)
+        ));
     }
 }

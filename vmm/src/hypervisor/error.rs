@@ -105,6 +105,9 @@ pub enum HypervisorError {
         #[source]
         source: std::io::Error,
     },
+    /// The backend has no ioeventfds (Hypervisor.framework): doorbell writes trap instead.
+    #[error("this hypervisor has no ioeventfd; virtio queue notifies exit to the VMM")]
+    NoIoeventfd,
     /// The backend has no irqfds.
     #[error("this hypervisor has no irqfd")]
     NoIrqfd,

@@ -20,6 +20,7 @@ pub use error::{GuestError, HypervisorError, InstructionWord};
 use std::sync::Arc;
 
 use arch::regs::BootRegs;
+use devices::virtio::QueueEvent;
 
 /// Result type of hypervisor operations.
 pub type Result<T> = std::result::Result<T, HypervisorError>;
@@ -124,6 +125,20 @@ pub trait Vm: Send + Sync {
     /// (the ITS device id, through the host bridge's `msi-map`; unused by an MSI frame, where
     /// `data` is the INTID).
     fn signal_msi(&self, address: u64, data: u32, devid: u32) -> Result<()>;
+    /// Lets the hypervisor ring `event` itself when the guest writes, with any width and
+    /// value, to guest physical `addr` (KVM ioeventfd: no exit to the VMM). For virtio queue
+    /// notify addresses, each queue having its own. A backend without this (the default)
+    /// returns [`HypervisorError::NoIoeventfd`]; the write then traps and the device rings
+    /// the same event.
+    fn register_ioevent(&self, event: &QueueEvent, addr: u64) -> Result<()> {
+        let _ = (event, addr);
+        Err(HypervisorError::NoIoeventfd)
+    }
+    /// Undoes [`Vm::register_ioevent`] of `event` at `addr`; writes there trap again.
+    fn unregister_ioevent(&self, event: &QueueEvent, addr: u64) -> Result<()> {
+        let _ = (event, addr);
+        Err(HypervisorError::NoIoeventfd)
+    }
     /// An MSI the host raises by signalling an eventfd, injected by the hypervisor without a
     /// trip through the VMM (KVM irqfd with an MSI route). For passed-through devices.
     #[cfg(target_os = "linux")]

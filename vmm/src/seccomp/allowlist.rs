@@ -185,6 +185,8 @@ fn vcpu(list: &mut Allowlist) -> Result<()> {
         VFIO_DEVICE_SET_IRQS(),
         // The guest moves an assigned device's BAR: its mmapped pieces move with it.
         KVM_SET_USER_MEMORY_REGION(),
+        // The guest moves a virtio device's BAR: its queues' notify ioeventfds move with it.
+        KVM_IOEVENTFD(),
         // The aperture-dma device maps and unmaps the guest's DMA buffers.
         VFIO_IOMMU_MAP_DMA(),
         VFIO_IOMMU_UNMAP_DMA(),

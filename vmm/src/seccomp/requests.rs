@@ -4,8 +4,8 @@
 #![allow(missing_docs)]
 
 use kvm_bindings::{
-    kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_one_reg, kvm_userspace_memory_region,
-    KVMIO,
+    kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_one_reg,
+    kvm_userspace_memory_region, KVMIO,
 };
 use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr};
 
@@ -14,6 +14,7 @@ ioctl_iow_nr!(KVM_SET_USER_MEMORY_REGION, KVMIO, 0x46, kvm_userspace_memory_regi
 ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
 ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
 ioctl_iow_nr!(KVM_GET_ONE_REG, KVMIO, 0xab, kvm_one_reg);
 
@@ -46,6 +47,7 @@ mod tests {
         assert_eq!(KVM_IRQ_LINE(), 0x4008_ae61);
         assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
         assert_eq!(KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(KVM_IOEVENTFD(), 0x4040_ae79);
         assert_eq!(KVM_SIGNAL_MSI(), 0x4020_aea5);
         assert_eq!(KVM_GET_ONE_REG(), 0x4010_aeab);
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);

@@ -196,6 +196,7 @@ fn child_case(case: &str) {
                 KVM_IRQFD(),
                 KVM_SET_GSI_ROUTING(),
                 KVM_SET_USER_MEMORY_REGION(),
+                KVM_IOEVENTFD(),
                 VFIO_DEVICE_SET_IRQS(),
                 VFIO_DEVICE_RESET(),
                 VFIO_IOMMU_MAP_DMA(),

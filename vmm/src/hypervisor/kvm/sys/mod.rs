@@ -5,6 +5,7 @@
 //! events for power-off and reset.
 
 mod gic;
+mod ioevent;
 mod irqfd;
 mod regs;
 mod vcpu;
@@ -198,6 +199,14 @@ impl Vm for KvmVm {
         self.fd
             .set_irq_line(irq, asserted)
             .map_err(|e| HypervisorError::call(format!("KVM_IRQ_LINE for SPI {spi}"), e))
+    }
+
+    fn register_ioevent(&self, event: &devices::virtio::QueueEvent, addr: u64) -> Result<()> {
+        ioevent::register(&self.fd, event, addr)
+    }
+
+    fn unregister_ioevent(&self, event: &devices::virtio::QueueEvent, addr: u64) -> Result<()> {
+        ioevent::unregister(&self.fd, event, addr)
     }
 
     fn create_irqfd_msi(&self) -> Result<Arc<dyn crate::hypervisor::IrqfdMsi>> {
