@@ -5,7 +5,7 @@
 //! accesses to itself only.
 
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::config::BarRegion;
 use super::lock_order::{LockLevel, OrderedMutex, OrderedMutexGuard, OrderedRwLock};
@@ -65,7 +65,9 @@ pub(crate) struct FunctionCell {
     name: String,
     state: OrderedMutex<FunctionState>,
     hooks: Arc<Hooks>,
-    routes: Arc<BarRoutes>,
+    /// Weak: the routes hold the cells they route to, so a strong reference back would keep
+    /// the whole root complex alive after its owner dropped it.
+    routes: Weak<BarRoutes>,
 }
 
 fn value_of(data: &[u8]) -> u64 {
@@ -95,7 +97,7 @@ impl FunctionCell {
             name,
             state: OrderedMutex::new(LockLevel::Function, state),
             hooks,
-            routes,
+            routes: Arc::downgrade(&routes),
         })
     }
 
@@ -168,7 +170,9 @@ impl FunctionCell {
             return;
         }
         let old = std::mem::replace(&mut state.regions, regions);
-        self.routes.replace(self.id, &state.regions, self);
+        if let Some(routes) = self.routes.upgrade() {
+            routes.replace(self.id, &state.regions, self);
+        }
         let mut hook = self.hooks.bar_change.lock();
         let Some(hook) = hook.as_mut() else { return };
         let find =

@@ -703,3 +703,21 @@ fn a_hook_that_reenters_pci_is_a_lock_order_violation_not_a_deadlock() {
     root.set_trace_hook(None);
     assert_eq!(ecam_read32(&root, 0, 1, 0), 0x2204_10de);
 }
+
+#[test]
+fn dropping_the_root_frees_functions_whose_bars_are_routed() {
+    let (endpoint, requester_id, _) = FakeEndpoint::new();
+    let root = PciRoot::new();
+    let id = root.add_function(Box::new(endpoint)).unwrap();
+    let FunctionId::Bus0 { device } = id else { panic!("{id:?}") };
+    // Place BAR 0 and turn decoding on: the routes now point at the function.
+    ecam_write32(&root, 0, device, BAR0, 0x1000_0000);
+    ecam_write32(&root, 0, device, BAR0 + 4, 0);
+    ecam_write32(&root, 0, device, COMMAND, 2);
+    let mut data = [0u8; 4];
+    assert!(root.mmio_read(0x1000_0000, &mut data), "the BAR is routed");
+    assert_eq!(Arc::strong_count(&requester_id), 2, "the function holds the other reference");
+    drop(root);
+    // Routes and functions must not keep each other alive.
+    assert_eq!(Arc::strong_count(&requester_id), 1, "the function was not freed");
+}
