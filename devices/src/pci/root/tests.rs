@@ -463,15 +463,21 @@ fn multi_function_bit_only_with_more_than_one_function() {
     assert!(events.lock().unwrap().contains(&(f0, 0x0e, 1, 0x80)));
 }
 
-#[test]
-fn bars_of_function_1_route_to_function_1() {
-    let (root, _, attached) = root_with_functions(&[0, 1]);
+/// Numbers port 00:01.0's buses (secondary 1) and keeps what the BAR-change hook is told.
+fn record_bar_changes(root: &PciRoot) -> Arc<Mutex<Vec<BarChange>>> {
     let changes = Arc::new(Mutex::new(Vec::new()));
     let sink = changes.clone();
     root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
         sink.lock().unwrap().push(c.clone());
     })));
-    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    ecam_write32(root, 0, 1, 0x18, 0x0001_0100);
+    changes
+}
+
+#[test]
+fn bars_of_function_1_route_to_function_1() {
+    let (root, _, attached) = root_with_functions(&[0, 1]);
+    let changes = record_bar_changes(&root);
     // Function 0's BAR 0 at 0x1000_0000, function 1's at 0x1000_4000.
     for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
         ecam_write32_fn(&root, 1, function, BAR0, address);
@@ -519,12 +525,7 @@ fn write_bridge_control(root: &PciRoot, value: u16) {
 #[test]
 fn secondary_bus_reset_resets_each_function_behind_the_port_once() {
     let (root, _, attached) = root_with_functions(&[0, 1]);
-    let changes = Arc::new(Mutex::new(Vec::new()));
-    let sink = changes.clone();
-    root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
-        sink.lock().unwrap().push(c.clone());
-    })));
-    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    let changes = record_bar_changes(&root);
     for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
         ecam_write32_fn(&root, 1, function, BAR0, address);
         ecam_write32_fn(&root, 1, function, BAR0 + 4, 0);
