@@ -40,6 +40,10 @@ impl RamRegion {
     }
 }
 
+/// Resets one opened function from any thread (`when`: "guest"; logged), for the resets the
+/// guest starts from a vCPU thread.
+pub type FunctionResetter = Box<dyn Fn(&str) -> ResetOutcome + Send>;
+
 /// What a device reset did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResetOutcome {
@@ -196,6 +200,9 @@ pub trait OpenedFunction: Send + std::fmt::Debug {
     fn address(&self) -> PciAddress;
     /// Resets the function and reports the outcome (`when`: "start", "exit"; logged).
     fn reset(&self, when: &str) -> ResetOutcome;
+    /// The same reset as [`Self::reset`], as a handle the assigned function keeps for the
+    /// guest's FLRs and secondary bus resets.
+    fn resetter(&self) -> FunctionResetter;
     /// Access to its configuration space and BARs.
     fn host_function(&self) -> Box<dyn HostFunction>;
     /// Its MSI / MSI-X plumbing, and its INTx handle if the host can deliver INTx.

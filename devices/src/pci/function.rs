@@ -59,6 +59,15 @@ pub(crate) struct FunctionState {
     buses: Option<RangeInclusive<u8>>,
 }
 
+/// What a configuration write did beyond the function itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriteEffects {
+    /// A bridge's bus numbers changed.
+    pub(crate) renumbered: bool,
+    /// A bridge's guest set Secondary Bus Reset (rising edge).
+    pub(crate) secondary_bus_reset: bool,
+}
+
 /// One function on the emulated bus, behind its own lock.
 pub(crate) struct FunctionCell {
     id: FunctionId,
@@ -142,25 +151,33 @@ impl FunctionCell {
 
     /// A configuration write. Moves the function's BAR routes if it changed where they
     /// decode; if a bridge's bus numbers changed, calls `renumbered` with the new ones while
-    /// the function is still locked (so the topology sees renumberings in order) and
-    /// returns true.
+    /// the function is still locked (so the topology sees renumberings in order).
     pub(crate) fn config_write(
         self: &Arc<Self>,
         register: u16,
         data: &[u8],
         renumbered: impl FnOnce(Option<RangeInclusive<u8>>),
-    ) -> bool {
+    ) -> WriteEffects {
         let mut state = self.lock();
         self.trace(TraceKind::ConfigWrite, u64::from(register), data);
         state.function.config_write(register, data);
         self.update_bars(&mut state);
+        let secondary_bus_reset = state.function.take_secondary_bus_reset();
         let buses = state.function.bridge_buses();
         if buses == state.buses {
-            return false;
+            return WriteEffects { renumbered: false, secondary_bus_reset };
         }
         state.buses = buses.clone();
         renumbered(buses);
-        true
+        WriteEffects { renumbered: true, secondary_bus_reset }
+    }
+
+    /// Resets the function for a secondary bus reset of its port, then routes the BARs it
+    /// decodes afterwards (none, from power-on) and tells the BAR-change hook.
+    pub(crate) fn bus_reset(self: &Arc<Self>) {
+        let mut state = self.lock();
+        state.function.bus_reset();
+        self.update_bars(&mut state);
     }
 
     /// Routes the BARs the function decodes now and tells the BAR-change hook what moved.

@@ -79,4 +79,14 @@ pub trait PciFunction: Send {
     fn bridge_buses(&self) -> Option<std::ops::RangeInclusive<u8>> {
         None
     }
+    /// For a bridge (a root port), whether the guest asked for a secondary bus reset (set
+    /// Bridge Control bit 6) since the last call; [`PciRoot`] asks after every configuration
+    /// write and then calls [`PciFunction::bus_reset`] on each function behind it.
+    fn take_secondary_bus_reset(&mut self) -> bool {
+        false
+    }
+    /// The bus the function sits on was reset (a secondary bus reset of its root port):
+    /// the function returns to its power-on state. Emulated functions that keep no state
+    /// worth resetting leave this empty.
+    fn bus_reset(&mut self) {}
 }

@@ -561,15 +561,39 @@ impl PciRoot {
         };
         // Function -> topology is the allowed order: the port is locked while its new bus
         // numbers go into the topology.
-        let renumbered = cell.config_write(register, data, |new_buses| {
+        let effects = cell.config_write(register, data, |new_buses| {
             if let Some(Some(Slot::Port { buses, .. })) =
                 self.shared.topology.lock().slots.get_mut(usize::from(device))
             {
                 *buses = new_buses;
             }
         });
-        if renumbered {
+        if effects.renumbered {
             self.update_downstream_requester_ids(device);
+        }
+        if effects.secondary_bus_reset {
+            self.reset_downstream(device);
+        }
+    }
+
+    /// The functions behind the port at `device`, for work that locks each on its own
+    /// after the topology is released.
+    fn downstream_cells(&self, device: u8) -> Vec<Arc<FunctionCell>> {
+        let topology = self.shared.topology.lock();
+        let Some(Some(Slot::Port { downstream, .. })) = topology.slots.get(usize::from(device))
+        else {
+            return Vec::new();
+        };
+        downstream.iter().flatten().cloned().collect()
+    }
+
+    /// Resets every function behind the port at `device` after the guest reset its
+    /// secondary bus, each locked on its own (the port is unlocked by then), and reroutes
+    /// their BARs.
+    fn reset_downstream(&self, device: u8) {
+        for cell in self.downstream_cells(device) {
+            debug!("{}: secondary bus reset by 00:{device:02x}.0", cell.name());
+            cell.bus_reset();
         }
     }
 
@@ -578,15 +602,7 @@ impl PciRoot {
     /// in the topology while locked: whichever renumbering comes last, each function ends
     /// with the id of the latest bus numbers.
     fn update_downstream_requester_ids(&self, device: u8) {
-        let cells: Vec<_> = {
-            let topology = self.shared.topology.lock();
-            let Some(Some(Slot::Port { downstream, .. })) = topology.slots.get(usize::from(device))
-            else {
-                return;
-            };
-            downstream.iter().flatten().cloned().collect()
-        };
-        for cell in cells {
+        for cell in self.downstream_cells(device) {
             let mut state = cell.lock();
             let requester_id = self.shared.topology.lock().requester_id(cell.id());
             if requester_id == state.requester_id {

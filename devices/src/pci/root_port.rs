@@ -10,8 +10,9 @@ use std::ops::RangeInclusive;
 use log::debug;
 
 use super::config::{
-    walk_capabilities, BarRegion, ConfigSpace, PciIds, MEMORY_BASE, MEMORY_LIMIT, PREF_BASE_UPPER,
-    PREF_LIMIT_UPPER, PREF_MEMORY_BASE, PREF_MEMORY_LIMIT, SECONDARY_BUS, SUBORDINATE_BUS,
+    walk_capabilities, BarRegion, ConfigSpace, PciIds, BRIDGE_CONTROL, MEMORY_BASE, MEMORY_LIMIT,
+    PREF_BASE_UPPER, PREF_LIMIT_UPPER, PREF_MEMORY_BASE, PREF_MEMORY_LIMIT, SECONDARY_BUS,
+    SUBORDINATE_BUS,
 };
 use super::PciFunction;
 
@@ -21,6 +22,9 @@ pub const REDHAT_VENDOR_ID: u16 = 0x1b36;
 pub const ROOT_PORT_DEVICE_ID: u16 = 0x000c;
 /// Class code: bridge, PCI-to-PCI.
 pub const CLASS_PCI_BRIDGE: u32 = 0x06_04_00;
+
+/// Bridge Control bit 6: Secondary Bus Reset.
+const BRIDGE_CONTROL_SECONDARY_RESET: u16 = 1 << 6;
 
 /// PCI Express capability id.
 pub const PCIE_CAPABILITY_ID: u8 = 0x10;
@@ -105,6 +109,9 @@ pub struct RootPort {
     name: String,
     config: ConfigSpace,
     pcie_capability: u16,
+    /// The guest set Secondary Bus Reset and [`PciFunction::take_secondary_bus_reset`] has
+    /// not reported it yet.
+    secondary_reset_pending: bool,
 }
 
 impl RootPort {
@@ -119,7 +126,7 @@ impl RootPort {
         };
         let mut config = ConfigSpace::new_bridge(&ids);
         let pcie_capability = add_pcie_capability(&mut config, port_number);
-        Self { name: name.into(), config, pcie_capability }
+        Self { name: name.into(), config, pcie_capability, secondary_reset_pending: false }
     }
 
     /// The configuration space (for inspection).
@@ -176,6 +183,11 @@ impl RootPort {
             self.config.read_u32(at + PCIE_LINK_CAPS),
             self.config.read_u16(at + PCIE_LINK_STATUS),
         )
+    }
+
+    /// Whether the guest holds the secondary bus in reset (Bridge Control bit 6).
+    pub fn in_secondary_reset(&self) -> bool {
+        self.config.read_u16(BRIDGE_CONTROL) & BRIDGE_CONTROL_SECONDARY_RESET != 0
     }
 
     /// The secondary bus number.
@@ -272,7 +284,13 @@ impl PciFunction for RootPort {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {
+        let was_in_reset = self.in_secondary_reset();
         self.config.write(offset, data);
+        // The rising edge resets the bus; holding the bit set or clearing it does not.
+        if !was_in_reset && self.in_secondary_reset() {
+            debug!("{}: guest secondary bus reset", self.name);
+            self.secondary_reset_pending = true;
+        }
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -290,6 +308,10 @@ impl PciFunction for RootPort {
 
     fn bridge_buses(&self) -> Option<RangeInclusive<u8>> {
         self.bus_range()
+    }
+
+    fn take_secondary_bus_reset(&mut self) -> bool {
+        std::mem::take(&mut self.secondary_reset_pending)
     }
 }
 

@@ -36,7 +36,7 @@ pub const PCIE_LNKSTA: u16 = 0x12;
 /// PCIe capability: Device Control 2.
 pub const PCIE_DEVCTL2: u16 = 0x28;
 /// DEVCAP: Function Level Reset capability.
-const DEVCAP_FLR: u32 = 1 << 28;
+pub const DEVCAP_FLR: u32 = 1 << 28;
 /// DEVCTL bits the guest may change (bit 15, Initiate FLR, always reads 0).
 const DEVCTL_WRITABLE: u16 = 0x7fff;
 /// Length of a version 2 PCIe capability.

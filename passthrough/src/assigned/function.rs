@@ -25,6 +25,7 @@ use super::msi::{AssignedMsi, MsiCapability};
 use super::msix::{AssignedMsix, MsixPlacement};
 use super::nvidia::{ConfigMirror, CONFIG_MIRROR_BAR};
 use super::policy::{aligned_chunks, ConfigPolicy, HEADER_RULES};
+use super::reset::{GuestReset, GuestResetCause, ResetHook};
 use super::traced;
 
 /// The BAR index under which the expansion ROM appears in
@@ -56,6 +57,8 @@ pub struct AssignedFunction {
     config_mirror: Option<ConfigMirror>,
     /// BAR ranges trapped so that every access to them is traced (`trace-bar`).
     traced: Vec<(usize, Range<u64>)>,
+    /// The host reset for guest FLRs and bus resets, and whether FLR is offered.
+    guest_reset: GuestReset,
     requester_id: u16,
 }
 
@@ -72,6 +75,7 @@ impl std::fmt::Debug for AssignedFunction {
             .field("pcie_link", &self.pcie_link)
             .field("config_mirror", &self.config_mirror)
             .field("traced", &self.traced)
+            .field("guest_reset", &self.guest_reset)
             .field("requester_id", &self.requester_id)
             .finish()
     }
@@ -153,6 +157,7 @@ impl AssignedFunction {
             PcieLink::from_registers(device.read_u32(at + capabilities::PCIE_LNKCAP), link_status)
         });
         let config_mirror = ConfigMirror::probe(&ids, &device, &bars, &capabilities);
+        let guest_reset = GuestReset::new(&device, capabilities.pcie);
         if config_mirror.is_some() {
             info!(
                 "{name}: BAR{CONFIG_MIRROR_BAR} {:#x}+{:#x} mirrors the configuration space: \
@@ -201,6 +206,7 @@ impl AssignedFunction {
             pcie_link,
             config_mirror,
             traced: Vec::new(),
+            guest_reset,
             requester_id: 0,
         })
     }
@@ -372,6 +378,38 @@ impl AssignedFunction {
         }
     }
 
+    /// Installs the host reset that guest FLRs and secondary bus resets run (the VMM wraps
+    /// the opened function's reset). Only with it is the device's FLR offered to the guest.
+    pub fn set_reset_hook(&mut self, hook: ResetHook) {
+        self.guest_reset.set_hook(hook, [&mut self.config, &mut self.pristine]);
+    }
+
+    /// Whether the guest is offered FLR (the device has it and a host reset is installed).
+    pub fn offers_flr(&self) -> bool {
+        self.guest_reset.offers_flr()
+    }
+
+    /// A reset the guest started: the guest's view goes back to power-on (MSI and MSI-X
+    /// disconnected on the host first), then the host resets the device.
+    fn guest_reset(&mut self, cause: GuestResetCause) {
+        info!("{}: guest {}", self.name, cause.as_str());
+        self.reset();
+        match self.guest_reset.host_reset() {
+            Some(outcome) => debug!(
+                "{}: host reset for the guest's {}: {} ({})",
+                self.name,
+                cause.as_str(),
+                outcome.as_str(),
+                outcome.method()
+            ),
+            None => warn!(
+                "{}: guest {} without a host reset: the device keeps its state",
+                self.name,
+                cause.as_str()
+            ),
+        }
+    }
+
     fn device_read(&self, range: Range<usize>, out: &mut [u8]) -> bool {
         for chunk in aligned_chunks(range.clone()) {
             let part = &mut out[chunk.start - range.start..chunk.end - range.start];
@@ -441,6 +479,11 @@ impl PciFunction for AssignedFunction {
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {
+        if self.guest_reset.flr_requested(offset, data) {
+            // FLR resets the rest of the write's registers too.
+            self.guest_reset(GuestResetCause::Flr);
+            return;
+        }
         self.config.write(offset, data);
         let start = usize::from(offset);
         let len = data.len().min(CONFIG_SPACE_SIZE.saturating_sub(start));
@@ -556,6 +599,10 @@ impl PciFunction for AssignedFunction {
             }
         }
         regions
+    }
+
+    fn bus_reset(&mut self) {
+        self.guest_reset(GuestResetCause::BusReset);
     }
 
     fn set_requester_id(&mut self, requester_id: u16) {

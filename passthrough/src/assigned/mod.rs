@@ -7,6 +7,7 @@
 //! - [`bars`]: virtual BARs sized from the host regions, and what can be mmapped.
 //! - [`msix`]: emulated MSI-X table that drives the host's interrupt routes.
 //! - [`nvidia`]: NVIDIA's configuration mirror in BAR0, trapped and virtualized.
+//! - `reset`: guest FLRs and secondary bus resets, through the host reset hook.
 //! - `traced`: the `trace-bar` ranges, trapped so that every access is traced.
 //! - [`msi`]: emulated MSI capability that drives the same routes (one of the two is enabled
 //!   at a time).
@@ -22,6 +23,7 @@ pub mod msi;
 pub mod msix;
 pub mod nvidia;
 pub mod policy;
+mod reset;
 mod traced;
 
 pub use bars::{AssignedBar, BarLayout, MIN_BAR_SIZE};
@@ -34,6 +36,7 @@ pub use host::{
 pub use msi::MsiCapability;
 pub use msix::MsixPlacement;
 pub use nvidia::ConfigMirror;
+pub use reset::{GuestResetCause, ResetHook};
 
 #[cfg(test)]
 mod tests;

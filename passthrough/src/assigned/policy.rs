@@ -15,8 +15,10 @@
 //!   its interrupt ioctls); the guest's addresses are guest doorbells.
 //! - DEVCTL and DEVCTL2 (PCIe capability +0x08, +0x28): changing Max Payload Size or Max
 //!   Read Request Size while the device has live DMA mappings causes completion timeouts, and
-//!   the host already configured them for the real fabric. Their FLR bit does nothing, so
-//!   DEVCAP (+0x04) is virtual too, with FLR capability cleared: resets are the host's job.
+//!   the host already configured them for the real fabric. DEVCAP (+0x04) is virtual too:
+//!   FLR capability shows only when the device has it and the VMM installed a host reset,
+//!   and the guest's Initiate FLR runs that reset (see `super::reset`) instead of reaching
+//!   the device.
 
 use std::ops::Range;
 

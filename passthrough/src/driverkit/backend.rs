@@ -19,8 +19,8 @@ use super::lock::{default_lock_dir, DeviceLock};
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
-    DmaRequest, FunctionRequest, HostBackend, HostError, HostMemory, NoIntx, OpenedFunction,
-    RamRegion, ResetOutcome, WindowMapper,
+    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory, NoIntx,
+    OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
 };
 use crate::pci_address::PciAddress;
 
@@ -165,6 +165,11 @@ impl OpenedFunction for DextFunction {
 
     fn reset(&self, when: &str) -> ResetOutcome {
         self.device.reset(when)
+    }
+
+    fn resetter(&self) -> FunctionResetter {
+        let device = self.device.clone();
+        Box::new(move |when| device.reset(when))
     }
 
     fn host_function(&self) -> Box<dyn HostFunction> {

@@ -16,8 +16,8 @@ use super::reset::OwnedFunctions;
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
-    DmaRequest, FunctionRequest, HostBackend, HostError, HostMemory, OpenedFunction, RamRegion,
-    ResetOutcome, WindowMapper,
+    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory,
+    OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
 };
 use crate::pci_address::PciAddress;
 use crate::sysfs::{HostDevice, HostSysfs};
@@ -213,6 +213,11 @@ impl OpenedFunction for VfioFunction {
 
     fn reset(&self, when: &str) -> ResetOutcome {
         self.owned.reset(&self.device, when)
+    }
+
+    fn resetter(&self) -> FunctionResetter {
+        let (owned, device) = (self.owned.clone(), self.device.clone());
+        Box::new(move |when| owned.reset(&device, when))
     }
 
     fn host_function(&self) -> Box<dyn HostFunction> {

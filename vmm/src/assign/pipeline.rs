@@ -12,7 +12,7 @@ use log::{info, warn};
 use passthrough::assigned::AssignedFunction;
 use passthrough::dma::HostMapper;
 use passthrough::host::{
-    DmaRequest, FunctionRequest, HostBackend, HostError, OpenedFunction, RamRegion,
+    DmaRequest, FunctionRequest, HostBackend, HostError, OpenedFunction, RamRegion, ResetOutcome,
 };
 use passthrough::PciAddress;
 
@@ -205,15 +205,7 @@ impl<P: HostPlatform> HostDevices<P> {
     /// Resets `function` and traces the outcome.
     fn reset(&self, function: &Function<P>, when: &str) {
         let outcome = function.reset(when);
-        if let Some(trace) = &self.trace {
-            let fields = [
-                ("when", TraceValue::Str(when)),
-                ("outcome", TraceValue::Str(outcome.as_str())),
-                ("method", TraceValue::Str(outcome.method())),
-            ];
-            let source = function.address().to_string();
-            trace.record(&TraceRecord { source: &source, event: "reset", fields: &fields });
-        }
+        trace_reset(self.trace.as_ref(), function.address(), when, outcome);
     }
 
     /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM and windows
@@ -248,6 +240,23 @@ impl<P: HostPlatform> HostDevices<P> {
     }
 }
 
+/// Traces a reset of `address` (`when`: "start", "exit", "guest") and its outcome.
+fn trace_reset(
+    trace: Option<&Arc<dyn TraceSink>>,
+    address: PciAddress,
+    when: &str,
+    outcome: ResetOutcome,
+) {
+    let Some(trace) = trace else { return };
+    let fields = [
+        ("when", TraceValue::Str(when)),
+        ("outcome", TraceValue::Str(outcome.as_str())),
+        ("method", TraceValue::Str(outcome.method())),
+    ];
+    let source = address.to_string();
+    trace.record(&TraceRecord { source: &source, event: "reset", fields: &fields });
+}
+
 /// An assigned function as the pipeline builds it, before its DMA is settled.
 struct Assigned {
     function: AssignedFunction,
@@ -268,6 +277,15 @@ fn assigned_function<F: OpenedFunction<Intx = IntxHandle>>(
     let mut function = AssignedFunction::new(&name, host.host_function(), interrupts)
         .map_err(|source| AssignError::Function { address, source })?;
     function.set_trace(trace.cloned());
+    // The guest's FLRs and secondary bus resets reset the device through the host, traced
+    // like the resets at start and exit.
+    let resetter = host.resetter();
+    let reset_trace = trace.cloned();
+    function.set_reset_hook(Box::new(move || {
+        let outcome = resetter("guest");
+        trace_reset(reset_trace.as_ref(), address, "guest", outcome);
+        outcome
+    }));
     // Traced BAR ranges are trapped, so they must be known before the direct pieces are cut.
     function
         .set_traced_bar_ranges(&config.trace_bars)

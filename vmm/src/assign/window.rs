@@ -161,4 +161,7 @@ impl PciFunction for RequesterIdWatch {
         self.requester_id.store(u32::from(requester_id), Ordering::Relaxed);
         self.inner.set_requester_id(requester_id)
     }
+    fn bus_reset(&mut self) {
+        self.inner.bus_reset()
+    }
 }

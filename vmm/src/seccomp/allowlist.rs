@@ -190,9 +190,11 @@ fn vcpu(list: &mut Allowlist) -> Result<()> {
         // The aperture-dma device maps and unmaps the guest's DMA buffers.
         VFIO_IOMMU_MAP_DMA(),
         VFIO_IOMMU_UNMAP_DMA(),
-        // Not issued at run time today (resets happen at start and exit); allowed so a guest
-        // FLR passed to the host does not stop the VM. The device is the VM's own.
+        // A guest FLR or secondary bus reset resets the device through the host: its own
+        // reset, else a hot reset of its slot (all functions on it are the VM's own).
         VFIO_DEVICE_RESET(),
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+        VFIO_DEVICE_PCI_HOT_RESET(),
     ])?;
     // An assigned device's configuration space and trapped BAR pages (MSI-X table, PBA):
     // reads and writes at offsets of the VFIO device file (pread64/pwrite64, listed with

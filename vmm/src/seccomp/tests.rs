@@ -199,6 +199,8 @@ fn child_case(case: &str) {
                 KVM_IOEVENTFD(),
                 VFIO_DEVICE_SET_IRQS(),
                 VFIO_DEVICE_RESET(),
+                VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
+                VFIO_DEVICE_PCI_HOT_RESET(),
                 VFIO_IOMMU_MAP_DMA(),
                 VFIO_IOMMU_UNMAP_DMA(),
             ] {

@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -11,6 +12,8 @@ struct FakeEndpoint {
     config: ConfigSpace,
     requester_id: Arc<Mutex<Option<u16>>>,
     bar_writes: BarLog,
+    /// Bus resets seen.
+    resets: Arc<AtomicUsize>,
 }
 
 impl FakeEndpoint {
@@ -25,8 +28,12 @@ impl FakeEndpoint {
         config.add_memory_bar(0, 0x4000, BarKind::Memory64, false).unwrap();
         let requester_id = Arc::new(Mutex::new(None));
         let bar_writes = BarLog::default();
-        let endpoint =
-            Self { config, requester_id: requester_id.clone(), bar_writes: bar_writes.clone() };
+        let endpoint = Self {
+            config,
+            requester_id: requester_id.clone(),
+            bar_writes: bar_writes.clone(),
+            resets: Arc::default(),
+        };
         (endpoint, requester_id, bar_writes)
     }
 }
@@ -55,6 +62,13 @@ impl PciFunction for FakeEndpoint {
     }
     fn set_requester_id(&mut self, requester_id: u16) {
         *self.requester_id.lock().unwrap() = Some(requester_id);
+    }
+    fn bus_reset(&mut self) {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        // Power-on: decoding off, BAR 0 unplaced.
+        self.config.write(COMMAND, &[0, 0]);
+        self.config.write(BAR0, &[0; 4]);
+        self.config.write(BAR0 + 4, &[0; 4]);
     }
 }
 
@@ -88,6 +102,7 @@ struct Attached {
     id: FunctionId,
     requester_id: Arc<Mutex<Option<u16>>>,
     bar_writes: BarLog,
+    resets: Arc<AtomicUsize>,
 }
 
 /// A root with one port (00:01.0) and a function with device id `0x2200 + n` at each
@@ -100,9 +115,10 @@ fn root_with_functions(functions: &[u8]) -> (PciRoot, FunctionId, Vec<Attached>)
         .map(|&n| {
             let (endpoint, requester_id, bar_writes) =
                 FakeEndpoint::with_device_id(0x2200 + u16::from(n));
+            let resets = endpoint.resets.clone();
             let id = root.attach_function_to_port(port, n, Box::new(endpoint)).unwrap();
             assert_eq!(id, FunctionId::BehindPort { port: 1, function: n });
-            Attached { id, requester_id, bar_writes }
+            Attached { id, requester_id, bar_writes, resets }
         })
         .collect();
     (root, port, attached)
@@ -447,15 +463,21 @@ fn multi_function_bit_only_with_more_than_one_function() {
     assert!(events.lock().unwrap().contains(&(f0, 0x0e, 1, 0x80)));
 }
 
-#[test]
-fn bars_of_function_1_route_to_function_1() {
-    let (root, _, attached) = root_with_functions(&[0, 1]);
+/// Numbers port 00:01.0's buses (secondary 1) and keeps what the BAR-change hook is told.
+fn record_bar_changes(root: &PciRoot) -> Arc<Mutex<Vec<BarChange>>> {
     let changes = Arc::new(Mutex::new(Vec::new()));
     let sink = changes.clone();
     root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
         sink.lock().unwrap().push(c.clone());
     })));
-    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    ecam_write32(root, 0, 1, 0x18, 0x0001_0100);
+    changes
+}
+
+#[test]
+fn bars_of_function_1_route_to_function_1() {
+    let (root, _, attached) = root_with_functions(&[0, 1]);
+    let changes = record_bar_changes(&root);
     // Function 0's BAR 0 at 0x1000_0000, function 1's at 0x1000_4000.
     for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
         ecam_write32_fn(&root, 1, function, BAR0, address);
@@ -493,6 +515,42 @@ fn bars_of_function_1_route_to_function_1() {
             change(attached[1].id, Some(region), Some(moved)),
         ]
     );
+}
+
+/// Bridge Control (0x3e) sits in the upper half of the dword at 0x3c.
+fn write_bridge_control(root: &PciRoot, value: u16) {
+    root.ecam_write(ecam_offset(0, 1, 0x3e), &value.to_le_bytes());
+}
+
+#[test]
+fn secondary_bus_reset_resets_each_function_behind_the_port_once() {
+    let (root, _, attached) = root_with_functions(&[0, 1]);
+    let changes = record_bar_changes(&root);
+    for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
+        ecam_write32_fn(&root, 1, function, BAR0, address);
+        ecam_write32_fn(&root, 1, function, BAR0 + 4, 0);
+        ecam_write32_fn(&root, 1, function, COMMAND, 0x2);
+    }
+    assert_eq!(root.bar_regions().len(), 2);
+    changes.lock().unwrap().clear();
+    // Set (the rising edge resets), write again while set (no second reset), clear.
+    write_bridge_control(&root, 0x40);
+    write_bridge_control(&root, 0x40 | 0x2);
+    write_bridge_control(&root, 0);
+    for function in &attached {
+        assert_eq!(function.resets.load(Ordering::SeqCst), 1);
+    }
+    assert!(root.bar_regions().is_empty(), "a reset function decodes nothing");
+    assert!(!root.mmio_write(0x1000_4008, &[2; 4]));
+    let hook_saw: Vec<_> = changes.lock().unwrap().iter().map(|c| (c.id, c.new)).collect();
+    assert_eq!(hook_saw, vec![(attached[0].id, None), (attached[1].id, None)]);
+    // Another pulse resets again; the functions are reachable and reprogrammable after.
+    write_bridge_control(&root, 0x40);
+    write_bridge_control(&root, 0);
+    assert_eq!(attached[1].resets.load(Ordering::SeqCst), 2);
+    ecam_write32_fn(&root, 1, 1, BAR0, 0x1000_4000);
+    ecam_write32_fn(&root, 1, 1, COMMAND, 0x2);
+    assert!(root.mmio_write(0x1000_4008, &[2; 4]));
 }
 
 #[test]

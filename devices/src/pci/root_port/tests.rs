@@ -173,3 +173,23 @@ fn atomic_completion_only_when_the_host_path_supports_it() {
     port.set_atomic_completer(false);
     assert_eq!(read32(&mut port, at + 0x24) & 0x380, 0);
 }
+
+#[test]
+fn secondary_bus_reset_is_reported_once_per_rising_edge() {
+    let mut port = RootPort::new("root-port1", 1);
+    let bridge_control = |port: &mut RootPort, value: u16| {
+        port.config_write(BRIDGE_CONTROL, &value.to_le_bytes());
+    };
+    assert!(!port.take_secondary_bus_reset());
+    bridge_control(&mut port, 0x40);
+    assert!(port.in_secondary_reset());
+    assert!(port.take_secondary_bus_reset());
+    assert!(!port.take_secondary_bus_reset(), "reported once");
+    bridge_control(&mut port, 0x42);
+    assert!(!port.take_secondary_bus_reset(), "held, not a new edge");
+    bridge_control(&mut port, 0);
+    assert!(!port.take_secondary_bus_reset(), "clearing resets nothing");
+    // A dword write of 0x3c with the bit set is an edge too.
+    write32(&mut port, 0x3c, 0x0040_0000);
+    assert!(port.take_secondary_bus_reset());
+}

@@ -7,6 +7,7 @@ mod intx;
 mod msi;
 mod msix;
 mod nvidia;
+mod reset;
 mod trace_bar;
 
 use devices::pci::PciFunction;

@@ -8,14 +8,14 @@ use passthrough::assigned::{HostFunction, InterruptHost};
 use passthrough::dma::testing::FakeMapper;
 use passthrough::dma::{AddressPolicy, HostMapper, MapperLimits};
 use passthrough::host::{
-    DmaRequest, FunctionRequest, HostBackend, HostError, HostMemory, OpenedFunction, RamRegion,
-    ResetOutcome, WindowMapper,
+    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory,
+    OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
 };
 use passthrough::testing::function::{nvme, RecordingHost};
 use passthrough::PciAddress;
 
 use super::{HostDevices, HostPlatform, PlatformParts};
-use crate::assign::{AssignError, IntxHandle};
+use crate::assign::{AssignError, AssignedParts, IntxHandle};
 use crate::config::{DeviceConfig, DmaMode, DmaWindowLimits};
 use crate::hypervisor::fake::FakeHypervisor;
 use crate::hypervisor::{Hypervisor, Vm, VmSpec};
@@ -108,6 +108,14 @@ impl OpenedFunction for FakeFunction {
         ResetOutcome::Done
     }
 
+    fn resetter(&self) -> FunctionResetter {
+        let (calls, address) = (self.calls.clone(), self.address);
+        Box::new(move |when| {
+            note(&calls, format!("reset {address} {when}"));
+            ResetOutcome::Done
+        })
+    }
+
     fn host_function(&self) -> Box<dyn HostFunction> {
         Box::new(nvme(false).build())
     }
@@ -189,8 +197,11 @@ fn fake_host() -> (FakePlatform, FakeBackend, Calls) {
     (platform, backend, calls)
 }
 
-#[test]
-fn opens_resets_maps_and_shuts_down_in_order() {
+/// What [`open_identity_and_window`] opened, with the guest RAM it maps.
+type Opened = (HostDevices<FakePlatform>, AssignedParts, Calls, Arc<RecordingTrace>, GuestRam);
+
+/// Opens an identity device (01:00.0) and a windowed one (02:00.0) on the fake host, traced.
+fn open_identity_and_window() -> Opened {
     let ram = ram();
     let configs = [
         device("0000:01:00.0", DmaMode::Identity),
@@ -199,8 +210,13 @@ fn opens_resets_maps_and_shuts_down_in_order() {
     let (platform, backend, calls) = fake_host();
     let trace = Arc::new(RecordingTrace::default());
     let sink: Arc<dyn TraceSink> = trace.clone();
-    let (mut host, parts) =
-        HostDevices::open(platform, backend, &ram, &configs, Some(&sink)).unwrap();
+    let (host, parts) = HostDevices::open(platform, backend, &ram, &configs, Some(&sink)).unwrap();
+    (host, parts, calls, trace, ram)
+}
+
+#[test]
+fn opens_resets_maps_and_shuts_down_in_order() {
+    let (mut host, parts, calls, trace, _ram) = open_identity_and_window();
     let names: Vec<_> = parts.functions.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["0000:01:00.0", "0000:02:00.0"]);
     let endpoints: Vec<_> = parts.endpoints.iter().map(|e| e.name()).collect();
@@ -309,4 +325,31 @@ fn windowed_functions_of_one_dma_space_share_its_windows() {
         .map(|l| l.split(' ').next().unwrap_or("").to_string())
         .collect();
     assert_eq!(stats, ["0000:03:00.0", "0000:04:00.0"], "one window manager each");
+}
+
+#[test]
+fn guest_resets_reach_the_host_traced() {
+    let (mut host, mut parts, calls, trace, _ram) = open_identity_and_window();
+    calls.lock().unwrap().clear();
+    trace.0.lock().unwrap().clear();
+    // A secondary bus reset of each function's port (the windowed one through its wrapper).
+    for function in &mut parts.functions {
+        function.function.bus_reset();
+    }
+    // A guest FLR: the fake NVMe has FLR, so it is offered and runs the host reset.
+    let devctl_high = 0x89;
+    parts.functions[0].function.config_write(devctl_high, &[0x80]);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["reset 0000:01:00.0 guest", "reset 0000:02:00.0 guest", "reset 0000:01:00.0 guest"]
+    );
+    assert_eq!(
+        *trace.0.lock().unwrap(),
+        [
+            "0000:01:00.0 reset when=guest outcome=done method=flr",
+            "0000:02:00.0 reset when=guest outcome=done method=flr",
+            "0000:01:00.0 reset when=guest outcome=done method=flr",
+        ]
+    );
+    host.shutdown();
 }
