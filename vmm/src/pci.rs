@@ -475,11 +475,12 @@ mod tests {
     }
 
     impl Vm for MapRecorder {
-        unsafe fn map_memory(
+        unsafe fn map_kind(
             &self,
             guest_addr: u64,
             size: u64,
             _host_addr: *mut u8,
+            _kind: crate::hypervisor::slots::MemoryKind,
         ) -> crate::hypervisor::Result<MemorySlot> {
             self.log.lock().unwrap().push(format!("map {guest_addr:#x}+{size:#x}"));
             Ok(MemorySlot { id: 7, guest_addr, size })

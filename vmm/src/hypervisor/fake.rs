@@ -8,8 +8,8 @@ use std::time::Duration;
 use arch::regs::BootRegs;
 
 use super::{
-    GicSpec, GuestError, Hypervisor, MemorySlot, MmioHandler, MsiController, Result, Vcpu,
-    VcpuExit, VcpuKick, Vm, VmSpec,
+    GicSpec, GuestError, Hypervisor, MemoryKind, MemorySlot, MmioHandler, MsiController, Result,
+    Vcpu, VcpuExit, VcpuKick, Vm, VmSpec,
 };
 
 /// One thing a fake vCPU does per `run`.
@@ -85,11 +85,12 @@ struct FakeVm {
 }
 
 impl Vm for FakeVm {
-    unsafe fn map_memory(
+    unsafe fn map_kind(
         &self,
         guest_addr: u64,
         size: u64,
         host_addr: *mut u8,
+        _kind: MemoryKind,
     ) -> Result<MemorySlot> {
         *self.ram.lock().unwrap() = Some((guest_addr, size, host_addr as usize));
         Ok(MemorySlot { id: 0, guest_addr, size })

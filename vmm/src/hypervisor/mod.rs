@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use arch::regs::BootRegs;
 use devices::virtio::QueueEvent;
+use slots::MemoryKind;
 
 /// Result type of hypervisor operations.
 pub type Result<T> = std::result::Result<T, HypervisorError>;
@@ -79,33 +80,46 @@ pub enum MsiController {
 
 /// A VM: guest memory, vCPUs and the interrupt controller.
 pub trait Vm: Send + Sync {
-    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr`
-    /// (RAM, or a passed-through BAR mmapped from the host device).
+    /// Maps `size` bytes of host memory at `host_addr` into the guest at `guest_addr` as
+    /// `kind`: RAM (read, write, execute) or device memory (a passed-through BAR: read and
+    /// write, never execute; Hypervisor.framework panics the host when the guest executes
+    /// from device memory mapped executable).
     ///
     /// # Safety
     /// `host_addr..host_addr + size` must stay mapped and valid until the slot is unmapped
     /// or the VM is gone.
+    unsafe fn map_kind(
+        &self,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+        kind: MemoryKind,
+    ) -> Result<MemorySlot>;
+    /// Maps guest RAM ([`Vm::map_kind`] with [`MemoryKind::Ram`]).
+    ///
+    /// # Safety
+    /// As for [`Vm::map_kind`].
     unsafe fn map_memory(
         &self,
         guest_addr: u64,
         size: u64,
         host_addr: *mut u8,
-    ) -> Result<MemorySlot>;
-    /// Maps device memory (a passed-through BAR mmapped from the host device) into the guest:
-    /// readable and writable, never executable. Hypervisor.framework panics the host when the
-    /// guest executes from device memory mapped executable; KVM needs nothing special, so the
-    /// default is [`Vm::map_memory`].
+    ) -> Result<MemorySlot> {
+        // SAFETY: the caller upholds map_kind's contract, which is this function's.
+        unsafe { self.map_kind(guest_addr, size, host_addr, MemoryKind::Ram) }
+    }
+    /// Maps device memory, a passed-through BAR ([`Vm::map_kind`] with [`MemoryKind::Device`]).
     ///
     /// # Safety
-    /// As for [`Vm::map_memory`].
+    /// As for [`Vm::map_kind`].
     unsafe fn map_device_memory(
         &self,
         guest_addr: u64,
         size: u64,
         host_addr: *mut u8,
     ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_memory's contract, which is this function's.
-        unsafe { self.map_memory(guest_addr, size, host_addr) }
+        // SAFETY: the caller upholds map_kind's contract, which is this function's.
+        unsafe { self.map_kind(guest_addr, size, host_addr, MemoryKind::Device) }
     }
     /// Removes a mapping made by [`Vm::map_memory`] or [`Vm::map_device_memory`]; guest
     /// accesses there exit as MMIO again.

@@ -188,12 +188,10 @@ impl HvfVm {
         };
         Ok(Self { shared: Arc::new(shared) })
     }
+}
 
-    /// Maps `size` bytes at `host_addr` to `guest_addr` as `kind`.
-    ///
-    /// # Safety
-    /// As for [`Vm::map_memory`].
-    unsafe fn map(
+impl Vm for HvfVm {
+    unsafe fn map_kind(
         &self,
         guest_addr: u64,
         size: u64,
@@ -223,28 +221,6 @@ impl HvfVm {
         }
         debug!("slot {id}: guest {guest_addr:#x}+{size:#x} at host {host_addr:p} ({kind:?})");
         Ok(MemorySlot { id, guest_addr, size })
-    }
-}
-
-impl Vm for HvfVm {
-    unsafe fn map_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
-    }
-
-    unsafe fn map_device_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_device_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
     }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {

@@ -89,12 +89,8 @@ fn host_page_size() -> u64 {
     u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
-impl KvmVm {
-    /// Maps `size` bytes at `host_addr` to `guest_addr` as `kind`.
-    ///
-    /// # Safety
-    /// As for [`Vm::map_memory`].
-    unsafe fn map(
+impl Vm for KvmVm {
+    unsafe fn map_kind(
         &self,
         guest_addr: u64,
         size: u64,
@@ -128,28 +124,6 @@ impl KvmVm {
                 ))
             }
         }
-    }
-}
-
-impl Vm for KvmVm {
-    unsafe fn map_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Ram) }
-    }
-
-    unsafe fn map_device_memory(
-        &self,
-        guest_addr: u64,
-        size: u64,
-        host_addr: *mut u8,
-    ) -> Result<MemorySlot> {
-        // SAFETY: the caller upholds map_device_memory's contract.
-        unsafe { self.map(guest_addr, size, host_addr, MemoryKind::Device) }
     }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
