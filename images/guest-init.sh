@@ -339,6 +339,32 @@ case "$check" in
         echo c > /proc/sysrq-trigger
         echo "CHECK panic: still alive"
         ;;
+    powerkey)
+        # The VMM's power key: a PL061 line behind gpio-keys (KEY_POWER = 116). Waits for a
+        # press on its event device, then powers off as a distribution would.
+        modprobe -a gpio_keys evdev 2>/dev/null
+        dev=
+        n=0
+        while [ -z "$dev" ] && [ $n -lt 100 ]; do
+            for input in /sys/class/input/input*; do
+                [ "$(cat "$input/name" 2>/dev/null)" = gpio-keys ] || continue
+                for event in "$input"/event*; do [ -e "$event" ] && dev=/dev/${event##*/}; done
+            done
+            [ -n "$dev" ] || { sleep 0.1; n=$((n + 1)); }
+        done
+        wait_for "$dev"
+        if [ -z "$dev" ] || [ ! -e "$dev" ]; then
+            echo "CHECK powerkey: no gpio-keys input device"
+        else
+            echo "CHECK powerkey: waiting on $dev"
+            # struct input_event on arm64: 16 bytes of time, then u16 type, u16 code, s32 value.
+            while :; do
+                set -- $(dd if="$dev" bs=24 count=1 2>/dev/null | od -An -tu2 -j16 -N6)
+                [ "$1" = 1 ] && [ "$2" = 116 ] && [ "$3" = 1 ] && break
+            done
+            echo "CHECK powerkey: KEY_POWER pressed; powering off"
+        fi
+        ;;
     hang)
         echo "CHECK hang: sleeping forever"
         while :; do sleep 3600; done

@@ -9,6 +9,7 @@
 //!   0x0900_0000 ..0x0900_1000   PL011 UART                 SPI 1
 //!   0x0901_0000 ..0x0901_1000   PL031 RTC                  SPI 2
 //!   0x0902_0000 ..0x0902_1000   test-exit device
+//!   0x0903_0000 ..0x0903_1000   PL061 GPIO (power key)     SPI 3
 //!   0x1000_0000 ..0x3000_0000   PCIe 32-bit MMIO window (512 MiB)
 //!   0x3000_0000 ..0x4000_0000   PCIe ECAM, buses 0..=255 (256 MiB)
 //!   0x4000_0000 ..RAM end       guest RAM
@@ -65,11 +66,19 @@ pub const RTC_SIZE: u64 = 0x1000;
 pub const TEST_EXIT_BASE: u64 = 0x0902_0000;
 /// Size of the test-exit frame.
 pub const TEST_EXIT_SIZE: u64 = 0x1000;
+/// PL061 GPIO controller, whose line [`POWER_KEY_GPIO_LINE`] is the guest's power key.
+pub const GPIO_BASE: u64 = 0x0903_0000;
+/// Size of the GPIO frame.
+pub const GPIO_SIZE: u64 = 0x1000;
+/// The PL061 line wired to the `gpio-keys` power key (line 3, as on QEMU's `virt`).
+pub const POWER_KEY_GPIO_LINE: u32 = 3;
 
 /// GIC interrupt numbering: SPI n is INTID 32 + n; the device tree uses n.
 pub const UART_SPI: u32 = 1;
 /// PL031 interrupt (SPI number, not INTID).
 pub const RTC_SPI: u32 = 2;
+/// PL061 interrupt (SPI number, not INTID).
+pub const GPIO_SPI: u32 = 3;
 /// First SPI handed out to PCI INTx and other devices that come later.
 pub const FIRST_FREE_SPI: u32 = 16;
 /// SPIs the GIC is created with (multiple of 32, includes the 32 private INTIDs).
@@ -301,6 +310,7 @@ mod tests {
             (UART_BASE, UART_SIZE),
             (RTC_BASE, RTC_SIZE),
             (TEST_EXIT_BASE, TEST_EXIT_SIZE),
+            (GPIO_BASE, GPIO_SIZE),
             (PCI_MMIO32_BASE, PCI_MMIO32_SIZE),
             (PCI_ECAM_BASE, PCI_ECAM_SIZE),
         ];
@@ -335,7 +345,7 @@ mod tests {
     fn pci_intx_spis_swizzle_and_fit_the_gic() {
         const _: () = assert!(PCI_INTX_SPIS[3] + 32 < GIC_NR_IRQS);
         assert!(PCI_INTX_SPIS.iter().all(|&spi| spi >= FIRST_FREE_SPI));
-        assert!(![UART_SPI, RTC_SPI].iter().any(|spi| PCI_INTX_SPIS.contains(spi)));
+        assert!(![UART_SPI, RTC_SPI, GPIO_SPI].iter().any(|spi| PCI_INTX_SPIS.contains(spi)));
         assert_eq!(pci_intx_spi(0, 1), Some(16));
         assert_eq!(pci_intx_spi(1, 1), Some(17));
         assert_eq!(pci_intx_spi(3, 2), Some(16));
@@ -349,7 +359,8 @@ mod tests {
     fn msi_frame_intids_are_spis_of_their_own() {
         const END: u32 = GIC_MSI_FRAME_FIRST_INTID + GIC_MSI_FRAME_INTIDS;
         const _: () = assert!(END <= GIC_NR_IRQS);
-        let wired = [UART_SPI, RTC_SPI, PCI_INTX_SPIS[0], PCI_INTX_SPIS[3], FIRST_FREE_SPI + 15];
+        let wired =
+            [UART_SPI, RTC_SPI, GPIO_SPI, PCI_INTX_SPIS[0], PCI_INTX_SPIS[3], FIRST_FREE_SPI + 15];
         for spi in wired {
             assert!(32 + spi < GIC_MSI_FRAME_FIRST_INTID, "SPI {spi} is in the MSI range");
         }

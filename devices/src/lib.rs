@@ -6,6 +6,7 @@
 //!
 //! - [`Pl011`]: ARM PL011 UART, the guest console.
 //! - [`Pl031`]: ARM PL031 real-time clock.
+//! - [`Pl061`]: ARM PL061 GPIO controller, the guest's power key.
 //! - [`TestExit`]: Aperture's test-exit device, which lets a guest end the VM with an exit
 //!   status (see [`test_exit`] for the guest-side usage).
 
@@ -13,6 +14,7 @@ pub mod bus;
 pub mod pci;
 pub mod pl011;
 pub mod pl031;
+pub mod pl061;
 mod primecell;
 pub mod test_exit;
 #[cfg(test)]
@@ -23,4 +25,5 @@ pub mod virtio;
 pub use bus::{IrqLine, MmioDevice, MmioTarget};
 pub use pl011::Pl011;
 pub use pl031::Pl031;
+pub use pl061::Pl061;
 pub use test_exit::{ExitRequest, TestExit};

@@ -19,6 +19,10 @@ pub const PHANDLE_ITS: u32 = 2;
 pub const PHANDLE_CLOCK: u32 = 3;
 /// Phandle of the GICv2m-style MSI frame (Hypervisor.framework); `msi-map` target without an ITS.
 pub const PHANDLE_MSI_FRAME: u32 = 4;
+/// Phandle of the PL061 GPIO controller the power key hangs off.
+pub const PHANDLE_GPIO: u32 = 5;
+/// Linux's `KEY_POWER` input code (include/uapi/linux/input-event-codes.h).
+pub const KEY_POWER: u32 = 116;
 
 // GIC interrupt specifier cells (`<type number flags>`).
 const GIC_SPI: u32 = 0;
@@ -90,6 +94,15 @@ pub struct MmioDeviceNode {
     pub spi: Option<u32>,
 }
 
+/// A PL061 GPIO controller with a `gpio-keys` power key on one of its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowerKeyNode {
+    /// The PL061.
+    pub gpio: MmioDeviceNode,
+    /// The line (0..8) the key drives, active high.
+    pub line: u32,
+}
+
 /// Everything the device tree describes.
 #[derive(Debug, Clone)]
 pub struct FdtConfig {
@@ -117,6 +130,8 @@ pub struct FdtConfig {
     pub test_exit: MmioDeviceNode,
     /// The PCIe host bridge, if the VM has PCI.
     pub pci: Option<PciHostNode>,
+    /// The GPIO power key, if the VM has one.
+    pub power_key: Option<PowerKeyNode>,
 }
 
 /// Builds the device tree blob.
@@ -143,6 +158,9 @@ pub fn create_fdt(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     pl011_node(&mut fdt, &cfg.uart)?;
     pl031_node(&mut fdt, &cfg.rtc)?;
     test_exit_node(&mut fdt, &cfg.test_exit)?;
+    if let Some(key) = &cfg.power_key {
+        power_key_nodes(&mut fdt, key)?;
+    }
     if let Some(pci) = &cfg.pci {
         pci::pci_node(&mut fdt, pci, msi_controller(&cfg.gic))?;
     }
@@ -330,6 +348,32 @@ fn test_exit_node(fdt: &mut FdtWriter, dev: &MmioDeviceNode) -> FdtWriterResult<
     fdt.property_string("compatible", "aperture,test-exit")?;
     reg(fdt, dev.base, dev.size)?;
     fdt.end_node(node)
+}
+
+/// The PL061 and a `gpio-keys` node whose one key is `KEY_POWER` on `key.line`, as QEMU's
+/// `virt` machine describes its power button: Linux's gpio-keys turns the line's edges into
+/// key presses that systemd-logind (or acpid, or a busybox loop) acts on.
+fn power_key_nodes(fdt: &mut FdtWriter, key: &PowerKeyNode) -> FdtWriterResult<()> {
+    let gpio = fdt.begin_node(&format!("pl061@{:x}", key.gpio.base))?;
+    fdt.property_string_list("compatible", vec!["arm,pl061".into(), "arm,primecell".into()])?;
+    reg(fdt, key.gpio.base, key.gpio.size)?;
+    spi_interrupt(fdt, key.gpio.spi)?;
+    fdt.property_null("gpio-controller")?;
+    fdt.property_u32("#gpio-cells", 2)?;
+    fdt.property_u32("clocks", PHANDLE_CLOCK)?;
+    fdt.property_string("clock-names", "apb_pclk")?;
+    fdt.property_phandle(PHANDLE_GPIO)?;
+    fdt.end_node(gpio)?;
+
+    let keys = fdt.begin_node("gpio-keys")?;
+    fdt.property_string("compatible", "gpio-keys")?;
+    let power = fdt.begin_node("poweroff")?;
+    fdt.property_string("label", "GPIO Key Poweroff")?;
+    fdt.property_u32("linux,code", KEY_POWER)?;
+    // <controller line flags>: flags 0 = active high.
+    fdt.property_array_u32("gpios", &[PHANDLE_GPIO, key.line, 0])?;
+    fdt.end_node(power)?;
+    fdt.end_node(keys)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod fdt;
 
 pub use fdt::{
-    create_fdt, FdtConfig, FdtError, GicConfig, MmioDeviceNode, PciHostNode, CMDLINE_MAX_SIZE,
-    FDT_MAX_SIZE, PHANDLE_CLOCK, PHANDLE_GIC, PHANDLE_ITS, PHANDLE_MSI_FRAME,
+    create_fdt, FdtConfig, FdtError, GicConfig, MmioDeviceNode, PciHostNode, PowerKeyNode,
+    CMDLINE_MAX_SIZE, FDT_MAX_SIZE, KEY_POWER, PHANDLE_CLOCK, PHANDLE_GIC, PHANDLE_GPIO,
+    PHANDLE_ITS, PHANDLE_MSI_FRAME,
 };

@@ -24,7 +24,8 @@ static IMAGE_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// - `fill_md5 CHAR`: the md5 of a MiB of CHAR, as the guest's `nvme` check prints it;
 /// - `run_vm NAME ARGS...`: `/aperture run` of the test guest (`--timeout 60`) with ARGS,
 ///   its output after it ends with each line prefixed `NAME: `, then `l1: NAME status=N`;
-/// - `start_vm NAME ARGS...`: the same in the background (`--timeout 120`, pid `$vm_pid`);
+/// - `start_vm NAME ARGS...`: the same in the background (`--timeout 120`, `--shutdown-grace
+///   0` so SIGTERM stops it hard, pid `$vm_pid`);
 ///   `wait_log NAME TEXT SECS` waits until its output holds TEXT (fails after SECS or if it
 ///   ended); `stop_vm NAME` sends it SIGTERM (SIGKILL 20 s later) and prints as `run_vm`;
 /// - `host_disk SERIAL`: L1's block device of a controller bound to nvme (waits 30 s).
@@ -62,8 +63,8 @@ run_vm() {
 start_vm() {
     name=$1
     shift
-    /aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 120 "$@" \
-        > "/tmp/$name.log" 2>&1 &
+    /aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 120 \
+        --shutdown-grace 0 "$@" > "/tmp/$name.log" 2>&1 &
     vm_pid=$!
 }
 wait_log() {

@@ -71,7 +71,7 @@ fn cases(token: &str) -> Vec<Case> {
             ),
         ),
         Case::new("exit-7", format!("{RUN} {}", with_check("exit=7"))),
-        Case::new("panic-reset", format!("{RUN} {}", with_check("panic"))),
+        Case::new("panic-reset", format!("{RUN} --no-reboot {}", with_check("panic"))),
         Case::new(
             "timeout",
             format!(
@@ -118,7 +118,58 @@ fn cases(token: &str) -> Vec<Case> {
     .into_iter()
     .chain(nvme_cases())
     .chain(edu_cases())
+    .chain(power_cases())
     .collect()
+}
+
+/// `aperture OPTIONS` in the background with `check`; once its log shows `marker`, SIGTERM
+/// (nothing when `marker` is empty). Prints the log (`vm: `) and `l1: status=N`.
+fn power_script(options: &str, check: &str, marker: &str) -> String {
+    let signal = if marker.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#"n=0
+until grep -q '{marker}' /tmp/power.log; do
+    [ $n -lt 900 ] && kill -0 $pid 2>/dev/null || break
+    sleep 0.1; n=$((n + 1))
+done
+echo "l1: marker-seen=$(grep -c '{marker}' /tmp/power.log)"
+kill -TERM $pid"#
+        )
+    };
+    format!(
+        r#"/aperture run -v --kernel /guest/Image --initrd /guest/guest.cpio {options} \
+    {cmdline} > /tmp/power.log 2>&1 &
+pid=$!
+{signal}
+wait $pid
+st=$?
+sed 's/^/vm: /' /tmp/power.log
+echo "l1: status=$st"
+exit $st"#,
+        cmdline = with_check(check)
+    )
+}
+
+/// The power key (PL061 + gpio-keys): SIGTERM presses it and the guest that waits for
+/// KEY_POWER powers off (status 0); a guest that ignores it is stopped after
+/// --shutdown-grace (status 4); with --shutdown-grace, --timeout presses it too (status 124).
+fn power_cases() -> Vec<Case> {
+    vec![
+        Case::new(
+            "power-key-sigterm",
+            power_script("--timeout 120", "powerkey", "CHECK powerkey: waiting"),
+        ),
+        Case::new(
+            "power-key-ignored",
+            power_script("--timeout 120 --shutdown-grace 3", "hang", "CHECK hang:"),
+        ),
+        Case::new(
+            "power-key-timeout",
+            power_script("--timeout 25 --shutdown-grace 30", "powerkey", ""),
+        ),
+    ]
 }
 
 /// The 6.12 guest (images/build-guest.sh's build/images/6.12, in L1 under /guest/6.12/).
@@ -1447,4 +1498,33 @@ fn second_vm_gets_a_working_edu_and_audio_after_the_first() {
         assert_contains(run, output, &format!("l1: {vm} status=0"));
     }
     assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn sigterm_presses_the_power_key_and_the_guest_powers_off() {
+    let (run, output) = case("power-key-sigterm");
+    assert_contains(run, output, "l1: marker-seen=1");
+    assert_contains(run, output, "SIGTERM: pressing the guest's power key");
+    assert_contains(run, output, "CHECK powerkey: KEY_POWER pressed; powering off");
+    assert_contains(run, output, "aperture: the guest powered off after the power key (SIGTERM)");
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn an_ignored_power_key_is_forced_after_the_grace() {
+    let (run, output) = case("power-key-ignored");
+    assert_contains(run, output, "l1: marker-seen=1");
+    assert_contains(run, output, "did not power off within 3 s of the power key (SIGTERM");
+    assert_status(run, output, 4);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn timeout_with_a_grace_presses_the_power_key() {
+    let (run, output) = case("power-key-timeout");
+    assert_contains(run, output, "CHECK powerkey: KEY_POWER pressed; powering off");
+    assert_contains(run, output, "powered off after the power key (--timeout 25 s)");
+    assert_status(run, output, 124);
 }

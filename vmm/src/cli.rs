@@ -29,9 +29,11 @@ Exit statuses:
   0    the guest powered off (or Ctrl-A x)
   N    the guest wrote N to the test-exit device (devmem 0x09020000 32 N)
   1    Aperture failed; the reason is on stderr
-  3    the guest reset (for example a kernel panic with panic=-1)
+  3    the guest reset and --no-reboot was given (or it rebooted too often, see --help)
+  4    the power key was pressed (SIGTERM, Ctrl-A p) but the guest did not power off
+       within --shutdown-grace: stopped hard
   124  --timeout elapsed
-  128+N  signal N (SIGINT, SIGTERM, SIGHUP) stopped the VM";
+  128+N  signal N (SIGINT, SIGHUP; SIGTERM with --shutdown-grace 0) stopped the VM";
 
 /// Aperture: boot an arm64 Linux guest on KVM or Hypervisor.framework, with a PCI device
 /// (an eGPU) assigned to it.
@@ -97,6 +99,17 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+
+    /// How long the guest gets to power off after its power key is pressed (SIGTERM,
+    /// Ctrl-A p, and with this option also --timeout) before it is stopped hard (exit status
+    /// 4); default 30 s. 0 makes SIGTERM stop at once.
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_grace: Option<u64>,
+
+    /// End Aperture when the guest reboots (exit status 3) instead of booting it again in
+    /// place; for scripted runs where a panic (panic=-1) must end the run.
+    #[arg(long)]
+    pub no_reboot: bool,
 
     /// A raw disk image as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in order);
     /// add `,readonly` to refuse guest writes. Repeat for more disks.

@@ -292,6 +292,10 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     /// When to give up on the guest.
     pub timeout: Option<Duration>,
+    /// `--shutdown-grace`: how long the guest gets after its power key is pressed.
+    pub shutdown_grace: Option<Duration>,
+    /// Whether a guest reboot boots it again in this process (`--no-reboot` turns it off).
+    pub reboot: bool,
     /// virtio-blk disks, in guest order.
     pub disks: Vec<DiskConfig>,
     /// Whether the guest gets a virtio-rng device.
@@ -390,6 +394,8 @@ impl VmConfig {
             vcpus: args.cpus,
             memory_bytes,
             timeout: args.timeout.map(Duration::from_secs),
+            shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
+            reboot: !args.no_reboot,
             disks: args.disk.iter().map(|d| DiskConfig::parse(d)).collect::<Result<_, _>>()?,
             rng: !args.no_rng,
             trace_pci: args.trace_pci.clone(),
@@ -416,6 +422,8 @@ mod tests {
             cpus: 1,
             memory: "256M".into(),
             timeout: None,
+            shutdown_grace: None,
+            no_reboot: false,
             disk: Vec::new(),
             no_rng: false,
             trace_pci: None,

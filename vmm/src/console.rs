@@ -1,8 +1,8 @@
 //! The host side of the guest console: raw terminal mode and the stdin reader.
 //!
 //! When stdin is a terminal it is put in raw mode, so keys (Ctrl-C included) go to the
-//! guest. The escape key is Ctrl-A: `Ctrl-A x` quits Aperture, `Ctrl-A Ctrl-A` sends one
-//! Ctrl-A to the guest, `Ctrl-A h` prints help. The terminal is restored on every exit path:
+//! guest. The escape key is Ctrl-A: `Ctrl-A x` quits Aperture, `Ctrl-A p` presses the guest's
+//! power key, `Ctrl-A Ctrl-A` sends one Ctrl-A to the guest, `Ctrl-A h` prints help. The terminal is restored on every exit path:
 //! normal return, error, signal and panic.
 
 use std::io::Read;
@@ -22,6 +22,8 @@ pub enum ConsoleInput {
     Quit,
     /// The user asked for help.
     Help,
+    /// The user asked to press the guest's power key.
+    PowerKey,
 }
 
 /// Splits terminal input into guest bytes and escape commands.
@@ -53,11 +55,12 @@ impl EscapeParser {
                     out.push(ConsoleInput::Quit);
                     return out;
                 }
-                b'h' | b'H' | b'?' => {
+                b'h' | b'H' | b'?' | b'p' | b'P' => {
                     if !guest.is_empty() {
                         out.push(ConsoleInput::Guest(std::mem::take(&mut guest)));
                     }
-                    out.push(ConsoleInput::Help);
+                    let power = matches!(byte, b'p' | b'P');
+                    out.push(if power { ConsoleInput::PowerKey } else { ConsoleInput::Help });
                 }
                 ESCAPE => guest.push(ESCAPE),
                 other => guest.extend_from_slice(&[ESCAPE, other]),
@@ -72,7 +75,8 @@ impl EscapeParser {
 
 /// Help for the escape key, printed on `Ctrl-A h`.
 pub const ESCAPE_HELP: &str =
-    "\r\n[aperture] Ctrl-A x: quit   Ctrl-A Ctrl-A: send Ctrl-A   Ctrl-A h: this help\r\n";
+    "\r\n[aperture] Ctrl-A x: quit   Ctrl-A p: power key (clean shutdown)   Ctrl-A Ctrl-A: send \
+     Ctrl-A   Ctrl-A h: this help\r\n";
 
 /// The terminal settings to put back, for the panic hook and signal paths.
 static SAVED_TERMIOS: Mutex<Option<(libc::c_int, libc::termios)>> = Mutex::new(None);
@@ -180,6 +184,7 @@ pub fn spawn_stdin_reader(
     on_start: impl FnOnce() + Send + 'static,
     deliver: impl Fn(&[u8]) + Send + 'static,
     on_quit: impl Fn() + Send + 'static,
+    on_power_key: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("stdin".into()).spawn(move || {
         on_start();
@@ -215,6 +220,7 @@ pub fn spawn_stdin_reader(
                         on_quit();
                         return;
                     }
+                    ConsoleInput::PowerKey => on_power_key(),
                 }
             }
         }
@@ -298,5 +304,13 @@ mod tests {
         assert_eq!(p.feed(b"\x01\x01"), vec![ConsoleInput::Guest(vec![1])]);
         assert_eq!(p.feed(b"\x01q"), vec![ConsoleInput::Guest(vec![1, b'q'])]);
         assert_eq!(p.feed(b"\x01h"), vec![ConsoleInput::Help]);
+        assert_eq!(
+            p.feed(b"a\x01pb"),
+            vec![
+                ConsoleInput::Guest(b"a".to_vec()),
+                ConsoleInput::PowerKey,
+                ConsoleInput::Guest(b"b".to_vec())
+            ]
+        );
     }
 }

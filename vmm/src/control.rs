@@ -4,6 +4,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+/// What asked for the guest's power key to be pressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownTrigger {
+    /// SIGTERM.
+    Signal(i32),
+    /// `Ctrl-A p` on the console.
+    Console,
+    /// `--timeout` elapsed (with `--shutdown-grace`).
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for ShutdownTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Signal(signal) => match crate::signals::name(*signal) {
+                Some(name) => f.write_str(name),
+                None => write!(f, "signal {signal}"),
+            },
+            Self::Console => f.write_str("Ctrl-A p"),
+            Self::Timeout(limit) => write!(f, "--timeout {} s", limit.as_secs()),
+        }
+    }
+}
+
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -17,8 +41,18 @@ pub enum StopReason {
     Timeout(Duration),
     /// The user typed the console escape sequence.
     ConsoleQuit,
-    /// SIGINT, SIGTERM or SIGHUP.
+    /// SIGINT, SIGTERM or SIGHUP stopped the VM at once.
     Signal(i32),
+    /// The power key was pressed and the guest powered off within the grace period.
+    PowerKeyOff(ShutdownTrigger),
+    /// The power key was pressed but the guest was still running when the grace period
+    /// (`--shutdown-grace`) ended: stopped hard.
+    PowerKeyIgnored {
+        /// What pressed the key.
+        trigger: ShutdownTrigger,
+        /// The grace period.
+        grace: Duration,
+    },
     /// A vCPU or device failed.
     Error(String),
 }
@@ -29,8 +63,10 @@ pub mod exit_status {
     pub const POWER_OFF: i32 = 0;
     /// Aperture failed (bad input, host problem, unhandled guest exit).
     pub const VMM_ERROR: i32 = 1;
-    /// The guest reset.
+    /// The guest reset (with `--no-reboot`, or too many reboots in a row).
     pub const RESET: i32 = 3;
+    /// The power key was pressed but the guest did not power off within the grace period.
+    pub const SHUTDOWN_FORCED: i32 = 4;
     /// `--timeout` elapsed.
     pub const TIMEOUT: i32 = 124;
     /// A signal ended the VM: 128 + the signal number, as shells report it.
@@ -46,6 +82,11 @@ impl StopReason {
             Self::TestExit(code) => i32::from(*code),
             Self::Timeout(_) => exit_status::TIMEOUT,
             Self::Signal(signal) => exit_status::SIGNAL_BASE + signal,
+            // A clean power-off the user asked for is a success; one the timeout asked for
+            // still reports the timeout.
+            Self::PowerKeyOff(ShutdownTrigger::Timeout(_)) => exit_status::TIMEOUT,
+            Self::PowerKeyOff(_) => exit_status::POWER_OFF,
+            Self::PowerKeyIgnored { .. } => exit_status::SHUTDOWN_FORCED,
             Self::Error(_) => exit_status::VMM_ERROR,
         }
     }
@@ -59,6 +100,8 @@ pub struct VmControl {
     changed: Condvar,
     /// vCPU exits the VMM handled (MMIO and the like), summed over vCPUs when they stop.
     vmm_exits: std::sync::atomic::AtomicU64,
+    /// `Ctrl-A p` was typed and the main loop has not acted on it yet.
+    power_key_requested: AtomicBool,
 }
 
 impl VmControl {
@@ -77,6 +120,17 @@ impl VmControl {
     pub fn halt(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+    }
+
+    /// Asks the main loop to press the guest's power key (`Ctrl-A p`).
+    pub fn request_power_key(&self) {
+        self.power_key_requested.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Whether the power key was requested since the last call.
+    pub fn take_power_key_request(&self) -> bool {
+        self.power_key_requested.swap(false, Ordering::SeqCst)
     }
 
     /// Adds a stopped vCPU's count of exits handled in the VMM.
@@ -139,5 +193,15 @@ mod tests {
         assert_eq!(StopReason::Timeout(Duration::from_secs(1)).exit_status(), 124);
         assert_eq!(StopReason::Signal(15).exit_status(), 143);
         assert_eq!(StopReason::Error("x".into()).exit_status(), 1);
+        let term = ShutdownTrigger::Signal(15);
+        let timeout = ShutdownTrigger::Timeout(Duration::from_secs(9));
+        assert_eq!(StopReason::PowerKeyOff(term).exit_status(), 0);
+        assert_eq!(StopReason::PowerKeyOff(ShutdownTrigger::Console).exit_status(), 0);
+        assert_eq!(StopReason::PowerKeyOff(timeout).exit_status(), 124);
+        let grace = Duration::from_secs(3);
+        assert_eq!(StopReason::PowerKeyIgnored { trigger: term, grace }.exit_status(), 4);
+        assert_eq!(StopReason::PowerKeyIgnored { trigger: timeout, grace }.exit_status(), 4);
+        assert_eq!(term.to_string(), "SIGTERM");
+        assert_eq!(timeout.to_string(), "--timeout 9 s");
     }
 }

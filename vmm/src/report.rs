@@ -20,6 +20,15 @@ pub fn stop_line(reason: &StopReason) -> Option<String> {
             Some(name) => format!("aperture: stopped by {name} (signal {signal})"),
             None => format!("aperture: stopped by signal {signal}"),
         }),
+        StopReason::PowerKeyOff(trigger) => {
+            Some(format!("aperture: the guest powered off after the power key ({trigger})"))
+        }
+        StopReason::PowerKeyIgnored { trigger, grace } => Some(format!(
+            "aperture: the guest did not power off within {} s of the power key ({trigger}, \
+             --shutdown-grace); stopped it hard (exit status {})",
+            grace.as_secs(),
+            exit_status::SHUTDOWN_FORCED
+        )),
         StopReason::Error(message) => Some(format!("aperture: error: {message}")),
     }
 }
@@ -45,6 +54,19 @@ mod tests {
         assert_eq!(
             stop_line(&StopReason::Signal(libc::SIGTERM)).as_deref(),
             Some("aperture: stopped by SIGTERM (signal 15)")
+        );
+        let trigger = crate::control::ShutdownTrigger::Signal(libc::SIGTERM);
+        assert_eq!(
+            stop_line(&StopReason::PowerKeyOff(trigger)).as_deref(),
+            Some("aperture: the guest powered off after the power key (SIGTERM)")
+        );
+        let ignored = StopReason::PowerKeyIgnored { trigger, grace: Duration::from_secs(5) };
+        assert_eq!(
+            stop_line(&ignored).as_deref(),
+            Some(
+                "aperture: the guest did not power off within 5 s of the power key (SIGTERM, \
+                 --shutdown-grace); stopped it hard (exit status 4)"
+            )
         );
     }
 }

@@ -1,11 +1,12 @@
 //! How the process ends when it is told to or when Aperture itself breaks.
 //!
-//! SIGINT, SIGTERM and SIGHUP end the VM cleanly, all three the same way: the handler only
-//! records the signal, and the main thread's wait loop turns it into
-//! [`StopReason::Signal`](crate::control::StopReason::Signal), so the VM stops through the
-//! normal path (vCPUs stopped and joined, assigned devices reset and released, the terminal
-//! restored) and the exit status is 128 + the signal number. A signal that arrives during
-//! setup is acted on as soon as the guest starts.
+//! The handler only records the signal; the main thread's wait loop acts on it. SIGTERM
+//! presses the guest's power key and gives it a grace period to power off (see
+//! `vm::power`); SIGINT and SIGHUP (and SIGTERM with `--shutdown-grace 0`) become
+//! [`StopReason::Signal`](crate::control::StopReason::Signal) at once. Either way the VM
+//! stops through the normal path (vCPUs stopped and joined, assigned devices reset and
+//! released, the terminal restored); a hard stop's exit status is 128 + the signal number. A
+//! signal that arrives during setup stops the VM as soon as the guest starts.
 //!
 //! A panic is a bug in Aperture: [`install_panic_hook`] restores the terminal, says so on
 //! stderr and aborts (release builds abort on panic anyway), so a failed device or vCPU
@@ -38,6 +39,14 @@ pub fn install() -> std::io::Result<()> {
 /// The signal received since the handlers were installed, if any.
 pub fn pending() -> Option<i32> {
     match PENDING.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// Like [`pending`], and forgets the signal so the next one can be told apart.
+pub fn take() -> Option<i32> {
+    match PENDING.swap(0, Ordering::SeqCst) {
         0 => None,
         signal => Some(signal),
     }

@@ -162,7 +162,10 @@ fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &Vm
     }
     control.add_vmm_exits(handled);
     // Where a guest that had to be stopped was stuck is the first clue to why.
-    if matches!(control.reason(), Some(StopReason::Timeout(_) | StopReason::Signal(_))) {
+    if matches!(
+        control.reason(),
+        Some(StopReason::Timeout(_) | StopReason::Signal(_) | StopReason::PowerKeyIgnored { .. })
+    ) {
         match vcpu.pc() {
             Ok(pc) => warn!("vCPU {index} was at PC {pc:#x} when stopped"),
             Err(e) => debug!("vCPU {index}: {e}"),

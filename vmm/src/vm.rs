@@ -11,8 +11,8 @@ use arch::layout::{self, MemoryLayout};
 use arch::loader::{plan_boot, BootPlan};
 use arch::regs::{boot_cpu_regs, mpidr_to_fdt_reg};
 use devices::virtio::WorkerStartHook;
-use devices::{IrqLine, Pl011, Pl031, TestExit};
-use firmware::{FdtConfig, GicConfig, MmioDeviceNode, PciHostNode};
+use devices::{IrqLine, Pl011, Pl031, Pl061, TestExit};
+use firmware::{FdtConfig, GicConfig, MmioDeviceNode, PciHostNode, PowerKeyNode};
 use log::{debug, info, warn};
 
 use crate::assign::AssignedDevices;
@@ -267,7 +267,7 @@ pub fn run_on(
 
     // A signal that came during setup: the vCPUs see the stop and never enter the guest, and
     // the VM ends through the normal path below.
-    if let Some(signal) = signals::pending() {
+    if let Some(signal) = signals::take() {
         control.request_stop(StopReason::Signal(signal));
     }
     let boot_regs = boot_cpu_regs(&plan);
@@ -277,7 +277,9 @@ pub fn run_on(
     }
     info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
 
-    let reason = wait_for_stop(&control, config.timeout);
+    let policy = power::ShutdownPolicy::from_grace(config.shutdown_grace);
+    let mut waiter = power::StopWaiter::new(policy, config.timeout, Instant::now());
+    let reason = power::wait_for_stop(&control, &mut waiter, &devices.power_key);
     vcpus.stop(&control);
     assigned.shutdown();
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
@@ -294,6 +296,7 @@ fn attach_host_console(
     let terminal = RawTerminal::enable();
     let uart = devices.uart.clone();
     let quit_control = control.clone();
+    let power_control = control.clone();
     let confine_control = control.clone();
     let confine = move || {
         if sandbox {
@@ -307,6 +310,7 @@ fn attach_host_console(
         confine,
         move |bytes| uart.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
         move || quit_control.request_stop(StopReason::ConsoleQuit),
+        move || power_control.request_power_key(),
     ) {
         warn!("no console input: could not start the stdin thread: {source}");
     }
@@ -325,22 +329,6 @@ fn worker_start_hook(config: &VmConfig, control: &Arc<VmControl>) -> Option<Work
             control.request_stop(StopReason::Error(format!("{name}: {e}")));
         }
     }))
-}
-
-/// Waits until the guest, a device, a signal or the timeout stops the VM. Signals and the
-/// timeout are recorded as the stop reason too, so vCPU threads can see why they stop.
-fn wait_for_stop(control: &VmControl, timeout: Option<Duration>) -> StopReason {
-    let started = Instant::now();
-    loop {
-        if let Some(reason) = control.wait(Duration::from_millis(50)) {
-            return reason;
-        }
-        if let Some(signal) = signals::pending() {
-            control.request_stop(StopReason::Signal(signal));
-        } else if let Some(limit) = timeout.filter(|limit| started.elapsed() >= *limit) {
-            control.request_stop(StopReason::Timeout(limit));
-        }
-    }
 }
 
 type SpawnedVcpus = (RunningVcpus, Vec<u64>, Vec<mpsc::Sender<VcpuStart>>);
@@ -408,6 +396,7 @@ fn spawn_vcpus(
 struct Devices {
     bus: Arc<MmioBus>,
     uart: Arc<Mutex<Pl011>>,
+    power_key: power::PowerKey,
     /// Assigned functions' INTx, connected once the GIC exists.
     intx: Vec<crate::assign::AssignedIntx>,
 }
@@ -430,12 +419,15 @@ fn build_devices(
     };
     let rtc = Arc::new(Mutex::new(Pl031::new(Box::new(clock), spi(layout::RTC_SPI))));
     let test_exit = Arc::new(Mutex::new(TestExit::new(control.clone())));
+    let gpio = Arc::new(Mutex::new(Pl061::new(spi(layout::GPIO_SPI))));
     let mut bus = MmioBus::default();
     bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
+    bus.insert("pl061", layout::GPIO_BASE, layout::GPIO_SIZE, gpio.clone())?;
     let pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
-    Ok(Devices { bus: Arc::new(bus), uart, intx: pci.intx })
+    let power_key = power::PowerKey { gpio, line: layout::POWER_KEY_GPIO_LINE };
+    Ok(Devices { bus: Arc::new(bus), uart, power_key, intx: pci.intx })
 }
 
 /// The interrupt controller as the device tree describes it: the ITS (KVM) or the MSI frame
@@ -486,8 +478,13 @@ fn fdt_config(
             mmio64: (memory.pci_mmio64.base, memory.pci_mmio64.size),
             intx_spis: Some(layout::PCI_INTX_SPIS),
         }),
+        power_key: Some(PowerKeyNode {
+            gpio: node(layout::GPIO_BASE, layout::GPIO_SIZE, Some(layout::GPIO_SPI)),
+            line: layout::POWER_KEY_GPIO_LINE,
+        }),
     }
 }
 
+mod power;
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,10 @@ fn config(cpus: usize) -> FdtConfig {
             mmio64: (0x80_0000_0000, 0x80_0000_0000),
             intx_spis: None,
         }),
+        power_key: Some(PowerKeyNode {
+            gpio: MmioDeviceNode { base: 0x0903_0000, size: 0x1000, spi: Some(3) },
+            line: 3,
+        }),
     }
 }
 
@@ -310,4 +314,29 @@ fn pci_intx_routing() {
     assert_eq!(spi_of(1, 1), 17);
     assert_eq!(spi_of(3, 2), 16);
     assert_eq!(u32s(prop(&fdt, "/intc@8000000", "#address-cells")), [2]);
+}
+
+#[test]
+fn power_key_is_a_gpio_key_on_the_pl061() {
+    let blob = create_fdt(&config(1)).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let gpio = "/pl061@9030000";
+    assert_eq!(prop(&fdt, gpio, "compatible"), b"arm,pl061\0arm,primecell\0");
+    assert_eq!(u64s(prop(&fdt, gpio, "reg")), [0x0903_0000, 0x1000]);
+    assert_eq!(u32s(prop(&fdt, gpio, "interrupts")), [0, 3, 4]);
+    assert_eq!(u32s(prop(&fdt, gpio, "#gpio-cells")), [2]);
+    assert!(fdt.find_node(gpio).unwrap().property("gpio-controller").is_some());
+    assert_eq!(u32s(prop(&fdt, gpio, "phandle")), [PHANDLE_GPIO]);
+    assert_eq!(u32s(prop(&fdt, gpio, "clocks")), [PHANDLE_CLOCK]);
+    assert_eq!(prop(&fdt, "/gpio-keys", "compatible"), b"gpio-keys\0");
+    let key = "/gpio-keys/poweroff";
+    assert_eq!(u32s(prop(&fdt, key, "linux,code")), [116]);
+    assert_eq!(u32s(prop(&fdt, key, "gpios")), [PHANDLE_GPIO, 3, 0]);
+
+    let mut without = config(1);
+    without.power_key = None;
+    let blob = create_fdt(&without).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    assert!(fdt.find_node("/gpio-keys").is_none());
+    assert!(fdt.find_node(gpio).is_none());
 }

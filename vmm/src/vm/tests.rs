@@ -33,6 +33,8 @@ fn config(vcpus: u32) -> VmConfig {
         vcpus,
         memory_bytes: 64 << 20,
         timeout: Some(Duration::from_secs(20)),
+        shutdown_grace: None,
+        reboot: false,
         disks: Vec::new(),
         rng: false,
         trace_pci: None,
