@@ -35,6 +35,7 @@ dmabench=2000
 dmamode=auto
 dmaselftest=
 eduparams=
+rebootdisk=/dev/vda
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         aperture.check=*) checks=${arg#aperture.check=} ;;
@@ -44,6 +45,7 @@ for arg in $(cat /proc/cmdline); do
         aperture.dma=*) dmamode=${arg#aperture.dma=} ;;
         aperture.dmaselftest=*) dmaselftest=${arg#aperture.dmaselftest=} ;;
         aperture.edu=*) eduparams=${arg#aperture.edu=} ;;
+        aperture.rebootdisk=*) rebootdisk=${arg#aperture.rebootdisk=} ;;
     esac
 done
 
@@ -348,13 +350,14 @@ case "$check" in
         while [ -z "$dev" ] && [ $n -lt 100 ]; do
             for input in /sys/class/input/input*; do
                 [ "$(cat "$input/name" 2>/dev/null)" = gpio-keys ] || continue
-                for event in "$input"/event*; do [ -e "$event" ] && dev=/dev/${event##*/}; done
+                for event in "$input"/event*; do [ -e "$event" ] && dev=/dev/input/${event##*/}; done
             done
             [ -n "$dev" ] || { sleep 0.1; n=$((n + 1)); }
         done
         wait_for "$dev"
         if [ -z "$dev" ] || [ ! -e "$dev" ]; then
-            echo "CHECK powerkey: no gpio-keys input device"
+            echo "CHECK powerkey: no gpio-keys input device: inputs=$(ls /sys/class/input | tr '\n' ' ') modules=$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+            dmesg | grep -i -e gpio -e pl061 -e input | sed 's/^/CHECK powerkey: dmesg: /'
         else
             echo "CHECK powerkey: waiting on $dev"
             # struct input_event on arm64: 16 bytes of time, then u16 type, u16 code, s32 value.
@@ -363,6 +366,25 @@ case "$check" in
                 [ "$1" = 1 ] && [ "$2" = 116 ] && [ "$3" = 1 ] && break
             done
             echo "CHECK powerkey: KEY_POWER pressed; powering off"
+        fi
+        ;;
+    reboot)
+        # Reboot in place: RAM does not survive it, so the boots are counted on a disk
+        # (aperture.rebootdisk=, default /dev/vda) in the sector at 3 MiB. The first boot
+        # marks it and reboots (`reboot -f`: PSCI SYSTEM_RESET); the second finds the mark,
+        # clears it and goes on with the next checks.
+        wait_for "$rebootdisk" 300
+        mark=$(dd if="$rebootdisk" bs=512 skip=6144 count=1 iflag=direct 2>/dev/null | head -c 16)
+        if [ "$mark" = APERTURE-REBOOT1 ]; then
+            dd if=/dev/zero of="$rebootdisk" bs=512 seek=6144 count=1 conv=fsync 2>/dev/null
+            echo "CHECK reboot: boot 2: found the mark of boot 1; uptime=$(cut -d' ' -f1 /proc/uptime)"
+        else
+            printf APERTURE-REBOOT1 | dd of="$rebootdisk" bs=512 seek=6144 count=1 conv=sync,fsync 2>/dev/null
+            sync
+            echo "CHECK reboot: boot 1: marked $rebootdisk; rebooting"
+            reboot -f
+            sleep 30
+            echo "CHECK reboot: still running after reboot -f"
         fi
         ;;
     hang)

@@ -169,6 +169,36 @@ fn power_cases() -> Vec<Case> {
             "power-key-timeout",
             power_script("--timeout 25 --shutdown-grace 30", "powerkey", ""),
         ),
+        // Reboot in place: boot 1 marks a virtio disk and runs `reboot -f`, boot 2 (same
+        // process) finds the mark and powers off.
+        Case::new(
+            "reboot-in-place",
+            format!(
+                r#"dd if=/dev/zero of=/tmp/reboot.img bs=1M count=4 2>/dev/null
+/aperture run -v --kernel /guest/Image --initrd /guest/guest.cpio --timeout 120 \
+    --disk /tmp/reboot.img {} 2>&1
+status=$?
+echo "l1: status=$status"
+exit $status"#,
+                with_check("reboot")
+            ),
+        ),
+        // The same with NVMe A assigned: its pattern is read in both boots (the device is
+        // reset through VFIO for the reboot, traced when=reboot), the mark kept on it.
+        Case::new(
+            "nvme-reboot",
+            format!(
+                r#"{NVME_PRELUDE}
+bind_vfio "$A" || exit 1
+/aperture run -v --kernel /guest/Image --initrd /guest/guest.cpio --timeout 180 --device "$A" \
+    --trace-pci /tmp/reboot-trace.log \
+    --cmdline 'console=ttyAMA0 panic=-1 quiet aperture.check=nvme,reboot aperture.rebootdisk=/dev/nvme0n1' 2>&1
+status=$?
+grep ' reset ' /tmp/reboot-trace.log | sed 's/^/l1: trace: /'
+echo "l1: status=$status"
+exit $status"#
+            ),
+        ),
     ]
 }
 
@@ -1527,4 +1557,42 @@ fn timeout_with_a_grace_presses_the_power_key() {
     assert_contains(run, output, "CHECK powerkey: KEY_POWER pressed; powering off");
     assert_contains(run, output, "powered off after the power key (--timeout 25 s)");
     assert_status(run, output, 124);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn a_guest_reboot_boots_again_in_the_same_process() {
+    let (run, output) = case("reboot-in-place");
+    assert_contains(run, output, "CHECK reboot: boot 1: marked /dev/vda; rebooting");
+    assert_contains(run, output, "the guest rebooted: booting it again in place");
+    assert_contains(run, output, "reboot to first guest instruction in");
+    assert_contains(run, output, "CHECK reboot: boot 2: found the mark of boot 1");
+    assert_eq!(output.output.matches(GUEST_MARKER).count(), 2, "{}", context(run, output));
+    assert_eq!(output.output.matches("KVM VM created").count(), 1, "one VM, two boots");
+    if let Some(line) = output.line_with("reboot to first guest instruction in") {
+        println!("reboot-in-place: {line}");
+    }
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn an_assigned_nvme_works_after_a_reboot_in_place() {
+    let (run, output) = case("nvme-reboot");
+    let expect_head = |line: &str| line.contains("CHECK nvme: head=");
+    let heads: Vec<&str> = output.output.lines().filter(|l| expect_head(l)).collect();
+    assert_eq!(heads.len(), 2, "the NVMe read in both boots\n{}", context(run, output));
+    assert_eq!(
+        heads[0].split("head=").nth(1),
+        heads[1].split("head=").nth(1),
+        "the same pattern read in both boots\n{}",
+        context(run, output)
+    );
+    assert_contains(run, output, "CHECK nvme: write=0");
+    assert_contains(run, output, "CHECK reboot: boot 2: found the mark of boot 1");
+    assert_contains(run, output, "when=reboot");
+    if let Some(line) = output.line_with("reboot to first guest instruction in") {
+        println!("nvme-reboot: {line}");
+    }
+    assert_status(run, output, 0);
 }

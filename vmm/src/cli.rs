@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-/// Default kernel command line: console on the PL011, and a panic resets at once so a test
-/// run ends (exit status 3) instead of hanging.
+/// Default kernel command line: console on the PL011, and a panic resets at once instead of
+/// hanging: the guest boots again in place, or with `--no-reboot` the run ends (exit status 3).
 pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0 panic=-1";
 
 const RUN_EXAMPLES: &str = "\

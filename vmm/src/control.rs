@@ -53,6 +53,14 @@ pub enum StopReason {
         /// The grace period.
         grace: Duration,
     },
+    /// The guest rebooted too often in a short time (a reboot loop: a kernel panicking at
+    /// boot with `panic=-1`).
+    RebootLoop {
+        /// Reboots counted.
+        reboots: u32,
+        /// Within this long.
+        within: Duration,
+    },
     /// A vCPU or device failed.
     Error(String),
 }
@@ -78,7 +86,7 @@ impl StopReason {
     pub fn exit_status(&self) -> i32 {
         match self {
             Self::PowerOff | Self::ConsoleQuit => exit_status::POWER_OFF,
-            Self::Reset => exit_status::RESET,
+            Self::Reset | Self::RebootLoop { .. } => exit_status::RESET,
             Self::TestExit(code) => i32::from(*code),
             Self::Timeout(_) => exit_status::TIMEOUT,
             Self::Signal(signal) => exit_status::SIGNAL_BASE + signal,
@@ -131,6 +139,13 @@ impl VmControl {
     /// Whether the power key was requested since the last call.
     pub fn take_power_key_request(&self) -> bool {
         self.power_key_requested.swap(false, Ordering::SeqCst)
+    }
+
+    /// Forgets the stop (a reboot in place, with every vCPU out of the guest): the next boot
+    /// runs until a new reason is recorded.
+    pub fn rearm(&self) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.stopping.store(false, Ordering::SeqCst);
     }
 
     /// Adds a stopped vCPU's count of exits handled in the VMM.

@@ -29,6 +29,12 @@ pub fn stop_line(reason: &StopReason) -> Option<String> {
             grace.as_secs(),
             exit_status::SHUTDOWN_FORCED
         )),
+        StopReason::RebootLoop { reboots, within } => Some(format!(
+            "aperture: the guest rebooted {reboots} times within {} s (a boot that fails, e.g. a \
+             kernel panic with panic=-1); stopped it (exit status {})",
+            within.as_secs(),
+            exit_status::RESET
+        )),
         StopReason::Error(message) => Some(format!("aperture: error: {message}")),
     }
 }

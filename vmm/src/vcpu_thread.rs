@@ -35,6 +35,15 @@ pub enum VcpuError {
         #[source]
         source: HypervisorError,
     },
+    /// The hypervisor could not reset the vCPU for a reboot in place.
+    #[error("vCPU {index}: could not reset it for the reboot: {source}")]
+    Reset {
+        /// The vCPU.
+        index: u32,
+        /// Why.
+        #[source]
+        source: HypervisorError,
+    },
     /// The thread could not confine itself to its seccomp allowlist.
     #[error("vCPU {index}: {source}")]
     Sandbox {
@@ -71,27 +80,42 @@ pub struct VcpuReady {
     pub result: Result<(u64, Arc<dyn VcpuKick>), HypervisorError>,
 }
 
-/// What the main thread tells a vCPU thread after all vCPUs exist.
+/// What the main thread tells a vCPU thread after all vCPUs exist, and after each stop.
 #[derive(Debug)]
 pub enum VcpuStart {
     /// Run; the boot vCPU gets its registers.
     Run(Option<BootRegs>),
+    /// Reset the vCPU to its power-on state and run again (a reboot in place, asked for at
+    /// the instant given); the boot vCPU gets its registers.
+    Reboot(Option<BootRegs>, std::time::Instant),
     /// Setup failed elsewhere: exit without running.
     Abort,
 }
 
+/// How a vCPU thread talks with the main thread.
+#[derive(Debug)]
+pub struct VcpuChannels {
+    /// Where it reports its vCPU once created.
+    pub ready: Sender<VcpuReady>,
+    /// Where it is told to run each boot.
+    pub start: Receiver<VcpuStart>,
+    /// Where it reports its index each time it has left the guest.
+    pub paused: Sender<u32>,
+}
+
 /// The body of vCPU thread `index`. vCPUs are created on the thread that runs them, as
 /// Hypervisor.framework requires. With `sandbox`, the thread confines itself to the vCPU
-/// seccomp allowlist once its vCPU is ready, before it first runs the guest.
+/// seccomp allowlist once its vCPU is ready, before it first runs the guest. Each time the
+/// VM stops, it sends its index on `channels.paused` and waits for the next [`VcpuStart`].
 pub fn vcpu_thread(
     index: u32,
     vm: Arc<dyn Vm>,
     bus: Arc<dyn MmioHandler + Send>,
     control: Arc<VmControl>,
-    ready: Sender<VcpuReady>,
-    start: Receiver<VcpuStart>,
+    channels: VcpuChannels,
     sandbox: bool,
 ) {
+    let VcpuChannels { ready, start, paused } = channels;
     let created = vm.create_vcpu(index).and_then(|vcpu| {
         let mpidr = vcpu.mpidr()?;
         let kick = vcpu.kicker()?;
@@ -113,27 +137,51 @@ pub fn vcpu_thread(
     // From here on a panic (a bug; only test builds unwind) must not leave the VM waiting
     // for a vCPU that is gone.
     let _stop_on_panic = StopOnPanic { index, control: &control };
-    let regs = match start.recv() {
-        Ok(VcpuStart::Run(regs)) => regs,
-        Ok(VcpuStart::Abort) | Err(_) => return,
-    };
-    if let Some(regs) = regs {
-        if let Err(source) = vcpu.set_boot_regs(&regs) {
-            let error = VcpuError::BootRegs { index, source };
-            control.request_stop(StopReason::Error(error.to_string()));
+    let mut confined = !sandbox;
+    // One turn per boot: the main thread says when to run; after the guest stops, the thread
+    // reports in on `paused` and waits for the next boot (a reboot in place) or the end
+    // (the sender dropped).
+    loop {
+        let (regs, reboot) = match start.recv() {
+            Ok(VcpuStart::Run(regs)) => (regs, None),
+            Ok(VcpuStart::Reboot(regs, since)) => (regs, Some(since)),
+            Ok(VcpuStart::Abort) | Err(_) => return,
+        };
+        if reboot.is_some() {
+            if let Err(source) = vcpu.reset() {
+                let error = VcpuError::Reset { index, source };
+                control.request_stop(StopReason::Error(error.to_string()));
+                return;
+            }
+        }
+        if let Some(regs) = regs {
+            if let Err(source) = vcpu.set_boot_regs(&regs) {
+                let error = VcpuError::BootRegs { index, source };
+                control.request_stop(StopReason::Error(error.to_string()));
+                return;
+            }
+            info!("vCPU {index}: booting at {:#x} with the device tree at {:#x}", regs.pc, regs.x0);
+        }
+        if !confined {
+            if let Err(source) = crate::seccomp::confine(ThreadKind::Vcpu) {
+                let error = VcpuError::Sandbox { index, source };
+                error!("{error}");
+                control.request_stop(StopReason::Error(error.to_string()));
+                return;
+            }
+            confined = true;
+        }
+        if let (Some(since), Some(_)) = (reboot, regs) {
+            info!(
+                "vCPU {index}: reboot to first guest instruction in {:.1} ms",
+                since.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+        run_loop(index, vcpu.as_mut(), bus.as_ref(), &control);
+        if paused.send(index).is_err() {
             return;
         }
-        info!("vCPU {index}: booting at {:#x} with the device tree at {:#x}", regs.pc, regs.x0);
     }
-    if sandbox {
-        if let Err(source) = crate::seccomp::confine(ThreadKind::Vcpu) {
-            let error = VcpuError::Sandbox { index, source };
-            error!("{error}");
-            control.request_stop(StopReason::Error(error.to_string()));
-            return;
-        }
-    }
-    run_loop(index, vcpu.as_mut(), bus.as_ref(), &control);
 }
 
 fn run_loop(index: u32, vcpu: &mut dyn Vcpu, bus: &dyn MmioHandler, control: &VmControl) {

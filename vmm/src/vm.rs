@@ -1,10 +1,8 @@
 //! The VM's life: build it from a [`VmConfig`], run it, and tear it down.
 
 use std::io::Read;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arch::image::KernelImage;
 use arch::layout::{self, MemoryLayout};
@@ -20,13 +18,10 @@ use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::control::{StopReason, VmControl};
-use crate::hypervisor::{
-    self, GicSpec, Hypervisor, HypervisorError, MsiController, VcpuKick, Vm, VmSpec,
-};
+use crate::hypervisor::{self, GicSpec, Hypervisor, HypervisorError, MsiController, Vm, VmSpec};
 use crate::memory::{GuestRam, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::signals;
-use crate::vcpu_thread::{vcpu_thread, VcpuReady, VcpuStart};
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -120,46 +115,6 @@ fn host_random<const N: usize>() -> [u8; N] {
     bytes
 }
 
-/// A running VM's vCPU threads and how to kick them out of the guest: [`RunningVcpus::stop`]
-/// halts and joins them ([`RunningVcpus::abort`] when setup fails before the guest starts).
-struct RunningVcpus {
-    threads: Vec<JoinHandle<()>>,
-    kicks: Vec<Arc<dyn VcpuKick>>,
-}
-
-impl RunningVcpus {
-    /// Setup failed before the guest started: tells every waiting vCPU thread not to run,
-    /// then stops and joins them.
-    fn abort(self, start_senders: &[mpsc::Sender<VcpuStart>], control: &VmControl) {
-        for sender in start_senders {
-            let _ = sender.send(VcpuStart::Abort);
-        }
-        self.stop(control);
-    }
-
-    /// Kicks every vCPU until its thread has finished, then joins it. Kicks repeat because a
-    /// signal that lands outside `KVM_RUN` is lost.
-    fn stop(self, control: &VmControl) {
-        control.halt();
-        for (index, thread) in self.threads.into_iter().enumerate() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !thread.is_finished() && Instant::now() < deadline {
-                if let Some(kick) = self.kicks.get(index) {
-                    kick.kick();
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
-                if thread.join().is_err() {
-                    warn!("vCPU thread {index} panicked");
-                }
-            } else {
-                warn!("vCPU thread {index} did not stop within 10 s; leaving it");
-            }
-        }
-    }
-}
-
 /// Where the guest console goes.
 pub enum Console {
     /// This process's stdout and stdin (raw mode when stdin is a terminal).
@@ -211,12 +166,6 @@ pub fn run_on(
 
     let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
     let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
-    ram.write("kernel", plan.kernel_load, &kernel.image)?;
-    drop(kernel);
-    if let (Some(region), Some(bytes)) = (plan.initrd, &initrd) {
-        ram.write("initrd", region.base, bytes)?;
-    }
-    drop(initrd);
 
     let control = Arc::new(VmControl::default());
     let (output, host_console): (Box<dyn std::io::Write + Send>, bool) = match console {
@@ -232,8 +181,15 @@ pub fn run_on(
         worker_start: worker_start_hook(config, &control),
     };
     let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
-    let (vcpus, mpidrs, start_senders) =
-        spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
+    let (vcpus, mpidrs) =
+        vcpus::spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
+    // Kept for reboots in place, which load them again.
+    let mut payload = reboot::BootPayload {
+        kernel: kernel.image,
+        initrd,
+        plan,
+        fdt: fdt_config(config, &memory_layout, &plan, &mpidrs, vm.msi_controller()),
+    };
     let setup = (|| -> Result<(), VmError> {
         let msi = vm.msi_controller();
         vm.create_gic(&GicSpec {
@@ -245,12 +201,10 @@ pub fn run_on(
         })?;
         // Level irqfds need the GIC.
         assigned.connect_intx(&vm, &devices.intx);
-        let fdt = firmware::create_fdt(&fdt_config(config, &memory_layout, &plan, &mpidrs, msi))?;
-        ram.write("device tree", plan.fdt.base, &fdt)?;
-        Ok(())
+        payload.load(&ram)
     })();
     if let Err(e) = setup {
-        vcpus.abort(&start_senders, &control);
+        vcpus.abort(&control);
         return Err(e);
     }
 
@@ -260,7 +214,7 @@ pub fn run_on(
     // stops the vCPUs and tears down.
     if config.seccomp {
         if let Err(e) = seccomp::confine(ThreadKind::Control) {
-            vcpus.abort(&start_senders, &control);
+            vcpus.abort(&control);
             return Err(e.into());
         }
     }
@@ -270,16 +224,27 @@ pub fn run_on(
     if let Some(signal) = signals::take() {
         control.request_stop(StopReason::Signal(signal));
     }
-    let boot_regs = boot_cpu_regs(&plan);
-    for (index, sender) in start_senders.iter().enumerate() {
-        let regs = (index == 0).then_some(boot_regs);
-        let _ = sender.send(VcpuStart::Run(regs));
-    }
+    vcpus.start(boot_cpu_regs(&plan), None);
     info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
 
     let policy = power::ShutdownPolicy::from_grace(config.shutdown_grace);
     let mut waiter = power::StopWaiter::new(policy, config.timeout, Instant::now());
-    let reason = power::wait_for_stop(&control, &mut waiter, &devices.power_key);
+    let mut machine = reboot::Machine {
+        vm: &vm,
+        ram: &ram,
+        pci: &devices.pci,
+        gpio: &devices.power_key.gpio,
+        pinned: !config.devices.is_empty(),
+        payload,
+    };
+    let reason = reboot::run_boots(
+        &mut machine,
+        &vcpus,
+        &control,
+        &mut waiter,
+        &devices.power_key,
+        config.reboot,
+    );
     vcpus.stop(&control);
     assigned.shutdown();
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
@@ -331,72 +296,13 @@ fn worker_start_hook(config: &VmConfig, control: &Arc<VmControl>) -> Option<Work
     }))
 }
 
-type SpawnedVcpus = (RunningVcpus, Vec<u64>, Vec<mpsc::Sender<VcpuStart>>);
-
-/// Starts one thread per vCPU; each creates its vCPU, reports its MPIDR, then waits.
-///
-/// vCPUs are created strictly in index order, each after the previous one reported in. KVM
-/// numbers vCPUs in creation order (`vcpu_idx`) as well as by the id we give (`vcpu_id`),
-/// and some kernels mix the two up (looking a vCPU up by creation index where they hold its
-/// id). Created out of order on Linux 6.1, an SMP guest intermittently stopped waking up
-/// (2 of 6 two-vCPU boots, both vCPUs parked in the idle loop); in order, it does not.
-fn spawn_vcpus(
-    count: u32,
-    sandbox: bool,
-    vm: &Arc<dyn Vm>,
-    control: &Arc<VmControl>,
-    bus: &Arc<MmioBus>,
-) -> Result<SpawnedVcpus, VmError> {
-    let (ready_tx, ready_rx) = mpsc::channel::<VcpuReady>();
-    let mut threads = Vec::new();
-    let mut start_senders = Vec::new();
-    let mut mpidrs = Vec::new();
-    let mut kicks = Vec::new();
-    let mut failure = None;
-    for index in 0..count {
-        let (start_tx, start_rx) = mpsc::channel();
-        let (vm, control, bus, ready) =
-            (vm.clone(), control.clone(), bus.clone(), ready_tx.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || vcpu_thread(index, vm, bus, control, ready, start_rx, sandbox));
-        let thread = match spawned {
-            Ok(thread) => thread,
-            Err(source) => {
-                failure = Some(VmError::Thread { what: format!("vcpu{index}"), source });
-                break;
-            }
-        };
-        threads.push(thread);
-        start_senders.push(start_tx);
-        match ready_rx.recv().map(|report| report.result) {
-            Ok(Ok((mpidr, kick))) => {
-                mpidrs.push(mpidr);
-                kicks.push(kick);
-            }
-            Ok(Err(e)) => {
-                failure = Some(VmError::Hypervisor(e));
-                break;
-            }
-            Err(_) => {
-                failure = Some(VmError::VcpuLost(index));
-                break;
-            }
-        }
-    }
-    let running = RunningVcpus { threads, kicks };
-    if let Some(e) = failure {
-        running.abort(&start_senders, control);
-        return Err(e);
-    }
-    Ok((running, mpidrs, start_senders))
-}
-
 /// The emulated platform devices and the bus that routes to them.
 struct Devices {
     bus: Arc<MmioBus>,
     uart: Arc<Mutex<Pl011>>,
     power_key: power::PowerKey,
+    /// The PCI hierarchy, reset for a reboot in place.
+    pci: devices::pci::PciRoot,
     /// Assigned functions' INTx, connected once the GIC exists.
     intx: Vec<crate::assign::AssignedIntx>,
 }
@@ -427,7 +333,7 @@ fn build_devices(
     bus.insert("pl061", layout::GPIO_BASE, layout::GPIO_SIZE, gpio.clone())?;
     let pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
     let power_key = power::PowerKey { gpio, line: layout::POWER_KEY_GPIO_LINE };
-    Ok(Devices { bus: Arc::new(bus), uart, power_key, intx: pci.intx })
+    Ok(Devices { bus: Arc::new(bus), uart, power_key, pci: pci.root, intx: pci.intx })
 }
 
 /// The interrupt controller as the device tree describes it: the ITS (KVM) or the MSI frame
@@ -486,5 +392,7 @@ fn fdt_config(
 }
 
 mod power;
+mod reboot;
 #[cfg(test)]
 mod tests;
+mod vcpus;

@@ -344,6 +344,11 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
     for reason in [
         StopReason::Timeout(Duration::from_secs(30)),
         StopReason::Reset,
+        StopReason::RebootLoop { reboots: 6, within: Duration::from_secs(120) },
+        StopReason::PowerKeyIgnored {
+            trigger: vmm::control::ShutdownTrigger::Signal(libc::SIGTERM),
+            grace: Duration::from_secs(30),
+        },
         StopReason::Signal(libc::SIGTERM),
         StopReason::Error(
             VcpuError::BootRegs { index: 0, source: HypervisorError::NoIrqfd }.to_string(),

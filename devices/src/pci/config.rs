@@ -243,6 +243,9 @@ pub struct ConfigSpace {
     next_capability: u16,
     last_extended: Option<u16>,
     next_extended: u16,
+    /// The bytes as they were before the guest's first write: what [`Self::reset`] puts
+    /// back (the device's power-on state, capabilities included).
+    power_on: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ConfigSpace {
@@ -270,6 +273,7 @@ impl ConfigSpace {
             next_capability: FIRST_CAPABILITY,
             last_extended: None,
             next_extended: STANDARD_CONFIG_SIZE,
+            power_on: None,
         };
         config.set_u16(VENDOR_ID, ids.vendor_id);
         config.set_u16(DEVICE_ID, ids.device_id);
@@ -332,6 +336,9 @@ impl ConfigSpace {
     /// A guest write, applied through the masks: read-write bits take the new value,
     /// write-1-to-clear bits are cleared where a 1 is written, all other bits stay.
     pub fn write(&mut self, offset: u16, data: &[u8]) {
+        if self.power_on.is_none() {
+            self.power_on = Some(self.bytes.clone());
+        }
         for (i, &value) in data.iter().enumerate() {
             let Some(at) = usize::from(offset).checked_add(i).filter(|&at| at < CONFIG_SPACE_SIZE)
             else {
@@ -341,6 +348,14 @@ impl ConfigSpace {
             let rw = self.writable[at];
             let w1c = self.write_one_to_clear[at];
             self.bytes[at] = (self.bytes[at] & !rw & !(value & w1c)) | (value & rw);
+        }
+    }
+
+    /// Back to the power-on state (a VM reboot): every guest write is undone, so BARs,
+    /// the command register, bus numbers and capability controls read as at power-on.
+    pub fn reset(&mut self) {
+        if let Some(bytes) = self.power_on.take() {
+            self.bytes = bytes;
         }
     }
 

@@ -180,6 +180,15 @@ impl FunctionCell {
         self.update_bars(&mut state);
     }
 
+    /// Resets the function for a VM reboot, then routes the BARs it decodes afterwards
+    /// (none) and forgets its bus numbers if it is a bridge.
+    pub(crate) fn system_reset(self: &Arc<Self>) {
+        let mut state = self.lock();
+        state.function.system_reset();
+        state.buses = state.function.bridge_buses();
+        self.update_bars(&mut state);
+    }
+
     /// Routes the BARs the function decodes now and tells the BAR-change hook what moved.
     pub(crate) fn update_bars(self: &Arc<Self>, state: &mut FunctionState) {
         let regions = state.function.bar_regions();

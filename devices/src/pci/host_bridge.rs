@@ -63,6 +63,10 @@ impl PciFunction for HostBridge {
     fn bar_regions(&self) -> Vec<BarRegion> {
         Vec::new()
     }
+
+    fn system_reset(&mut self) {
+        self.config.reset();
+    }
 }
 
 #[cfg(test)]

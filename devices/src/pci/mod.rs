@@ -89,4 +89,9 @@ pub trait PciFunction: Send {
     /// the function returns to its power-on state. Emulated functions that keep no state
     /// worth resetting leave this empty.
     fn bus_reset(&mut self) {}
+    /// The VM reboots: the function returns to its power-on state, configuration space
+    /// included ([`PciRoot::system_reset`]). The default is [`Self::bus_reset`].
+    fn system_reset(&mut self) {
+        self.bus_reset();
+    }
 }

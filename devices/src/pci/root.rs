@@ -576,6 +576,24 @@ impl PciRoot {
         }
     }
 
+    /// The VM reboots: every function, the host bridge and the root ports included, goes
+    /// back to its power-on state (assigned functions through a host reset), each locked on
+    /// its own; BAR routes are removed and the ports' bus numbers forgotten, as after
+    /// power-on, so the next boot enumerates from scratch.
+    pub fn system_reset(&self) {
+        let cells = self.shared.topology.lock().cells();
+        for cell in &cells {
+            debug!("{}: reset for the reboot", cell.name());
+            cell.system_reset();
+        }
+        let mut topology = self.shared.topology.lock();
+        for slot in topology.slots.iter_mut().flatten() {
+            if let Slot::Port { buses, .. } = slot {
+                *buses = None;
+            }
+        }
+    }
+
     /// The functions behind the port at `device`, for work that locks each on its own
     /// after the topology is released.
     fn downstream_cells(&self, device: u8) -> Vec<Arc<FunctionCell>> {

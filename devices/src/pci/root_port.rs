@@ -313,6 +313,11 @@ impl PciFunction for RootPort {
     fn take_secondary_bus_reset(&mut self) -> bool {
         std::mem::take(&mut self.secondary_reset_pending)
     }
+
+    fn system_reset(&mut self) {
+        self.config.reset();
+        self.secondary_reset_pending = false;
+    }
 }
 
 #[cfg(test)]

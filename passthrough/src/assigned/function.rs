@@ -394,7 +394,7 @@ impl AssignedFunction {
     fn guest_reset(&mut self, cause: GuestResetCause) {
         info!("{}: guest {}", self.name, cause.as_str());
         self.reset();
-        match self.guest_reset.host_reset() {
+        match self.guest_reset.host_reset(cause) {
             Some(outcome) => debug!(
                 "{}: host reset for the guest's {}: {} ({})",
                 self.name,
@@ -603,6 +603,10 @@ impl PciFunction for AssignedFunction {
 
     fn bus_reset(&mut self) {
         self.guest_reset(GuestResetCause::BusReset);
+    }
+
+    fn system_reset(&mut self) {
+        self.guest_reset(GuestResetCause::Reboot);
     }
 
     fn set_requester_id(&mut self, requester_id: u16) {

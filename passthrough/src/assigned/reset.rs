@@ -12,8 +12,9 @@ use devices::pci::config::ConfigSpace;
 use super::capabilities::{DEVCAP_FLR, PCIE_DEVCAP, PCIE_DEVCTL};
 use crate::host::ResetOutcome;
 
-/// Resets the physical function for the guest (VMM: the opened function's reset, traced).
-pub type ResetHook = Box<dyn FnMut() -> ResetOutcome + Send>;
+/// Resets the physical function for the guest (VMM: the opened function's reset, traced
+/// with what caused it).
+pub type ResetHook = Box<dyn FnMut(GuestResetCause) -> ResetOutcome + Send>;
 
 /// DEVCTL bit 15: Initiate Function Level Reset (the high byte's bit 7).
 const DEVCTL_INITIATE_FLR_HIGH_BYTE: u8 = 0x80;
@@ -25,6 +26,8 @@ pub enum GuestResetCause {
     Flr,
     /// The guest reset the secondary bus of the root port above.
     BusReset,
+    /// The VM rebooted in place.
+    Reboot,
 }
 
 impl GuestResetCause {
@@ -33,6 +36,7 @@ impl GuestResetCause {
         match self {
             Self::Flr => "function level reset",
             Self::BusReset => "secondary bus reset",
+            Self::Reboot => "reboot",
         }
     }
 }
@@ -89,7 +93,7 @@ impl GuestReset {
     }
 
     /// Runs the host reset, if installed.
-    pub(super) fn host_reset(&mut self) -> Option<ResetOutcome> {
-        self.hook.as_mut().map(|hook| hook())
+    pub(super) fn host_reset(&mut self, cause: GuestResetCause) -> Option<ResetOutcome> {
+        self.hook.as_mut().map(|hook| hook(cause))
     }
 }

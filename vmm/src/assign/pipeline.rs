@@ -9,7 +9,7 @@ use std::sync::Arc;
 use devices::pci::PciFunction;
 use devices::trace::{TraceRecord, TraceSink, TraceValue};
 use log::{info, warn};
-use passthrough::assigned::AssignedFunction;
+use passthrough::assigned::{AssignedFunction, GuestResetCause};
 use passthrough::dma::HostMapper;
 use passthrough::host::{
     DmaRequest, FunctionRequest, HostBackend, HostError, OpenedFunction, RamRegion, ResetOutcome,
@@ -240,7 +240,7 @@ impl<P: HostPlatform> HostDevices<P> {
     }
 }
 
-/// Traces a reset of `address` (`when`: "start", "exit", "guest") and its outcome.
+/// Traces a reset of `address` (`when`: "start", "exit", "guest", "reboot") and its outcome.
 fn trace_reset(
     trace: Option<&Arc<dyn TraceSink>>,
     address: PciAddress,
@@ -281,9 +281,10 @@ fn assigned_function<F: OpenedFunction<Intx = IntxHandle>>(
     // like the resets at start and exit.
     let resetter = host.resetter();
     let reset_trace = trace.cloned();
-    function.set_reset_hook(Box::new(move || {
-        let outcome = resetter("guest");
-        trace_reset(reset_trace.as_ref(), address, "guest", outcome);
+    function.set_reset_hook(Box::new(move |cause| {
+        let when = if cause == GuestResetCause::Reboot { "reboot" } else { "guest" };
+        let outcome = resetter(when);
+        trace_reset(reset_trace.as_ref(), address, when, outcome);
         outcome
     }));
     // Traced BAR ranges are trapped, so they must be known before the direct pieces are cut.

@@ -164,4 +164,8 @@ impl PciFunction for RequesterIdWatch {
     fn bus_reset(&mut self) {
         self.inner.bus_reset()
     }
+
+    fn system_reset(&mut self) {
+        self.inner.system_reset()
+    }
 }

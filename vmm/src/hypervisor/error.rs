@@ -111,6 +111,12 @@ pub enum HypervisorError {
     /// The backend has no irqfds.
     #[error("this hypervisor has no irqfd")]
     NoIrqfd,
+    /// The backend cannot put a VM back to its boot state (reboot in place).
+    #[error("{backend} cannot reset the vCPUs and interrupt controller for a reboot in place")]
+    NoRebootInPlace {
+        /// The backend.
+        backend: &'static str,
+    },
     /// A level irqfd was asked for before the GIC exists.
     #[error("a level irqfd for SPI {spi} needs the GIC, which is not created yet")]
     NoGicYet {

@@ -44,6 +44,10 @@ pub struct Observed {
     pub spi_levels: Vec<(u32, bool)>,
     /// Whether the GIC was created.
     pub gic: Option<GicSpec>,
+    /// vCPU and GIC resets (reboots in place).
+    pub vcpu_resets: usize,
+    /// GIC resets.
+    pub gic_resets: usize,
 }
 
 /// A hypervisor whose vCPUs follow scripts.
@@ -117,6 +121,10 @@ impl Vm for FakeVm {
     fn msi_controller(&self) -> MsiController {
         self.msi
     }
+    fn reset_gic(&self) -> Result<()> {
+        self.observed.lock().unwrap().gic_resets += 1;
+        Ok(())
+    }
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()> {
         self.observed.lock().unwrap().spi_levels.push((spi, asserted));
         Ok(())
@@ -172,6 +180,10 @@ impl Vcpu for FakeVcpu {
     }
     fn kicker(&self) -> Result<Arc<dyn VcpuKick>> {
         Ok(Arc::new(FakeKick(self.kicked.clone())))
+    }
+    fn reset(&mut self) -> Result<()> {
+        self.observed.lock().unwrap().vcpu_resets += 1;
+        Ok(())
     }
     fn run(&mut self, mmio: &dyn MmioHandler) -> Result<VcpuExit> {
         match self.steps.pop() {

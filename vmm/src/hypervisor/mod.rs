@@ -131,6 +131,12 @@ pub trait Vm: Send + Sync {
     /// before any vCPU (Hypervisor.framework) creates it with the VM from the fixed layout and
     /// checks `spec` against it here.
     fn create_gic(&self, spec: &GicSpec) -> Result<()>;
+    /// Puts the interrupt controller back to its boot state for a reboot in place, with the
+    /// vCPUs stopped. A backend that cannot says [`HypervisorError::NoRebootInPlace`] (the
+    /// default), and the reboot ends the VM instead.
+    fn reset_gic(&self) -> Result<()> {
+        Err(HypervisorError::NoRebootInPlace { backend: "this hypervisor" })
+    }
     /// Where PCI MSIs go: decides [`GicSpec::its_base`] and the device tree's MSI controller.
     fn msi_controller(&self) -> MsiController;
     /// Drives shared peripheral interrupt `spi` (0-based SPI number, INTID 32 + spi).
@@ -262,6 +268,11 @@ pub trait Vcpu: Send {
     fn pc(&self) -> Result<u64>;
     /// Sets the registers the boot CPU starts with.
     fn set_boot_regs(&mut self, regs: &BootRegs) -> Result<()>;
+    /// Puts the vCPU back to its power-on state for a reboot in place (registers, system
+    /// registers, timer; secondaries powered off), on its own thread.
+    fn reset(&mut self) -> Result<()> {
+        Err(HypervisorError::NoRebootInPlace { backend: "this hypervisor" })
+    }
     /// Returns a handle that interrupts this vCPU; call it on the thread that will run it.
     fn kicker(&self) -> Result<Arc<dyn VcpuKick>>;
     /// Runs the guest until something needs the VMM.

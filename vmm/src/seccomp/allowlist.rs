@@ -195,6 +195,9 @@ fn vcpu(list: &mut Allowlist) -> Result<()> {
         VFIO_DEVICE_RESET(),
         VFIO_DEVICE_GET_PCI_HOT_RESET_INFO(),
         VFIO_DEVICE_PCI_HOT_RESET(),
+        // A reboot in place: the vCPU reset to its boot state, and the boot registers.
+        KVM_ARM_VCPU_INIT(),
+        KVM_SET_ONE_REG(),
     ])?;
     // An assigned device's configuration space and trapped BAR pages (MSI-X table, PBA):
     // reads and writes at offsets of the VFIO device file (pread64/pwrite64, listed with
@@ -267,6 +270,10 @@ fn control(list: &mut Allowlist) -> Result<()> {
         KVM_SET_USER_MEMORY_REGION(),
         // A device lowering its interrupt line as it is dropped (not seen; harmless).
         KVM_IRQ_LINE(),
+        // A reboot in place: the ITS reset, and the virtio doorbells' ioeventfds removed as
+        // the devices' BARs go back to unplaced.
+        KVM_SET_DEVICE_ATTR(),
+        KVM_IOEVENTFD(),
     ])?;
     // The peak-RSS log line at exit.
     list.always(libc::SYS_getrusage);

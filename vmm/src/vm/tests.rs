@@ -64,11 +64,19 @@ fn run_script(
     scripts: Vec<(u32, Vec<Step>)>,
     timeout: Option<u64>,
 ) -> (StopReason, String, FakeHypervisor) {
+    run_script_with(vcpus, scripts, |cfg| cfg.timeout = timeout.map(Duration::from_secs))
+}
+
+fn run_script_with(
+    vcpus: u32,
+    scripts: Vec<(u32, Vec<Step>)>,
+    configure: impl FnOnce(&mut VmConfig),
+) -> (StopReason, String, FakeHypervisor) {
     let hv = FakeHypervisor::default();
     hv.scripts.lock().unwrap().extend(scripts);
     let capture = Capture::default();
     let mut cfg = config(vcpus);
-    cfg.timeout = timeout.map(Duration::from_secs);
+    configure(&mut cfg);
     let reason = run_on(&hv, &cfg, Console::Capture(Box::new(capture.clone()))).unwrap();
     let output = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     (reason, output, hv)
@@ -208,4 +216,45 @@ fn bad_kernel_is_refused_before_any_vm_exists() {
     cfg.kernel = path.clone();
     let err = run_on(&hv, &cfg, Console::Capture(Box::new(Capture::default()))).unwrap_err();
     assert!(err.to_string().starts_with(&format!("--kernel {}:", path.display())), "{err}");
+}
+
+#[test]
+fn a_reboot_boots_again_in_the_same_vm_unless_no_reboot() {
+    // Boot 1 writes "1" to the console, then resets; boot 2 (the same VM, vCPUs reset and
+    // payloads reloaded) writes "2" and powers off. vCPU 1 idles through both.
+    let mut steps = uart_write("1");
+    steps.push(Step::Reset);
+    steps.extend(uart_write("2"));
+    steps.push(Step::PowerOff);
+    let (reason, output, hv) =
+        run_script_with(2, vec![(0, steps.clone())], |cfg| cfg.reboot = true);
+    assert_eq!(reason, StopReason::PowerOff);
+    assert_eq!(output, "12");
+    let observed = hv.observed.lock().unwrap();
+    assert_eq!(observed.vcpu_resets, 2, "both vCPUs reset once");
+    assert_eq!(observed.gic_resets, 1);
+    // The reboot's payloads are in place (the fake samples them at set_boot_regs).
+    assert_eq!(&observed.kernel_header[0x38..0x3c], b"ARM\x64");
+    assert_eq!(observed.fdt_header[..4], [0xd0, 0x0d, 0xfe, 0xed]);
+    drop(observed);
+
+    // --no-reboot: the reset ends the VM.
+    let (reason, output, hv) = run_script_with(1, vec![(0, steps)], |cfg| cfg.reboot = false);
+    assert_eq!(reason, StopReason::Reset);
+    assert_eq!(output, "1");
+    assert_eq!(hv.observed.lock().unwrap().vcpu_resets, 0);
+}
+
+#[test]
+fn a_reboot_loop_ends_the_vm() {
+    let steps: Vec<Step> = std::iter::repeat_n(Step::Reset, 20).collect();
+    let (reason, _, hv) = run_script_with(1, vec![(0, steps)], |cfg| cfg.reboot = true);
+    assert_eq!(
+        reason,
+        StopReason::RebootLoop {
+            reboots: reboot::MAX_QUICK_REBOOTS as u32 + 1,
+            within: reboot::QUICK_REBOOT_WINDOW
+        }
+    );
+    assert_eq!(hv.observed.lock().unwrap().vcpu_resets, reboot::MAX_QUICK_REBOOTS);
 }

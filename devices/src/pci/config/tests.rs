@@ -297,3 +297,22 @@ fn random_accesses_keep_read_only_fields() {
         assert_eq!(config.command() & !0x0546, 0);
     }
 }
+
+#[test]
+fn reset_undoes_every_guest_write() {
+    let mut config = ConfigSpace::new_bridge(&ids());
+    let power_on = config.bytes.clone();
+    config.reset();
+    assert_eq!(config.bytes, power_on, "a reset before any write changes nothing");
+    write16(&mut config, COMMAND, 0x0006);
+    config.write(PRIMARY_BUS, &[0, 1, 1]);
+    write16(&mut config, MEMORY_BASE, 0x1000);
+    assert_ne!(config.bytes, power_on);
+    config.reset();
+    assert_eq!(config.bytes, power_on);
+    assert_eq!(config.command(), 0);
+    // And again after the next boot's writes.
+    write16(&mut config, COMMAND, 0x0002);
+    config.reset();
+    assert_eq!(config.bytes, power_on);
+}

@@ -779,3 +779,32 @@ fn dropping_the_root_frees_functions_whose_bars_are_routed() {
     // Routes and functions must not keep each other alive.
     assert_eq!(Arc::strong_count(&requester_id), 1, "the function was not freed");
 }
+
+#[test]
+fn system_reset_resets_every_function_and_removes_their_routes() {
+    let (root, _, attached) = root_with_functions(&[0, 1]);
+    let number_buses = || ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    number_buses();
+    for (function, address) in [(0u8, 0x1000_0000u32), (1, 0x1000_4000)] {
+        ecam_write32_fn(&root, 1, function, BAR0, address);
+        ecam_write32_fn(&root, 1, function, BAR0 + 4, 0);
+        ecam_write32_fn(&root, 1, function, COMMAND, 0x2);
+    }
+    write_bridge_control(&root, 0x2);
+    ecam_write32(&root, 0, 0, COMMAND, 0x6);
+    assert_eq!(root.bar_regions().len(), 2);
+    root.system_reset();
+    for function in &attached {
+        assert_eq!(function.resets.load(Ordering::SeqCst), 1);
+    }
+    assert!(root.bar_regions().is_empty(), "nothing decodes after power-on");
+    assert!(!root.mmio_write(0x1000_4008, &[2; 4]));
+    assert_eq!(ecam_read32(&root, 0, 1, 0x3c) >> 16, 0, "the port's bridge control");
+    assert_eq!(ecam_read32(&root, 0, 0, COMMAND) & 0xffff, 0, "the host bridge's command");
+    assert_eq!(ecam_read32(&root, 1, 0, 0), u32::MAX, "bus 1 is not numbered any more");
+    // The next boot numbers and programs them again.
+    number_buses();
+    ecam_write32_fn(&root, 1, 1, BAR0, 0x1000_4000);
+    ecam_write32_fn(&root, 1, 1, COMMAND, 0x2);
+    assert!(root.mmio_write(0x1000_4008, &[2; 4]));
+}

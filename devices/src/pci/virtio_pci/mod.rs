@@ -628,6 +628,12 @@ impl PciFunction for VirtioPci {
     fn set_requester_id(&mut self, requester_id: u16) {
         self.interrupt.set_requester_id(requester_id);
     }
+
+    fn bus_reset(&mut self) {
+        self.reset();
+        self.config.reset();
+        self.interrupt.msix().reset();
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ const INITIATE_FLR: u16 = 1 << 15;
 fn counting_hook() -> (ResetHook, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
-    let hook = Box::new(move || {
+    let hook = Box::new(move |_| {
         seen.fetch_add(1, Ordering::SeqCst);
         ResetOutcome::Done
     });

@@ -511,4 +511,17 @@ impl PciFunction for DmaWindowDevice {
     fn bar_regions(&self) -> Vec<BarRegion> {
         self.config.bar_regions()
     }
+
+    /// A reboot: every window the last boot's driver mapped is unmapped (the next boot's
+    /// driver starts from none), the registers go back to power-on.
+    fn system_reset(&mut self) {
+        let reset = self.windows.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        if let Err(e) = reset {
+            log::warn!("{}: unmapping the DMA windows for the reboot: {e}", self.name);
+        }
+        self.config.reset();
+        self.cmd_addr = 0;
+        self.processed = 0;
+        self.status = Status::Ok;
+    }
 }

@@ -2,9 +2,10 @@
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
-    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_DEV_ARM_VGIC_CTRL_INIT,
-    KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
-    KVM_VGIC_ITS_ADDR_TYPE, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_DEV_ARM_ITS_CTRL_RESET,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_ITS_ADDR_TYPE, KVM_VGIC_V3_ADDR_TYPE_DIST,
+    KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
 use kvm_ioctls::{DeviceFd, VmFd};
 use log::info;
@@ -15,7 +16,7 @@ use crate::hypervisor::{GicSpec, HypervisorError, Result};
 #[derive(Debug)]
 pub struct KvmGic {
     _gic: DeviceFd,
-    _its: Option<DeviceFd>,
+    its: Option<DeviceFd>,
     /// Interrupt lines (INTIDs) the distributor implements, including the 32 private ones.
     pub nr_irqs: u32,
 }
@@ -88,6 +89,21 @@ impl KvmGic {
             spec.redist_size,
             spec.its_base.map_or("none".to_string(), |b| format!("{b:#x}"))
         );
-        Ok(Self { _gic: gic, _its: its, nr_irqs })
+        Ok(Self { _gic: gic, its, nr_irqs })
+    }
+
+    /// For a reboot in place: resets the ITS (its tables, command queue and translation
+    /// caches go; KVM_DEV_ARM_ITS_CTRL_RESET). The distributor and redistributors are left
+    /// to the next boot's kernel, which puts them in order itself as it starts (Linux
+    /// disables the distributor, clears every enable and active bit and disables the
+    /// redistributors' LPIs, which KVM allows since 5.x); the devices' lines are low after
+    /// their reset, so no stale level is pending.
+    pub fn reset(&self) -> Result<()> {
+        match &self.its {
+            Some(its) => {
+                set_attr(its, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_ITS_CTRL_RESET, 0, "ITS reset")
+            }
+            None => Ok(()),
+        }
     }
 }

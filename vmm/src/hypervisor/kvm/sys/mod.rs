@@ -162,6 +162,13 @@ impl Vm for KvmVm {
         Ok(())
     }
 
+    fn reset_gic(&self) -> Result<()> {
+        match self.gic.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(gic) => gic.reset(),
+            None => Ok(()),
+        }
+    }
+
     fn msi_controller(&self) -> MsiController {
         MsiController::Its
     }

@@ -21,6 +21,8 @@ use crate::hypervisor::{
 pub struct KvmVcpu {
     fd: VcpuFd,
     index: u32,
+    /// What `KVM_ARM_VCPU_INIT` was given: given again, it resets the vCPU.
+    init: kvm_vcpu_init,
 }
 
 impl KvmVcpu {
@@ -41,7 +43,7 @@ impl KvmVcpu {
         }
         fd.vcpu_init(&init)
             .map_err(|e| HypervisorError::call(format!("KVM_ARM_VCPU_INIT for vCPU {index}"), e))?;
-        Ok(Self { fd, index })
+        Ok(Self { fd, index, init })
     }
 
     fn set_reg(&self, id: u64, value: u64, name: &str) -> Result<()> {
@@ -111,6 +113,14 @@ impl Vcpu for KvmVcpu {
             self.set_reg(regs::x(n as u64), value, "x0-x3")?;
         }
         Ok(())
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        // KVM_ARM_VCPU_INIT again resets every register and the timer to the boot state
+        // (what QEMU does on a system reset); the features must be the same.
+        self.fd.vcpu_init(&self.init).map_err(|e| {
+            HypervisorError::call(format!("KVM_ARM_VCPU_INIT (reset) for vCPU {}", self.index), e)
+        })
     }
 
     fn kicker(&self) -> Result<Arc<dyn VcpuKick>> {
