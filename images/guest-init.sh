@@ -359,12 +359,16 @@ case "$check" in
             echo "CHECK powerkey: no gpio-keys input device: inputs=$(ls /sys/class/input | tr '\n' ' ') modules=$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
             dmesg | grep -i -e gpio -e pl061 -e input | sed 's/^/CHECK powerkey: dmesg: /'
         else
+            # Open before saying so: evdev queues events only for open readers, and the
+            # VMM's test presses the key as soon as it reads the line below.
+            exec 3<"$dev"
             echo "CHECK powerkey: waiting on $dev"
             # struct input_event on arm64: 16 bytes of time, then u16 type, u16 code, s32 value.
             while :; do
-                set -- $(dd if="$dev" bs=24 count=1 2>/dev/null | od -An -tu2 -j16 -N6)
+                set -- $(dd bs=24 count=1 <&3 2>/dev/null | od -An -tu2 -j16 -N6)
                 [ "$1" = 1 ] && [ "$2" = 116 ] && [ "$3" = 1 ] && break
             done
+            exec 3<&-
             echo "CHECK powerkey: KEY_POWER pressed; powering off"
         fi
         ;;

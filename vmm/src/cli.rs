@@ -21,9 +21,15 @@ Examples:
   # Assign a host GPU (bound to vfio-pci) to the guest.
   aperture run --kernel Image --initrd rootfs.cpio.gz --memory 4G --device 0000:01:00.0
 
-  # A scripted test: 2 vCPUs, 512 MiB, give up after 60 s; the exit status tells the outcome.
+  # A scripted test: 2 vCPUs, 512 MiB, give up after 60 s, a panic ends the run (exit 3)
+  # instead of rebooting in place; the exit status tells the outcome.
   aperture run --kernel Image --initrd test.cpio --cpus 2 --memory 512M --timeout 60 \\
-      --cmdline 'console=ttyAMA0 panic=-1 rdinit=/init'
+      --no-reboot --cmdline 'console=ttyAMA0 panic=-1 rdinit=/init'
+
+  # Under a service manager: SIGTERM (or Ctrl-A p) presses the guest's power key and gives
+  # it 60 s to shut down cleanly before it is stopped hard (exit status 4).
+  aperture run --kernel Image --disk rootfs.img --shutdown-grace 60 \\
+      --cmdline 'console=ttyAMA0 root=/dev/vda rw'
 
 Exit statuses:
   0    the guest powered off (or Ctrl-A x)

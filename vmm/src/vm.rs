@@ -106,9 +106,20 @@ fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, VmEr
     Ok(bytes)
 }
 
-/// Random bytes from the host for the guest's RNG and KASLR seeds.
+/// Random bytes from the host for the guest's RNG and KASLR seeds. Linux asks `getrandom`,
+/// which the seccomp allowlists allow (a reboot in place reseeds from the confined main
+/// thread, which may not open files).
 fn host_random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: writes at most N bytes into `bytes`; requests of up to 256 bytes are never
+        // cut short once the pool is ready.
+        let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), N, 0) };
+        if usize::try_from(got).is_ok_and(|got| got == N) {
+            return bytes;
+        }
+    }
     if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
         warn!("no host randomness for the guest's seeds ({e}); the guest seeds itself");
     }
