@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// `--device` not understood.
     #[error("--device {0}: {1}")]
     Device(String, String),
+    /// `--net` not understood.
+    #[error("--net {0}: {1}")]
+    Net(String, String),
     /// The same device twice.
     #[error("--device {0} is given twice; assign each device once")]
     DuplicateDevice(String),
@@ -294,6 +297,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// virtio-blk disks, in guest order.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, in guest order.
+    pub nets: Vec<crate::net::NetConfig>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
     /// Where to write the PCI access trace, if anywhere.
@@ -391,6 +396,12 @@ impl VmConfig {
             memory_bytes,
             timeout: args.timeout.map(Duration::from_secs),
             disks: args.disk.iter().map(|d| DiskConfig::parse(d)).collect::<Result<_, _>>()?,
+            nets: (args.net.iter().enumerate())
+                .map(|(i, text)| {
+                    crate::net::NetConfig::parse(text, i)
+                        .map_err(|why| ConfigError::Net(text.clone(), why))
+                })
+                .collect::<Result<_, _>>()?,
             rng: !args.no_rng,
             trace_pci: args.trace_pci.clone(),
             trace_format: match args.trace_format {
@@ -417,6 +428,7 @@ mod tests {
             memory: "256M".into(),
             timeout: None,
             disk: Vec::new(),
+            net: Vec::new(),
             no_rng: false,
             trace_pci: None,
             trace_format: TraceFormatArg::Text,

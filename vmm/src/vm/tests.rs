@@ -34,6 +34,7 @@ fn config(vcpus: u32) -> VmConfig {
         memory_bytes: 64 << 20,
         timeout: Some(Duration::from_secs(20)),
         disks: Vec::new(),
+        nets: Vec::new(),
         rng: false,
         trace_pci: None,
         trace_format: devices::trace::TraceFormat::Text,
