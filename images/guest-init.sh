@@ -340,7 +340,8 @@ SCRIPT
             else
                 echo "CHECK net: ping=failed"
             fi
-            echo "CHECK net: wget=$(wget -q -T 20 -O - "http://$router/hello.txt" 2>&1)"
+            # (busybox 1.35's wget crashes with -T: bound it with timeout instead.)
+            echo "CHECK net: wget=$(timeout 30 wget -q -O - "http://$router/hello.txt" 2>&1)"
         else
             mib=64
             [ "$check" != netbench ] && mib=${check#netbench=}

@@ -38,7 +38,7 @@ else
     (cd "$repo" && RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$repo/target/aarch64-cross" \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
         /usr/bin/cargo build --release --target aarch64-unknown-linux-gnu -p vmm \
-        -p aperture-e2e --bin net-peer) \
+        -p aperture-e2e --bin aperture --bin net-peer) \
         || die "cross-build of vmm failed (see above)"
     say "cross-build took $(( $(date +%s) - start )) s"
     bin=$repo/target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture

@@ -184,9 +184,11 @@ done"#
 net_setup tap3 10.0.5 || exit 1
 net_peer /tmp/net3.sock tap3
 for nic in tap=tap2 socket=/tmp/net3.sock; do
-    nc -l -p 5001 > /dev/null &
+    (nc -l -p 5001 | wc -c > /tmp/netbench.bytes) &
     /aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 300 --net "$nic" \
         {} | sed "s|^|$nic |"
+    sleep 1
+    echo "l1: $nic received=$(cat /tmp/netbench.bytes)"
 done"#,
                 with_check("netbench=16")
             )),
@@ -1586,6 +1588,8 @@ fn net_throughput_figures() {
         let (Some(start), Some(end)) = (field("start="), field("end=")) else {
             panic!("no netbench line for {nic}\n{}", context(run, output));
         };
+        let received = format!("l1: {nic} received={}", 16 << 20);
+        assert_contains(run, output, &received);
         let secs = (end - start).max(0.001);
         eprintln!(
             "virtio-net guest -> L1 over {nic}: 16 MiB in {secs:.2} s = {:.1} Mbit/s",

@@ -1,8 +1,11 @@
 //! `--net socket=PATH`: a UNIX stream socket speaking QEMU's stream framing (4-byte
-//! big-endian length, then the frame), as passt and gvproxy `-listen-qemu` do.
+//! big-endian length, then the frame), as passt and gvproxy `-listen-qemu` do. The
+//! connected socket is used as a plain descriptor (read/write, not recv/send), so the
+//! worker's sandbox needs no socket calls.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +22,7 @@ const SEND_STALL: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct SocketBackend {
     path: String,
-    stream: UnixStream,
+    stream: File,
     framer: StreamFramer,
     out: Vec<u8>,
 }
@@ -38,6 +41,7 @@ impl SocketBackend {
         stream
             .set_nonblocking(true)
             .map_err(|source| NetError::SocketConnect { path: path.clone(), source })?;
+        let stream = File::from(OwnedFd::from(stream));
         Ok(Self { path, stream, framer: StreamFramer::default(), out: Vec::new() })
     }
 
