@@ -9,7 +9,9 @@
 #                            (tests/rig/l1-init.sh)
 # The test harness appends a second small cpio holding /cases.sh to pick what runs.
 # Needs images/build-guest.sh first. APERTURE_BIN=<path> packs a prebuilt arm64 binary
-# instead of building one; APERTURE_L1_MODULES overrides the module list.
+# instead of building one; APERTURE_L1_MODULES overrides the module list;
+# APERTURE_RIG_EXTRA_FILES="PATH..." packs those files into L1's /extra/ (e.g. a peer VMM
+# built outside the repo, for tests/net-bench.sh's comparison).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -62,6 +64,11 @@ install -m 0755 "$bin" "$root/aperture"
 peer=$(dirname "$bin")/net-peer
 [ -x "$peer" ] && install -m 0755 "$peer" "$root/net-peer"
 cp "$images/Image" "$images/Image.gz" "$images/guest.cpio" "$root/guest/"
+for f in ${APERTURE_RIG_EXTRA_FILES:-}; do
+    [ -f "$f" ] || die "APERTURE_RIG_EXTRA_FILES: $f is not a file"
+    mkdir -p "$root/extra" && install -m 0755 "$f" "$root/extra/"
+    say "extra      /extra/$(basename "$f")"
+done
 # The other guest kernel series build-guest.sh made (6.12): /guest/<series>/{Image,guest.cpio}.
 for dir in "$images"/*/; do
     series=$(basename "$dir")
@@ -72,7 +79,7 @@ for dir in "$images"/*/; do
 done
 
 # Only the modules the rig uses (the whole tree is ~300 MB), plus what they depend on.
-mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk tun}
+mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk tun vhost_net}
 copy_modules "$images/modules" "$kver" "$root" $mods || die "could not copy L1's kernel modules"
 pack_cpio "$root" "$rig/l1-base.cpio"
 say "aperture   $(du -h "$bin" | cut -f1)  $bin"

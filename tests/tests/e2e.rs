@@ -184,7 +184,8 @@ done"#
 net_setup tap3 10.0.5 || exit 1
 net_peer /tmp/net3.sock tap3
 for nic in tap=tap2 socket=/tmp/net3.sock; do
-    (nc -l -p 5001 | wc -c > /tmp/netbench.bytes) &
+    # (busybox nc quits when its stdin ends; sleep keeps the listener's open.)
+    (sleep 900 | nc -l -p 5001 | wc -c > /tmp/netbench.bytes) &
     /aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 300 --net "$nic" \
         {} | sed "s|^|$nic |"
     sleep 1
