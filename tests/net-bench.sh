@@ -23,7 +23,7 @@ prelude='net_setup() {
 }
 bench() {
     label=$1; shift
-    # (busybox nc quits when its stdin ends; sleep keeps the listener's open.)
+    # (busybox nc quits when its stdin ends: sleep keeps it open.)
     (sleep 1800 | nc -l -p 5001 | wc -c > /tmp/bench.bytes) &
     "$@" 2>&1 | sed -n "s|^.*CHECK netbench: |bench $label |p"
     sleep 1

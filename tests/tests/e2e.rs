@@ -166,6 +166,21 @@ fn net_cases(token: &str) -> Vec<Case> {
                 "net",
             ),
         ),
+        // A tap that does not exist: Aperture (root in L1) creates it and brings it up; it
+        // goes away with the VM.
+        Case::new(
+            "net-tap-create",
+            format!(
+                r#"modprobe tun
+{RUN} --net tap=aptap7 {} > /tmp/net-create.log 2>&1 &
+n=0
+while [ ! -e /sys/class/net/aptap7 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+echo "l1: during: flags=$(cat /sys/class/net/aptap7/flags 2>/dev/null)"
+wait $!
+echo "l1: status=$? after: $(ls /sys/class/net | grep -c aptap7)""#,
+                with_check("cpus")
+            ),
+        ),
         Case::new(
             "net-bad",
             format!(
@@ -1597,4 +1612,18 @@ fn net_throughput_figures() {
             16.0 * 8.388_608 / secs
         );
     }
+}
+
+/// `--net tap=` with no such tap: created and brought up (IFF_UP, flags bit 0), gone after.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_tap_is_created_when_absent() {
+    let (run, output) = case("net-tap-create");
+    let flags = output.line_with("l1: during: flags=").unwrap_or("");
+    let flags = flags
+        .rsplit('=')
+        .next()
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok());
+    assert!(flags.is_some_and(|f| f & 1 == 1), "the tap was not up\n{}", context(run, output));
+    assert_contains(run, output, "l1: status=0 after: 0");
 }
