@@ -128,7 +128,7 @@ fi
 # aperture_dma (in lib/modules/<kver>/extra/, before NVMe when a DMA window is offered).
 # snd_hda_intel (+ the generic codec driver): the HD audio function next to the rig's
 # GPU-like edu (probes on MSI).
-guest_modules="virtio_pci virtio_blk virtio_rng virtio_console nvme snd_hda_intel snd_hda_codec_generic gpio_keys evdev"
+guest_modules="virtio_pci virtio_blk virtio_net virtio_rng virtio_console nvme snd_hda_intel snd_hda_codec_generic gpio_keys evdev"
 init=$repo/images/guest-init.sh
 cpio=$out/guest.cpio
 [ -n "$series" ] || cpio=$(realpath -m "${GUEST_CPIO:-$cpio}")

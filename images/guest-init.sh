@@ -79,7 +79,7 @@ fi
 dma_load=$(echo $dma_load)
 # Drivers for whatever PCI devices the VMM gave us (quietly: absent devices are fine).
 # snd_hda_intel: the HD audio function next to the rig's edu (a GPU's HDMI audio stand-in).
-modprobe -a virtio_pci virtio_blk virtio_rng virtio_console nvme snd_hda_codec_generic snd_hda_intel 2>/dev/null
+modprobe -a virtio_pci virtio_blk virtio_net virtio_rng virtio_console nvme snd_hda_codec_generic snd_hda_intel 2>/dev/null
 
 # wait_for PATH [TENTHS]: waits up to TENTHS/10 s (default 10 s) for a device node the
 # drivers create asynchronously.
@@ -313,6 +313,45 @@ case "$check" in
         dmesg | grep -i -e snd_hda -e 'hda_intel' | head -n 5 | while read -r line; do
             echo "CHECK hdaudio: dmesg: $line"
         done
+        ;;
+    net|netbench|netbench=*)
+        # virtio-net: DHCP on eth0 (busybox udhcpc; the script below sets the address and
+        # the route), then ping the DHCP server's router and fetch /hello.txt from its HTTP
+        # server. netbench[=MiB] instead sends MiB (default 64) to port 5001 of the router
+        # with nc and prints dd's figures.
+        wait_for /sys/class/net/eth0
+        echo "CHECK net: mac=$(cat /sys/class/net/eth0/address 2>/dev/null) features=$(cat /sys/class/net/eth0/device/features 2>/dev/null)"
+        cat > /tmp/udhcpc.sh <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+    bound|renew)
+        ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+        [ -n "$router" ] && route add default gw "${router%% *}" dev "$interface"
+        echo "${router%% *}" > /tmp/net.router
+        ;;
+esac
+SCRIPT
+        chmod +x /tmp/udhcpc.sh
+        ip link set eth0 up
+        udhcpc -i eth0 -s /tmp/udhcpc.sh -n -q -t 20 -T 1 >/dev/null 2>&1
+        router=$(cat /tmp/net.router 2>/dev/null)
+        echo "CHECK net: addr=$(ip -4 addr show eth0 | sed -n 's/.*inet \([0-9.\/]*\).*/\1/p') router=$router"
+        if [ "$check" = net ]; then
+            if ping -c 3 -W 5 "$router" >/dev/null 2>&1; then
+                echo "CHECK net: ping=ok"
+            else
+                echo "CHECK net: ping=failed"
+            fi
+            # (busybox 1.35's wget crashes with -T: bound it with timeout instead.)
+            echo "CHECK net: wget=$(timeout 30 wget -q -O - "http://$router/hello.txt" 2>&1)"
+        else
+            mib=64
+            [ "$check" != netbench ] && mib=${check#netbench=}
+            start=$(cut -d' ' -f1 /proc/uptime)
+            dd if=/dev/zero bs=64k count=$((mib * 16)) 2>/dev/null | nc "$router" 5001
+            end=$(cut -d' ' -f1 /proc/uptime)
+            echo "CHECK netbench: ${mib}MiB start=$start end=$end"
+        fi
         ;;
     rng)
         wait_for /dev/hwrng

@@ -2,13 +2,16 @@
 # Builds the emulated arm64 KVM host (L1) of Aperture's end-to-end rig:
 #   target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture   static arm64 binary
 #   build/rig/l1-base.cpio   uncompressed newc initramfs for L1: busybox, /aperture,
+#                            /net-peer (the --net socket peer of the e2e cases),
 #                            /guest/{Image,Image.gz,guest.cpio} (and /guest/6.12/{Image,
 #                            guest.cpio}: the 6.12 guest), the kernel modules the rig
 #                            needs (vfio, nvme, virtio + dependencies), and /init
 #                            (tests/rig/l1-init.sh)
 # The test harness appends a second small cpio holding /cases.sh to pick what runs.
 # Needs images/build-guest.sh first. APERTURE_BIN=<path> packs a prebuilt arm64 binary
-# instead of building one; APERTURE_L1_MODULES overrides the module list.
+# instead of building one; APERTURE_L1_MODULES overrides the module list;
+# APERTURE_RIG_EXTRA_FILES="PATH..." packs those files into L1's /extra/ (e.g. a peer VMM
+# built outside the repo, for tests/net-bench.sh's comparison).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -36,7 +39,8 @@ else
     start=$(date +%s)
     (cd "$repo" && RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$repo/target/aarch64-cross" \
         CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-        /usr/bin/cargo build --release --target aarch64-unknown-linux-gnu -p vmm) \
+        /usr/bin/cargo build --release --target aarch64-unknown-linux-gnu -p vmm \
+        -p aperture-e2e --bin aperture --bin net-peer) \
         || die "cross-build of vmm failed (see above)"
     say "cross-build took $(( $(date +%s) - start )) s"
     bin=$repo/target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture
@@ -56,7 +60,15 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,etc,guest}
 install -m 0755 "$images/busybox" "$root/bin/busybox"
 install -m 0755 "$repo/tests/rig/l1-init.sh" "$root/init"
 install -m 0755 "$bin" "$root/aperture"
+# The --net socket peer of the e2e cases (tests/src/bin/net-peer.rs), built with aperture.
+peer=$(dirname "$bin")/net-peer
+[ -x "$peer" ] && install -m 0755 "$peer" "$root/net-peer"
 cp "$images/Image" "$images/Image.gz" "$images/guest.cpio" "$root/guest/"
+for f in ${APERTURE_RIG_EXTRA_FILES:-}; do
+    [ -f "$f" ] || die "APERTURE_RIG_EXTRA_FILES: $f is not a file"
+    mkdir -p "$root/extra" && install -m 0755 "$f" "$root/extra/"
+    say "extra      /extra/$(basename "$f")"
+done
 # The other guest kernel series build-guest.sh made (6.12): /guest/<series>/{Image,guest.cpio}.
 for dir in "$images"/*/; do
     series=$(basename "$dir")
@@ -67,7 +79,7 @@ for dir in "$images"/*/; do
 done
 
 # Only the modules the rig uses (the whole tree is ~300 MB), plus what they depend on.
-mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk}
+mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk tun vhost_net}
 copy_modules "$images/modules" "$kver" "$root" $mods || die "could not copy L1's kernel modules"
 pack_cpio "$root" "$rig/l1-base.cpio"
 say "aperture   $(du -h "$bin" | cut -f1)  $bin"

@@ -116,6 +116,7 @@ fn cases(token: &str) -> Vec<Case> {
             .with_limit(BAD_INPUT_LIMIT),
     ]
     .into_iter()
+    .chain(net_cases(token))
     .chain(nvme_cases())
     .chain(edu_cases())
     .chain(power_cases())
@@ -199,6 +200,97 @@ echo "l1: status=$status"
 exit $status"#
             ),
         ),
+    ]
+}
+
+/// L1's side of a guest link: `net_setup TAP PREFIX` makes tap TAP (busybox tunctl) with
+/// PREFIX.1/24, a DHCP server (udhcpd, PREFIX.15-20, router PREFIX.1) and an HTTP server
+/// serving /hello.txt = hello-TAP-TOKEN on it.
+const NET_PRELUDE: &str = r#"net_setup() {
+    modprobe tun && tunctl -t "$1" >/dev/null && ip addr add "$2.1/24" dev "$1"         && ip link set "$1" up || return 1
+    mkdir -p "/tmp/www-$1" && echo "hello-$1-$TOKEN" > "/tmp/www-$1/hello.txt"
+    httpd -p "$2.1:80" -h "/tmp/www-$1" || return 1
+    printf 'start %s.15
+end %s.20
+interface %s
+lease_file /tmp/leases-%s
+option subnet 255.255.255.0
+option router %s.1
+'         "$2" "$2" "$1" "$1" "$2" > "/tmp/udhcpd-$1.conf"
+    touch "/tmp/leases-$1" && udhcpd "/tmp/udhcpd-$1.conf"
+}
+# net_peer SOCKET TAP: the stream-socket peer (tests/src/bin/net-peer.rs) bridging to TAP.
+net_peer() {
+    /net-peer "$1" "$2" &
+    n=0
+    while [ ! -S "$1" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+}"#;
+
+/// virtio-net: the nested guest gets an address by DHCP from L1, pings it and fetches a
+/// file from L1's HTTP server, over a tap and over the stream socket; bad `--net` values get
+/// clear errors; and a transfer's throughput (printed by `net_throughput_figures`).
+fn net_cases(token: &str) -> Vec<Case> {
+    let net = |script: String| format!("TOKEN={token}\n{NET_PRELUDE}\n{script}");
+    let vm = |setup: &str, nic: &str, check: &str| {
+        net(format!(
+            "{setup}\n{RUN} -v {nic} {}\nstatus=$?\necho \"l1: status=$status\"\nexit $status",
+            with_check(check)
+        ))
+    };
+    vec![
+        Case::new("net-tap", vm("net_setup tap0 10.0.2 || exit 1", "--net tap=tap0", "net")),
+        Case::new(
+            "net-socket",
+            vm(
+                "net_setup tap1 10.0.3 || exit 1\nnet_peer /tmp/net1.sock tap1",
+                "--net socket=/tmp/net1.sock",
+                "net",
+            ),
+        ),
+        // A tap that does not exist: Aperture (root in L1) creates it and brings it up; it
+        // goes away with the VM.
+        Case::new(
+            "net-tap-create",
+            format!(
+                r#"modprobe tun
+{RUN} --net tap=aptap7 {} > /tmp/net-create.log 2>&1 &
+n=0
+while [ ! -e /sys/class/net/aptap7 ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
+echo "l1: during: flags=$(cat /sys/class/net/aptap7/flags 2>/dev/null)"
+wait $!
+echo "l1: status=$? after: $(ls /sys/class/net | grep -c aptap7)""#,
+                with_check("cpus")
+            ),
+        ),
+        Case::new(
+            "net-bad",
+            format!(
+                r#"for nic in socket=/tmp/no-such.sock user tap=tap9,mac=01:00:5e:00:00:01 bridge=br0; do
+    {RUN} --net "$nic" > /tmp/net-bad.log 2>&1
+    echo "l1: --net $nic status=$? $(grep 'aperture: error' /tmp/net-bad.log)"
+done"#
+            ),
+        )
+        .with_limit(BAD_INPUT_LIMIT),
+        // Guest to L1: 16 MiB through nc to L1's nc, over the tap and over the socket peer.
+        Case::new(
+            "net-bench",
+            net(format!(
+                r#"net_setup tap2 10.0.4 || exit 1
+net_setup tap3 10.0.5 || exit 1
+net_peer /tmp/net3.sock tap3
+for nic in tap=tap2 socket=/tmp/net3.sock; do
+    # (busybox nc quits when its stdin ends; sleep keeps the listener's open.)
+    (sleep 900 | nc -l -p 5001 | wc -c > /tmp/netbench.bytes) &
+    /aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 300 --net "$nic" \
+        {} | sed "s|^|$nic |"
+    sleep 1
+    echo "l1: $nic received=$(cat /tmp/netbench.bytes)"
+done"#,
+                with_check("netbench=16")
+            )),
+        )
+        .with_limit(Duration::from_secs(660)),
     ]
 }
 
@@ -1595,4 +1687,91 @@ fn an_assigned_nvme_works_after_a_reboot_in_place() {
         println!("nvme-reboot: {line}");
     }
     assert_status(run, output, 0);
+}
+
+/// The nested guest's NIC over a tap L1 made: DHCP address, ping and HTTP to L1, with the
+/// tap's offloads offered.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_over_tap_reaches_l1() {
+    let (run, output) = case("net-tap");
+    let token = &shared().token;
+    assert_contains(run, output, "virtio-net0: MAC 52:54:");
+    assert_contains(run, output, "over tap tap0 (checksum and TSO offloads)");
+    assert_contains(run, output, "CHECK net: addr=10.0.2.1");
+    assert_contains(run, output, "router=10.0.2.1");
+    assert_contains(run, output, "CHECK net: ping=ok");
+    assert_contains(run, output, &format!("CHECK net: wget=hello-tap0-{token}"));
+    assert_status(run, output, 0);
+}
+
+/// The same over `--net socket=` and the stream-socket peer bridging to an L1 tap.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_over_socket_reaches_l1() {
+    let (run, output) = case("net-socket");
+    let token = &shared().token;
+    assert_contains(run, output, "over socket /tmp/net1.sock");
+    assert_contains(run, output, "CHECK net: addr=10.0.3.1");
+    assert_contains(run, output, "CHECK net: ping=ok");
+    assert_contains(run, output, &format!("CHECK net: wget=hello-tap1-{token}"));
+    assert_status(run, output, 0);
+}
+
+/// Bad `--net` values: a refused socket, no passt in L1, a multicast MAC, an unknown backend.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_bad_input_is_refused_clearly() {
+    let (run, output) = case("net-bad");
+    assert!(!output.watchdog_fired, "aperture hung\n{}", context(run, output));
+    for needle in [
+        "--net socket=/tmp/no-such.sock status=1 aperture: error: --net socket=/tmp/no-such.sock: cannot connect",
+        "--net user status=1 aperture: error: --net user needs passt, which is not installed: install the passt package",
+        "status=1 aperture: error: --net tap=tap9,mac=01:00:5e:00:00:01: 01:00:5e:00:00:01 is a multicast address",
+        "--net bridge=br0 status=1 aperture: error: --net bridge=br0: \"bridge=br0\" is not a backend",
+    ] {
+        assert_contains(run, output, needle);
+    }
+}
+
+/// Prints guest-to-L1 throughput over the tap and the socket backends (not asserted: the
+/// rig is emulated); asserts only that both transfers finished.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_throughput_figures() {
+    let (run, output) = case("net-bench");
+    for nic in ["tap=tap2", "socket=/tmp/net3.sock"] {
+        let line = output
+            .output
+            .lines()
+            .find(|l| l.contains(nic) && l.contains("CHECK netbench: 16MiB"))
+            .unwrap_or("");
+        let field = |name: &str| -> Option<f64> {
+            line.split_whitespace().find_map(|w| w.strip_prefix(name)?.parse().ok())
+        };
+        let (Some(start), Some(end)) = (field("start="), field("end=")) else {
+            panic!("no netbench line for {nic}\n{}", context(run, output));
+        };
+        let received = format!("l1: {nic} received={}", 16 << 20);
+        assert_contains(run, output, &received);
+        let secs = (end - start).max(0.001);
+        eprintln!(
+            "virtio-net guest -> L1 over {nic}: 16 MiB in {secs:.2} s = {:.1} Mbit/s",
+            16.0 * 8.388_608 / secs
+        );
+    }
+}
+
+/// `--net tap=` with no such tap: created and brought up (IFF_UP, flags bit 0), gone after.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_tap_is_created_when_absent() {
+    let (run, output) = case("net-tap-create");
+    let flags = output.line_with("l1: during: flags=").unwrap_or("");
+    let flags = flags
+        .rsplit('=')
+        .next()
+        .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok());
+    assert!(flags.is_some_and(|f| f & 1 == 1), "the tap was not up\n{}", context(run, output));
+    assert_contains(run, output, "l1: status=0 after: 0");
 }

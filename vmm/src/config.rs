@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// `--device` not understood.
     #[error("--device {0}: {1}")]
     Device(String, String),
+    /// `--net` not understood.
+    #[error("--net {0}: {1}")]
+    Net(String, String),
     /// The same device twice.
     #[error("--device {0} is given twice; assign each device once")]
     DuplicateDevice(String),
@@ -298,6 +301,8 @@ pub struct VmConfig {
     pub reboot: bool,
     /// virtio-blk disks, in guest order.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, in guest order.
+    pub nets: Vec<crate::net::NetConfig>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
     /// Where to write the PCI access trace, if anywhere.
@@ -397,6 +402,12 @@ impl VmConfig {
             shutdown_grace: args.shutdown_grace.map(Duration::from_secs),
             reboot: !args.no_reboot,
             disks: args.disk.iter().map(|d| DiskConfig::parse(d)).collect::<Result<_, _>>()?,
+            nets: (args.net.iter().enumerate())
+                .map(|(i, text)| {
+                    crate::net::NetConfig::parse(text, i)
+                        .map_err(|why| ConfigError::Net(text.clone(), why))
+                })
+                .collect::<Result<_, _>>()?,
             rng: !args.no_rng,
             trace_pci: args.trace_pci.clone(),
             trace_format: match args.trace_format {
@@ -425,6 +436,7 @@ mod tests {
             shutdown_grace: None,
             no_reboot: false,
             disk: Vec::new(),
+            net: Vec::new(),
             no_rng: false,
             trace_pci: None,
             trace_format: TraceFormatArg::Text,

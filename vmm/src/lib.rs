@@ -13,6 +13,7 @@ pub mod docs;
 pub mod host;
 pub mod hypervisor;
 pub mod memory;
+pub mod net;
 pub mod pci;
 pub mod report;
 pub mod seccomp;

@@ -14,7 +14,7 @@ use devices::pci::{
     TraceKind, VirtioPci,
 };
 use devices::trace::{TraceRecord, TraceSink, TraceValue, TraceWriter};
-use devices::virtio::{Block, Rng, WorkerStartHook};
+use devices::virtio::{Block, Net, Rng, WorkerStartHook};
 use log::{debug, info, warn};
 use vm_memory::GuestMemoryMmap;
 
@@ -48,6 +48,9 @@ pub enum PciSetupError {
         /// Why.
         reason: String,
     },
+    /// A NIC's backend could not be opened.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// The host RNG could not be opened.
     #[error("virtio-rng: {0}; run with --no-rng")]
     Rng(String),
@@ -333,6 +336,16 @@ pub fn build_pci(
             msi.clone(),
         )
         .map_err(|e| PciSetupError::Topology(e.to_string()))?;
+        let doorbells = transport.queue_doorbells();
+        let id = root.add_function(Box::new(transport)).map_err(topology)?;
+        queue_doorbells.insert(id, doorbells);
+    }
+    for (index, net) in config.nets.iter().enumerate() {
+        let name = format!("virtio-net{index}");
+        let mut device = Net::new(&name, net.mac, crate::net::open(index, net)?);
+        device.set_worker_start_hook(worker_start.clone());
+        let transport = VirtioPci::new(name, Box::new(device), memory.clone(), msi.clone())
+            .map_err(|e| PciSetupError::Topology(e.to_string()))?;
         let doorbells = transport.queue_doorbells();
         let id = root.add_function(Box::new(transport)).map_err(topology)?;
         queue_doorbells.insert(id, doorbells);

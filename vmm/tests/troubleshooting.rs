@@ -180,6 +180,13 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
         run_error(&["--kernel", &kernel, "--timeout", "0"]),
         run_error(&["--kernel", &kernel, "--device", &format!("{bdf},trace-bar=7")]),
         run_error(&["--kernel", &kernel, "--device", &format!("{bdf},trace-bar=0")]),
+        run_error(&["--kernel", &kernel, "--net", "bridge=br0"]),
+        run_error(&["--kernel", &kernel, "--net", "tap=tap0,queues=2"]),
+        run_error(&["--kernel", &kernel, "--net", "tap=tap0,mac=zz"]),
+        run_error(&["--kernel", &kernel, "--net", "tap=tap0,mac=01:00:5e:00:00:01"]),
+        run_error(&["--kernel", &kernel, "--net", "user,hostfwd=tcp:0-:22"]),
+        run_error(&["--kernel", &kernel, "--net", "user,hostfwd=tcp:22"]),
+        run_error(&["--kernel", &kernel, "--net", "tap=tap0,hostfwd=tcp:2222-:22"]),
         // `aperture check`'s warnings.
         vmm::check::kernel::bar_memory_type(Some("6.1.0-28-arm64")).to_string(),
     ];
@@ -340,6 +347,31 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
         .iter()
         .map(|e| format!("--device {dext}: {e}")),
     );
+    // Networking.
+    {
+        use vmm::net::{Helper, NetError};
+        let path = "/run/passt.sock".to_string();
+        out.extend(
+            [
+                NetError::TunDevice("No such file or directory (os error 2)".into()),
+                NetError::Tap { name: "tap0".into(), source: os_error(libc::EPERM) },
+                NetError::TapUnsupported("tap0".into()),
+                NetError::SocketConnect { path, source: os_error(libc::ECONNREFUSED) },
+                NetError::HelperMissing(Helper::Passt),
+                NetError::HelperStart {
+                    program: "/usr/bin/passt".into(),
+                    source: os_error(libc::EACCES),
+                },
+                NetError::HelperExited {
+                    program: "/usr/bin/passt".into(),
+                    status: "exit status: 1".into(),
+                },
+                NetError::GvproxyForwards,
+            ]
+            .iter()
+            .map(ToString::to_string),
+        );
+    }
     // While the guest runs, and how it ended.
     for reason in [
         StopReason::Timeout(Duration::from_secs(30)),

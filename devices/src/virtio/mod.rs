@@ -1,6 +1,7 @@
 //! virtio devices, independent of the transport (the PCI transport is in `pci`).
 
 pub mod block;
+pub mod net;
 mod queue_event;
 mod queue_service;
 pub mod rng;
@@ -15,6 +16,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use block::Block;
+pub use net::Net;
 pub use queue_event::QueueEvent;
 pub use rng::Rng;
 pub use worker::WorkerStartHook;
@@ -52,7 +54,7 @@ pub struct ActiveQueue {
 
 /// A virtio device (virtio 1.x, modern only).
 pub trait VirtioDevice: Send {
-    /// Device type id (2 = block, 4 = entropy, 3 = console).
+    /// Device type id (1 = network, 2 = block, 4 = entropy, 3 = console).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

@@ -30,6 +30,11 @@ impl WorkerStartHook {
     pub fn new(hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
         Self(Arc::new(hook))
     }
+
+    /// Runs the hook for the thread called `name`.
+    pub(crate) fn run(&self, name: &str) {
+        (self.0)(name);
+    }
 }
 
 impl std::fmt::Debug for WorkerStartHook {
@@ -112,7 +117,7 @@ impl QueueWorker {
         let thread_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
             if let Some(hook) = on_start {
-                (hook.0)(name);
+                hook.run(name);
             }
             let ActiveQueue { index, queue, notify } = active;
             let mut served = ServedQueue {

@@ -235,6 +235,12 @@ fn device_worker(list: &mut Allowlist) -> Result<()> {
     list.always(libc::SYS_fsync);
     // virtio-blk DISCARD and WRITE_ZEROES: punching holes and zeroing ranges of the image.
     list.always(libc::SYS_fallocate);
+    // virtio-net: a tap takes the receive offloads the guest accepted when the worker
+    // starts; the socket backend waits for a peer that is slow to read (poll).
+    list.ioctls(&[crate::net::TUNSETOFFLOAD])?;
+    list.always(libc::SYS_ppoll);
+    #[cfg(target_arch = "x86_64")]
+    list.always(libc::SYS_poll);
     // The worker's event loop (event-manager on epoll), waiting on its queue's eventfd;
     // created and filled on the vCPU thread that starts the worker or on the worker itself.
     list.always(libc::SYS_epoll_create1);

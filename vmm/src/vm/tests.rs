@@ -36,6 +36,7 @@ fn config(vcpus: u32) -> VmConfig {
         shutdown_grace: None,
         reboot: false,
         disks: Vec::new(),
+        nets: Vec::new(),
         rng: false,
         trace_pci: None,
         trace_format: devices::trace::TraceFormat::Text,
