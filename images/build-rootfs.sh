@@ -12,8 +12,8 @@
 # Boot it:
 #   aperture run --kernel vmlinuz --initrd initrd.img --disk rootfs.img \
 #       --cmdline "root=/dev/vda console=ttyAMA0 quiet" --memory 1G --cpus 2
-# The serial console (ttyAMA0) logs root in automatically and root has no password: a test
-# and development image, not one to expose. `aperture.distro-check` on the kernel command line
+# The serial console (ttyAMA0) logs root in automatically (root's password is locked; ssh
+# takes the key above): a test and development image, not one to expose. `aperture.distro-check` on the kernel command line
 # runs a one-shot report after boot (system state, sshd, addresses) and powers the guest off
 # (the e2e test uses it).
 #
@@ -141,7 +141,9 @@ inner_build() {
             > /proc/sys/fs/binfmt_misc/register \
             || die "registering qemu-aarch64 with binfmt_misc failed"
     else
-        say "warning: no private binfmt_misc (Linux < 6.7?): relying on the host's registration"
+        say "warning: no private binfmt_misc (it needs Linux 6.7+): relying on the host's" \
+            "qemu-aarch64 registration (if mmdebstrap cannot run arm64 programs: install" \
+            "binfmt-support and run 'update-binfmts --enable qemu-aarch64')"
     fi
     local hook="bash '$self'"
     mmdebstrap --mode=root --variant=minbase --architectures=arm64 \
@@ -222,6 +224,7 @@ fi
 
 start=$(date +%s)
 work=$(mktemp -d "$out/.work.XXXXXX")
+chmod 0755 "$work"    # apt downloads as _apt
 trap 'rm -rf "$work" "$work.fifo"' EXIT
 rm -f "$out/.stamp"
 say "building Debian $suite arm64 into $out (mmdebstrap under qemu-aarch64-static)"
