@@ -39,8 +39,10 @@ need_root apt-get update -qq
 
 # libelf1 and libssl3: what linux-kbuild's modpost needs (images/build-dma-module.sh).
 # g++: libFuzzer's C++ sources, built by the fuzz targets (tests/fuzz/run.sh).
+# mmdebstrap, arch-test, e2fsprogs, openssh-client: the Debian root disk (images/build-rootfs.sh).
 pkgs=(rustc-web cargo-web rust-web-clippy rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file libelf1 libssl3 g++)
+      busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file libelf1 libssl3 g++
+      mmdebstrap arch-test e2fsprogs openssh-client)
 if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64); fi
 need_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 need_root apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \

@@ -48,6 +48,8 @@ PATH=/usr/bin:$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$re
 # binaries hang under this machine's qemu-aarch64 user-mode emulation, so no unit-test step.
 
 if [ "${1:-}" != "--no-e2e" ]; then
+    # Builds the Debian root disk for tests/e2e_distro.rs first (images/build-rootfs.sh:
+    # ~10-20 min on a clean clone, cached after); APERTURE_E2E_DISTRO=0 skips it.
     step "end-to-end tests (emulated arm64 KVM host)"
     bash tests/run-e2e.sh
 fi

@@ -1,5 +1,6 @@
 //! One L1 boot that runs a list of cases.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use crate::case::{Case, CaseOutput};
 use crate::cases_script::cases_archive;
 use crate::console_log::{split_cases, L1_DONE, L1_READY};
 use crate::error::RigError;
+use crate::newc::NewcWriter;
 use crate::paths::RigPaths;
 use crate::qemu::{self, TIMEOUT_STATUS};
 
@@ -34,6 +36,9 @@ pub struct RigOptions {
     pub cmdline: String,
     /// More QEMU arguments (e.g. a passed-through NVMe device).
     pub extra_qemu_args: Vec<String>,
+    /// Host files added to L1's initramfs: (path in L1 without a leading '/', host file),
+    /// e.g. a guest kernel the cases boot. Their parent directories are created.
+    pub extra_files: Vec<(String, PathBuf)>,
     /// File name of the console log under `build/rig/`.
     pub log_name: String,
     /// Where the build outputs are.
@@ -50,6 +55,7 @@ impl RigOptions {
             memory_mib: 2048,
             cmdline: L1_CMDLINE.to_string(),
             extra_qemu_args: Vec::new(),
+            extra_files: Vec::new(),
             log_name: "last-run.log".to_string(),
             paths: RigPaths::from_workspace(),
         }
@@ -111,7 +117,10 @@ pub fn run_cases(cases: &[Case], qemu_timeout: Duration) -> Result<RigRun, RigEr
 pub fn run_cases_with(cases: &[Case], options: &RigOptions) -> Result<RigRun, RigError> {
     let paths = &options.paths;
     paths.check()?;
-    let archive = cases_archive(cases)?;
+    let mut archive = cases_archive(cases)?;
+    if !options.extra_files.is_empty() {
+        archive.extend(files_archive(&options.extra_files)?);
+    }
     let run_id = format!("{}-{}", std::process::id(), RUN_COUNTER.fetch_add(1, Ordering::Relaxed));
     let initrd = paths.rig_dir.join(format!("run-{run_id}.cpio"));
     write_initrd(&paths.l1_base, &archive, &initrd)?;
@@ -151,6 +160,32 @@ pub fn run_cases_with(cases: &[Case], options: &RigOptions) -> Result<RigRun, Ri
     })
 }
 
+/// A newc archive holding `files` (path in L1, host file) and their parent directories.
+fn files_archive(files: &[(String, PathBuf)]) -> Result<Vec<u8>, RigError> {
+    let mut writer = NewcWriter::new();
+    let mut made = HashSet::new();
+    for (path, host) in files {
+        let path = path.trim_start_matches('/');
+        let mut parent = String::new();
+        for part in path.split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(part);
+            if made.insert(parent.clone()) {
+                writer.dir(&parent, 0o755);
+            }
+        }
+        let data = fs::read(host).map_err(|source| RigError::Io {
+            action: "read",
+            path: host.clone(),
+            source,
+        })?;
+        writer.file(path, 0o644, &data)?;
+    }
+    Ok(writer.finish())
+}
+
 /// Writes `l1-base.cpio` followed by the cases archive (Linux unpacks both).
 fn write_initrd(base: &Path, archive: &[u8], initrd: &Path) -> Result<(), RigError> {
     fs::copy(base, initrd).map_err(|source| RigError::Io {
@@ -182,5 +217,29 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("tests/rig/build-rig.sh"), "{message}");
         assert!(message.contains("/nonexistent-aperture-root/build/"), "{message}");
+    }
+
+    #[test]
+    fn extra_files_come_with_their_directories() {
+        let dir = std::env::temp_dir().join(format!("aperture-rig-files-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let host = dir.join("vmlinuz");
+        fs::write(&host, b"kernel").unwrap();
+        let files = [
+            ("distro/boot/vmlinuz".to_string(), host.clone()),
+            ("/distro/initrd.img".to_string(), host.clone()),
+        ];
+        let bytes = files_archive(&files).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let order: Vec<usize> =
+            ["distro\0", "distro/boot\0", "distro/boot/vmlinuz\0", "distro/initrd.img\0"]
+                .iter()
+                .map(|name| text.find(name).unwrap_or_else(|| panic!("{name} missing")))
+                .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(text.matches("distro\0").count(), 1);
+        let missing = [("x".to_string(), dir.join("absent"))];
+        assert!(files_archive(&missing).unwrap_err().to_string().contains("absent"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,165 @@
+//! End-to-end test of a Debian root disk: `aperture` boots the image of
+//! `images/build-rootfs.sh` (systemd, sshd, networkd) inside the emulated arm64 KVM host.
+//!
+//! It has its own boot of the emulated host: L1 gets the root disk as a virtio-blk drive
+//! (`/dev/vda` in L1, copy-on-write through QEMU's `snapshot=on`, so the built image stays
+//! as built) and the image's kernel and initrd in its initramfs. The nested guest boots
+//! with `aperture.distro-check`, which makes the image's `aperture-distro-check.service`
+//! report the system state, sshd and the addresses on the console and power the guest off.
+//! Run with `tests/run-e2e.sh` (builds the image first, cached).
+//!
+//! TODO(networking): once `aperture run --net` exists, pass `--net tap=...` here with
+//! busybox udhcpd serving the tap in L1, and assert `APERTURE-DISTRO-NET` shows the lease.
+
+// The assertion helpers below panic, as assertions do.
+#![allow(clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aperture_e2e::{run_cases_with, Case, CaseOutput, RigOptions, RigRun};
+
+/// The case's name (`APERTURE_E2E_CASES=distro` selects it).
+const CASE: &str = "distro-boot";
+/// Printed by the image's check service (images/build-rootfs.sh).
+const REPORT: &str = "APERTURE-DISTRO: ";
+/// agetty's prompt on the serial console (it then logs root in by itself).
+const LOGIN: &str = " login: ";
+/// Printed by the case just before `aperture run`.
+const START: &str = "DISTRO-RUN-START";
+/// A systemd boot nested under TCG takes minutes: generous limits, none of them asserted.
+const GUEST_TIMEOUT_SECS: u64 = 1500;
+const CASE_LIMIT: Duration = Duration::from_secs(GUEST_TIMEOUT_SECS + 120);
+const RIG_TIMEOUT: Duration = Duration::from_secs(GUEST_TIMEOUT_SECS + 300);
+
+/// The case: find the drive, boot it, report Aperture's exit status.
+fn script() -> String {
+    format!(
+        r#"modprobe -a virtio_pci virtio_blk
+n=0
+while [ ! -b /dev/vda ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+ls -l /dev/vda /distro/vmlinuz /distro/initrd.img || exit 90
+echo "{START}"
+/aperture run --kernel /distro/vmlinuz --initrd /distro/initrd.img --disk /dev/vda \
+    --cmdline 'root=/dev/vda console=ttyAMA0 quiet aperture.distro-check' \
+    --memory 1G --cpus 2 --timeout {GUEST_TIMEOUT_SECS} -v
+echo "aperture-status=$?"
+"#
+    )
+}
+
+fn rootfs_dir(options: &RigOptions) -> PathBuf {
+    options.paths.root.join("build").join("images").join("rootfs")
+}
+
+static RUN: OnceLock<Result<RigRun, String>> = OnceLock::new();
+
+fn run() -> &'static Result<RigRun, String> {
+    RUN.get_or_init(|| {
+        if let Ok(only) = std::env::var("APERTURE_E2E_CASES") {
+            if !only.split(',').any(|w| !w.is_empty() && CASE.starts_with(w)) {
+                return Err(format!("no case named {CASE}: APERTURE_E2E_CASES={only}"));
+            }
+        }
+        let mut options = RigOptions::new(RIG_TIMEOUT);
+        let dir = rootfs_dir(&options);
+        let (image, kernel, initrd) =
+            (dir.join("rootfs.img"), dir.join("vmlinuz"), dir.join("initrd.img"));
+        for path in [&image, &kernel, &initrd] {
+            if !path.is_file() {
+                return Err(format!("{} is missing: run images/build-rootfs.sh", path.display()));
+            }
+        }
+        // L1 holds the 1 GiB guest, its initramfs and the distro kernel and initrd.
+        options.memory_mib = 3072;
+        options.log_name = "last-distro-run.log".into();
+        options.extra_qemu_args = vec![
+            "-drive".into(),
+            format!("file={},if=none,id=distro,format=raw,snapshot=on", image.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=distro".into(),
+        ];
+        options.extra_files =
+            vec![("distro/vmlinuz".into(), kernel), ("distro/initrd.img".into(), initrd)];
+        let case = Case::new(CASE, script()).with_limit(CASE_LIMIT);
+        run_cases_with(&[case], &options).map_err(|error| error.to_string())
+    })
+}
+
+fn case() -> (&'static RigRun, &'static CaseOutput) {
+    let run = match run() {
+        Ok(run) => run,
+        Err(error) => panic!("the distro e2e rig failed: {error}"),
+    };
+    let Some(output) = run.case(CASE) else { panic!("no case named {CASE} in the rig run") };
+    (run, output)
+}
+
+fn context(run: &RigRun, output: &CaseOutput) -> String {
+    format!("{}\n{}", output.describe(), run.summary())
+}
+
+/// The value of `key=` in the check service's report.
+fn report_value<'a>(output: &'a CaseOutput, key: &str) -> Option<&'a str> {
+    let line = output.line_with(REPORT)?;
+    let rest = &line[line.find(REPORT)? + REPORT.len()..];
+    rest.split_whitespace().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn seconds_between(output: &CaseOutput, from: &str, to: &str) -> Option<f64> {
+    Some(output.time_to(to)?.checked_sub(output.time_to(from)?)?.as_secs_f64())
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig and images/build-rootfs.sh: tests/run-e2e.sh"]
+fn debian_root_disk_boots_to_a_running_system() {
+    let (run, output) = case();
+    eprintln!(
+        "Debian root disk, nested: aperture run -> login prompt {:?} s, -> report {:?} s, \
+         whole case {:?} s; {}",
+        seconds_between(output, START, LOGIN),
+        seconds_between(output, START, REPORT),
+        output.duration.map(|d| d.as_secs_f64()),
+        output.line_with("APERTURE-DISTRO-UPTIME").unwrap_or("no guest uptime")
+    );
+    assert!(output.contains(LOGIN), "no login prompt on the console\n{}", context(run, output));
+    let state = report_value(output, "state");
+    assert!(
+        matches!(state, Some("running" | "degraded")),
+        "systemctl is-system-running gave {state:?}\n{}",
+        context(run, output)
+    );
+    if state == Some("degraded") {
+        eprintln!("degraded: {}", output.line_with("APERTURE-DISTRO-FAILED").unwrap_or(""));
+    }
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig and images/build-rootfs.sh: tests/run-e2e.sh"]
+fn debian_root_disk_runs_sshd() {
+    let (run, output) = case();
+    let listening = report_value(output, "sshd").and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        listening.is_some_and(|n| n > 0),
+        "sshd is not listening on port 22 ({listening:?} sockets)\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig and images/build-rootfs.sh: tests/run-e2e.sh"]
+fn debian_root_disk_powers_off_cleanly() {
+    let (run, output) = case();
+    // systemd's poweroff reaches PSCI SYSTEM_OFF: Aperture exits 0 (not 124 for its timeout).
+    assert!(
+        output.contains("aperture-status=0") && output.exit_status == Some(0),
+        "aperture did not end with the guest's power-off\n{}",
+        context(run, output)
+    );
+    assert!(
+        output.contains("reboot: Power down"),
+        "no kernel power-down\n{}",
+        context(run, output)
+    );
+}
