@@ -144,6 +144,11 @@ impl DirectBarMapper {
                 Err(e) => warn!("{} BAR {}: {e}", change.function, change.bar),
             }
         }
+        if change.unplugged {
+            // The device left: its BAR mappings (which hold the host device open) go too.
+            self.bars.remove(&change.id);
+            return;
+        }
         let (Some(region), Some(pieces)) = (change.new, self.bars.get(&change.id)) else {
             return;
         };
@@ -285,6 +290,9 @@ pub fn build_pci(
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let root = PciRoot::new();
+    // Every root port has a hot-plug slot, so an assigned device can leave (and come back)
+    // while the guest runs; its interrupt is an MSI like the devices'.
+    root.enable_hotplug(msi.clone());
     let mut direct_bars = HashMap::new();
     let mut intx = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();

@@ -22,6 +22,7 @@ pub mod root_port;
 pub mod routes;
 #[cfg(test)]
 mod testing;
+mod unplugged;
 pub mod virtio_pci;
 
 pub use config::{BarKind, BarRegion, ConfigSpace, PciIds};
@@ -89,4 +90,8 @@ pub trait PciFunction: Send {
     /// the function returns to its power-on state. Emulated functions that keep no state
     /// worth resetting leave this empty.
     fn bus_reset(&mut self) {}
+    /// For a root port with a hot-plug slot: a device was put behind it (`true`) or taken
+    /// away (`false`). The port updates presence and link state and interrupts the guest.
+    /// Others ignore it.
+    fn set_slot_presence(&mut self, _present: bool) {}
 }
