@@ -21,6 +21,8 @@ pub enum StopReason {
     Signal(i32),
     /// A vCPU or device failed.
     Error(String),
+    /// An assigned device (this host address) left the host, under `--on-device-loss stop`.
+    DeviceLost(String),
 }
 
 /// Exit statuses, documented in README.md.
@@ -31,6 +33,8 @@ pub mod exit_status {
     pub const VMM_ERROR: i32 = 1;
     /// The guest reset.
     pub const RESET: i32 = 3;
+    /// An assigned device left the host and `--on-device-loss stop` ended the VM.
+    pub const DEVICE_LOST: i32 = 5;
     /// `--timeout` elapsed.
     pub const TIMEOUT: i32 = 124;
     /// A signal ended the VM: 128 + the signal number, as shells report it.
@@ -47,6 +51,7 @@ impl StopReason {
             Self::Timeout(_) => exit_status::TIMEOUT,
             Self::Signal(signal) => exit_status::SIGNAL_BASE + signal,
             Self::Error(_) => exit_status::VMM_ERROR,
+            Self::DeviceLost(_) => exit_status::DEVICE_LOST,
         }
     }
 }
@@ -139,5 +144,6 @@ mod tests {
         assert_eq!(StopReason::Timeout(Duration::from_secs(1)).exit_status(), 124);
         assert_eq!(StopReason::Signal(15).exit_status(), 143);
         assert_eq!(StopReason::Error("x".into()).exit_status(), 1);
+        assert_eq!(StopReason::DeviceLost("0000:01:00.0".into()).exit_status(), 5);
     }
 }

@@ -260,6 +260,8 @@ pub struct PciHierarchy {
     pub root: PciRoot,
     /// Assigned functions' INTx with their SPIs, to connect once the GIC exists.
     pub intx: Vec<AssignedIntx>,
+    /// Each assigned function's host address and the root port it sits behind.
+    pub assigned_ports: Vec<(passthrough::PciAddress, FunctionId)>,
 }
 
 /// The SPI that INTx pin `pin` of a function behind the root port at bus-0 slot `port`
@@ -295,6 +297,7 @@ pub fn build_pci(
     root.enable_hotplug(msi.clone());
     let mut direct_bars = HashMap::new();
     let mut intx = Vec::new();
+    let mut assigned_ports = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();
     for _ in 0..slots.len().max(MIN_ROOT_PORTS) {
         let mut functions = slots.next().unwrap_or_default();
@@ -307,6 +310,7 @@ pub fn build_pci(
             let id =
                 root.attach_function_to_port(port, number, pending.function).map_err(topology)?;
             info!("{}: assigned as {id}", pending.name);
+            assigned_ports.push((pending.address, port));
             direct_bars.insert(id, pending.direct_bars);
             if let Some((pin, handle)) = pending.intx {
                 match intx_spi(port, pin) {
@@ -384,7 +388,7 @@ pub fn build_pci(
         window.size,
         Arc::new(PciMmioWindow::new(root.clone(), window.base)),
     )?;
-    Ok(PciHierarchy { root, intx })
+    Ok(PciHierarchy { root, intx, assigned_ports })
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ pub fn stop_line(reason: &StopReason) -> Option<String> {
             None => format!("aperture: stopped by signal {signal}"),
         }),
         StopReason::Error(message) => Some(format!("aperture: error: {message}")),
+        StopReason::DeviceLost(address) => Some(format!(
+            "aperture: assigned device {address} left the host; stopped the VM \
+             (--on-device-loss stop, exit status {})",
+            exit_status::DEVICE_LOST
+        )),
     }
 }
 
@@ -45,6 +50,13 @@ mod tests {
         assert_eq!(
             stop_line(&StopReason::Signal(libc::SIGTERM)).as_deref(),
             Some("aperture: stopped by SIGTERM (signal 15)")
+        );
+        assert_eq!(
+            stop_line(&StopReason::DeviceLost("0000:01:00.0".into())).as_deref(),
+            Some(
+                "aperture: assigned device 0000:01:00.0 left the host; stopped the VM \
+                 (--on-device-loss stop, exit status 5)"
+            )
         );
     }
 }

@@ -228,10 +228,11 @@ pub fn run_on(
     let (mut assigned, pending) = AssignedDevices::open(&vm, &ram, config, trace.as_ref())?;
     let pci = crate::pci::PciExtras {
         assigned: pending,
-        trace,
+        trace: trace.clone(),
         worker_start: worker_start_hook(config, &control),
     };
     let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
+    assigned.watch_loss(&devices.pci.root, devices.pci.assigned_ports.clone(), trace.as_ref());
     let (vcpus, mpidrs, start_senders) =
         spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
     let setup = (|| -> Result<(), VmError> {
@@ -277,7 +278,9 @@ pub fn run_on(
     }
     info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
 
-    let reason = wait_for_stop(&control, config.timeout);
+    let reason = wait_for_stop(&control, config.timeout, || {
+        assigned.poll_device_loss(&control, config.on_device_loss);
+    });
     vcpus.stop(&control);
     assigned.shutdown();
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
@@ -329,9 +332,14 @@ fn worker_start_hook(config: &VmConfig, control: &Arc<VmControl>) -> Option<Work
 
 /// Waits until the guest, a device, a signal or the timeout stops the VM. Signals and the
 /// timeout are recorded as the stop reason too, so vCPU threads can see why they stop.
-fn wait_for_stop(control: &VmControl, timeout: Option<Duration>) -> StopReason {
+fn wait_for_stop(
+    control: &VmControl,
+    timeout: Option<Duration>,
+    mut every_tick: impl FnMut(),
+) -> StopReason {
     let started = Instant::now();
     loop {
+        every_tick();
         if let Some(reason) = control.wait(Duration::from_millis(50)) {
             return reason;
         }
@@ -410,6 +418,8 @@ struct Devices {
     uart: Arc<Mutex<Pl011>>,
     /// Assigned functions' INTx, connected once the GIC exists.
     intx: Vec<crate::assign::AssignedIntx>,
+    /// The guest's PCI hierarchy, with where each assigned function sits.
+    pci: crate::pci::PciHierarchy,
 }
 
 fn build_devices(
@@ -435,7 +445,7 @@ fn build_devices(
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
     let pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
-    Ok(Devices { bus: Arc::new(bus), uart, intx: pci.intx })
+    Ok(Devices { bus: Arc::new(bus), uart, intx: pci.intx.clone(), pci })
 }
 
 /// The interrupt controller as the device tree describes it: the ITS (KVM) or the MSI frame

@@ -344,6 +344,7 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
     for reason in [
         StopReason::Timeout(Duration::from_secs(30)),
         StopReason::Reset,
+        StopReason::DeviceLost("0000:01:00.0".into()),
         StopReason::Signal(libc::SIGTERM),
         StopReason::Error(
             VcpuError::BootRegs { index: 0, source: HypervisorError::NoIrqfd }.to_string(),

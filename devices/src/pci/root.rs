@@ -193,6 +193,9 @@ pub struct FunctionInfo {
     pub bars: Vec<BarRegion>,
 }
 
+/// A function taken out of the guest's hierarchy by [`PciRoot::unplug_port`], and where it was.
+pub type UnpluggedFunction = (FunctionId, Box<dyn PciFunction>);
+
 /// The functions behind a root port, indexed by function number.
 type Downstreams = [Option<Arc<FunctionCell>>; FUNCTIONS_PER_DEVICE];
 
@@ -492,10 +495,7 @@ impl PciRoot {
     /// take their BAR routes, the BAR-change hook hears each BAR is gone (`unplugged`), and
     /// the port's slot reports the slot empty and the link down and interrupts the guest.
     /// Returns the functions, for the caller to release.
-    pub fn unplug_port(
-        &self,
-        port: FunctionId,
-    ) -> Result<Vec<(FunctionId, Box<dyn PciFunction>)>, PciRootError> {
+    pub fn unplug_port(&self, port: FunctionId) -> Result<Vec<UnpluggedFunction>, PciRootError> {
         let port_cell = self.port_cell(port)?;
         let cells = self.take_downstream(port);
         let functions: Vec<_> = cells.iter().map(|cell| (cell.id(), cell.unplug())).collect();
