@@ -9,4 +9,4 @@ cd "$repo"
 images/host-deps.sh
 images/build-guest.sh
 tests/rig/build-rig.sh
-cargo test -p aperture-e2e --test e2e -- --ignored --test-threads=4 "$@"
+cargo test -p aperture-e2e --test e2e --test e2e_unplug -- --ignored --test-threads=4 "$@"

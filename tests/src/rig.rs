@@ -34,6 +34,9 @@ pub struct RigOptions {
     pub cmdline: String,
     /// More QEMU arguments (e.g. a passed-through NVMe device).
     pub extra_qemu_args: Vec<String>,
+    /// QMP commands sent when L1's console prints their markers (QEMU then gets a QMP
+    /// socket under `build/rig/`).
+    pub monitor_actions: Vec<crate::MonitorAction>,
     /// File name of the console log under `build/rig/`.
     pub log_name: String,
     /// Where the build outputs are.
@@ -50,6 +53,7 @@ impl RigOptions {
             memory_mib: 2048,
             cmdline: L1_CMDLINE.to_string(),
             extra_qemu_args: Vec::new(),
+            monitor_actions: Vec::new(),
             log_name: "last-run.log".to_string(),
             paths: RigPaths::from_workspace(),
         }
@@ -123,9 +127,14 @@ pub fn run_cases_with(cases: &[Case], options: &RigOptions) -> Result<RigRun, Ri
         source,
     })?;
     let mut log = BufWriter::new(log_file);
-    let result = qemu::run(options, &paths.kernel, &initrd, &mut log);
+    let qmp = (!options.monitor_actions.is_empty())
+        .then(|| paths.rig_dir.join(format!("run-{run_id}.qmp")));
+    let result = qemu::run(options, &paths.kernel, &initrd, qmp.as_deref(), &mut log);
     let _ = log.flush();
     let _ = fs::remove_file(&initrd);
+    if let Some(qmp) = &qmp {
+        let _ = fs::remove_file(qmp);
+    }
     let run = result?;
 
     let timed_out = run.status == Some(TIMEOUT_STATUS);

@@ -231,7 +231,7 @@ pub fn run_on(
         trace: trace.clone(),
         worker_start: worker_start_hook(config, &control),
     };
-    let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
+    let mut devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
     assigned.watch_loss(&devices.pci.root, devices.pci.assigned_ports.clone(), trace.as_ref());
     let (vcpus, mpidrs, start_senders) =
         spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
@@ -255,6 +255,9 @@ pub fn run_on(
         return Err(e);
     }
 
+    // The platform keeps the INTx handles it connected; these copies would hold an unplugged
+    // device open.
+    devices.intx.clear();
     let terminal =
         if host_console { attach_host_console(&devices, &control, config.seccomp) } else { None };
     // The VM is built and its threads are waiting: from here on this thread only waits,
@@ -444,8 +447,8 @@ fn build_devices(
     bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
-    let pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
-    Ok(Devices { bus: Arc::new(bus), uart, intx: pci.intx.clone(), pci })
+    let mut pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
+    Ok(Devices { bus: Arc::new(bus), uart, intx: std::mem::take(&mut pci.intx), pci })
 }
 
 /// The interrupt controller as the device tree describes it: the ITS (KVM) or the MSI frame
