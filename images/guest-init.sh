@@ -356,7 +356,10 @@ case "$check" in
             echo "CHECK unplug: no /dev/nvme0n1"
             continue
         fi
-        dev=$(basename "$(readlink -f /sys/block/nvme0n1/device/device)")
+        dev=
+        for d in /sys/bus/pci/devices/*; do
+            [ "$(cat "$d/class")" = 0x010802 ] && dev=${d##*/}
+        done
         (while dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done
          echo "CHECK unplug: reader stopped") &
         reader=$!

@@ -627,6 +627,54 @@ mod tests {
         );
     }
 
+    /// A host BAR page that records when it is dropped (unmapped from this process).
+    struct WatchedPage(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
+
+    impl crate::assign::HostMemory for WatchedPage {
+        fn host_addr(&self) -> *mut u8 {
+            self.0.as_ptr().cast_mut()
+        }
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+    }
+
+    impl Drop for WatchedPage {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_unplugged_device_loses_its_guest_mappings_and_host_pieces() {
+        let recorder = Arc::new(MapRecorder::default());
+        let vm: Arc<dyn Vm> = recorder.clone();
+        let ids = devices::pci::PciIds { vendor_id: 0x10de, ..Default::default() };
+        let mut config = devices::pci::ConfigSpace::new_endpoint(&ids);
+        config.add_memory_bar(0, 0x4000, devices::pci::BarKind::Memory64, false).unwrap();
+        let root = PciRoot::new();
+        let port = root.add_root_port().unwrap();
+        let id = root.attach_to_port(port, Box::new(OneBar(config))).unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let memory = Box::new(WatchedPage(vec![0; 0x1000], dropped.clone()));
+        let piece = DirectBar { bar: 0, offset: 0, memory };
+        set_bar_change_hook(&root, &vm, HashMap::from([(id, vec![piece])]), HashMap::new(), None);
+        let ecam = PciEcam::new(root.clone());
+        let write32 = |bus: u64, register: u64, value: u32| {
+            devices::MmioTarget::write(&ecam, bus << 20 | register, &value.to_le_bytes());
+        };
+        write32(0, 1 << 15 | 0x18, 0x0001_0100);
+        write32(1, 0x10, 0x1000_4000);
+        write32(1, 0x14, 0);
+        write32(1, 0x04, 2);
+        assert_eq!(*recorder.log.lock().unwrap(), ["map 0x10004000+0x1000"]);
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        let removed = root.unplug_port(port).unwrap();
+        assert_eq!(*recorder.log.lock().unwrap(), ["map 0x10004000+0x1000", "unmap 0x10004000"]);
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the host mapping went too");
+        drop(removed);
+    }
+
     /// The PCI root with a virtio-rng function, the BAR-change hook of `build_pci` on `vm`,
     /// and an ECAM write of a 32-bit register of that function.
     fn virtio_rng_on(
