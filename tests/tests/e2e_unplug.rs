@@ -136,13 +136,13 @@ fn removal_seconds(output: &CaseOutput) -> Option<f64> {
 /// Prints the figures for the closing note (not asserted: no timed assertions).
 fn print_figures(output: &CaseOutput) {
     if let Some(seconds) = removal_seconds(output) {
-        println!("{}: L1 removal took {seconds:.2} s from the device_del", output.name);
+        eprintln!("{}: L1 removal took {seconds:.2} s from the device_del", output.name);
     }
     if let Some(line) = output.line_with("function(s) to the host") {
-        println!("{}: aperture: {line}", output.name);
+        eprintln!("{}: aperture: {line}", output.name);
     }
     for line in output.output.lines().filter(|l| l.contains("CHECK unplug")) {
-        println!("{}: guest: {line}", output.name);
+        eprintln!("{}: guest: {line}", output.name);
     }
 }
 
