@@ -439,6 +439,34 @@ SCRIPT
         read -r line
         echo "CHECK stdin: got=$line"
         ;;
+    unplug)
+        # The host takes the passed-through NVMe away while this guest reads it: pciehp must
+        # remove it (the slot reports empty) and the guest go on.
+        wait_for /dev/nvme0n1 300
+        if [ ! -e /dev/nvme0n1 ]; then
+            echo "CHECK unplug: no /dev/nvme0n1"
+            continue
+        fi
+        dev=
+        for d in /sys/bus/pci/devices/*; do
+            [ "$(cat "$d/class")" = 0x010802 ] && dev=${d##*/}
+        done
+        (while dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done
+         echo "CHECK unplug: reader stopped") &
+        reader=$!
+        echo "CHECK unplug: reading $dev"
+        n=0
+        while [ -e "/sys/bus/pci/devices/$dev" ] && [ $n -lt 1800 ]; do sleep 0.1; n=$((n + 1)); done
+        if [ -e "/sys/bus/pci/devices/$dev" ]; then
+            echo "CHECK unplug: still present after 180 s"
+        else
+            echo "CHECK unplug: removed after $((n / 10)).$((n % 10)) s"
+        fi
+        sleep 1
+        kill "$reader" 2>/dev/null
+        dmesg | grep -e pciehp -e nvme | tail -n 12 | sed 's/^/CHECK unplug: dmesg: /'
+        echo "CHECK unplug: alive, $(ls /sys/bus/pci/devices | wc -l) PCI functions left"
+        ;;
     shell)
         echo "CHECK shell: type 'exit' to power off"
         setsid cttyhack sh -l

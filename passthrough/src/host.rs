@@ -84,6 +84,37 @@ impl ResetOutcome {
     }
 }
 
+/// Why the host takes a function away while the VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossReason {
+    /// The host asks for the function back: it is being removed or unbound (VFIO's device
+    /// request interrupt; the host's removal waits until the VMM lets go).
+    Request,
+    /// The host reports an unrecoverable error on the function (VFIO's error interrupt).
+    Error,
+    /// The device terminated or stopped answering (DriverKit: Terminate, or the interrupt
+    /// wait failed with the device gone).
+    Gone,
+}
+
+impl LossReason {
+    /// Its name in logs and traces: "request", "error", "gone".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Error => "error",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// Tells, without blocking, whether the host took a function away. Holds nothing of the
+/// function itself, so it never keeps the host device open.
+pub trait LossWatch: Send + std::fmt::Debug {
+    /// The reason, once the host reported one (each report is taken once).
+    fn poll(&self) -> Option<LossReason>;
+}
+
 /// How a function's DMA reaches guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmaRequest {
@@ -224,6 +255,12 @@ pub trait OpenedFunction: Send + std::fmt::Debug {
     ) -> Result<WindowMapper, HostError>;
     /// Stops the function's interrupts before its reset at exit.
     fn quiesce(&self) {}
+
+    /// What reports that the host took the function away (removal, unbind, fatal error),
+    /// where the host tells; set up once, after the function is open.
+    fn loss_watch(&self) -> Option<Box<dyn LossWatch>> {
+        None
+    }
 
     /// The host DMA address space the function is in, where functions can share one (VFIO:
     /// its IOMMU group): `dma=window` functions of one space share one window manager.

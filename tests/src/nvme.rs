@@ -193,10 +193,23 @@ impl NvmeDisks {
                 "-drive".into(),
                 format!("file={file},if=none,id=nvme{index},format=raw"),
                 "-device".into(),
-                format!("nvme,serial={},drive=nvme{index},bus=rp{index}{msix}", disk.serial),
+                format!(
+                    "nvme,serial={},drive=nvme{index},bus=rp{index}{msix},id={}",
+                    disk.serial,
+                    NvmeDisks::device_id(index)
+                ),
             ]);
         }
         args
+    }
+
+    /// The QEMU device id of controller `index` (for QMP's `device_del`): `nvme-a`, `nvme-b`.
+    pub fn device_id(index: usize) -> &'static str {
+        if index == 0 {
+            "nvme-a"
+        } else {
+            "nvme-b"
+        }
     }
 
     /// The byte filling MiB `mib` of disk `index`'s image, `None` if it is not uniform.
@@ -251,7 +264,9 @@ mod tests {
         let disks = NvmeDisks::create(&dir).unwrap();
         let args = disks.qemu_args().join(" ");
         assert!(args.contains("pcie-root-port,id=rp0,bus=pcie.0,addr=0x1,chassis=1,slot=1"));
-        assert!(args.contains("nvme,serial=aperture-b,drive=nvme1,bus=rp1,msix-exclusive-bar=on"));
+        assert!(args.contains(
+            "nvme,serial=aperture-b,drive=nvme1,bus=rp1,msix-exclusive-bar=on,id=nvme-b"
+        ));
         for disk in &disks.disks {
             // The prelude finds each controller behind its root port.
             assert!(NVME_PRELUDE.contains(&format!("dev_behind {:02x}", disk.root_port)));

@@ -31,7 +31,12 @@ pub(crate) struct QemuRun {
 pub const DEFAULT_CPU: &str = "neoverse-n1";
 
 /// `timeout ... qemu-system-aarch64 ...` for L1, as docs/testing.md describes the machine.
-pub(crate) fn command_line(options: &RigOptions, kernel: &Path, initrd: &Path) -> Vec<OsString> {
+pub(crate) fn command_line(
+    options: &RigOptions,
+    kernel: &Path,
+    initrd: &Path,
+    qmp: Option<&Path>,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         format!("--kill-after={KILL_AFTER_SECS}").into(),
         options.qemu_timeout.as_secs().max(1).to_string().into(),
@@ -61,6 +66,10 @@ pub(crate) fn command_line(options: &RigOptions, kernel: &Path, initrd: &Path) -
     args.push("-append".into());
     args.push(options.cmdline.clone().into());
     args.extend(options.extra_qemu_args.iter().map(OsString::from));
+    if let Some(socket) = qmp {
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", socket.display()).into());
+    }
     args
 }
 
@@ -69,9 +78,11 @@ pub(crate) fn run(
     options: &RigOptions,
     kernel: &Path,
     initrd: &Path,
+    qmp: Option<&Path>,
     log: &mut dyn Write,
 ) -> Result<QemuRun, RigError> {
-    let args = command_line(options, kernel, initrd);
+    let args = command_line(options, kernel, initrd, qmp);
+    let mut pending: Vec<&crate::MonitorAction> = options.monitor_actions.iter().collect();
     let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     log::info!("starting: timeout {}", shown.join(" "));
     // The log is for people debugging: failing to write it must not fail the run.
@@ -109,6 +120,9 @@ pub(crate) fn run(
                     let line = TimedLine { at: start.elapsed(), text: clean_line(&raw) };
                     let _ = writeln!(log, "{:9.3} {}", line.at.as_secs_f64(), line.text);
                     let _ = log.flush();
+                    if let Some(socket) = qmp {
+                        run_actions(socket, &mut pending, &line, start, log);
+                    }
                     lines.push(line);
                 }
                 Err(error) => {
@@ -140,6 +154,26 @@ pub(crate) fn run(
     Ok(QemuRun { lines, status, stderr, total })
 }
 
+/// Sends the QMP commands whose markers `line` shows (each once), logging the answers.
+fn run_actions(
+    socket: &Path,
+    pending: &mut Vec<&crate::MonitorAction>,
+    line: &TimedLine,
+    start: Instant,
+    log: &mut dyn Write,
+) {
+    let (due, rest): (Vec<_>, Vec<_>) =
+        pending.drain(..).partition(|action| line.text.contains(&action.marker));
+    *pending = rest;
+    for action in due {
+        let answer = crate::monitor::send(socket, &action.command)
+            .unwrap_or_else(|error| format!("QMP failed: {error}"));
+        let at = start.elapsed().as_secs_f64();
+        let _ = writeln!(log, "{at:9.3} # qmp {} -> {answer}", action.command);
+        log::info!("qmp {} -> {answer}", action.command);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,10 +181,12 @@ mod tests {
     #[test]
     fn command_line_has_rig_machine_and_timeout() {
         let options = RigOptions::new(Duration::from_secs(300));
-        let args: Vec<String> = command_line(&options, Path::new("/k/Image"), Path::new("/i.cpio"))
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let qmp = Some(Path::new("/r/run.qmp"));
+        let args: Vec<String> =
+            command_line(&options, Path::new("/k/Image"), Path::new("/i.cpio"), qmp)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
         assert_eq!(args[0], "--kill-after=10");
         assert_eq!(args[1], "300");
         assert!(args.iter().any(|a| a == "virt,virtualization=on,gic-version=3,iommu=smmuv3"));
@@ -158,5 +194,8 @@ mod tests {
         assert!(args[append + 1].starts_with("console=ttyAMA0 panic=-1"));
         assert!(args.windows(2).any(|w| w[0] == "-kernel" && w[1] == "/k/Image"));
         assert!(args.windows(2).any(|w| w[0] == "-nic" && w[1] == "none"));
+        assert!(args
+            .windows(2)
+            .any(|w| w[0] == "-qmp" && w[1] == "unix:/r/run.qmp,server=on,wait=off"));
     }
 }

@@ -39,6 +39,9 @@ pub struct RigOptions {
     /// Host files added to L1's initramfs: (path in L1 without a leading '/', host file),
     /// e.g. a guest kernel the cases boot. Their parent directories are created.
     pub extra_files: Vec<(String, PathBuf)>,
+    /// QMP commands sent when L1's console prints their markers (QEMU then gets a QMP
+    /// socket under `build/rig/`).
+    pub monitor_actions: Vec<crate::MonitorAction>,
     /// File name of the console log under `build/rig/`.
     pub log_name: String,
     /// Where the build outputs are.
@@ -56,6 +59,7 @@ impl RigOptions {
             cmdline: L1_CMDLINE.to_string(),
             extra_qemu_args: Vec::new(),
             extra_files: Vec::new(),
+            monitor_actions: Vec::new(),
             log_name: "last-run.log".to_string(),
             paths: RigPaths::from_workspace(),
         }
@@ -132,9 +136,14 @@ pub fn run_cases_with(cases: &[Case], options: &RigOptions) -> Result<RigRun, Ri
         source,
     })?;
     let mut log = BufWriter::new(log_file);
-    let result = qemu::run(options, &paths.kernel, &initrd, &mut log);
+    let qmp = (!options.monitor_actions.is_empty())
+        .then(|| paths.rig_dir.join(format!("run-{run_id}.qmp")));
+    let result = qemu::run(options, &paths.kernel, &initrd, qmp.as_deref(), &mut log);
     let _ = log.flush();
     let _ = fs::remove_file(&initrd);
+    if let Some(qmp) = &qmp {
+        let _ = fs::remove_file(qmp);
+    }
     let run = result?;
 
     let timed_out = run.status == Some(TIMEOUT_STATUS);

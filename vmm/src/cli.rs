@@ -44,6 +44,7 @@ Exit statuses:
   3    the guest reset and --no-reboot was given (or it rebooted too often, see --help)
   4    the power key was pressed (SIGTERM, Ctrl-A p) but the guest did not power off
        within --shutdown-grace: stopped hard
+  5    an assigned device left the host and --on-device-loss stop ended the VM
   124  --timeout elapsed
   128+N  signal N (SIGINT, SIGHUP; SIGTERM with --shutdown-grace 0) stopped the VM";
 
@@ -177,6 +178,22 @@ pub struct RunArgs {
     /// in the guest (macOS on Apple Silicon only; refused elsewhere).
     #[arg(long)]
     pub tso: bool,
+
+    /// What to do when an assigned device leaves the host while the guest runs (unplugged,
+    /// unbound, a fatal error): `continue` hot-removes it from the guest and keeps the VM
+    /// running; `stop` also ends the VM, with exit status 5.
+    #[arg(long, value_name = "ACTION", value_enum, default_value_t = OnDeviceLoss::Continue)]
+    pub on_device_loss: OnDeviceLoss,
+}
+
+/// `--on-device-loss` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnDeviceLoss {
+    /// Remove the device from the guest (PCIe hot-plug) and keep the VM running.
+    #[default]
+    Continue,
+    /// Remove the device, then end the VM (exit status 5).
+    Stop,
 }
 
 const CHECK_EXAMPLES: &str = "\

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arch::layout::{MAX_VCPUS, MIB};
 
-use crate::cli::{RunArgs, TraceFormatArg};
+use crate::cli::{OnDeviceLoss, RunArgs, TraceFormatArg};
 
 /// Bad command-line values.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -307,6 +307,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// Where to write the PCI access trace, if anywhere.
     pub trace_pci: Option<PathBuf>,
+    /// What an assigned device leaving the host does to the VM.
+    pub on_device_loss: OnDeviceLoss,
     /// The trace's format.
     pub trace_format: devices::trace::TraceFormat,
     /// Host PCI devices assigned to the guest, in guest order.
@@ -410,6 +412,7 @@ impl VmConfig {
                 .collect::<Result<_, _>>()?,
             rng: !args.no_rng,
             trace_pci: args.trace_pci.clone(),
+            on_device_loss: args.on_device_loss,
             trace_format: match args.trace_format {
                 TraceFormatArg::Text => devices::trace::TraceFormat::Text,
                 TraceFormatArg::Json => devices::trace::TraceFormat::JsonLines,
@@ -443,6 +446,7 @@ mod tests {
             devices: Vec::new(),
             no_seccomp: false,
             tso: false,
+            on_device_loss: OnDeviceLoss::Continue,
         }
     }
 

@@ -63,6 +63,8 @@ pub enum StopReason {
     },
     /// A vCPU or device failed.
     Error(String),
+    /// An assigned device (this host address) left the host, under `--on-device-loss stop`.
+    DeviceLost(String),
 }
 
 /// Exit statuses, documented in README.md.
@@ -75,6 +77,8 @@ pub mod exit_status {
     pub const RESET: i32 = 3;
     /// The power key was pressed but the guest did not power off within the grace period.
     pub const SHUTDOWN_FORCED: i32 = 4;
+    /// An assigned device left the host and `--on-device-loss stop` ended the VM.
+    pub const DEVICE_LOST: i32 = 5;
     /// `--timeout` elapsed.
     pub const TIMEOUT: i32 = 124;
     /// A signal ended the VM: 128 + the signal number, as shells report it.
@@ -96,6 +100,7 @@ impl StopReason {
             Self::PowerKeyOff(_) => exit_status::POWER_OFF,
             Self::PowerKeyIgnored { .. } => exit_status::SHUTDOWN_FORCED,
             Self::Error(_) => exit_status::VMM_ERROR,
+            Self::DeviceLost(_) => exit_status::DEVICE_LOST,
         }
     }
 }
@@ -218,5 +223,6 @@ mod tests {
         assert_eq!(StopReason::PowerKeyIgnored { trigger: timeout, grace }.exit_status(), 4);
         assert_eq!(term.to_string(), "SIGTERM");
         assert_eq!(timeout.to_string(), "--timeout 9 s");
+        assert_eq!(StopReason::DeviceLost("0000:01:00.0".into()).exit_status(), 5);
     }
 }

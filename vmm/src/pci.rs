@@ -147,6 +147,11 @@ impl DirectBarMapper {
                 Err(e) => warn!("{} BAR {}: {e}", change.function, change.bar),
             }
         }
+        if change.unplugged {
+            // The device left: its BAR mappings (which hold the host device open) go too.
+            self.bars.remove(&change.id);
+            return;
+        }
         let (Some(region), Some(pieces)) = (change.new, self.bars.get(&change.id)) else {
             return;
         };
@@ -258,6 +263,8 @@ pub struct PciHierarchy {
     pub root: PciRoot,
     /// Assigned functions' INTx with their SPIs, to connect once the GIC exists.
     pub intx: Vec<AssignedIntx>,
+    /// Each assigned function's host address and the root port it sits behind.
+    pub assigned_ports: Vec<(passthrough::PciAddress, FunctionId)>,
 }
 
 /// The SPI that INTx pin `pin` of a function behind the root port at bus-0 slot `port`
@@ -288,8 +295,12 @@ pub fn build_pci(
     let topology = |e: devices::pci::root::PciRootError| PciSetupError::Topology(e.to_string());
     let msi: Arc<dyn MsiSink> = Arc::new(VmMsiSink { vm: vm.clone() });
     let root = PciRoot::new();
+    // Every root port has a hot-plug slot, so an assigned device can leave (and come back)
+    // while the guest runs; its interrupt is an MSI like the devices'.
+    root.enable_hotplug(msi.clone());
     let mut direct_bars = HashMap::new();
     let mut intx = Vec::new();
+    let mut assigned_ports = Vec::new();
     let mut slots = group_by_host_slot(assigned).into_iter();
     for _ in 0..slots.len().max(MIN_ROOT_PORTS) {
         let mut functions = slots.next().unwrap_or_default();
@@ -302,6 +313,7 @@ pub fn build_pci(
             let id =
                 root.attach_function_to_port(port, number, pending.function).map_err(topology)?;
             info!("{}: assigned as {id}", pending.name);
+            assigned_ports.push((pending.address, port));
             direct_bars.insert(id, pending.direct_bars);
             if let Some((pin, handle)) = pending.intx {
                 match intx_spi(port, pin) {
@@ -389,7 +401,7 @@ pub fn build_pci(
         window.size,
         Arc::new(PciMmioWindow::new(root.clone(), window.base)),
     )?;
-    Ok(PciHierarchy { root, intx })
+    Ok(PciHierarchy { root, intx, assigned_ports })
 }
 
 #[cfg(test)]
@@ -626,6 +638,54 @@ mod tests {
                 "unmap 0x8010005000",
             ]
         );
+    }
+
+    /// A host BAR page that records when it is dropped (unmapped from this process).
+    struct WatchedPage(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
+
+    impl crate::assign::HostMemory for WatchedPage {
+        fn host_addr(&self) -> *mut u8 {
+            self.0.as_ptr().cast_mut()
+        }
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+    }
+
+    impl Drop for WatchedPage {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_unplugged_device_loses_its_guest_mappings_and_host_pieces() {
+        let recorder = Arc::new(MapRecorder::default());
+        let vm: Arc<dyn Vm> = recorder.clone();
+        let ids = devices::pci::PciIds { vendor_id: 0x10de, ..Default::default() };
+        let mut config = devices::pci::ConfigSpace::new_endpoint(&ids);
+        config.add_memory_bar(0, 0x4000, devices::pci::BarKind::Memory64, false).unwrap();
+        let root = PciRoot::new();
+        let port = root.add_root_port().unwrap();
+        let id = root.attach_to_port(port, Box::new(OneBar(config))).unwrap();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let memory = Box::new(WatchedPage(vec![0; 0x1000], dropped.clone()));
+        let piece = DirectBar { bar: 0, offset: 0, memory };
+        set_bar_change_hook(&root, &vm, HashMap::from([(id, vec![piece])]), HashMap::new(), None);
+        let ecam = PciEcam::new(root.clone());
+        let write32 = |bus: u64, register: u64, value: u32| {
+            devices::MmioTarget::write(&ecam, bus << 20 | register, &value.to_le_bytes());
+        };
+        write32(0, 1 << 15 | 0x18, 0x0001_0100);
+        write32(1, 0x10, 0x1000_4000);
+        write32(1, 0x14, 0);
+        write32(1, 0x04, 2);
+        assert_eq!(*recorder.log.lock().unwrap(), ["map 0x10004000+0x1000"]);
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        let removed = root.unplug_port(port).unwrap();
+        assert_eq!(*recorder.log.lock().unwrap(), ["map 0x10004000+0x1000", "unmap 0x10004000"]);
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the host mapping went too");
+        drop(removed);
     }
 
     /// The PCI root with a virtio-rng function, the BAR-change hook of `build_pci` on `vm`,

@@ -36,6 +36,11 @@ pub fn stop_line(reason: &StopReason) -> Option<String> {
             exit_status::RESET
         )),
         StopReason::Error(message) => Some(format!("aperture: error: {message}")),
+        StopReason::DeviceLost(address) => Some(format!(
+            "aperture: assigned device {address} left the host; stopped the VM \
+             (--on-device-loss stop, exit status {})",
+            exit_status::DEVICE_LOST
+        )),
     }
 }
 
@@ -72,6 +77,13 @@ mod tests {
             Some(
                 "aperture: the guest did not power off within 5 s of the power key (SIGTERM, \
                  --shutdown-grace); stopped it hard (exit status 4)"
+            )
+        );
+        assert_eq!(
+            stop_line(&StopReason::DeviceLost("0000:01:00.0".into())).as_deref(),
+            Some(
+                "aperture: assigned device 0000:01:00.0 left the host; stopped the VM \
+                 (--on-device-loss stop, exit status 5)"
             )
         );
     }

@@ -188,10 +188,11 @@ pub fn run_on(
     let (mut assigned, pending) = AssignedDevices::open(&vm, &ram, config, trace.as_ref())?;
     let pci = crate::pci::PciExtras {
         assigned: pending,
-        trace,
+        trace: trace.clone(),
         worker_start: worker_start_hook(config, &control),
     };
-    let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
+    let mut devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
+    assigned.watch_loss(&devices.pci.root, devices.pci.assigned_ports.clone(), trace.as_ref());
     let (vcpus, mpidrs) =
         vcpus::spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
     // Kept for reboots in place, which load them again.
@@ -219,6 +220,9 @@ pub fn run_on(
         return Err(e);
     }
 
+    // The platform keeps the INTx handles it connected; these copies would hold an unplugged
+    // device open.
+    devices.intx.clear();
     let terminal =
         if host_console { attach_host_console(&devices, &control, config.seccomp) } else { None };
     // The VM is built and its threads are waiting: from here on this thread only waits,
@@ -243,7 +247,7 @@ pub fn run_on(
     let mut machine = reboot::Machine {
         vm: &vm,
         ram: &ram,
-        pci: &devices.pci,
+        pci: &devices.pci.root,
         gpio: &devices.power_key.gpio,
         pinned: !config.devices.is_empty(),
         payload,
@@ -255,6 +259,9 @@ pub fn run_on(
         &mut waiter,
         &devices.power_key,
         config.reboot,
+        &mut || {
+            assigned.poll_device_loss(&control, config.on_device_loss);
+        },
     );
     vcpus.stop(&control);
     assigned.shutdown();
@@ -312,10 +319,11 @@ struct Devices {
     bus: Arc<MmioBus>,
     uart: Arc<Mutex<Pl011>>,
     power_key: power::PowerKey,
-    /// The PCI hierarchy, reset for a reboot in place.
-    pci: devices::pci::PciRoot,
     /// Assigned functions' INTx, connected once the GIC exists.
     intx: Vec<crate::assign::AssignedIntx>,
+    /// The guest's PCI hierarchy (reset for a reboot in place), with where each assigned
+    /// function sits.
+    pci: crate::pci::PciHierarchy,
 }
 
 fn build_devices(
@@ -342,9 +350,9 @@ fn build_devices(
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
     bus.insert("pl061", layout::GPIO_BASE, layout::GPIO_SIZE, gpio.clone())?;
-    let pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
+    let mut pci = crate::pci::build_pci(vm, ram.memory(), memory_layout, config, pci, &mut bus)?;
     let power_key = power::PowerKey { gpio, line: layout::POWER_KEY_GPIO_LINE };
-    Ok(Devices { bus: Arc::new(bus), uart, power_key, pci: pci.root, intx: pci.intx })
+    Ok(Devices { bus: Arc::new(bus), uart, power_key, intx: std::mem::take(&mut pci.intx), pci })
 }
 
 /// The interrupt controller as the device tree describes it: the ITS (KVM) or the MSI frame

@@ -381,6 +381,7 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
             trigger: vmm::control::ShutdownTrigger::Signal(libc::SIGTERM),
             grace: Duration::from_secs(30),
         },
+        StopReason::DeviceLost("0000:01:00.0".into()),
         StopReason::Signal(libc::SIGTERM),
         StopReason::Error(
             VcpuError::BootRegs { index: 0, source: HypervisorError::NoIrqfd }.to_string(),

@@ -28,6 +28,8 @@ pub const CACHE_LINE_SIZE: u16 = 0x0c;
 pub const HEADER_TYPE: u16 = 0x0e;
 /// First BAR register.
 pub const BAR0: u16 = 0x10;
+/// BARs of a type 0 header.
+pub const BAR_COUNT: usize = 6;
 /// Subsystem vendor ID (type 0 only).
 pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
 /// Subsystem ID (type 0 only).

@@ -214,9 +214,40 @@ impl FunctionCell {
                     bar,
                     old: before,
                     new: after,
+                    unplugged: false,
                 });
             }
         }
+    }
+
+    /// The function's device left: puts a stand-in in its place that drops accesses (those
+    /// already on their way, and those to its old BAR addresses), tells the BAR-change hook
+    /// each BAR is gone, and returns the function, unlocked and no longer reachable.
+    pub(crate) fn unplug(&self) -> Box<dyn PciFunction> {
+        let mut state = self.lock();
+        let stand_in =
+            Box::new(super::unplugged::Unplugged::new(&self.name, state.regions.clone()));
+        let function = std::mem::replace(&mut state.function, stand_in);
+        let mut hook = self.hooks.bar_change.lock();
+        if let Some(hook) = hook.as_mut() {
+            // Every BAR index, decoded or not: the VMM may hold host mappings of any.
+            for bar in 0..super::config::BAR_COUNT {
+                hook(&BarChange {
+                    id: self.id,
+                    function: self.name.clone(),
+                    bar,
+                    old: state.regions.iter().find(|r| r.index == bar).copied(),
+                    new: None,
+                    unplugged: true,
+                });
+            }
+        }
+        function
+    }
+
+    /// Tells the function (a root port) that a device arrived behind it or left.
+    pub(crate) fn set_slot_presence(&self, present: bool) {
+        self.lock().function.set_slot_presence(present);
     }
 
     /// A read of BAR `bar` at `offset`.

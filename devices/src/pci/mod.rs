@@ -22,6 +22,7 @@ pub mod root_port;
 pub mod routes;
 #[cfg(test)]
 mod testing;
+mod unplugged;
 pub mod virtio_pci;
 
 pub use config::{BarKind, BarRegion, ConfigSpace, PciIds};
@@ -94,4 +95,8 @@ pub trait PciFunction: Send {
     fn system_reset(&mut self) {
         self.bus_reset();
     }
+    /// For a root port with a hot-plug slot: a device was put behind it (`true`) or taken
+    /// away (`false`). The port updates presence and link state and interrupts the guest.
+    /// Others ignore it.
+    fn set_slot_presence(&mut self, _present: bool) {}
 }

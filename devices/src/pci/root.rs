@@ -171,6 +171,9 @@ pub struct BarChange {
     pub old: Option<BarRegion>,
     /// Where it is decoded now, if it is.
     pub new: Option<BarRegion>,
+    /// The function's device was removed: whatever the VMM holds for it (BAR mappings of
+    /// the host device) can go.
+    pub unplugged: bool,
 }
 
 /// Called after a configuration write changed where BARs decode, while the function is locked
@@ -189,6 +192,9 @@ pub struct FunctionInfo {
     /// The BARs it decodes now.
     pub bars: Vec<BarRegion>,
 }
+
+/// A function taken out of the guest's hierarchy by [`PciRoot::unplug_port`], and where it was.
+pub type UnpluggedFunction = (FunctionId, Box<dyn PciFunction>);
 
 /// The functions behind a root port, indexed by function number.
 type Downstreams = [Option<Arc<FunctionCell>>; FUNCTIONS_PER_DEVICE];
@@ -213,6 +219,8 @@ fn downstream_requester_id(buses: &Option<RangeInclusive<u8>>, function: u8) -> 
 struct Topology {
     slots: Vec<Option<Slot>>,
     ports_added: u8,
+    /// Where hot-plug interrupts of root ports go; ports get a hot-plug slot once set.
+    hotplug_msi: Option<Arc<dyn super::MsiSink>>,
 }
 
 impl Topology {
@@ -352,7 +360,10 @@ impl PciRoot {
             hooks.clone(),
             routes.clone(),
         )));
-        let topology = OrderedMutex::new(LockLevel::Topology, Topology { slots, ports_added: 0 });
+        let topology = OrderedMutex::new(
+            LockLevel::Topology,
+            Topology { slots, ports_added: 0, hotplug_msi: None },
+        );
         Self { shared: Arc::new(RootShared { topology, hooks, routes }) }
     }
 
@@ -378,6 +389,12 @@ impl PciRoot {
         cell.update_bars(&mut state);
     }
 
+    /// Root ports added from now on have a PCI Express hot-plug slot whose interrupt goes
+    /// out through `msi` (so devices can leave and arrive while the guest runs).
+    pub fn enable_hotplug(&self, msi: Arc<dyn super::MsiSink>) {
+        self.shared.topology.lock().hotplug_msi = Some(msi);
+    }
+
     /// Adds a root port at the next free device number of bus 0, named `root-portN`.
     pub fn add_root_port(&self) -> Result<FunctionId, PciRootError> {
         self.add_root_port_with_link(None)
@@ -394,7 +411,11 @@ impl PciRoot {
         topology.ports_added = topology.ports_added.saturating_add(1);
         let number = topology.ports_added;
         let id = FunctionId::Bus0 { device };
-        let mut port = RootPort::new(format!("root-port{number}"), number);
+        let name = format!("root-port{number}");
+        let mut port = match &topology.hotplug_msi {
+            Some(msi) => RootPort::with_hotplug(name, number, msi.clone()),
+            None => RootPort::new(name, number),
+        };
         if let Some(link) = link {
             port.set_link(link);
         }
@@ -438,6 +459,80 @@ impl PciRoot {
         function_number: u8,
         function: Box<dyn PciFunction>,
     ) -> Result<FunctionId, PciRootError> {
+        let cell = self.insert_behind_port(port, function_number, function)?;
+        self.port_cell(port)?.set_slot_presence(true);
+        Ok(cell.id())
+    }
+
+    /// Hot-adds a device behind root port `port` (functions by number, function 0 among
+    /// them): every function goes in, then the port's slot reports presence and link up
+    /// and interrupts the guest, whose pciehp scans the new device.
+    pub fn plug_port(
+        &self,
+        port: FunctionId,
+        functions: Vec<(u8, Box<dyn PciFunction>)>,
+    ) -> Result<Vec<FunctionId>, PciRootError> {
+        let port_cell = self.port_cell(port)?;
+        let mut functions = functions;
+        functions.sort_by_key(|(number, _)| *number);
+        let mut ids = Vec::new();
+        for (number, function) in functions {
+            match self.insert_behind_port(port, number, function) {
+                Ok(cell) => ids.push(cell.id()),
+                Err(e) => {
+                    // Half a device is worse than none: take back what went in.
+                    self.take_downstream(port);
+                    return Err(e);
+                }
+            }
+        }
+        port_cell.set_slot_presence(true);
+        Ok(ids)
+    }
+
+    /// Surprise removal of the device behind root port `port`: its functions leave the
+    /// topology (configuration reads of them read all-ones), stand-ins that drop accesses
+    /// take their BAR routes, the BAR-change hook hears each BAR is gone (`unplugged`), and
+    /// the port's slot reports the slot empty and the link down and interrupts the guest.
+    /// Returns the functions, for the caller to release.
+    pub fn unplug_port(&self, port: FunctionId) -> Result<Vec<UnpluggedFunction>, PciRootError> {
+        let port_cell = self.port_cell(port)?;
+        let cells = self.take_downstream(port);
+        let functions: Vec<_> = cells.iter().map(|cell| (cell.id(), cell.unplug())).collect();
+        port_cell.set_slot_presence(false);
+        Ok(functions)
+    }
+
+    /// The cell of root port `port`.
+    fn port_cell(&self, port: FunctionId) -> Result<Arc<FunctionCell>, PciRootError> {
+        let FunctionId::Bus0 { device } = port else {
+            return Err(PciRootError::NotARootPort(port));
+        };
+        match self.shared.topology.lock().slots.get(usize::from(device)) {
+            Some(Some(Slot::Port { port, .. })) => Ok(port.clone()),
+            _ => Err(PciRootError::NotARootPort(port)),
+        }
+    }
+
+    /// Takes every function behind root port `port` out of the topology.
+    fn take_downstream(&self, port: FunctionId) -> Vec<Arc<FunctionCell>> {
+        let FunctionId::Bus0 { device } = port else { return Vec::new() };
+        let mut topology = self.shared.topology.lock();
+        let Some(Some(Slot::Port { downstream, .. })) = topology.slots.get_mut(usize::from(device))
+        else {
+            return Vec::new();
+        };
+        downstream.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// Puts `function` behind root port `port` as function `function_number`, without
+    /// telling the port.
+    fn insert_behind_port(
+        &self,
+        port: FunctionId,
+        function_number: u8,
+        function: Box<dyn PciFunction>,
+    ) -> Result<Arc<FunctionCell>, PciRootError> {
         let FunctionId::Bus0 { device } = port else {
             return Err(PciRootError::NotARootPort(port));
         };
@@ -467,8 +562,10 @@ impl PciRoot {
             downstream[usize::from(function_number)] = Some(cell.clone());
             cell
         };
+        // A function removed from this place may have left routes to its stand-in.
+        self.shared.routes.replace(cell.id(), &[], &cell);
         Self::route_new(&cell);
-        Ok(cell.id())
+        Ok(cell)
     }
 
     /// Sets (or clears) the access trace hook.

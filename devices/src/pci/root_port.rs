@@ -1,20 +1,31 @@
 //! A PCI Express root port: a type 1 header the guest programs with bus numbers and memory
 //! windows, and a PCI Express capability that reports a trained link.
 //!
-//! The port has no I/O window, no hot-plug slot and no interrupts. [`super::PciRoot`] routes
-//! configuration accesses to the (at most one) device behind it, with its functions 0-7,
-//! through the bus numbers the guest programmed.
+//! The port has no I/O window. [`super::PciRoot`] routes configuration accesses to the (at
+//! most one) device behind it, with its functions 0-7, through the bus numbers the guest
+//! programmed. A port made with [`RootPort::with_hotplug`] has a PCI Express native hot-plug
+//! slot ([`slot`]): presence and link state follow the device behind it, and the guest's
+//! pciehp hears of removals and additions through the port's MSI.
+
+mod slot;
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use log::debug;
+
+use slot::HotplugSlot;
+pub use slot::{
+    LINK_STA_DLLLA, MSI_CAPABILITY_ID, SLOT_CTL_CCIE, SLOT_CTL_DLLSCE, SLOT_CTL_HPIE,
+    SLOT_CTL_PDCE, SLOT_STA_CC, SLOT_STA_DLLSC, SLOT_STA_PDC, SLOT_STA_PDS,
+};
 
 use super::config::{
     walk_capabilities, BarRegion, ConfigSpace, PciIds, BRIDGE_CONTROL, MEMORY_BASE, MEMORY_LIMIT,
     PREF_BASE_UPPER, PREF_LIMIT_UPPER, PREF_MEMORY_BASE, PREF_MEMORY_LIMIT, SECONDARY_BUS,
     SUBORDINATE_BUS,
 };
-use super::PciFunction;
+use super::{MsiSink, PciFunction};
 
 /// Red Hat's PCI vendor id (QEMU's generic devices).
 pub const REDHAT_VENDOR_ID: u16 = 0x1b36;
@@ -59,6 +70,9 @@ const PCIE_LINK_CONTROL: u16 = 0x10;
 const PCIE_ROOT_CONTROL: u16 = 0x1c;
 const PCIE_ROOT_STATUS: u16 = 0x20;
 const PCIE_DEVICE_CONTROL2: u16 = 0x28;
+const PCIE_SLOT_CAPS: u16 = 0x14;
+const PCIE_SLOT_CONTROL: u16 = 0x18;
+const PCIE_SLOT_STATUS: u16 = 0x1a;
 const PCIE_LINK_CONTROL2: u16 = 0x30;
 /// Bytes of a version 2 PCI Express capability after the id/next header.
 const PCIE_CAPABILITY_BODY: usize = 0x3c - 2;
@@ -112,11 +126,23 @@ pub struct RootPort {
     /// The guest set Secondary Bus Reset and [`PciFunction::take_secondary_bus_reset`] has
     /// not reported it yet.
     secondary_reset_pending: bool,
+    /// The hot-plug slot, if the port has one.
+    hotplug: Option<HotplugSlot>,
 }
 
 impl RootPort {
     /// A root port called `name` whose link reports port number `port_number`.
     pub fn new(name: impl Into<String>, port_number: u8) -> Self {
+        Self::build(name.into(), port_number, None)
+    }
+
+    /// A root port with a hot-plug slot (physical slot number `port_number`) whose
+    /// interrupt goes out through `msi`. The slot starts empty.
+    pub fn with_hotplug(name: impl Into<String>, port_number: u8, msi: Arc<dyn MsiSink>) -> Self {
+        Self::build(name.into(), port_number, Some(msi))
+    }
+
+    fn build(name: String, port_number: u8, msi: Option<Arc<dyn MsiSink>>) -> Self {
         let ids = PciIds {
             vendor_id: REDHAT_VENDOR_ID,
             device_id: ROOT_PORT_DEVICE_ID,
@@ -125,8 +151,35 @@ impl RootPort {
             ..PciIds::default()
         };
         let mut config = ConfigSpace::new_bridge(&ids);
-        let pcie_capability = add_pcie_capability(&mut config, port_number);
-        Self { name: name.into(), config, pcie_capability, secondary_reset_pending: false }
+        let slot = msi.is_some().then_some(port_number);
+        let pcie_capability = add_pcie_capability(&mut config, port_number, slot);
+        // The hot-plug interrupt is MSI message 0: the PCI Express capability's Interrupt
+        // Message Number (which Linux's portdrv reads to pick the vector) is 0.
+        let hotplug = msi.and_then(|msi| {
+            let at = slot::add_msi_capability(&mut config)?;
+            (pcie_capability != 0).then(|| HotplugSlot::new(msi, at))
+        });
+        if hotplug.is_none() && pcie_capability != 0 {
+            // No room for MSI (never with a fresh header): a slot without interrupt would
+            // leave the guest waiting, so keep the port without a slot.
+            let caps = config.read_u16(pcie_capability + 2) & !slot::PCIE_CAPS_SLOT_IMPLEMENTED;
+            config.set_u16(pcie_capability + 2, caps);
+            config.set_u32(pcie_capability + PCIE_SLOT_CAPS, 0);
+        }
+        Self { name, config, pcie_capability, secondary_reset_pending: false, hotplug }
+    }
+
+    /// Whether the port has a hot-plug slot.
+    pub fn has_hotplug_slot(&self) -> bool {
+        self.hotplug.is_some()
+    }
+
+    /// The Slot Status register (0 without a slot).
+    pub fn slot_status(&self) -> u16 {
+        if self.hotplug.is_none() {
+            return 0;
+        }
+        self.config.read_u16(self.pcie_capability + PCIE_SLOT_STATUS)
     }
 
     /// The configuration space (for inspection).
@@ -236,15 +289,20 @@ impl RootPort {
     }
 }
 
-/// Adds a version 2 PCI Express capability for a root port with a trained x16 16 GT/s link.
-fn add_pcie_capability(config: &mut ConfigSpace, port_number: u8) -> u16 {
+/// Adds a version 2 PCI Express capability for a root port with a trained x16 16 GT/s link,
+/// and a hot-plug slot with physical slot number `slot` if given (empty, link down).
+fn add_pcie_capability(config: &mut ConfigSpace, port_number: u8, slot: Option<u8>) -> u16 {
     let mut body = [0u8; PCIE_CAPABILITY_BODY];
     // Body offsets are capability offsets minus the 2-byte header.
     let mut put = |at: u16, bytes: &[u8]| {
         let start = usize::from(at - 2);
         body[start..start + bytes.len()].copy_from_slice(bytes);
     };
-    put(0x02, &PCIE_CAPS_ROOT_PORT.to_le_bytes());
+    let slot_implemented = if slot.is_some() { slot::PCIE_CAPS_SLOT_IMPLEMENTED } else { 0 };
+    put(0x02, &(PCIE_CAPS_ROOT_PORT | slot_implemented).to_le_bytes());
+    if let Some(number) = slot {
+        put(PCIE_SLOT_CAPS, &slot::slot_caps(number).to_le_bytes());
+    }
     put(0x04, &DEVICE_CAPS.to_le_bytes());
     let link_caps = LINK_SPEED_16GT
         | LINK_WIDTH_X16 << 4
@@ -271,6 +329,9 @@ fn add_pcie_capability(config: &mut ConfigSpace, port_number: u8) -> u16 {
     config.set_w1c_u32(at + PCIE_ROOT_STATUS, 1 << 16);
     config.set_rw_u16(at + PCIE_DEVICE_CONTROL2, 0x001f);
     config.set_rw_u16(at + PCIE_LINK_CONTROL2, 0x000f);
+    if slot.is_some() {
+        slot::init_slot_registers(config, at);
+    }
     at
 }
 
@@ -290,6 +351,23 @@ impl PciFunction for RootPort {
         if !was_in_reset && self.in_secondary_reset() {
             debug!("{}: guest secondary bus reset", self.name);
             self.secondary_reset_pending = true;
+        }
+        if let Some(slot) = self.hotplug.as_mut() {
+            slot.update_interrupt(&self.config, self.pcie_capability, &self.name);
+        }
+    }
+
+    fn set_requester_id(&mut self, requester_id: u16) {
+        if let Some(slot) = self.hotplug.as_mut() {
+            slot.set_requester_id(requester_id);
+        }
+    }
+
+    fn set_slot_presence(&mut self, present: bool) {
+        let Some(slot) = self.hotplug.as_mut() else { return };
+        let at = self.pcie_capability;
+        if slot.set_presence(&mut self.config, at, present, &self.name) {
+            slot.update_interrupt(&self.config, at, &self.name);
         }
     }
 

@@ -8,6 +8,7 @@
 //! [`IoKitConnection`]: super::IoKitConnection
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::connection::{DextConnection, DextError, DextMapping};
@@ -19,8 +20,8 @@ use super::lock::{default_lock_dir, DeviceLock};
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
-    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory, NoIntx,
-    OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
+    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory, LossReason,
+    LossWatch, NoIntx, OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
 };
 use crate::pci_address::PciAddress;
 
@@ -90,6 +91,20 @@ impl HostBackend for DextBackend {
         _ram: &[RamRegion],
     ) -> Result<Option<Box<dyn HostMapper>>, HostError> {
         Ok(None)
+    }
+}
+
+/// Reports once that the dext lost a device (its interrupt wait failed with it gone).
+#[derive(Debug)]
+pub struct DextLossWatch {
+    gone: Arc<AtomicBool>,
+    reported: AtomicBool,
+}
+
+impl LossWatch for DextLossWatch {
+    fn poll(&self) -> Option<LossReason> {
+        let gone = self.gone.load(Ordering::Acquire);
+        (gone && !self.reported.swap(true, Ordering::AcqRel)).then_some(LossReason::Gone)
     }
 }
 
@@ -200,6 +215,14 @@ impl OpenedFunction for DextFunction {
             .into());
         }
         Ok(Box::new(BarPiece { mapping, offset, len }))
+    }
+
+    /// The interrupt thread's report that the dext lost the device.
+    fn loss_watch(&self) -> Option<Box<dyn LossWatch>> {
+        Some(Box::new(DextLossWatch {
+            gone: self.device.gone_flag().clone(),
+            reported: AtomicBool::new(false),
+        }))
     }
 
     fn window_mapper(

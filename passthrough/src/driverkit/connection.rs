@@ -166,6 +166,20 @@ pub enum WaitOutcome {
     TimedOut,
 }
 
+impl DextError {
+    /// Whether the dext says its device is gone: unplugged, or its service terminated
+    /// (kIOReturnNoDevice, kIOReturnNotAttached, kIOReturnAborted from a wait).
+    pub fn device_gone(&self) -> bool {
+        use super::protocol::{IO_RETURN_ABORTED, IO_RETURN_NOT_ATTACHED, IO_RETURN_NO_DEVICE};
+        match self {
+            Self::Call { code, .. } | Self::Map { code, .. } => {
+                matches!(*code, IO_RETURN_NO_DEVICE | IO_RETURN_NOT_ATTACHED | IO_RETURN_ABORTED)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An open user-client connection to the dext's service for one PCI function.
 ///
 /// Closing (dropping) the connection makes the dext release everything the client held: the

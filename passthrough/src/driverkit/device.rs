@@ -68,6 +68,8 @@ impl DextBar {
 pub struct DextDevice {
     address: PciAddress,
     connection: Arc<dyn DextConnection>,
+    /// Set once the dext reported the device gone (terminated, or unplugged).
+    gone: Arc<std::sync::atomic::AtomicBool>,
     identity: DextIdentity,
     bars: [Option<DextBar>; BARS],
 }
@@ -158,7 +160,8 @@ impl DextDevice {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        Ok(Self { address, connection, identity, bars })
+        let gone = Arc::default();
+        Ok(Self { address, connection, gone, identity, bars })
     }
 
     /// The host address.
@@ -169,6 +172,11 @@ impl DextDevice {
     /// What GetIdentity said.
     pub fn identity(&self) -> DextIdentity {
         self.identity
+    }
+
+    /// The flag the interrupt thread sets when the dext reports the device gone.
+    pub fn gone_flag(&self) -> &Arc<std::sync::atomic::AtomicBool> {
+        &self.gone
     }
 
     /// The connection (shared with the device's interrupts and DMA mapper).

@@ -186,6 +186,8 @@ struct Shared {
     source: PendingSource,
     sink: MsiSink,
     stop: AtomicBool,
+    /// The device's gone flag: set when a wait fails because the device left.
+    gone: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -229,6 +231,12 @@ impl Shared {
             let drained = self.drain();
             match waited.and(drained) {
                 Ok(_) => failing = false,
+                Err(e) if e.device_gone() && !self.stop.load(Ordering::Acquire) => {
+                    // Terminated or unplugged: the VMM takes the device out of the guest.
+                    warn!("{}: the DriverKit extension lost the device ({e})", self.name);
+                    self.gone.store(true, Ordering::Release);
+                    break;
+                }
                 Err(e) => {
                     if !failing {
                         warn!("{}: waiting for interrupts: {e}; polling instead", self.name);
@@ -292,6 +300,7 @@ impl DextInterrupts {
             source,
             sink,
             stop: AtomicBool::new(false),
+            gone: device.gone_flag().clone(),
         });
         let mut this = Self { shared: shared.clone(), host_vectors, thread: None };
         if host_vectors == 0 {

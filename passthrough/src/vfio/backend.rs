@@ -16,7 +16,7 @@ use super::reset::OwnedFunctions;
 use crate::assigned::{HostFunction, InterruptHost};
 use crate::dma::{HostMapper, MapperLimits};
 use crate::host::{
-    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory,
+    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory, LossWatch,
     OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
 };
 use crate::pci_address::PciAddress;
@@ -195,6 +195,14 @@ impl std::fmt::Debug for VfioFunction {
     }
 }
 
+impl Drop for VfioFunction {
+    fn drop(&mut self) {
+        // The VM lets go of the function (its device left, or the VM ends): hot resets of
+        // other functions no longer count it, and its group closes with its last function.
+        self.owned.remove(self.device.address());
+    }
+}
+
 impl VfioFunction {
     /// The VFIO device.
     pub fn device(&self) -> &Arc<VfioDevice> {
@@ -257,6 +265,11 @@ impl OpenedFunction for VfioFunction {
 
     fn dma_space(&self) -> Option<u32> {
         Some(self.device.group().number())
+    }
+
+    fn loss_watch(&self) -> Option<Box<dyn LossWatch>> {
+        let watch = super::loss::VfioLossWatch::new(&self.device)?;
+        Some(Box::new(watch))
     }
 
     /// Turns MSI-X and MSI off, so the host stops signalling the eventfds.

@@ -21,6 +21,7 @@ mod error;
 mod hot_reset;
 mod interrupts;
 mod ioctls;
+mod loss;
 mod reset;
 
 pub use backend::{SharedRouteFactory, VfioBackend, VfioFunction};
@@ -32,4 +33,5 @@ pub use hot_reset::{plan_hot_reset, AffectedFunction, HotResetPlan, ResetMethod}
 pub use interrupts::{
     InterruptRoute, InterruptRouteFactory, IntxHandle, IntxRoute, VfioInterrupts,
 };
+pub use loss::VfioLossWatch;
 pub use reset::OwnedFunctions;

@@ -32,6 +32,13 @@ impl OwnedFunctions {
         functions.push((address, group));
     }
 
+    /// Forgets `address` (its device left), closing its group unless another function of
+    /// the VM is in it.
+    pub fn remove(&self, address: PciAddress) {
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        functions.retain(|(owned, _)| *owned != address);
+    }
+
     fn owned(&self) -> Vec<PciAddress> {
         let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
         functions.iter().map(|(address, _)| *address).collect()

@@ -9,6 +9,7 @@
 //! to attach, and BAR pieces to map into the guest.
 
 mod error;
+mod loss;
 mod pipeline;
 mod sys;
 mod window;
@@ -24,6 +25,7 @@ use crate::memory::GuestRam;
 use pipeline::{HostDevices, HostPlatform};
 
 pub use error::AssignError;
+pub use loss::LossReport;
 pub use passthrough::host::{DirectBar, HostMemory};
 pub use sys::IntxHandle;
 pub use window::RequesterIdWatch;
@@ -91,6 +93,8 @@ impl std::fmt::Debug for AssignedParts {
 #[derive(Debug)]
 pub struct AssignedDevices {
     host: Option<HostDevices<sys::Platform>>,
+    /// Takes devices the host took away out of the guest, once their places are known.
+    loss: Option<loss::LossHandler>,
 }
 
 impl AssignedDevices {
@@ -102,11 +106,50 @@ impl AssignedDevices {
         trace: Option<&Arc<dyn TraceSink>>,
     ) -> Result<(Self, AssignedParts), AssignError> {
         if config.devices.is_empty() {
-            return Ok((Self { host: None }, AssignedParts::default()));
+            return Ok((Self { host: None, loss: None }, AssignedParts::default()));
         }
         let (platform, backend) = sys::Platform::new(vm, trace)?;
         let (host, parts) = HostDevices::open(platform, backend, ram, &config.devices, trace)?;
-        Ok((Self { host: Some(host) }, parts))
+        Ok((Self { host: Some(host), loss: None }, parts))
+    }
+
+    /// Once the devices are in the guest's hierarchy (`root`; each function's host address
+    /// and its root port): devices the host takes away are removed from it
+    /// ([`Self::poll_device_loss`]).
+    pub fn watch_loss(
+        &mut self,
+        root: &devices::pci::PciRoot,
+        ports: Vec<(passthrough::PciAddress, devices::pci::FunctionId)>,
+        trace: Option<&Arc<dyn TraceSink>>,
+    ) {
+        if self.host.is_some() {
+            self.loss = Some(loss::LossHandler::new(root.clone(), ports, trace.cloned()));
+        }
+    }
+
+    /// Handles the devices the host took away since the last call (non-blocking; the
+    /// control thread calls it while it waits): each leaves the guest and goes back to the
+    /// host; under `--on-device-loss stop` the VM then stops. Returns what it did.
+    pub fn poll_device_loss(
+        &mut self,
+        control: &crate::control::VmControl,
+        policy: crate::cli::OnDeviceLoss,
+    ) -> Vec<LossReport> {
+        let (Some(host), Some(handler)) = (self.host.as_mut(), self.loss.as_ref()) else {
+            return Vec::new();
+        };
+        let mut reports = Vec::new();
+        for (address, reason) in host.poll_loss() {
+            let noticed = std::time::Instant::now();
+            reports.extend(handler.handle(host, address, reason, noticed));
+        }
+        if policy == crate::cli::OnDeviceLoss::Stop {
+            if let Some(report) = reports.first() {
+                let address = report.address.to_string();
+                control.request_stop(crate::control::StopReason::DeviceLost(address));
+            }
+        }
+        reports
     }
 
     /// Wires each assigned function's INTx to its guest SPI (the GIC must exist). Failures

@@ -12,7 +12,8 @@ use log::{info, warn};
 use passthrough::assigned::{AssignedFunction, GuestResetCause};
 use passthrough::dma::HostMapper;
 use passthrough::host::{
-    DmaRequest, FunctionRequest, HostBackend, HostError, OpenedFunction, RamRegion, ResetOutcome,
+    DmaRequest, FunctionRequest, HostBackend, HostError, LossReason, LossWatch, OpenedFunction,
+    RamRegion, ResetOutcome,
 };
 use passthrough::PciAddress;
 
@@ -41,6 +42,9 @@ pub(super) trait HostPlatform: Sized + Send + std::fmt::Debug {
 
     /// Stops the VM's side of the devices' interrupts before they are reset at exit.
     fn stop(&mut self) {}
+
+    /// Lets go of the VM's side of the interrupts of `addresses`, whose devices left.
+    fn release(&mut self, _addresses: &[PciAddress]) {}
 }
 
 type Function<P> = <<P as HostPlatform>::Backend as HostBackend>::Function;
@@ -56,6 +60,10 @@ struct IdentityDma {
 pub(super) struct HostDevices<P: HostPlatform> {
     platform: P,
     functions: Vec<Function<P>>,
+    /// The functions whose DMA goes through `identity`.
+    identity_users: Vec<PciAddress>,
+    /// What reports that the host took a function away.
+    watches: Vec<(PciAddress, Box<dyn LossWatch>)>,
     identity: Option<IdentityDma>,
     windowed: Vec<WindowedDevice>,
     trace: Option<Arc<dyn TraceSink>>,
@@ -106,6 +114,8 @@ impl<P: HostPlatform> HostDevices<P> {
         let mut this = Self {
             platform,
             functions: Vec::new(),
+            identity_users: Vec::new(),
+            watches: Vec::new(),
             identity: None,
             windowed: Vec::new(),
             trace: trace.cloned(),
@@ -118,6 +128,14 @@ impl<P: HostPlatform> HostDevices<P> {
         }
         for function in &this.functions {
             this.reset(function, "start");
+        }
+        for (request, function) in requests.iter().zip(&this.functions) {
+            if request.dma == DmaRequest::Identity {
+                this.identity_users.push(request.address);
+            }
+            if let Some(watch) = function.loss_watch() {
+                this.watches.push((request.address, watch));
+            }
         }
         let first = requests[0].address;
         if let Some(mapper) = backend.identity_mapper(ram.regions()).map_err(host_error(first))? {
@@ -208,6 +226,57 @@ impl<P: HostPlatform> HostDevices<P> {
         trace_reset(self.trace.as_ref(), function.address(), when, outcome);
     }
 
+    /// The functions the host took away since the last call, with why.
+    pub(super) fn poll_loss(&self) -> Vec<(PciAddress, LossReason)> {
+        self.watches
+            .iter()
+            .filter_map(|(address, watch)| watch.poll().map(|reason| (*address, reason)))
+            .collect()
+    }
+
+    /// Whether `address` is one of the VM's open functions.
+    pub(super) fn holds(&self, address: PciAddress) -> bool {
+        self.functions.iter().any(|f| f.address() == address)
+    }
+
+    /// Lets go of the functions at `addresses`, whose device left the host (the guest no
+    /// longer reaches them): their interrupts stop, their host handles close (no reset: the
+    /// device is gone), and guest RAM is unmapped from the identity DMA space once no
+    /// function uses it, which closes the container. Returns how many functions it released.
+    pub(super) fn release(&mut self, addresses: &[PciAddress]) -> usize {
+        self.platform.release(addresses);
+        self.watches.retain(|(address, _)| !addresses.contains(address));
+        let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.functions)
+            .into_iter()
+            .partition(|f| addresses.contains(&f.address()));
+        self.functions = kept;
+        for function in &lost {
+            function.quiesce();
+        }
+        let released = lost.len();
+        drop(lost);
+        self.identity_users.retain(|address| !addresses.contains(address));
+        if self.identity_users.is_empty() {
+            self.unmap_identity("after removal");
+        }
+        released
+    }
+
+    /// Unmaps guest RAM from the identity DMA space and closes it (`when`: for the log).
+    fn unmap_identity(&mut self, when: &str) {
+        let Some(mut identity) = self.identity.take() else { return };
+        for (iova, len) in identity.mapped.drain(..) {
+            match identity.mapper.unmap(iova, len) {
+                Ok(()) => {
+                    info!("DMA unmap: IOVA {iova:#x}+{len:#x}");
+                    let fields = [("iova", TraceValue::Hex(iova)), ("len", TraceValue::Hex(len))];
+                    self.record("dma-unmap", &fields);
+                }
+                Err(e) => warn!("DMA unmap {when}: {e}"),
+            }
+        }
+    }
+
     /// Stops the devices' interrupts and DMA, resets them, then unmaps guest RAM and windows
     /// (and reports what the windows did).
     pub(super) fn shutdown(&mut self) {
@@ -221,19 +290,7 @@ impl<P: HostPlatform> HostDevices<P> {
         for function in &functions {
             self.reset(function, "exit");
         }
-        if let Some(mut identity) = self.identity.take() {
-            for (iova, len) in identity.mapped.drain(..) {
-                match identity.mapper.unmap(iova, len) {
-                    Ok(()) => {
-                        info!("DMA unmap: IOVA {iova:#x}+{len:#x}");
-                        let fields =
-                            [("iova", TraceValue::Hex(iova)), ("len", TraceValue::Hex(len))];
-                        self.record("dma-unmap", &fields);
-                    }
-                    Err(e) => warn!("DMA unmap at exit: {e}"),
-                }
-            }
-        }
+        self.unmap_identity("at exit");
         for windowed in self.windowed.drain(..) {
             windowed.finish(self.trace.as_ref());
         }

@@ -258,7 +258,8 @@ fn stdin(list: &mut Allowlist) -> Result<()> {
 }
 
 /// What the control (main) thread needs on top of [`common`]: waiting, stopping the vCPUs
-/// (tgkill, in `common`), tearing down the VM and exiting.
+/// (tgkill, in `common`), taking away assigned devices the host removed (the same calls as
+/// the teardown, and the hot-plug MSI), tearing down the VM and exiting.
 fn control(list: &mut Allowlist) -> Result<()> {
     list.ioctls(&[
         // Assigned devices at exit: interrupts off, reset (of the function, or a hot reset of
@@ -280,6 +281,9 @@ fn control(list: &mut Allowlist) -> Result<()> {
         // the devices' BARs go back to unplaced.
         KVM_SET_DEVICE_ATTR(),
         KVM_IOEVENTFD(),
+        // An assigned device the host took away: its root port's hot-plug interrupt tells
+        // the guest (sent from this thread, which handles the loss).
+        KVM_SIGNAL_MSI(),
     ])?;
     // The peak-RSS log line at exit.
     list.always(libc::SYS_getrusage);

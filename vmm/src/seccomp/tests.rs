@@ -275,6 +275,8 @@ fn child_case(case: &str) {
                 VFIO_IOMMU_UNMAP_DMA(),
                 KVM_IRQFD(),
                 KVM_SET_GSI_ROUTING(),
+                // A root port's hot-plug MSI when the host takes a device away.
+                KVM_SIGNAL_MSI(),
                 TCGETS,
             ] {
                 expect("a control ioctl is allowed", ioctl_ebadf(request));

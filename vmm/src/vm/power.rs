@@ -180,13 +180,16 @@ impl StopWaiter {
 
 /// Waits until the guest, a device, a signal, the console or the timeout stops the VM,
 /// pressing the power key on the way when asked to. Signals and the timeout are recorded as
-/// the stop reason too, so vCPU threads can see why they stop.
+/// the stop reason too, so vCPU threads can see why they stop. `every_tick` runs on each
+/// wake-up (about every [`POLL`]): device-loss checks.
 pub(super) fn wait_for_stop(
     control: &VmControl,
     waiter: &mut StopWaiter,
     key: &PowerKey,
+    every_tick: &mut dyn FnMut(),
 ) -> StopReason {
     loop {
+        every_tick();
         if let Some(reason) = control.wait(POLL) {
             return waiter.finish(reason);
         }

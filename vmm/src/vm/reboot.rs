@@ -125,10 +125,11 @@ pub(super) fn run_boots(
     waiter: &mut StopWaiter,
     key: &PowerKey,
     reboot: bool,
+    every_tick: &mut dyn FnMut(),
 ) -> StopReason {
     let mut guard = RebootGuard::default();
     loop {
-        let reason = power::wait_for_stop(control, waiter, key);
+        let reason = power::wait_for_stop(control, waiter, key, every_tick);
         if reason != StopReason::Reset || !reboot {
             return reason;
         }

@@ -39,6 +39,7 @@ fn config(vcpus: u32) -> VmConfig {
         nets: Vec::new(),
         rng: false,
         trace_pci: None,
+        on_device_loss: crate::cli::OnDeviceLoss::Continue,
         trace_format: devices::trace::TraceFormat::Text,
         devices: Vec::new(),
         // It would confine the test threads.

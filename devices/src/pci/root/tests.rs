@@ -223,8 +223,22 @@ fn bar_accesses_route_to_the_enabled_bar() {
     assert_eq!(
         *changes.lock().unwrap(),
         vec![
-            BarChange { id, function: "fake".into(), bar: 0, old: None, new: Some(region) },
-            BarChange { id, function: "fake".into(), bar: 0, old: Some(region), new: Some(moved) },
+            BarChange {
+                id,
+                function: "fake".into(),
+                bar: 0,
+                old: None,
+                new: Some(region),
+                unplugged: false
+            },
+            BarChange {
+                id,
+                function: "fake".into(),
+                bar: 0,
+                old: Some(region),
+                new: Some(moved),
+                unplugged: false
+            },
         ]
     );
 }
@@ -506,7 +520,14 @@ fn bars_of_function_1_route_to_function_1() {
     assert_eq!(attached[1].bar_writes.lock().unwrap().len(), 2);
     let region0 = BarRegion { address: 0x1000_0000, ..region };
     let moved = BarRegion { address: 0x80_1000_4000, ..region };
-    let change = |id, old, new| BarChange { id, function: "fake".into(), bar: 0, old, new };
+    let change = |id, old, new| BarChange {
+        id,
+        function: "fake".into(),
+        bar: 0,
+        old,
+        new,
+        unplugged: false,
+    };
     assert_eq!(
         *changes.lock().unwrap(),
         vec![
@@ -807,4 +828,86 @@ fn system_reset_resets_every_function_and_removes_their_routes() {
     ecam_write32_fn(&root, 1, 1, BAR0, 0x1000_4000);
     ecam_write32_fn(&root, 1, 1, COMMAND, 0x2);
     assert!(root.mmio_write(0x1000_4008, &[2; 4]));
+}
+
+/// A root whose ports have hot-plug slots (MSIs recorded), port 00:01.0 numbered (bus 1)
+/// with the fake endpoint behind it, its BAR 0 at 0x1000_4000 and decoding.
+fn hotplug_root() -> (PciRoot, FunctionId, Arc<crate::pci::testing::RecordingMsiSink>) {
+    let root = PciRoot::new();
+    let msi = Arc::new(crate::pci::testing::RecordingMsiSink::default());
+    root.enable_hotplug(msi.clone());
+    let port = root.add_root_port().unwrap();
+    let (endpoint, _, _) = FakeEndpoint::new();
+    root.attach_to_port(port, Box::new(endpoint)).unwrap();
+    ecam_write32(&root, 0, 1, 0x18, 0x0001_0100);
+    ecam_write32(&root, 1, 0, BAR0, 0x1000_4000);
+    ecam_write32(&root, 1, 0, BAR0 + 4, 0);
+    ecam_write32(&root, 1, 0, COMMAND, 0x2);
+    (root, port, msi)
+}
+
+/// The slot status of port 00:01.0 through ECAM (its PCI Express capability is at 0x40).
+fn slot_status(root: &PciRoot) -> u16 {
+    assert_eq!(ecam_read32(root, 0, 1, 0x40) & 0xff, 0x10, "PCI Express capability at 0x40");
+    (ecam_read32(root, 0, 1, 0x40 + 0x18) >> 16) as u16
+}
+
+#[test]
+fn unplugging_a_port_hides_its_device_and_drops_bar_accesses() {
+    let (root, port, msi) = hotplug_root();
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let sink = changes.clone();
+    root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| {
+        sink.lock().unwrap().push(c.clone());
+    })));
+    assert_eq!(slot_status(&root) & crate::pci::root_port::SLOT_STA_PDS, 0x40, "occupied");
+    let mut data = [0u8; 4];
+    assert!(root.mmio_read(0x1000_4010, &mut data));
+    assert_eq!(data, [0, 0x10, 0, 0]);
+
+    let removed = root.unplug_port(port).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].0, FunctionId::BehindPort { port: 1, function: 0 });
+    assert_eq!(removed[0].1.name(), "fake");
+    // Configuration reads of the absent device read all-ones.
+    assert_eq!(ecam_read32(&root, 1, 0, 0), u32::MAX);
+    // BAR accesses reach the stand-in: all-ones, writes dropped.
+    assert!(root.mmio_read(0x1000_4010, &mut data));
+    assert_eq!(data, [0xff; 4]);
+    assert!(root.mmio_write(0x1000_4010, &[1; 4]));
+    // The hook hears of every BAR index, the decoded one with its old place.
+    let changes = changes.lock().unwrap().clone();
+    assert_eq!(changes.len(), 6);
+    assert!(changes.iter().all(|c| c.unplugged && c.new.is_none()));
+    assert_eq!(changes[0].old.map(|r| r.address), Some(0x1000_4000));
+    assert!(changes[1..].iter().all(|c| c.old.is_none()));
+    // The slot reports empty and changed; no MSI since the guest enabled none.
+    let status = slot_status(&root);
+    assert_eq!(status & crate::pci::root_port::SLOT_STA_PDS, 0);
+    assert_ne!(status & crate::pci::root_port::SLOT_STA_PDC, 0);
+    assert_ne!(status & crate::pci::root_port::SLOT_STA_DLLSC, 0);
+    assert!(msi.sent().is_empty());
+    // A second unplug finds nothing.
+    assert!(root.unplug_port(port).unwrap().is_empty());
+    assert!(root.unplug_port(FunctionId::Bus0 { device: 0 }).is_err(), "host bridge");
+}
+
+#[test]
+fn plugging_a_device_back_routes_it_again() {
+    let (root, port, _) = hotplug_root();
+    root.unplug_port(port).unwrap();
+    let (endpoint, requester_id, _) = FakeEndpoint::with_device_id(0x2300);
+    let ids = root.plug_port(port, vec![(0, Box::new(endpoint))]).unwrap();
+    assert_eq!(ids, [FunctionId::BehindPort { port: 1, function: 0 }]);
+    assert_eq!(ecam_read32(&root, 1, 0, 0), 0x2300_10de);
+    assert_eq!(*requester_id.lock().unwrap(), Some(0x0100));
+    // The stand-in's routes are gone: nothing decodes until the guest enables the new BARs.
+    let mut data = [0u8; 4];
+    assert!(!root.mmio_read(0x1000_4010, &mut data));
+    assert_ne!(slot_status(&root) & crate::pci::root_port::SLOT_STA_PDS, 0);
+    // Function 1 without function 0 is refused, and leaves the port empty.
+    root.unplug_port(port).unwrap();
+    let (f1, _, _) = FakeEndpoint::new();
+    assert!(root.plug_port(port, vec![(1, Box::new(f1))]).is_err());
+    assert_eq!(ecam_read32(&root, 1, 0, 0), u32::MAX);
 }

@@ -193,3 +193,142 @@ fn secondary_bus_reset_is_reported_once_per_rising_edge() {
     write32(&mut port, 0x3c, 0x0040_0000);
     assert!(port.take_secondary_bus_reset());
 }
+
+mod hotplug {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::pci::config::walk_capabilities;
+    use crate::pci::testing::RecordingMsiSink;
+    use crate::pci::MsiMessage;
+
+    fn read16(port: &mut RootPort, offset: u16) -> u16 {
+        read_le(2, |d| port.config_read(offset, d)) as u16
+    }
+
+    fn write16(port: &mut RootPort, offset: u16, value: u16) {
+        port.config_write(offset, &value.to_le_bytes());
+    }
+
+    /// A hot-plug port with requester id 0x08, its MSI capability's offset, and its MSIs.
+    fn hotplug_port() -> (RootPort, u16, Arc<RecordingMsiSink>) {
+        let msi = Arc::new(RecordingMsiSink::default());
+        let mut port = RootPort::with_hotplug("rp", 3, msi.clone());
+        port.set_requester_id(0x08);
+        let caps = walk_capabilities(&mut |offset| read32(&mut port, offset));
+        let ids: Vec<u8> = caps.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [PCIE_CAPABILITY_ID, MSI_CAPABILITY_ID]);
+        (port, caps[1].offset, msi)
+    }
+
+    /// Programs MSI (address 0x0808_0040, data 0x21) and turns it on.
+    fn enable_msi(port: &mut RootPort, msi: u16) {
+        write32(port, msi + 4, 0x0808_0040);
+        write32(port, msi + 8, 0);
+        write16(port, msi + 0xc, 0x21);
+        write16(port, msi + 2, 1);
+    }
+
+    const MESSAGE: MsiMessage = MsiMessage { address: 0x0808_0040, data: 0x21 };
+
+    /// What Linux's pciehp enables: presence and link changes, the interrupt.
+    const PCIEHP_ENABLES: u16 = SLOT_CTL_PDCE | SLOT_CTL_DLLSCE | SLOT_CTL_HPIE;
+
+    #[test]
+    fn slot_capabilities_describe_a_surprise_hotplug_slot() {
+        let (mut port, msi, _) = hotplug_port();
+        assert!(port.has_hotplug_slot());
+        let at = port.pcie_capability();
+        let caps = read16(&mut port, at + 2);
+        assert_eq!(caps & 0xf0, 0x40, "root port");
+        assert_ne!(caps & 1 << 8, 0, "slot implemented");
+        assert_eq!(caps >> 9 & 0x1f, 0, "hot-plug interrupt is MSI message 0");
+        let slot_caps = read32(&mut port, at + 0x14);
+        assert_eq!(slot_caps & 0x7f, 0x60, "hot-plug capable and surprise, nothing else");
+        assert_ne!(slot_caps & 1 << 18, 0, "no command completed support");
+        assert_eq!(slot_caps >> 19, 3, "physical slot number");
+        assert_ne!(read32(&mut port, at + 0x0c) & 1 << 20, 0, "DLL link active reporting");
+        // Empty and link down until a device is put behind it.
+        assert_eq!(port.slot_status() & SLOT_STA_PDS, 0);
+        assert_eq!(read16(&mut port, at + 0x12) & LINK_STA_DLLLA, 0);
+        // MSI: 64-bit, one message, off.
+        assert_eq!(read16(&mut port, msi + 2), 0x80);
+        // A port without hot-plug has neither.
+        let mut plain = RootPort::new("plain", 1);
+        assert!(!plain.has_hotplug_slot());
+        let at = plain.pcie_capability();
+        assert_eq!(read16(&mut plain, at + 2) & 1 << 8, 0);
+        assert_eq!(read32(&mut plain, at + 0x14), 0);
+        assert_ne!(read16(&mut plain, at + 0x12) & LINK_STA_DLLLA, 0);
+        plain.set_slot_presence(false);
+        assert_eq!(plain.slot_status(), 0);
+    }
+
+    #[test]
+    fn slot_control_is_writable_and_status_events_clear_on_one() {
+        let (mut port, _, msi) = hotplug_port();
+        let at = port.pcie_capability();
+        write16(&mut port, at + 0x18, PCIEHP_ENABLES | SLOT_CTL_CCIE);
+        assert_eq!(read16(&mut port, at + 0x18), PCIEHP_ENABLES | SLOT_CTL_CCIE);
+        port.set_slot_presence(true);
+        let status = read16(&mut port, at + 0x1a);
+        assert_eq!(status, SLOT_STA_PDS | SLOT_STA_PDC | SLOT_STA_DLLSC);
+        assert_eq!(status & SLOT_STA_CC, 0, "no command completed events");
+        // Presence is read-only; writing 0 changes nothing, writing 1 clears one event.
+        write16(&mut port, at + 0x1a, 0);
+        assert_eq!(read16(&mut port, at + 0x1a), status);
+        write16(&mut port, at + 0x1a, SLOT_STA_PDC | SLOT_STA_PDS);
+        assert_eq!(read16(&mut port, at + 0x1a), SLOT_STA_PDS | SLOT_STA_DLLSC);
+        write16(&mut port, at + 0x1a, SLOT_STA_DLLSC);
+        assert_eq!(read16(&mut port, at + 0x1a), SLOT_STA_PDS);
+        assert_ne!(read16(&mut port, at + 0x12) & LINK_STA_DLLLA, 0, "link up");
+        // The same state again is no event.
+        port.set_slot_presence(true);
+        assert_eq!(read16(&mut port, at + 0x1a), SLOT_STA_PDS);
+        assert!(msi.sent().is_empty(), "MSI never enabled");
+    }
+
+    #[test]
+    fn removal_and_arrival_each_send_one_msi_once_the_guest_cleared_the_events() {
+        let (mut port, msi_at, msi) = hotplug_port();
+        let at = port.pcie_capability();
+        port.set_slot_presence(true);
+        // What pciehp does at probe: clear stale events, enable MSI and notifications.
+        write16(&mut port, at + 0x1a, 0x011f);
+        enable_msi(&mut port, msi_at);
+        write16(&mut port, at + 0x18, PCIEHP_ENABLES);
+        assert!(msi.sent().is_empty(), "nothing pending");
+
+        port.set_slot_presence(false);
+        assert_eq!(msi.sent(), [(MESSAGE, 0x08)]);
+        assert_eq!(read16(&mut port, at + 0x12) & LINK_STA_DLLLA, 0, "link down");
+        // Clearing one of two events: the condition holds, no new message.
+        write16(&mut port, at + 0x1a, SLOT_STA_PDC);
+        assert_eq!(msi.sent().len(), 1);
+        write16(&mut port, at + 0x1a, SLOT_STA_DLLSC);
+        port.set_slot_presence(true);
+        assert_eq!(msi.sent(), [(MESSAGE, 0x08), (MESSAGE, 0x08)]);
+    }
+
+    #[test]
+    fn an_event_waits_for_msi_and_for_its_enable_bits() {
+        let (mut port, msi_at, msi) = hotplug_port();
+        let at = port.pcie_capability();
+        // Only presence changes enabled, interrupts off: nothing.
+        write16(&mut port, at + 0x18, SLOT_CTL_PDCE);
+        port.set_slot_presence(true);
+        assert!(msi.sent().is_empty());
+        // Interrupts on, MSI still off: still nothing.
+        write16(&mut port, at + 0x18, SLOT_CTL_PDCE | SLOT_CTL_HPIE);
+        assert!(msi.sent().is_empty());
+        // MSI on: the pending event goes out.
+        enable_msi(&mut port, msi_at);
+        assert_eq!(msi.sent(), [(MESSAGE, 0x08)]);
+        // Only the link change left, and its enable is off: the condition drops; enabling
+        // it raises the condition again.
+        write16(&mut port, at + 0x1a, SLOT_STA_PDC);
+        assert_eq!(msi.sent().len(), 1);
+        write16(&mut port, at + 0x18, PCIEHP_ENABLES);
+        assert_eq!(msi.sent().len(), 2);
+    }
+}

@@ -43,3 +43,46 @@ fn a_second_vm_is_refused_before_its_claim_and_told_who_holds_the_device() {
     assert_eq!(fake.state().claims, 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_device_the_dext_loses_is_reported_once_as_gone() {
+    use crate::host::{LossReason, OpenedFunction};
+
+    let (_client, fake) = fake();
+    let dir = std::env::temp_dir().join(format!("aperture-loss-test-{}", std::process::id()));
+    let request = FunctionRequest {
+        address: ADDRESS.parse().unwrap(),
+        dma: DmaRequest::Window(MapperLimits::APPLE_DART),
+    };
+    let mut backend = backend(&fake, dir.clone());
+    let function = backend.open(&request).unwrap();
+    let watch = function.loss_watch().unwrap();
+    // The interrupt thread runs once the function's interrupts exist.
+    let (interrupts, _) = function.interrupts();
+    assert_eq!(watch.poll(), None, "the device is there");
+    fake.state().gone = true;
+    fake.raise(&[0]);
+    let start = std::time::Instant::now();
+    let mut reported = None;
+    while reported.is_none() && start.elapsed() < std::time::Duration::from_secs(5) {
+        reported = watch.poll();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(reported, Some(LossReason::Gone));
+    assert_eq!(watch.poll(), None, "reported once");
+    drop(interrupts);
+    drop(function);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn only_no_device_not_attached_and_aborted_mean_gone() {
+    use crate::driverkit::protocol::{
+        Selector, IO_RETURN_ABORTED, IO_RETURN_BUSY, IO_RETURN_NOT_ATTACHED, IO_RETURN_NO_DEVICE,
+    };
+    let call = |code| DextError::Call { selector: Selector::WaitInterrupt, code };
+    for code in [IO_RETURN_NO_DEVICE, IO_RETURN_NOT_ATTACHED, IO_RETURN_ABORTED] {
+        assert!(call(code).device_gone(), "{code:#x}");
+    }
+    assert!(!call(IO_RETURN_BUSY).device_gone());
+}

@@ -119,6 +119,8 @@ pub struct FakeState {
     pub fail: HashMap<Selector, i32>,
     /// Memory types that fail to map.
     pub map_fails: Vec<u32>,
+    /// The device is gone: waits fail with kIOReturnNoDevice.
+    pub gone: bool,
     /// Replace the next RegisterDMARegion reply.
     pub register_reply: Option<[u64; 3]>,
     pub reset_result: i32,
@@ -223,6 +225,7 @@ pub fn fake() -> (FakeDext, FakeHandle) {
         next_bus: BUS_BASE,
         fail: HashMap::new(),
         map_fails: Vec::new(),
+        gone: false,
         register_reply: None,
         reset_result: IO_RETURN_SUCCESS,
         resets: 0,
@@ -538,6 +541,12 @@ impl DextConnection for FakeDext {
 
     fn wait_interrupt(&self, timeout: Duration) -> Result<WaitOutcome, DextError> {
         let mut s = self.state();
+        if s.gone {
+            return Err(DextError::Call {
+                selector: Selector::WaitInterrupt,
+                code: crate::driverkit::protocol::IO_RETURN_NO_DEVICE,
+            });
+        }
         if !s.interrupts_set_up {
             return Err(DextError::Call {
                 selector: Selector::WaitInterrupt,

@@ -8,8 +8,8 @@ use passthrough::assigned::{HostFunction, InterruptHost};
 use passthrough::dma::testing::FakeMapper;
 use passthrough::dma::{AddressPolicy, HostMapper, MapperLimits};
 use passthrough::host::{
-    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory,
-    OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
+    DmaRequest, FunctionRequest, FunctionResetter, HostBackend, HostError, HostMemory, LossReason,
+    LossWatch, OpenedFunction, RamRegion, ResetOutcome, WindowMapper,
 };
 use passthrough::testing::function::{nvme, RecordingHost};
 use passthrough::PciAddress;
@@ -152,9 +152,36 @@ impl OpenedFunction for FakeFunction {
         note(&self.calls, format!("quiesce {}", self.address));
     }
 
+    fn loss_watch(&self) -> Option<Box<dyn LossWatch>> {
+        Some(Box::new(FakeWatch { address: self.address, calls: self.calls.clone() }))
+    }
+
     /// One DMA address space per bus, as an IOMMU group per slot.
     fn dma_space(&self) -> Option<u32> {
         Some(self.address.bus.into())
+    }
+}
+
+impl Drop for FakeFunction {
+    fn drop(&mut self) {
+        note(&self.calls, format!("release {}", self.address));
+    }
+}
+
+/// Reports a loss of its function once the test noted `lose ADDRESS`.
+#[derive(Debug)]
+struct FakeWatch {
+    address: PciAddress,
+    calls: Calls,
+}
+
+impl LossWatch for FakeWatch {
+    fn poll(&self) -> Option<LossReason> {
+        let mut calls = self.calls.lock().unwrap();
+        let lose = format!("lose {}", self.address);
+        let at = calls.iter().position(|c| *c == lose)?;
+        calls[at] = format!("reported {}", self.address);
+        Some(LossReason::Request)
     }
 }
 
@@ -255,15 +282,17 @@ fn opens_resets_maps_and_shuts_down_in_order() {
             "quiesce 0000:02:00.0",
             "reset 0000:01:00.0 exit",
             "reset 0000:02:00.0 exit",
+            "release 0000:01:00.0",
+            "release 0000:02:00.0",
         ],
-        "interrupts stop before the resets"
+        "interrupts stop before the resets, the host handles close last"
     );
     let ended = trace.0.lock().unwrap().clone();
     assert_eq!(ended[1], "0000:02:00.0 reset when=exit outcome=done method=flr");
     assert_eq!(ended[2], "dma dma-unmap iova=0x40000000 len=0x1000000");
     assert!(ended[3].starts_with("0000:02:00.0 dma-stats summary="), "{ended:#?}");
     host.shutdown();
-    assert_eq!(calls.lock().unwrap().len(), 6, "a second shutdown only stops again");
+    assert_eq!(calls.lock().unwrap().len(), 8, "a second shutdown only stops again");
 }
 
 #[test]
@@ -352,4 +381,68 @@ fn guest_resets_reach_the_host_traced() {
         ]
     );
     host.shutdown();
+}
+
+/// Counts the MSIs of the root ports' hot-plug slots.
+#[derive(Debug, Default)]
+struct CountingMsi(Mutex<usize>);
+
+impl devices::pci::MsiSink for CountingMsi {
+    fn signal_msi(&self, _message: devices::pci::MsiMessage, _requester_id: u16) {
+        *self.0.lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn a_lost_device_leaves_the_guest_and_goes_back_to_the_host() {
+    use devices::pci::PciRoot;
+
+    let (mut host, parts, calls, trace, _ram) = open_identity_and_window();
+    let root = PciRoot::new();
+    root.enable_hotplug(Arc::new(CountingMsi::default()));
+    let mut ports = Vec::new();
+    for pending in parts.functions {
+        let port = root.add_root_port().unwrap();
+        root.attach_to_port(port, pending.function).unwrap();
+        ports.push((pending.address, port));
+    }
+    let handler = crate::assign::loss::LossHandler::new(root.clone(), ports, Some(trace.clone()));
+    calls.lock().unwrap().clear();
+    trace.0.lock().unwrap().clear();
+    assert!(host.poll_loss().is_empty(), "nothing lost yet");
+
+    let lost: PciAddress = "0000:01:00.0".parse().unwrap();
+    note(&calls, format!("lose {lost}"));
+    let polled = host.poll_loss();
+    assert_eq!(polled, [(lost, LossReason::Request)]);
+    let report = handler.handle(&mut host, lost, LossReason::Request, std::time::Instant::now());
+    let report = report.unwrap();
+    assert_eq!(report.released, [lost]);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["reported 0000:01:00.0", "quiesce 0000:01:00.0", "release 0000:01:00.0"],
+        "interrupts off and the host handles closed; no reset of a device that is gone"
+    );
+    let traced = trace.0.lock().unwrap().clone();
+    assert_eq!(
+        traced[0], "dma dma-unmap iova=0x40000000 len=0x1000000",
+        "the last identity function took the identity DMA mappings with it"
+    );
+    assert!(traced[1].starts_with("0000:01:00.0 device-loss reason=request functions=1 ms="));
+    // The guest no longer sees it; the other device stays.
+    let names: Vec<_> = root.functions().into_iter().map(|f| f.name).collect();
+    assert_eq!(names, ["host-bridge", "root-port1", "root-port2", "0000:02:00.0"]);
+    // A second report of the same device (its error interrupt, say) finds nothing to do.
+    assert!(handler
+        .handle(&mut host, lost, LossReason::Error, std::time::Instant::now())
+        .is_none());
+    assert!(host.poll_loss().is_empty(), "its watch went with it");
+
+    calls.lock().unwrap().clear();
+    host.shutdown();
+    assert_eq!(
+        *calls.lock().unwrap(),
+        ["stop", "quiesce 0000:02:00.0", "reset 0000:02:00.0 exit", "release 0000:02:00.0"],
+        "only the device that stayed is reset at exit"
+    );
 }

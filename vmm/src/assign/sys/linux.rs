@@ -171,6 +171,21 @@ impl HostPlatform for Platform {
         }
     }
 
+    /// Turns INTx off for the functions that left, and drops their handles.
+    fn release(&mut self, addresses: &[passthrough::PciAddress]) {
+        let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        self.intx.retain(|handle| {
+            let name = handle.device_name();
+            if !names.contains(&name) {
+                return true;
+            }
+            if let Err(e) = handle.disconnect() {
+                debug!("{name}: disabling INTx after removal: {e}");
+            }
+            false
+        });
+    }
+
     /// Turns INTx off for good before the devices are reset.
     fn stop(&mut self) {
         for handle in self.intx.drain(..) {
