@@ -190,11 +190,13 @@ pub fn run_on(
     config: &VmConfig,
     console: Console,
 ) -> Result<StopReason, VmError> {
+    let mut phases = crate::boot_phases::BootPhases::default();
     let kernel_bytes = read_file("--kernel", &config.kernel)?;
     let kernel = KernelImage::from_bytes(kernel_bytes)
         .map_err(|source| VmError::Kernel { path: config.kernel.clone(), source })?;
     info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
     let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
+    phases.mark("read kernel+initrd");
 
     let max_ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
     // The devices' BARs are sized only once they are opened, after the VM exists: with
@@ -210,13 +212,16 @@ pub fn run_on(
     debug!("memory layout {memory_layout:x?}, boot plan {plan:x?}");
 
     let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
+    phases.mark("create VM");
     let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
+    phases.mark("map RAM");
     ram.write("kernel", plan.kernel_load, &kernel.image)?;
     drop(kernel);
     if let (Some(region), Some(bytes)) = (plan.initrd, &initrd) {
         ram.write("initrd", region.base, bytes)?;
     }
     drop(initrd);
+    phases.mark("copy images");
 
     let control = Arc::new(VmControl::default());
     let (output, host_console): (Box<dyn std::io::Write + Send>, bool) = match console {
@@ -232,8 +237,10 @@ pub fn run_on(
         worker_start: worker_start_hook(config, &control),
     };
     let devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
+    phases.mark("devices");
     let (vcpus, mpidrs, start_senders) =
         spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
+    phases.mark("vCPUs");
     let setup = (|| -> Result<(), VmError> {
         let msi = vm.msi_controller();
         vm.create_gic(&GicSpec {
@@ -243,10 +250,12 @@ pub fn run_on(
             its_base: matches!(msi, MsiController::Its).then_some(layout::GIC_ITS_BASE),
             nr_irqs: layout::GIC_NR_IRQS,
         })?;
+        phases.mark("GIC");
         // Level irqfds need the GIC.
         assigned.connect_intx(&vm, &devices.intx);
         let fdt = firmware::create_fdt(&fdt_config(config, &memory_layout, &plan, &mpidrs, msi))?;
         ram.write("device tree", plan.fdt.base, &fdt)?;
+        phases.mark("device tree");
         Ok(())
     })();
     if let Err(e) = setup {
@@ -275,12 +284,19 @@ pub fn run_on(
         let regs = (index == 0).then_some(boot_regs);
         let _ = sender.send(VcpuStart::Run(regs));
     }
+    phases.mark("sandbox+start");
     info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
+    debug!("boot phases: {phases}");
 
     let reason = wait_for_stop(&control, config.timeout);
+    phases.restart();
     vcpus.stop(&control);
+    phases.mark("vCPUs");
     assigned.shutdown();
+    phases.mark("assigned devices");
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
+    debug!("MMIO exits by region: {}", devices.bus.exit_counts());
+    debug!("stop phases: {phases}");
     drop(terminal);
     Ok(reason)
 }
