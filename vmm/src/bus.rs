@@ -144,7 +144,7 @@ impl MmioBus {
             .map(|e| (e.exits.load(std::sync::atomic::Ordering::Relaxed), &e.name))
             .filter(|(count, _)| *count > 0)
             .collect();
-        counts.sort_by(|a, b| b.0.cmp(&a.0));
+        counts.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
         let pairs: Vec<String> =
             counts.iter().map(|(count, name)| format!("{name} {count}")).collect();
         if pairs.is_empty() {
