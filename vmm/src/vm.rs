@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arch::image::KernelImage;
 use arch::layout::{self, MemoryLayout};
 use arch::loader::{plan_boot, BootPlan};
 use arch::regs::{boot_cpu_regs, mpidr_to_fdt_reg};
@@ -191,12 +190,10 @@ pub fn run_on(
     console: Console,
 ) -> Result<StopReason, VmError> {
     let mut phases = crate::boot_phases::BootPhases::default();
-    let kernel_bytes = read_file("--kernel", &config.kernel)?;
-    let kernel = KernelImage::from_bytes(kernel_bytes)
-        .map_err(|source| VmError::Kernel { path: config.kernel.clone(), source })?;
-    info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
-    let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
-    phases.mark("read kernel+initrd");
+    let kernel = images::KernelFile::open(&config.kernel)?;
+    info!("kernel: {} ({} MiB loaded)", kernel.format(), kernel.layout().image_size >> 20);
+    let initrd = config.initrd.as_deref().map(images::InitrdFile::open).transpose()?;
+    phases.mark("open kernel+initrd");
 
     let max_ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
     // The devices' BARs are sized only once they are opened, after the VM exists: with
@@ -208,20 +205,18 @@ pub fn run_on(
         max_ipa_bits
     };
     let memory_layout = MemoryLayout::new(config.memory_bytes, config.vcpus, ipa_bits)?;
-    let plan = plan_boot(memory_layout.ram, &kernel, initrd.as_ref().map(|i| i.len() as u64))?;
+    let plan = plan_boot(memory_layout.ram, kernel.layout(), initrd.as_ref().map(|i| i.len()))?;
     debug!("memory layout {memory_layout:x?}, boot plan {plan:x?}");
 
     let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
     phases.mark("create VM");
     let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
     phases.mark("map RAM");
-    ram.write("kernel", plan.kernel_load, &kernel.image)?;
-    drop(kernel);
-    if let (Some(region), Some(bytes)) = (plan.initrd, &initrd) {
-        ram.write("initrd", region.base, bytes)?;
+    kernel.load(&ram, plan.kernel_load)?;
+    if let (Some(region), Some(initrd)) = (plan.initrd, initrd) {
+        initrd.load(&ram, region.base)?;
     }
-    drop(initrd);
-    phases.mark("copy images");
+    phases.mark("load images");
 
     let control = Arc::new(VmControl::default());
     let (output, host_console): (Box<dyn std::io::Write + Send>, bool) = match console {
@@ -505,5 +500,6 @@ fn fdt_config(
     }
 }
 
+mod images;
 #[cfg(test)]
 mod tests;
