@@ -356,6 +356,10 @@ case "$check" in
     cmdline)
         echo "CHECK cmdline: $(cat /proc/cmdline)"
         ;;
+    dmesg)
+        # The kernel log, for profiling a boot with `quiet` (add initcall_debug for more).
+        dmesg | while read -r line; do echo "CHECK dmesg: $line"; done
+        ;;
     exit=*)
         code=${check#exit=}
         # The VMM's test-exit device ends the VM here; reaching the next line is a failure.
