@@ -195,6 +195,17 @@ pub fn run_on(
     console: Console,
 ) -> Result<StopReason, VmError> {
     let mut phases = crate::boot_phases::BootPhases::default();
+    if config.seccomp {
+        // Built on another core while this one loads the images; confining only installs.
+        let _ = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
+            use ThreadKind::{Control, DeviceWorker, Stdin, Vcpu};
+            for kind in [Vcpu, DeviceWorker, Control, Stdin] {
+                if let Err(e) = seccomp::prepare(kind) {
+                    debug!("seccomp filters built later: {e}");
+                }
+            }
+        });
+    }
     let kernel = images::KernelFile::open(&config.kernel)?;
     info!("kernel: {} ({} MiB loaded)", kernel.format(), kernel.layout().image_size >> 20);
     let initrd = config.initrd.as_deref().map(images::InitrdFile::open).transpose()?;
