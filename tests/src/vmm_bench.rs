@@ -156,7 +156,8 @@ pid=$!
       awk -v min={guest_kib} '/^VmHWM:/ {{ hwm = $2 }}
           /^Size:/ {{ size = $2 }}
           /^Rss:/ {{ if (size >= min && (best == 0 || size < best)) {{ best = size; ram = $2 }} }}
-          END {{ if (hwm) print "hwm_kib=" hwm " guest_rss_kib=" ram + 0 }}' \
+          /^VmRSS:/ {{ rss = $2 }}
+          END {{ if (hwm && ram) print "hwm_kib=" hwm " rss_kib=" rss " guest_rss_kib=" ram }}' \
           "/proc/$pid/status" "/proc/$pid/smaps" > /tmp/bench-mem.new 2>/dev/null \
           && [ -s /tmp/bench-mem.new ] && mv /tmp/bench-mem.new /tmp/bench-mem
       usleep 100000
@@ -202,7 +203,9 @@ pub struct BootFigures {
     pub guest_uptime: f64,
     /// The VMM's peak RSS in KiB.
     pub peak_rss_kib: f64,
-    /// The resident part of guest RAM near the end, in KiB (the guest's own footprint).
+    /// The VMM's RSS at its last sample, in KiB.
+    pub rss_kib: f64,
+    /// The resident part of guest RAM at the same sample, in KiB (the guest's own footprint).
     pub guest_rss_kib: f64,
     /// Exits to the VMM (KVM `mmio_exit_user`) over the whole run.
     pub vmm_exits: f64,
@@ -214,9 +217,10 @@ impl BootFigures {
         self.wall - self.guest_uptime
     }
 
-    /// The VMM's own memory: peak RSS minus the guest RAM the guest touched, in KiB.
+    /// The VMM's own memory: its RSS minus the guest RAM the guest touched (one sample, the
+    /// last before it exited), in KiB.
     pub fn vmm_rss_kib(&self) -> f64 {
-        self.peak_rss_kib - self.guest_rss_kib
+        self.rss_kib - self.guest_rss_kib
     }
 }
 
@@ -251,11 +255,15 @@ impl ReadFigures {
 pub fn boot_figures(case: &CaseOutput) -> Option<BootFigures> {
     let summary = case.line_with("L1-BENCH ")?;
     let uptime = case.line_with("BENCH-UPTIME ")?;
-    let guest_uptime = uptime.split_whitespace().last()?.parse().ok()?;
+    // The kernel's last words may follow on the same line ("12.24[   14.46] reboot: ...").
+    let figure = uptime.split("BENCH-UPTIME ").nth(1)?;
+    let end = figure.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(figure.len());
+    let guest_uptime = figure[..end].parse().ok()?;
     Some(BootFigures {
         wall: field(summary, "end")? - field(summary, "start")?,
         guest_uptime,
         peak_rss_kib: field(summary, "hwm_kib")?,
+        rss_kib: field(summary, "rss_kib").unwrap_or(0.0),
         guest_rss_kib: field(summary, "guest_rss_kib").unwrap_or(0.0),
         vmm_exits: case
             .line_with("L1-BOOT-EXITS ")
@@ -338,15 +346,15 @@ mod tests {
         let case = output(&[
             "APERTURE-GUEST-INIT-OK",
             "L1-BOOT-EXITS mmio_user=812",
-            "BENCH-UPTIME 1.38",
+            "BENCH-UPTIME 1.38[    1.40] reboot: Power down",
             "L1-BENCH vmm=aperture guest=6.1 start=100.50 end=102.95 status=0 hwm_kib=40960 \
-             guest_rss_kib=30720",
+             rss_kib=38912 guest_rss_kib=30720",
         ]);
         let boot = boot_figures(&case).unwrap();
         assert!((boot.wall - 2.45).abs() < 1e-9);
         assert!((boot.vmm_overhead() - 1.07).abs() < 1e-9);
         assert_eq!(boot.peak_rss_kib, 40960.0);
-        assert_eq!(boot.vmm_rss_kib(), 10240.0);
+        assert_eq!(boot.vmm_rss_kib(), 8192.0);
         assert_eq!(boot.vmm_exits, 812.0);
         assert_eq!(boot_figures(&output(&["BENCH-UPTIME 1.0"])), None);
     }
