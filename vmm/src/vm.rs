@@ -196,15 +196,7 @@ pub fn run_on(
 ) -> Result<StopReason, VmError> {
     let mut phases = crate::boot_phases::BootPhases::default();
     if config.seccomp {
-        // Built on another core while this one loads the images; confining only installs.
-        let _ = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
-            use ThreadKind::{Control, DeviceWorker, Stdin, Vcpu};
-            for kind in [Vcpu, DeviceWorker, Control, Stdin] {
-                if let Err(e) = seccomp::prepare(kind) {
-                    debug!("seccomp filters built later: {e}");
-                }
-            }
-        });
+        seccomp::prepare_in_background();
     }
     let kernel = images::KernelFile::open(&config.kernel)?;
     info!("kernel: {} ({} MiB loaded)", kernel.format(), kernel.layout().image_size >> 20);

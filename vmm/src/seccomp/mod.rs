@@ -130,6 +130,23 @@ pub fn prepare(kind: ThreadKind) -> Result<(), SeccompError> {
     }
 }
 
+/// Builds every kind's filters ([`prepare`]) on a thread of their own, on another core while
+/// the VM is being built; a failure there is reported again by [`confine`].
+pub fn prepare_in_background() {
+    let spawned = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
+        for kind in
+            [ThreadKind::Vcpu, ThreadKind::DeviceWorker, ThreadKind::Control, ThreadKind::Stdin]
+        {
+            if let Err(e) = prepare(kind) {
+                log::debug!("seccomp filters built later: {e}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::debug!("seccomp filters built later: {e}");
+    }
+}
+
 /// Confines the calling thread to the system calls of `kind`, for the rest of its life. The
 /// first call also installs the process's `SIGSYS` handler. Does nothing where there is no
 /// seccomp (macOS).
