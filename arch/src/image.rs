@@ -256,7 +256,35 @@ impl fmt::Debug for KernelImage {
     }
 }
 
+/// Where a kernel goes and how much room it takes: all the loader needs of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Offset of the Image from a 2 MiB-aligned base.
+    pub text_offset: u64,
+    /// Bytes of memory the kernel occupies from its load address, including BSS.
+    pub image_size: u64,
+}
+
+/// Bytes of the start of a kernel file [`raw_layout`] looks at.
+pub const RAW_HEADER_LEN: usize = 64;
+
+/// For a kernel file of `file_len` bytes that starts with `head` (its first
+/// [`RAW_HEADER_LEN`] bytes): the layout if it is an uncompressed Image, whose bytes can then
+/// go straight from the file into guest RAM; `None` for anything else (read the whole file
+/// and use [`KernelImage::from_bytes`], which also names what is wrong with a bad one).
+pub fn raw_layout(head: &[u8], file_len: u64) -> Option<Result<KernelLayout, ImageError>> {
+    match identify(head) {
+        Ok(Packaging::Raw) => Some(raw_header(head, file_len)),
+        _ => None,
+    }
+}
+
 impl KernelImage {
+    /// Where it goes and how much room it takes.
+    pub fn layout(&self) -> KernelLayout {
+        KernelLayout { text_offset: self.text_offset, image_size: self.image_size }
+    }
+
     /// Recognises the kernel file `data`, decompresses it if needed and validates the Image
     /// header.
     pub fn from_bytes(data: Vec<u8>) -> Result<Self, ImageError> {
@@ -371,18 +399,23 @@ fn parse_contents(image: Vec<u8>, format: ImageFormat) -> Result<KernelImage, Im
 
 /// Validates the header of a raw Image.
 fn parse_raw(image: Vec<u8>, format: ImageFormat) -> Result<KernelImage, ImageError> {
+    let KernelLayout { text_offset, image_size } = raw_header(&image, image.len() as u64)?;
+    Ok(KernelImage { image, text_offset, image_size, format })
+}
+
+/// Validates the header at the start of a raw Image file of `file_len` bytes.
+fn raw_header(head: &[u8], file_len: u64) -> Result<KernelLayout, ImageError> {
     let (Some(text_offset), Some(image_size), Some(flags)) =
-        (read_u64(&image, 8), read_u64(&image, 16), read_u64(&image, 24))
+        (read_u64(head, 8), read_u64(head, 16), read_u64(head, 24))
     else {
-        return Err(ImageError::TooShort { len: image.len() });
+        return Err(ImageError::TooShort { len: head.len() });
     };
-    let file_len = image.len() as u64;
     if image_size == 0 {
         // Kernels older than 3.17 leave image_size 0, and their text_offset may be in the
         // kernel's own endianness; booting.rst says to assume 0x80000. They also do not say how
         // much room BSS needs, so reserve the file rounded up to 2 MiB plus a generous allowance.
         let image_size = file_len.next_multiple_of(2 * MIB) + LEGACY_BSS_ALLOWANCE;
-        return Ok(KernelImage { image, text_offset: LEGACY_TEXT_OFFSET, image_size, format });
+        return Ok(KernelLayout { text_offset: LEGACY_TEXT_OFFSET, image_size });
     }
     if flags & FLAG_BIG_ENDIAN != 0 {
         return Err(ImageError::BigEndian);
@@ -395,7 +428,7 @@ fn parse_raw(image: Vec<u8>, format: ImageFormat) -> Result<KernelImage, ImageEr
     if image_size < file_len {
         return Err(ImageError::ImageSizeTooSmall { image_size, file_len });
     }
-    Ok(KernelImage { image, text_offset, image_size, format })
+    Ok(KernelLayout { text_offset, image_size })
 }
 
 /// Returns the compression name and the compressed payload of an EFI zboot image.
@@ -668,6 +701,23 @@ mod tests {
         assert_eq!(k.image_size, 40 * MIB);
         assert_eq!(k.page_size(), Some(16 << 10));
         assert!(k.image == image);
+    }
+
+    #[test]
+    fn raw_layout_reads_the_header_alone() {
+        let image = raw_image(0x8_0000, 4 * MIB, FLAGS_LE_4K, 8192);
+        let whole = KernelImage::from_bytes(image.clone()).unwrap();
+        let head = &image[..RAW_HEADER_LEN];
+        assert_eq!(raw_layout(head, image.len() as u64), Some(Ok(whole.layout())));
+        // The file length is checked against image_size as for a whole image.
+        assert_eq!(
+            raw_layout(head, 5 * MIB),
+            Some(Err(ImageError::ImageSizeTooSmall { image_size: 4 * MIB, file_len: 5 * MIB }))
+        );
+        // Anything but a raw Image is left to from_bytes.
+        assert_eq!(raw_layout(&gzip(&image)[..RAW_HEADER_LEN], 100), None);
+        assert_eq!(raw_layout(b"not a kernel", 12), None);
+        assert_eq!(raw_layout(&[], 0), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! Keeping the initrd and FDT at the top leaves one large free block after the kernel, which is
 //! what arm64 Linux expects (booting.rst: the memory after the Image should be usable).
 
-use crate::image::KernelImage;
+use crate::image::KernelLayout;
 use crate::layout::{GuestRegion, MIB};
 
 /// Room reserved for the flattened device tree. booting.rst caps the DTB at 2 MiB and requires
@@ -76,7 +76,7 @@ pub enum LoaderError {
 /// Places the kernel, an optional initrd of `initrd_size` bytes and the device tree in `ram`.
 pub fn plan_boot(
     ram: GuestRegion,
-    kernel: &KernelImage,
+    kernel: KernelLayout,
     initrd_size: Option<u64>,
 ) -> Result<BootPlan, LoaderError> {
     if ram.base % KERNEL_ALIGN != 0 {
@@ -125,7 +125,7 @@ pub fn plan_boot(
 /// The error for RAM too small, with the smallest whole-MiB size that works.
 fn memory_too_small(
     ram: GuestRegion,
-    kernel: &KernelImage,
+    kernel: KernelLayout,
     initrd_size: Option<u64>,
 ) -> LoaderError {
     let kernel_bytes = kernel.text_offset.saturating_add(kernel.image_size);
@@ -149,11 +149,10 @@ fn memory_too_small(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::ImageFormat;
     use crate::layout::RAM_BASE;
 
-    fn kernel(text_offset: u64, image_size: u64) -> KernelImage {
-        KernelImage { image: vec![0; 64], text_offset, image_size, format: ImageFormat::Raw }
+    fn kernel(text_offset: u64, image_size: u64) -> KernelLayout {
+        KernelLayout { text_offset, image_size }
     }
 
     fn ram(size: u64) -> GuestRegion {
@@ -162,7 +161,7 @@ mod tests {
 
     #[test]
     fn kernel_at_ram_start_fdt_at_top_initrd_below() {
-        let plan = plan_boot(ram(256 * MIB), &kernel(0, 30 * MIB), Some(10 * MIB + 5)).unwrap();
+        let plan = plan_boot(ram(256 * MIB), kernel(0, 30 * MIB), Some(10 * MIB + 5)).unwrap();
         assert_eq!(plan.kernel_load, RAM_BASE);
         assert_eq!(plan.kernel_end, RAM_BASE + 30 * MIB);
         assert_eq!(plan.fdt, GuestRegion { base: RAM_BASE + 254 * MIB, size: FDT_MAX_SIZE });
@@ -176,7 +175,7 @@ mod tests {
 
     #[test]
     fn text_offset_is_respected() {
-        let plan = plan_boot(ram(128 * MIB), &kernel(0x8_0000, 20 * MIB), None).unwrap();
+        let plan = plan_boot(ram(128 * MIB), kernel(0x8_0000, 20 * MIB), None).unwrap();
         assert_eq!(plan.kernel_load, RAM_BASE + 0x8_0000);
         assert_eq!(plan.kernel_end, RAM_BASE + 0x8_0000 + 20 * MIB);
         assert_eq!(plan.initrd, None);
@@ -185,7 +184,7 @@ mod tests {
 
     #[test]
     fn fdt_is_2mib_aligned_even_when_ram_size_is_not() {
-        let plan = plan_boot(ram(129 * MIB + 4096), &kernel(0, 20 * MIB), None).unwrap();
+        let plan = plan_boot(ram(129 * MIB + 4096), kernel(0, 20 * MIB), None).unwrap();
         assert_eq!(plan.fdt.base % (2 * MIB), 0);
         assert_eq!(plan.fdt.base, RAM_BASE + 126 * MIB);
         assert!(plan.fdt.end() <= RAM_BASE + 129 * MIB + 4096);
@@ -193,13 +192,13 @@ mod tests {
 
     #[test]
     fn too_small_memory_names_sizes_and_suggests_memory() {
-        let err = plan_boot(ram(64 * MIB), &kernel(0, 38 * MIB), Some(20 * MIB)).unwrap_err();
+        let err = plan_boot(ram(64 * MIB), kernel(0, 38 * MIB), Some(20 * MIB)).unwrap_err();
         assert_eq!(
             err.to_string(),
             "guest memory 64 MiB is too small for the kernel (38 MiB) + initrd (20 MiB) + device \
              tree (2 MiB) + 32 MiB working room; use --memory 92M or more"
         );
-        let err = plan_boot(ram(32 * MIB), &kernel(0, 10 * MIB), None).unwrap_err();
+        let err = plan_boot(ram(32 * MIB), kernel(0, 10 * MIB), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "guest memory 32 MiB is too small for the kernel (10 MiB) + device tree (2 MiB) + \
@@ -219,14 +218,14 @@ mod tests {
         for (text_offset, image_size, initrd) in cases {
             let k = kernel(text_offset, image_size);
             let Err(LoaderError::MemoryTooSmall { needed_mib, .. }) =
-                plan_boot(ram(MIB), &k, initrd)
+                plan_boot(ram(MIB), k, initrd)
             else {
                 panic!("1 MiB of RAM should be too small");
             };
-            let plan = plan_boot(ram(needed_mib * MIB), &k, initrd);
+            let plan = plan_boot(ram(needed_mib * MIB), k, initrd);
             assert!(plan.is_ok(), "{needed_mib} MiB should fit {k:?} + {initrd:?}: {plan:?}");
             for less_mib in [needed_mib - 1, needed_mib - 2] {
-                let less = plan_boot(ram(less_mib * MIB), &k, initrd);
+                let less = plan_boot(ram(less_mib * MIB), k, initrd);
                 assert!(matches!(less, Err(LoaderError::MemoryTooSmall { .. })), "{less:?}");
             }
         }
@@ -236,14 +235,14 @@ mod tests {
     fn exactly_min_free_ram_is_enough() {
         let k = kernel(0, 10 * MIB);
         let size = 10 * MIB + MIN_FREE_RAM + 4 * MIB + FDT_MAX_SIZE;
-        let plan = plan_boot(ram(size), &k, Some(4 * MIB)).unwrap();
+        let plan = plan_boot(ram(size), k, Some(4 * MIB)).unwrap();
         assert_eq!(plan.initrd.unwrap().base - plan.kernel_end, MIN_FREE_RAM);
-        assert!(plan_boot(ram(size - 4096), &k, Some(4 * MIB)).is_err());
+        assert!(plan_boot(ram(size - 4096), k, Some(4 * MIB)).is_err());
     }
 
     #[test]
     fn initrd_overlapping_the_kernel_is_an_error() {
-        let err = plan_boot(ram(64 * MIB), &kernel(0, 40 * MIB), Some(30 * MIB)).unwrap_err();
+        let err = plan_boot(ram(64 * MIB), kernel(0, 40 * MIB), Some(30 * MIB)).unwrap_err();
         assert!(matches!(err, LoaderError::MemoryTooSmall { needed_mib: 104, .. }), "{err}");
     }
 
@@ -252,17 +251,17 @@ mod tests {
         let k = kernel(0, 10 * MIB);
         let misaligned = GuestRegion { base: RAM_BASE + 4096, size: 256 * MIB };
         assert_eq!(
-            plan_boot(misaligned, &k, None),
+            plan_boot(misaligned, k, None),
             Err(LoaderError::RamMisaligned(RAM_BASE + 4096))
         );
-        assert_eq!(plan_boot(ram(256 * MIB), &k, Some(0)), Err(LoaderError::EmptyInitrd));
+        assert_eq!(plan_boot(ram(256 * MIB), k, Some(0)), Err(LoaderError::EmptyInitrd));
         let huge = GuestRegion { base: RAM_BASE, size: u64::MAX };
-        assert!(matches!(plan_boot(huge, &k, None), Err(LoaderError::AddressOverflow(_))));
-        let err = plan_boot(ram(256 * MIB), &kernel(0, u64::MAX), None).unwrap_err();
+        assert!(matches!(plan_boot(huge, k, None), Err(LoaderError::AddressOverflow(_))));
+        let err = plan_boot(ram(256 * MIB), kernel(0, u64::MAX), None).unwrap_err();
         assert!(matches!(err, LoaderError::AddressOverflow(_)), "{err}");
-        let err = plan_boot(ram(256 * MIB), &k, Some(u64::MAX)).unwrap_err();
+        let err = plan_boot(ram(256 * MIB), k, Some(u64::MAX)).unwrap_err();
         assert!(matches!(err, LoaderError::MemoryTooSmall { .. }), "{err}");
         // No RAM at all.
-        assert!(matches!(plan_boot(ram(0), &k, None), Err(LoaderError::MemoryTooSmall { .. })));
+        assert!(matches!(plan_boot(ram(0), k, None), Err(LoaderError::MemoryTooSmall { .. })));
     }
 }

@@ -4,46 +4,47 @@
 //! `dd iflag=direct` reads at 1 MiB and 4 KiB, VMM exits per MiB read (KVM's
 //! `mmio_exit_user` in L1's debugfs, sampled around the reads), and the VMM's peak RSS.
 //!
-//! The guest is the test guest's initramfs with a bench `/init` appended (a later newc
-//! archive replaces `/init`), so both VMMs boot the same kernel and files. Figures for notes,
-//! not pass/fail.
+//! The guest is the test guest (its `/init` is `images/guest-init.sh`, run with
+//! `aperture.check=bench` or `bench-read`), on the 6.1 and the 6.12 kernel, so every VMM
+//! boots the same kernel and files. Figures for notes, not pass/fail.
 
 use std::fmt::Write as _;
 
 use crate::case::CaseOutput;
 
-/// The bench guest's `/init`: boots, optionally reads `/dev/vda`, prints its uptime,
-/// powers off.
-pub const GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp
-/bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-exec 0<>/dev/console 1>&0 2>&0
-echo "APERTURE-GUEST-INIT-OK"
-case " $(cat /proc/cmdline) " in
-*" bench.read "*)
-    modprobe -a virtio_pci virtio_mmio virtio_blk 2>/dev/null
-    n=0
-    while [ ! -e /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-    for spec in 1M:128 4K:2048; do
-        bs=${spec%:*} count=${spec#*:}
-        echo "BENCH-READ-START bs=$bs"
-        sleep 1
-        start=$(cut -d' ' -f1 /proc/uptime)
-        dd if=/dev/vda of=/dev/null bs=$bs count=$count iflag=direct 2>/dev/null
-        status=$?
-        end=$(cut -d' ' -f1 /proc/uptime)
-        sleep 1
-        echo "BENCH-READ-END bs=$bs count=$count start=$start end=$end status=$status"
-    done
-    ;;
-esac
-echo "BENCH-UPTIME $(cut -d' ' -f1 /proc/uptime)"
-poweroff -f
-"#;
+/// A guest kernel series of the rig, with its initramfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guest {
+    /// Debian's 6.1 (`/guest`).
+    Linux61,
+    /// The 6.12 series (`/guest/6.12`).
+    Linux612,
+}
+
+impl Guest {
+    /// Every series, in table order.
+    pub const ALL: [Guest; 2] = [Guest::Linux61, Guest::Linux612];
+
+    /// Its name in case names and the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linux61 => "6.1",
+            Self::Linux612 => "6.12",
+        }
+    }
+
+    /// The series named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.name() == name)
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Linux61 => "/guest",
+            Self::Linux612 => "/guest/6.12",
+        }
+    }
+}
 
 /// Guest RAM and vCPUs of every run (the same for both VMMs).
 pub const GUEST_MEMORY_MIB: u32 = 256;
@@ -81,20 +82,22 @@ impl Vmm {
     }
 
     /// The shell command that runs the bench guest (`read`: with the disk and the reads).
-    fn command(self, read: bool) -> String {
-        let extra = if read { " bench.read" } else { "" };
+    fn command(self, guest: Guest, read: bool) -> String {
+        let check = if read { "bench-read" } else { "bench" };
+        let dir = guest.dir();
         match self {
             Self::Aperture | Self::ApertureBaseline => format!(
-                "{} run --kernel /guest/Image --initrd /tmp/bench.cpio --cpus {GUEST_CPUS} \
+                "{} run --kernel {dir}/Image --initrd {dir}/guest.cpio --cpus {GUEST_CPUS} \
                  --memory {GUEST_MEMORY_MIB} --timeout 300 --cmdline 'console=ttyAMA0 panic=-1 \
-                 quiet{extra}'{}",
+                 quiet aperture.check={check}'{}",
                 self.binary(),
                 if read { " --disk /tmp/bench-disk.img" } else { "" }
             ),
             // No network (Aperture has none); its serial console, as Aperture's PL011.
             Self::Kvmtool => format!(
-                "{} run -k /guest/Image -i /tmp/bench.cpio -c {GUEST_CPUS} -m \
-                 {GUEST_MEMORY_MIB} -n mode=none --console serial -p 'quiet{extra}'{}",
+                "{} run -k {dir}/Image -i {dir}/guest.cpio -c {GUEST_CPUS} -m \
+                 {GUEST_MEMORY_MIB} -n mode=none --console serial -p 'quiet \
+                 aperture.check={check}'{}",
                 self.binary(),
                 if read { " -d /tmp/bench-disk.img" } else { "" }
             ),
@@ -105,22 +108,9 @@ impl Vmm {
 /// L1 script lines that prepare the bench guest, the disk and the binaries brought on L1's
 /// virtio disks (`(vmm, length)`: the disk whose serial is the VMM's name).
 fn prelude(binaries: &[(Vmm, u64)]) -> String {
-    let mut text = String::from(
+    let mut text = format!(
         r#"mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-kvm_stat() { cat "/sys/kernel/debug/kvm/$1" 2>/dev/null || echo 0; }
-if [ ! -f /tmp/bench.cpio ]; then
-    mkdir -p /tmp/bench-root
-    cat > /tmp/bench-root/init <<'BENCH_INIT_EOF'
-"#,
-    );
-    text.push_str(GUEST_INIT);
-    let _ = write!(
-        text,
-        r#"BENCH_INIT_EOF
-    chmod 755 /tmp/bench-root/init
-    (cd /tmp/bench-root && echo init | cpio -o -H newc > /tmp/bench-init.cpio 2>/dev/null)
-    cat /guest/guest.cpio /tmp/bench-init.cpio > /tmp/bench.cpio
-fi
+kvm_stat() {{ cat "/sys/kernel/debug/kvm/$1" 2>/dev/null || echo 0; }}
 [ -f /tmp/bench-disk.img ] || dd if=/dev/zero of=/tmp/bench-disk.img bs=1M count={DISK_MIB} 2>/dev/null
 "#
     );
@@ -146,30 +136,39 @@ fi
 }
 
 /// The L1 script of one run: the VMM's output through a loop that samples KVM's exit
-/// counters at the guest's read markers, a watcher that keeps the VMM's VmHWM, and a
-/// summary line with L1's clock around the run.
-pub fn case_script(vmm: Vmm, read: bool, binaries: &[(Vmm, u64)]) -> String {
+/// counters at the guest's read markers, a watcher that keeps the VMM's VmHWM and the resident
+/// part of its guest RAM mapping (the smallest mapping at least as large as guest RAM), and a
+/// summary line with L1's clock around the run. KVM's exit counter is sampled when the guest
+/// prints its uptime (the VM is the only one, and still exists).
+pub fn case_script(vmm: Vmm, guest: Guest, read: bool, binaries: &[(Vmm, u64)]) -> String {
     let mut text = prelude(binaries);
+    let guest_kib = GUEST_MEMORY_MIB * 1024;
     let _ = write!(
         text,
         r#"up() {{ cut -d' ' -f1 /proc/uptime; }}
 fifo=/tmp/bench-out.$$
-rm -f "$fifo" /tmp/bench-hwm
+rm -f "$fifo" /tmp/bench-mem
 mkfifo "$fifo"
 t0=$(up)
 {command} > "$fifo" 2>&1 &
 pid=$!
-( hwm=0
-  while kill -0 "$pid" 2>/dev/null; do
-      v=$(awk '/^VmHWM:/ {{ print $2 }}' "/proc/$pid/status" 2>/dev/null)
-      [ -n "$v" ] && hwm=$v && echo "$hwm" > /tmp/bench-hwm
-      usleep 50000
+( while kill -0 "$pid" 2>/dev/null; do
+      awk -v min={guest_kib} '/^VmHWM:/ {{ hwm = $2 }}
+          /^Size:/ {{ size = $2 }}
+          /^Rss:/ {{ if (size >= min && (best == 0 || size < best)) {{ best = size; ram = $2 }} }}
+          /^VmRSS:/ {{ rss = $2 }}
+          END {{ if (hwm && ram) print "hwm_kib=" hwm " rss_kib=" rss " guest_rss_kib=" ram }}' \
+          "/proc/$pid/status" "/proc/$pid/smaps" > /tmp/bench-mem.new 2>/dev/null \
+          && [ -s /tmp/bench-mem.new ] && mv /tmp/bench-mem.new /tmp/bench-mem
+      usleep 100000
   done ) &
 watcher=$!
 while IFS= read -r line; do
     case "$line" in
         *BENCH-READ-START*|*BENCH-READ-END*)
             echo "L1-EXITS mmio_user=$(kvm_stat mmio_exit_user) exits=$(kvm_stat exits)" ;;
+        # KVM's debugfs sums the VMs that exist: sample while this one still does.
+        *BENCH-UPTIME*) echo "L1-BOOT-EXITS mmio_user=$(kvm_stat mmio_exit_user)" ;;
     esac
     echo "$line"
 done < "$fifo"
@@ -177,12 +176,13 @@ wait "$pid"
 status=$?
 t1=$(up)
 wait "$watcher"
-echo "L1-BENCH vmm={name} start=$t0 end=$t1 status=$status hwm_kib=$(cat /tmp/bench-hwm 2>/dev/null || echo 0)"
+echo "L1-BENCH vmm={name} guest={guest} start=$t0 end=$t1 status=$status $(cat /tmp/bench-mem 2>/dev/null)"
 rm -f "$fifo"
 exit $status
 "#,
-        command = vmm.command(read),
+        command = vmm.command(guest, read),
         name = vmm.name(),
+        guest = guest.name(),
     );
     text
 }
@@ -203,12 +203,24 @@ pub struct BootFigures {
     pub guest_uptime: f64,
     /// The VMM's peak RSS in KiB.
     pub peak_rss_kib: f64,
+    /// The VMM's RSS at its last sample, in KiB.
+    pub rss_kib: f64,
+    /// The resident part of guest RAM at the same sample, in KiB (the guest's own footprint).
+    pub guest_rss_kib: f64,
+    /// Exits to the VMM (KVM `mmio_exit_user`) over the whole run.
+    pub vmm_exits: f64,
 }
 
 impl BootFigures {
     /// The VMM's share of the wall time.
     pub fn vmm_overhead(&self) -> f64 {
         self.wall - self.guest_uptime
+    }
+
+    /// The VMM's own memory: its RSS minus the guest RAM the guest touched (one sample, the
+    /// last before it exited), in KiB.
+    pub fn vmm_rss_kib(&self) -> f64 {
+        self.rss_kib - self.guest_rss_kib
     }
 }
 
@@ -243,18 +255,29 @@ impl ReadFigures {
 pub fn boot_figures(case: &CaseOutput) -> Option<BootFigures> {
     let summary = case.line_with("L1-BENCH ")?;
     let uptime = case.line_with("BENCH-UPTIME ")?;
-    let guest_uptime = uptime.split_whitespace().last()?.parse().ok()?;
+    // The kernel's last words may follow on the same line ("12.24[   14.46] reboot: ...").
+    let figure = uptime.split("BENCH-UPTIME ").nth(1)?;
+    let end = figure.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(figure.len());
+    let guest_uptime = figure[..end].parse().ok()?;
     Some(BootFigures {
         wall: field(summary, "end")? - field(summary, "start")?,
         guest_uptime,
         peak_rss_kib: field(summary, "hwm_kib")?,
+        rss_kib: field(summary, "rss_kib").unwrap_or(0.0),
+        guest_rss_kib: field(summary, "guest_rss_kib").unwrap_or(0.0),
+        vmm_exits: case
+            .line_with("L1-BOOT-EXITS ")
+            .and_then(|line| field(line, "mmio_user"))
+            .unwrap_or(0.0),
     })
 }
 
-/// The read figures of a finished run, in the order the guest read.
+/// The read figures of a finished run, in the order the guest read: the exits between each
+/// pair of START / END markers, and the figures of the `BENCH-READ` line after them.
 pub fn read_figures(case: &CaseOutput) -> Vec<ReadFigures> {
     let mut figures = Vec::new();
     let mut start_exits: Option<(f64, f64)> = None;
+    let mut window: Option<(f64, f64)> = None;
     let mut last_exits = (0.0, 0.0);
     for (_, line) in &case.lines {
         if line.contains("L1-EXITS ") {
@@ -263,12 +286,12 @@ pub fn read_figures(case: &CaseOutput) -> Vec<ReadFigures> {
         } else if line.contains("BENCH-READ-START") {
             start_exits = Some(last_exits);
         } else if line.contains("BENCH-READ-END") {
-            let (Some((user0, all0)), Some(count), Some(start), Some(end)) = (
-                start_exits.take(),
-                field(line, "count"),
-                field(line, "start"),
-                field(line, "end"),
-            ) else {
+            window =
+                start_exits.take().map(|(user0, all0)| (last_exits.0 - user0, last_exits.1 - all0));
+        } else if line.contains("BENCH-READ ") {
+            let (Some((vmm_exits, all_exits)), Some(count), Some(start), Some(end)) =
+                (window.take(), field(line, "count"), field(line, "start"), field(line, "end"))
+            else {
                 continue;
             };
             let block = line
@@ -285,8 +308,8 @@ pub fn read_figures(case: &CaseOutput) -> Vec<ReadFigures> {
                 block,
                 mib: count * block_kib / 1024.0,
                 seconds: end - start,
-                vmm_exits: last_exits.0 - user0,
-                all_exits: last_exits.1 - all0,
+                vmm_exits,
+                all_exits,
             });
         }
     }
@@ -322,13 +345,17 @@ mod tests {
     fn boot_figures_come_from_the_summary_and_the_guest_uptime() {
         let case = output(&[
             "APERTURE-GUEST-INIT-OK",
-            "BENCH-UPTIME 1.38",
-            "L1-BENCH vmm=aperture start=100.50 end=102.95 status=0 hwm_kib=40960",
+            "L1-BOOT-EXITS mmio_user=812",
+            "BENCH-UPTIME 1.38[    1.40] reboot: Power down",
+            "L1-BENCH vmm=aperture guest=6.1 start=100.50 end=102.95 status=0 hwm_kib=40960 \
+             rss_kib=38912 guest_rss_kib=30720",
         ]);
         let boot = boot_figures(&case).unwrap();
         assert!((boot.wall - 2.45).abs() < 1e-9);
         assert!((boot.vmm_overhead() - 1.07).abs() < 1e-9);
         assert_eq!(boot.peak_rss_kib, 40960.0);
+        assert_eq!(boot.vmm_rss_kib(), 8192.0);
+        assert_eq!(boot.vmm_exits, 812.0);
         assert_eq!(boot_figures(&output(&["BENCH-UPTIME 1.0"])), None);
     }
 
@@ -336,13 +363,18 @@ mod tests {
     fn read_figures_pair_the_exit_samples_with_each_read() {
         let case = output(&[
             "L1-EXITS mmio_user=1000 exits=5000",
-            "BENCH-READ-START bs=1M",
+            "BENCH-READ-START",
             "L1-EXITS mmio_user=1256 exits=9000",
-            "BENCH-READ-END bs=1M count=128 start=3.00 end=3.25 status=0",
+            "BENCH-READ-END",
+            "BENCH-READ round=1 bs=1M count=128 start=3.00 end=3.25 status=0",
             "L1-EXITS mmio_user=1300 exits=9100",
-            "BENCH-READ-START bs=4K",
+            "BENCH-READ-START",
             "L1-EXITS mmio_user=9492 exits=20000",
-            "BENCH-READ-END bs=4K count=8192 start=5.00 end=8.00 status=0",
+            "BENCH-READ-END",
+            "BENCH-READ round=1 bs=4K count=8192 start=5.00 end=8.00 status=0",
+            // An END without its START (a lost line) gives no figure.
+            "BENCH-READ-END",
+            "BENCH-READ round=2 bs=4K count=8192 start=9.00 end=12.00 status=0",
         ]);
         let reads = read_figures(&case);
         assert_eq!(reads.len(), 2);
@@ -357,22 +389,27 @@ mod tests {
     }
 
     #[test]
-    fn scripts_run_the_right_command_and_carry_the_guest_init() {
-        let aperture = case_script(Vmm::Aperture, true, &[]);
-        assert!(aperture.contains("/aperture run --kernel /guest/Image --initrd /tmp/bench.cpio"));
+    fn scripts_run_the_right_command_on_the_right_guest() {
+        let aperture = case_script(Vmm::Aperture, Guest::Linux61, true, &[]);
+        assert!(aperture.contains("/aperture run --kernel /guest/Image --initrd /guest/guest.cpio"));
         assert!(aperture.contains("--disk /tmp/bench-disk.img"));
-        assert!(aperture.contains("quiet bench.read'"));
-        assert!(aperture.contains(GUEST_INIT));
+        assert!(aperture.contains("quiet aperture.check=bench-read'"));
+        assert!(aperture.contains("guest=6.1 "));
         assert!(!aperture.contains("/tmp/bin-"));
         let binaries = [(Vmm::Kvmtool, 1234), (Vmm::ApertureBaseline, 99)];
-        let kvmtool = case_script(Vmm::Kvmtool, false, &binaries);
+        let kvmtool = case_script(Vmm::Kvmtool, Guest::Linux612, false, &binaries);
         assert!(
             kvmtool.contains(r#"= kvmtool ] && head -c 1234 "/dev/${d##*/}" > /tmp/bin-kvmtool"#)
         );
         assert!(kvmtool.contains(r#"= aperture-base ] && head -c 99 "#));
-        assert!(kvmtool.contains("/tmp/bin-kvmtool run -k /guest/Image"));
+        assert!(
+            kvmtool.contains("/tmp/bin-kvmtool run -k /guest/6.12/Image -i /guest/6.12/guest.cpio")
+        );
+        assert!(kvmtool.contains("quiet aperture.check=bench'"));
         assert!(!kvmtool.contains(" -d /tmp/bench-disk.img"));
-        assert!(kvmtool.contains("L1-BENCH vmm=kvmtool"));
+        assert!(kvmtool.contains("L1-BENCH vmm=kvmtool guest=6.12 "));
+        assert_eq!(Guest::parse("6.12"), Some(Guest::Linux612));
+        assert_eq!(Guest::parse("5.10"), None);
     }
 
     #[test]

@@ -61,6 +61,8 @@ struct BusEntry {
     size: u64,
     name: String,
     handler: Handler,
+    /// Guest accesses (each an exit to the VMM), for the `-vv` profile.
+    exits: std::sync::atomic::AtomicU64,
 }
 
 /// Devices by guest physical address range, sorted by base.
@@ -122,7 +124,8 @@ impl MmioBus {
             });
         }
         let at = self.entries.partition_point(|e| e.base < base);
-        self.entries.insert(at, BusEntry { base, size, name: name.into(), handler });
+        let exits = Default::default();
+        self.entries.insert(at, BusEntry { base, size, name: name.into(), handler, exits });
         Ok(())
     }
 
@@ -131,6 +134,24 @@ impl MmioBus {
         let entry = self.entries.get(at.checked_sub(1)?)?;
         let offset = addr - entry.base;
         (offset + len as u64 <= entry.size).then_some((entry, offset))
+    }
+
+    /// The guest accesses each region saw, as "name count" pairs, busiest first.
+    pub fn exit_counts(&self) -> String {
+        let mut counts: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| (e.exits.load(std::sync::atomic::Ordering::Relaxed), &e.name))
+            .filter(|(count, _)| *count > 0)
+            .collect();
+        counts.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
+        let pairs: Vec<String> =
+            counts.iter().map(|(count, name)| format!("{name} {count}")).collect();
+        if pairs.is_empty() {
+            "none".into()
+        } else {
+            pairs.join(", ")
+        }
     }
 
     fn stray(&self, kind: &str, addr: u64, len: usize) {
@@ -144,7 +165,10 @@ impl MmioBus {
 impl MmioHandler for MmioBus {
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         match self.find(addr, data.len()) {
-            Some((entry, offset)) => entry.handler.read(offset, data),
+            Some((entry, offset)) => {
+                entry.exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                entry.handler.read(offset, data);
+            }
             None => {
                 data.fill(0);
                 self.stray("read", addr, data.len());
@@ -154,7 +178,10 @@ impl MmioHandler for MmioBus {
 
     fn mmio_write(&self, addr: u64, data: &[u8]) {
         match self.find(addr, data.len()) {
-            Some((entry, offset)) => entry.handler.write(offset, data),
+            Some((entry, offset)) => {
+                entry.exits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                entry.handler.write(offset, data);
+            }
             None => self.stray("write", addr, data.len()),
         }
     }
@@ -192,6 +219,11 @@ mod tests {
         let mut data = [0xffu8; 4];
         bus.mmio_read(0x1010, &mut data);
         assert_eq!(data, [0x10; 4]);
+        bus.mmio_read(0x1014, &mut data);
+        // Stray accesses count for no region.
+        bus.mmio_read(0x9000, &mut data);
+        assert_eq!(bus.exit_counts(), "a 3, b 1");
+        assert_eq!(MmioBus::default().exit_counts(), "none");
     }
 
     #[test]

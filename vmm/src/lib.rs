@@ -2,6 +2,7 @@
 //! The `aperture` binary (`main.rs`) is a thin shell around it.
 
 pub mod assign;
+pub mod boot_phases;
 pub mod bus;
 pub mod check;
 pub mod cli;

@@ -198,6 +198,27 @@ impl GuestRam {
         unsafe { std::ptr::write_bytes(addr, 0, len) };
     }
 
+    /// Reads the first `len` bytes of `file` straight into guest RAM at `addr` (no buffer in
+    /// between: a kernel is tens of MiB). Each call starts at the file's beginning, so a
+    /// reboot in place loads it again.
+    pub fn load_file(
+        &self,
+        what: &'static str,
+        addr: u64,
+        file: &mut std::fs::File,
+        len: u64,
+    ) -> Result<(), MemoryError> {
+        let count = usize::try_from(len).map_err(|_| MemoryError::NoHostAddress(addr))?;
+        std::io::Seek::seek(file, std::io::SeekFrom::Start(0)).map_err(|e| MemoryError::Write {
+            what,
+            addr,
+            source: vm_memory::GuestMemoryError::IOError(e),
+        })?;
+        self.memory
+            .read_exact_volatile_from(GuestAddress(addr), file, count)
+            .map_err(|source| MemoryError::Write { what, addr, source })
+    }
+
     /// Copies `bytes` into guest RAM at `addr`.
     pub fn write(&self, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         self.memory.write_slice(bytes, GuestAddress(addr)).map_err(|source| MemoryError::Write {
@@ -236,5 +257,26 @@ mod tests {
                 assert_eq!(back, [0; 4], "pinned={pinned}");
             }
         }
+    }
+
+    #[test]
+    fn files_load_straight_into_guest_ram() {
+        let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40, tso: false }).unwrap();
+        let ram = GuestRam::new(vm.as_ref(), 0x4000_0000, 16 << 20).unwrap();
+        let path = std::env::temp_dir().join(format!("aperture-load-{}", std::process::id()));
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        ram.load_file("test", 0x4010_0000, &mut file, bytes.len() as u64).unwrap();
+        let mut back = vec![0u8; bytes.len()];
+        ram.memory().read_slice(&mut back, GuestAddress(0x4010_0000)).unwrap();
+        assert_eq!(back, bytes);
+        // A file shorter than promised, or a load past the end of RAM, is an error.
+        let mut file = std::fs::File::open(&path).unwrap();
+        assert!(ram.load_file("test", 0x4000_0000, &mut file, bytes.len() as u64 + 1).is_err());
+        let mut file = std::fs::File::open(&path).unwrap();
+        let err = ram.load_file("initrd", 0x40ff_0000, &mut file, bytes.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("initrd at guest address 0x40ff0000"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -82,6 +82,38 @@ impl MsiSink for VmMsiSink {
             warn!("MSI from {}: {e}", devices::pci::root::format_bdf(requester_id));
         }
     }
+
+    /// A KVM irqfd: the device's worker raises the vector with an eventfd write.
+    #[cfg(target_os = "linux")]
+    fn vector(&self) -> Option<Box<dyn devices::pci::MsiVector>> {
+        match self.vm.create_irqfd_msi() {
+            Ok(irqfd) => Some(Box::new(IrqfdVector(irqfd))),
+            Err(e) => {
+                debug!("virtio MSI-X vectors are sent by the VMM: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// A virtio MSI-X vector as a KVM irqfd whose MSI route follows the vector's entry.
+#[cfg(target_os = "linux")]
+struct IrqfdVector(Arc<dyn crate::hypervisor::IrqfdMsi>);
+
+#[cfg(target_os = "linux")]
+impl devices::pci::MsiVector for IrqfdVector {
+    fn set_route(&self, route: Option<(MsiMessage, u16)>) -> std::io::Result<()> {
+        let route = route.map(|(message, requester_id)| crate::hypervisor::MsiRoute {
+            address: message.address,
+            data: message.data,
+            devid: u32::from(requester_id),
+        });
+        self.0.set_route(route).map_err(std::io::Error::other)
+    }
+
+    fn signal(&self) -> std::io::Result<()> {
+        self.0.signal().map_err(std::io::Error::other)
+    }
 }
 
 /// Opens the trace file of `config` (`-`: stderr), if it asks for one.

@@ -4,7 +4,6 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arch::image::KernelImage;
 use arch::layout::{self, MemoryLayout};
 use arch::loader::{plan_boot, BootPlan};
 use arch::regs::{boot_cpu_regs, mpidr_to_fdt_reg};
@@ -156,11 +155,14 @@ pub fn run_on(
     config: &VmConfig,
     console: Console,
 ) -> Result<StopReason, VmError> {
-    let kernel_bytes = read_file("--kernel", &config.kernel)?;
-    let kernel = KernelImage::from_bytes(kernel_bytes)
-        .map_err(|source| VmError::Kernel { path: config.kernel.clone(), source })?;
-    info!("kernel: {} ({} MiB loaded)", kernel.format, kernel.image_size >> 20);
-    let initrd = config.initrd.as_deref().map(|p| read_file("--initrd", p)).transpose()?;
+    let mut phases = crate::boot_phases::BootPhases::default();
+    if config.seccomp {
+        seccomp::prepare_in_background();
+    }
+    let kernel = images::KernelFile::open(&config.kernel)?;
+    info!("kernel: {} ({} MiB loaded)", kernel.format(), kernel.layout().image_size >> 20);
+    let initrd = config.initrd.as_deref().map(images::InitrdFile::open).transpose()?;
+    phases.mark("open kernel+initrd");
 
     let max_ipa_bits = hypervisor.max_ipa_bits().min(layout::PREFERRED_IPA_BITS);
     // The devices' BARs are sized only once they are opened, after the VM exists: with
@@ -172,11 +174,13 @@ pub fn run_on(
         max_ipa_bits
     };
     let memory_layout = MemoryLayout::new(config.memory_bytes, config.vcpus, ipa_bits)?;
-    let plan = plan_boot(memory_layout.ram, &kernel, initrd.as_ref().map(|i| i.len() as u64))?;
+    let plan = plan_boot(memory_layout.ram, kernel.layout(), initrd.as_ref().map(|i| i.len()))?;
     debug!("memory layout {memory_layout:x?}, boot plan {plan:x?}");
 
     let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
+    phases.mark("create VM");
     let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
+    phases.mark("map RAM");
 
     let control = Arc::new(VmControl::default());
     let (output, host_console): (Box<dyn std::io::Write + Send>, bool) = match console {
@@ -192,12 +196,14 @@ pub fn run_on(
         worker_start: worker_start_hook(config, &control),
     };
     let mut devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
+    phases.mark("devices");
     assigned.watch_loss(&devices.pci.root, devices.pci.assigned_ports.clone(), trace.as_ref());
     let (vcpus, mpidrs) =
         vcpus::spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
+    phases.mark("vCPUs");
     // Kept for reboots in place, which load them again.
     let mut payload = reboot::BootPayload {
-        kernel: kernel.image,
+        kernel,
         initrd,
         plan,
         fdt: fdt_config(config, &memory_layout, &plan, &mpidrs, vm.msi_controller()),
@@ -211,9 +217,12 @@ pub fn run_on(
             its_base: matches!(msi, MsiController::Its).then_some(layout::GIC_ITS_BASE),
             nr_irqs: layout::GIC_NR_IRQS,
         })?;
+        phases.mark("GIC");
         // Level irqfds need the GIC.
         assigned.connect_intx(&vm, &devices.intx);
-        payload.load(&ram)
+        payload.load(&ram)?;
+        phases.mark("load images+device tree");
+        Ok(())
     })();
     if let Err(e) = setup {
         vcpus.abort(&control);
@@ -240,7 +249,9 @@ pub fn run_on(
         control.request_stop(StopReason::Signal(signal));
     }
     vcpus.start(boot_cpu_regs(&plan), None);
+    phases.mark("sandbox+start");
     info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
+    debug!("boot phases: {phases}");
 
     let policy = power::ShutdownPolicy::from_grace(config.shutdown_grace);
     let mut waiter = power::StopWaiter::new(policy, config.timeout, Instant::now());
@@ -263,9 +274,14 @@ pub fn run_on(
             assigned.poll_device_loss(&control, config.on_device_loss);
         },
     );
+    phases.restart();
     vcpus.stop(&control);
+    phases.mark("vCPUs");
     assigned.shutdown();
+    phases.mark("assigned devices");
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
+    debug!("MMIO exits by region: {}", devices.bus.exit_counts());
+    debug!("stop phases: {phases}");
     drop(terminal);
     Ok(reason)
 }
@@ -410,6 +426,7 @@ fn fdt_config(
     }
 }
 
+mod images;
 mod power;
 mod reboot;
 #[cfg(test)]

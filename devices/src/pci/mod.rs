@@ -53,6 +53,22 @@ pub struct MsiMessage {
 pub trait MsiSink: Send + Sync {
     /// Sends one message.
     fn signal_msi(&self, message: MsiMessage, requester_id: u16);
+    /// A vector of its own that the hypervisor delivers without the VMM (KVM: an irqfd with
+    /// an MSI route), or `None` where the host has none (Hypervisor.framework): the function
+    /// then sends every message through [`MsiSink::signal_msi`]. Emulated functions ask for
+    /// one per MSI-X vector when they are built.
+    fn vector(&self) -> Option<Box<dyn MsiVector>> {
+        None
+    }
+}
+
+/// One MSI-X vector raised through the hypervisor (see [`MsiSink::vector`]): a fixed trigger
+/// whose route follows the vector's table entry.
+pub trait MsiVector: Send + Sync {
+    /// Points the vector at `message` sent by `requester_id`, or disconnects it (`None`).
+    fn set_route(&self, route: Option<(MsiMessage, u16)>) -> std::io::Result<()>;
+    /// Raises the vector: the hypervisor sends the message of the route set last.
+    fn signal(&self) -> std::io::Result<()>;
 }
 
 /// One PCI function on the emulated bus, seen through its configuration space and BARs.

@@ -196,6 +196,13 @@ impl MsixState {
         }
     }
 
+    /// The message `vector` sends if raised now: `None` while MSI-X is disabled, the function
+    /// or the vector is masked, or the vector does not exist. What a route should carry.
+    pub fn route(&self, vector: u16) -> Option<MsiMessage> {
+        let v = usize::from(vector);
+        self.deliverable(v).then(|| self.entries[v].message())
+    }
+
     fn deliverable(&self, vector: usize) -> bool {
         self.enabled && !self.function_masked && self.entries.get(vector).is_some_and(|e| !e.masked)
     }

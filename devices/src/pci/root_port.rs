@@ -341,7 +341,7 @@ impl PciFunction for RootPort {
     }
 
     fn config_read(&mut self, offset: u16, data: &mut [u8]) {
-        self.config.read(offset, data);
+        self.config.read_no_extended(offset, data);
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) {

@@ -1,12 +1,15 @@
 //! `vmm-bench [RUNS]`: boots the bench guest under Aperture, and under kvmtool when
 //! `APERTURE_PEER_KVMTOOL=/path/to/static/arm64/lkvm` is set, in one boot of the emulated
-//! host, and prints side by side: boot-to-poweroff and the VMM's share of it (median of RUNS,
-//! default 5), virtio-blk direct reads at 1 MiB and 4 KiB, VMM exits per MiB read, peak RSS.
+//! host, on each guest kernel of `APERTURE_BENCH_GUESTS` (default "6.1 6.12"), and prints side
+//! by side, each the median of RUNS (default 5): boot-to-poweroff and the VMM's share of it,
+//! VMM exits per boot, peak RSS and RSS minus the guest RAM the guest touched, virtio-blk
+//! direct reads at 1 MiB and 4 KiB (5 rounds in one boot, in the guest's `bench-read` check) and VMM
+//! exits per MiB read.
 //! `APERTURE_BENCH_BASELINE=/path/to/aperture` adds another (static arm64) Aperture build,
 //! e.g. main's, to the same run as "aperture-base"; `APERTURE_BENCH_L1_BASE=/path/l1-base.cpio`
 //! boots another L1 image. Binaries reach L1 on virtio disks of their own. kvmtool is never built
 //! or shipped by this project: bring your own binary. Figures for notes, not pass/fail.
-//! Needs the rig built (tests/rig/build-rig.sh).
+//! `APERTURE_BENCH_READS=off` runs the boots only. Needs the rig built (tests/rig/build-rig.sh).
 
 // The figures on stdout are this tool's output.
 #![allow(clippy::print_stdout)]
@@ -16,11 +19,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aperture_e2e::vmm_bench::{
-    boot_figures, case_script, median, read_figures, BootFigures, ReadFigures, Vmm,
+    boot_figures, case_script, median, read_figures, BootFigures, Guest, ReadFigures, Vmm,
 };
 use aperture_e2e::{run_cases_with, Case, RigOptions, RigRun};
 
 const DEFAULT_RUNS: usize = 5;
+/// Rounds of each read size in the guest's `bench-read` check (images/guest-init.sh).
+const READ_ROUNDS: usize = 5;
 const USAGE: &str =
     "usage: [APERTURE_PEER_KVMTOOL=lkvm] vmm-bench [RUNS]   (RUNS 1..=20, default 5)";
 
@@ -41,14 +46,33 @@ fn binary_disk(
     Ok((image, len))
 }
 
-fn boots(run: &RigRun, vmm: Vmm, runs: usize) -> Vec<BootFigures> {
-    (1..=runs)
-        .filter_map(|i| run.case(&format!("{}-boot-{i}", vmm.name())).and_then(boot_figures))
-        .collect()
+/// Case names allow no dots: "aperture-612-boot-1".
+fn boot_case(vmm: Vmm, guest: Guest, i: usize) -> String {
+    format!("{}-{}-boot-{i}", vmm.name(), guest.name().replace('.', ""))
 }
 
-fn reads(run: &RigRun, vmm: Vmm) -> Vec<ReadFigures> {
-    run.case(&format!("{}-read", vmm.name())).map(read_figures).unwrap_or_default()
+fn read_case(vmm: Vmm, guest: Guest) -> String {
+    format!("{}-{}-read", vmm.name(), guest.name().replace('.', ""))
+}
+
+fn boots(run: &RigRun, vmm: Vmm, guest: Guest, runs: usize) -> Vec<BootFigures> {
+    (1..=runs).filter_map(|i| run.case(&boot_case(vmm, guest, i)).and_then(boot_figures)).collect()
+}
+
+fn reads(run: &RigRun, vmm: Vmm, guest: Guest) -> Vec<ReadFigures> {
+    run.case(&read_case(vmm, guest)).map(read_figures).unwrap_or_default()
+}
+
+/// The guests of `APERTURE_BENCH_GUESTS`.
+fn guests() -> Result<Vec<Guest>, String> {
+    let Ok(list) = std::env::var("APERTURE_BENCH_GUESTS") else { return Ok(Guest::ALL.to_vec()) };
+    list.split_whitespace()
+        .map(|name| {
+            Guest::parse(name).ok_or_else(|| {
+                format!("APERTURE_BENCH_GUESTS: no guest {name:?} (the rig has 6.1 and 6.12)")
+            })
+        })
+        .collect()
 }
 
 /// One table row: a figure per VMM, and Aperture's ratio to the peer.
@@ -110,19 +134,33 @@ fn main() -> ExitCode {
             }
         }
     }
-    // Boots interleaved (a drift in the emulated host hits both VMMs alike), reads last.
+    let guests = match guests() {
+        Ok(guests) if !guests.is_empty() => guests,
+        Ok(_) => Guest::ALL.to_vec(),
+        Err(error) => {
+            eprintln!("vmm-bench: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // Boots interleaved (a drift in the emulated host hits every VMM alike), reads last.
     let mut cases = Vec::new();
     for i in 1..=runs {
-        for &vmm in &vmms {
-            let script = case_script(vmm, false, &binaries);
-            cases.push(Case::new(format!("{}-boot-{i}", vmm.name()), script));
+        for &guest in &guests {
+            for &vmm in &vmms {
+                let script = case_script(vmm, guest, false, &binaries);
+                cases.push(Case::new(boot_case(vmm, guest, i), script));
+            }
         }
     }
-    for &vmm in &vmms {
-        let script = case_script(vmm, true, &binaries);
-        cases.push(
-            Case::new(format!("{}-read", vmm.name()), script).with_limit(Duration::from_secs(400)),
-        );
+    // APERTURE_BENCH_READS=off: boots only (a quicker run for boot work).
+    let with_reads = std::env::var("APERTURE_BENCH_READS").map_or(true, |v| v != "off");
+    for &guest in guests.iter().filter(|_| with_reads) {
+        for &vmm in &vmms {
+            let script = case_script(vmm, guest, true, &binaries);
+            cases.push(
+                Case::new(read_case(vmm, guest), script).with_limit(Duration::from_secs(600)),
+            );
+        }
     }
     options.qemu_timeout = Duration::from_secs(300 + 120 * cases.len() as u64);
     let run = match run_cases_with(&cases, &options) {
@@ -134,29 +172,61 @@ fn main() -> ExitCode {
     };
 
     let header: String = vmms.iter().map(|v| format!("{:>14}", v.name())).collect();
-    println!("{:<34}{header}", format!("figure (L1 clock; median of {runs})"));
-    let boot: Vec<Vec<BootFigures>> = vmms.iter().map(|&v| boots(&run, v, runs)).collect();
-    let pick = |f: &dyn Fn(&BootFigures) -> f64| -> Vec<Option<f64>> {
-        boot.iter().map(|b| median(&b.iter().map(f).collect::<Vec<_>>())).collect()
-    };
-    row("boot-to-poweroff", &pick(&|b| b.wall * 1000.0), "ms", 0);
-    row("VMM overhead (wall - guest uptime)", &pick(&|b| b.vmm_overhead() * 1000.0), "ms", 0);
-    row("peak RSS (boot)", &pick(&|b| b.peak_rss_kib / 1024.0), "MiB", 1);
-    let read: Vec<Vec<ReadFigures>> = vmms.iter().map(|&v| reads(&run, v)).collect();
-    for block in ["1M", "4K"] {
-        let find = |f: &dyn Fn(&ReadFigures) -> f64| -> Vec<Option<f64>> {
-            read.iter().map(|r| r.iter().find(|x| x.block == block).map(f)).collect()
+    let mut complete = true;
+    for &guest in &guests {
+        println!();
+        println!("{:<34}{header}", format!("guest {} (L1 clock; median of {runs})", guest.name()));
+        let boot: Vec<Vec<BootFigures>> =
+            vmms.iter().map(|&v| boots(&run, v, guest, runs)).collect();
+        let pick = |f: &dyn Fn(&BootFigures) -> f64| -> Vec<Option<f64>> {
+            boot.iter().map(|b| median(&b.iter().map(f).collect::<Vec<_>>())).collect()
         };
-        row(&format!("virtio-blk read bs={block}"), &find(&|r| r.speed()), "MiB/s", 1);
-        row(&format!("  VMM exits per MiB (bs={block})"), &find(&|r| r.vmm_exits_per_mib()), "", 1);
-        row(
-            &format!("  all KVM exits per MiB (bs={block})"),
-            &find(&|r| r.all_exits / r.mib),
-            "",
-            1,
-        );
+        row("boot-to-poweroff", &pick(&|b| b.wall * 1000.0), "ms", 0);
+        row("VMM overhead (wall - guest uptime)", &pick(&|b| b.vmm_overhead() * 1000.0), "ms", 0);
+        // A sample lost to the guest's power-off reads 0: left out.
+        let exits: Vec<Option<f64>> = boot
+            .iter()
+            .map(|b| {
+                median(&b.iter().map(|x| x.vmm_exits).filter(|&e| e > 0.0).collect::<Vec<_>>())
+            })
+            .collect();
+        row("VMM exits per boot", &exits, "", 0);
+        row("peak RSS (boot)", &pick(&|b| b.peak_rss_kib / 1024.0), "MiB", 1);
+        // Runs whose guest RAM sample was lost (the VMM exited mid-read) are left out.
+        let own: Vec<Option<f64>> = boot
+            .iter()
+            .map(|b| {
+                let own = b.iter().filter(|x| x.guest_rss_kib > 0.0).map(|x| x.vmm_rss_kib());
+                median(&own.map(|kib| kib / 1024.0).collect::<Vec<_>>())
+            })
+            .collect();
+        row("RSS minus touched guest RAM", &own, "MiB", 1);
+        let read: Vec<Vec<ReadFigures>> = vmms.iter().map(|&v| reads(&run, v, guest)).collect();
+        for block in ["1M", "4K"] {
+            let find = |f: &dyn Fn(&ReadFigures) -> f64| -> Vec<Option<f64>> {
+                read.iter()
+                    .map(|r| {
+                        median(&r.iter().filter(|x| x.block == block).map(f).collect::<Vec<_>>())
+                    })
+                    .collect()
+            };
+            row(&format!("virtio-blk read bs={block}"), &find(&|r| r.speed()), "MiB/s", 1);
+            row(
+                &format!("  VMM exits per MiB (bs={block})"),
+                &find(&|r| r.vmm_exits_per_mib()),
+                "",
+                1,
+            );
+            row(
+                &format!("  all KVM exits per MiB (bs={block})"),
+                &find(&|r| r.all_exits / r.mib),
+                "",
+                1,
+            );
+        }
+        complete &= boot.iter().all(|b| b.len() == runs)
+            && (!with_reads || read.iter().all(|r| r.len() == READ_ROUNDS * 2));
     }
-    let complete = boot.iter().all(|b| b.len() == runs) && read.iter().all(|r| r.len() == 2);
     println!("{}", run.summary());
     if complete {
         ExitCode::SUCCESS

@@ -160,7 +160,8 @@ pub trait Vm: Send + Sync {
         Err(HypervisorError::NoIoeventfd)
     }
     /// An MSI the host raises by signalling an eventfd, injected by the hypervisor without a
-    /// trip through the VMM (KVM irqfd with an MSI route). For passed-through devices.
+    /// trip through the VMM (KVM irqfd with an MSI route). For passed-through devices, and
+    /// for the MSI-X vectors of Aperture's virtio devices.
     #[cfg(target_os = "linux")]
     fn create_irqfd_msi(&self) -> Result<Arc<dyn IrqfdMsi>> {
         Err(HypervisorError::NoIrqfd)
@@ -208,6 +209,8 @@ pub trait IrqfdMsi: Send + Sync + std::fmt::Debug {
     /// Signals that arrive while disconnected stay counted in the eventfd and are delivered
     /// when it is connected again, which is MSI-X pending-bit behaviour.
     fn set_route(&self, route: Option<MsiRoute>) -> Result<()>;
+    /// Signals the eventfd from the VMM itself (an emulated device raising its vector).
+    fn signal(&self) -> Result<()>;
 }
 
 /// A level-triggered guest interrupt (a GIC SPI) driven by eventfds: the host device asserts

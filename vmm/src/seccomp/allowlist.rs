@@ -178,8 +178,8 @@ fn vcpu(list: &mut Allowlist) -> Result<()> {
         KVM_IRQ_LINE(),
         // virtio MSI-X sent from the vCPU thread (config changes, a pending vector unmasked).
         KVM_SIGNAL_MSI(),
-        // The guest programs an assigned device's MSI-X, MSI or INTx: irqfds and their GSI
-        // routes, and the eventfds VFIO signals.
+        // The guest programs an assigned device's MSI-X, MSI or INTx, or a virtio device's
+        // MSI-X: irqfds and their GSI routes, and the eventfds VFIO signals.
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
         VFIO_DEVICE_SET_IRQS(),
@@ -223,7 +223,8 @@ fn vcpu(list: &mut Allowlist) -> Result<()> {
 
 /// What a device worker needs on top of [`common`] (and within the vCPU filter it inherits).
 fn device_worker(list: &mut Allowlist) -> Result<()> {
-    // Used-buffer notifications: MSI-X through the in-kernel ITS.
+    // Used-buffer notifications: a write to the vector's irqfd (`write`, in `common`), or
+    // KVM_SIGNAL_MSI for a vector whose irqfd route could not be set.
     list.ioctls(&[KVM_SIGNAL_MSI()])?;
     // virtio-blk: the image at request offsets, and flushes. virtio-rng reads /dev/urandom
     // (read, in `common`).
@@ -285,6 +286,8 @@ fn control(list: &mut Allowlist) -> Result<()> {
         // the guest (sent from this thread, which handles the loss).
         KVM_SIGNAL_MSI(),
     ])?;
+    // A reboot in place loads the kernel and initrd from their files again, from the start.
+    list.always(libc::SYS_lseek);
     // The peak-RSS log line at exit.
     list.always(libc::SYS_getrusage);
     Ok(())

@@ -1,6 +1,7 @@
 //! Building and installing the filters with seccompiler.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use log::debug;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
@@ -39,14 +40,37 @@ pub(super) fn programs(kind: ThreadKind, pid: u32) -> Result<Vec<BpfProgram>, Se
     filters.into_iter().map(|filter| BpfProgram::try_from(filter).map_err(build)).collect()
 }
 
+/// The programs of `kind` for this process, built once: every vCPU and device worker thread
+/// installs the same ones, and [`prepare`] can build them ahead, off the boot path.
+fn cached_programs(kind: ThreadKind) -> Result<&'static [BpfProgram], SeccompError> {
+    static CACHE: [OnceLock<Vec<BpfProgram>>; 4] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let slot = &CACHE[match kind {
+        ThreadKind::Vcpu => 0,
+        ThreadKind::DeviceWorker => 1,
+        ThreadKind::Stdin => 2,
+        ThreadKind::Control => 3,
+    }];
+    if let Some(programs) = slot.get() {
+        return Ok(programs);
+    }
+    let built = programs(kind, std::process::id())?;
+    Ok(slot.get_or_init(|| built))
+}
+
+/// See [`super::prepare`].
+pub(super) fn prepare(kind: ThreadKind) -> Result<(), SeccompError> {
+    cached_programs(kind).map(|_| ())
+}
+
 /// See [`super::confine`].
 pub(super) fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
-    let programs = programs(kind, std::process::id())?;
+    let programs = cached_programs(kind)?;
     sigsys::install_handler()
         .map_err(|source| SeccompError::Handler { kind: kind.name(), source })?;
     let current = std::thread::current();
     sigsys::set_thread_label(current.name().unwrap_or(kind.name()));
-    for program in &programs {
+    for program in programs {
         seccompiler::apply_filter(program)
             .map_err(|e| SeccompError::Install { kind: kind.name(), source: e.into() })?;
     }

@@ -115,6 +115,38 @@ pub enum SeccompError {
     },
 }
 
+/// Builds the filters of `kind` ahead of [`confine`], which then only installs them (a
+/// thread that confines itself on the boot path, a vCPU, waits less). Does nothing where
+/// there is no seccomp (macOS).
+pub fn prepare(kind: ThreadKind) -> Result<(), SeccompError> {
+    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        linux::prepare(kind)
+    }
+    #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    {
+        let _ = kind;
+        Ok(())
+    }
+}
+
+/// Builds every kind's filters ([`prepare`]) on a thread of their own, on another core while
+/// the VM is being built; a failure there is reported again by [`confine`].
+pub fn prepare_in_background() {
+    let spawned = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
+        for kind in
+            [ThreadKind::Vcpu, ThreadKind::DeviceWorker, ThreadKind::Control, ThreadKind::Stdin]
+        {
+            if let Err(e) = prepare(kind) {
+                log::debug!("seccomp filters built later: {e}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::debug!("seccomp filters built later: {e}");
+    }
+}
+
 /// Confines the calling thread to the system calls of `kind`, for the rest of its life. The
 /// first call also installs the process's `SIGSYS` handler. Does nothing where there is no
 /// seccomp (macOS).

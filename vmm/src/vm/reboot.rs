@@ -59,8 +59,8 @@ impl RebootGuard {
 
 /// What each boot loads into RAM: the kernel, the initrd and a device tree.
 pub(super) struct BootPayload {
-    pub(super) kernel: Vec<u8>,
-    pub(super) initrd: Option<Vec<u8>>,
+    pub(super) kernel: super::images::KernelFile,
+    pub(super) initrd: Option<super::images::InitrdFile>,
     pub(super) plan: BootPlan,
     /// The device tree's contents; its seeds are renewed for every boot.
     pub(super) fdt: FdtConfig,
@@ -69,9 +69,9 @@ pub(super) struct BootPayload {
 impl BootPayload {
     /// Writes the kernel, initrd and a fresh device tree into RAM.
     pub(super) fn load(&mut self, ram: &GuestRam) -> Result<(), VmError> {
-        ram.write("kernel", self.plan.kernel_load, &self.kernel)?;
-        if let (Some(region), Some(bytes)) = (self.plan.initrd, &self.initrd) {
-            ram.write("initrd", region.base, bytes)?;
+        self.kernel.load(ram, self.plan.kernel_load)?;
+        if let (Some(region), Some(initrd)) = (self.plan.initrd, &mut self.initrd) {
+            initrd.load(ram, region.base)?;
         }
         self.fdt.rng_seed = host_random::<64>();
         self.fdt.kaslr_seed = u64::from_le_bytes(host_random::<8>());

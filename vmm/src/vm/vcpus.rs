@@ -74,26 +74,31 @@ impl RunningVcpus {
         self.stop(control);
     }
 
-    /// Kicks every vCPU until its thread has finished, then joins it. Kicks repeat because a
-    /// signal that lands outside `KVM_RUN` is lost. The threads end once out of the guest, as
-    /// no next boot can come (the start senders are gone).
+    /// Kicks every vCPU until its thread has finished, then joins them. Kicks repeat (every
+    /// 5 ms) because a signal that lands outside `KVM_RUN` is lost; all vCPUs are kicked
+    /// together so that they stop in parallel. The threads end once out of the guest, as no
+    /// next boot can come (the start senders are gone).
     pub(super) fn stop(self, control: &VmControl) {
         control.halt();
         drop(self.starts);
-        for (index, thread) in self.threads.into_iter().enumerate() {
-            let deadline = Instant::now() + STOP_LIMIT;
-            while !thread.is_finished() && Instant::now() < deadline {
-                if let Some(kick) = self.kicks.get(index) {
-                    kick.kick();
+        let deadline = Instant::now() + STOP_LIMIT;
+        let mut kicked: Option<Instant> = None;
+        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            if kicked.is_none_or(|at| at.elapsed() >= Duration::from_millis(5)) {
+                for (thread, kick) in self.threads.iter().zip(&self.kicks) {
+                    if !thread.is_finished() {
+                        kick.kick();
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                kicked = Some(Instant::now());
             }
-            if thread.is_finished() {
-                if thread.join().is_err() {
-                    warn!("vCPU thread {index} panicked");
-                }
-            } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            if !thread.is_finished() {
                 warn!("vCPU thread {index} did not stop within 10 s; leaving it");
+            } else if thread.join().is_err() {
+                warn!("vCPU thread {index} panicked");
             }
         }
     }

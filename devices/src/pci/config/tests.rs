@@ -226,6 +226,25 @@ fn extended_capability_list_walks_in_order() {
 }
 
 #[test]
+fn bridges_hide_an_empty_extended_space() {
+    let mut config = ConfigSpace::new_bridge(&ids());
+    let read = |config: &ConfigSpace, offset: u16, len: usize| {
+        let mut data = vec![0u8; len];
+        config.read_no_extended(offset, &mut data);
+        data
+    };
+    // Standard space as usual; the extended space reads as unreachable (all-ones).
+    assert_eq!(read(&config, 0, 2), config.read_u16(0).to_le_bytes());
+    assert_eq!(read(&config, 0x100, 4), [0xff; 4]);
+    assert_eq!(read(&config, 0xffc, 4), [0xff; 4]);
+    assert_eq!(read(&config, 0xfe, 4)[..2], [0, 0]);
+    assert_eq!(read(&config, 0xfe, 4)[2..], [0xff, 0xff]);
+    // With an extended capability the space is real.
+    config.add_extended_capability(0x0001, 2, &[0; 8]).unwrap();
+    assert_eq!(read(&config, 0x100, 4), config.read_u32(0x100).to_le_bytes());
+}
+
+#[test]
 fn walkers_survive_loops_and_garbage() {
     // A list that points at itself.
     let caps = walk_capabilities(|offset| match offset {

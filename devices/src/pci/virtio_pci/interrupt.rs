@@ -3,13 +3,17 @@
 //!
 //! Shared (in an `Arc`) between the transport, which the vCPU threads drive, and the device's
 //! worker threads. The MSI-X state sits behind its own mutex, never held while a message is
-//! sent or while the device is reset.
+//! sent directly or while the device is reset. Where the host has hypervisor triggers (KVM
+//! irqfds, [`VectorRoutes`]) a worker raises a vector by signalling its trigger, with no
+//! ioctl; the routes follow every change the guest makes to the MSI-X table, enable and mask
+//! bits, and requester id. Lock order: MSI-X state, then routes.
 
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::debug;
 
+use super::vector_routes::VectorRoutes;
 use crate::pci::msix::MsixState;
 use crate::pci::{MsiMessage, MsiSink};
 use crate::virtio::VirtioInterrupt;
@@ -25,6 +29,7 @@ const ISR_CONFIG: u8 = 2;
 pub(crate) struct VirtioPciInterrupt {
     name: String,
     msix: Mutex<MsixState>,
+    routes: Mutex<VectorRoutes>,
     sink: Arc<dyn MsiSink>,
     requester_id: AtomicU16,
     config_vector: AtomicU16,
@@ -49,9 +54,11 @@ impl VirtioPciInterrupt {
         sink: Arc<dyn MsiSink>,
         num_queues: usize,
     ) -> Self {
+        let routes = VectorRoutes::new(name, sink.as_ref(), msix.vectors());
         Self {
             name: name.to_string(),
             msix: Mutex::new(msix),
+            routes: Mutex::new(routes),
             sink,
             requester_id: AtomicU16::new(0),
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
@@ -61,21 +68,57 @@ impl VirtioPciInterrupt {
         }
     }
 
-    /// The MSI-X table, PBA and control bits.
+    /// The MSI-X table, PBA and control bits, for reading: changes go through
+    /// [`Self::write_table`] and [`Self::set_control`], which keep the routes in line.
     pub(crate) fn msix(&self) -> MutexGuard<'_, MsixState> {
         self.msix.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn routes(&self) -> MutexGuard<'_, VectorRoutes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether vectors are raised through hypervisor triggers.
+    pub(crate) fn has_vector_triggers(&self) -> bool {
+        self.routes().active()
+    }
+
+    /// Changes the MSI-X state with `change`, brings the routes in line and sends the
+    /// pending messages the change released.
+    fn change_msix(&self, change: impl FnOnce(&mut MsixState) -> Vec<MsiMessage>) {
+        let messages = {
+            let mut msix = self.msix();
+            let messages = change(&mut msix);
+            let mut routes = self.routes();
+            if routes.active() {
+                routes.sync(&msix, self.requester_id());
+            }
+            messages
+        };
+        self.send(messages);
+    }
+
+    /// A guest write of the MSI-X table at `offset`.
+    pub(crate) fn write_table(&self, offset: u64, data: &[u8]) {
+        self.change_msix(|msix| msix.write_table(offset, data));
+    }
+
+    /// The guest changed the MSI-X enable / function-mask bits.
+    pub(crate) fn set_control(&self, enabled: bool, function_masked: bool) {
+        self.change_msix(|msix| msix.set_control(enabled, function_masked));
+    }
+
     pub(crate) fn set_requester_id(&self, requester_id: u16) {
         self.requester_id.store(requester_id, Ordering::Relaxed);
+        self.change_msix(|_| Vec::new());
     }
 
     pub(crate) fn requester_id(&self) -> u16 {
         self.requester_id.load(Ordering::Relaxed)
     }
 
-    /// Sends messages an unmask released.
-    pub(crate) fn send(&self, messages: Vec<MsiMessage>) {
+    /// Sends messages an unmask released (directly: this runs on a vCPU thread anyway).
+    fn send(&self, messages: Vec<MsiMessage>) {
         let requester_id = self.requester_id();
         for message in messages {
             self.sink.signal_msi(message, requester_id);
@@ -142,7 +185,10 @@ impl VirtioPciInterrupt {
         // Taken out of the lock before sending.
         let message = self.msix().trigger(vector);
         if let Some(message) = message {
-            self.sink.signal_msi(message, self.requester_id());
+            let requester_id = self.requester_id();
+            if !self.routes().signal(vector, (message, requester_id)) {
+                self.sink.signal_msi(message, requester_id);
+            }
         }
     }
 }

@@ -18,6 +18,7 @@
 
 mod common_cfg;
 mod interrupt;
+mod vector_routes;
 
 use std::sync::Arc;
 
@@ -301,6 +302,12 @@ impl VirtioPci {
         self.interrupt.clone()
     }
 
+    /// Whether its MSI-X vectors are raised through hypervisor triggers (KVM irqfds) rather
+    /// than sent by the VMM ([`super::MsiSink::vector`]).
+    pub fn has_vector_triggers(&self) -> bool {
+        self.interrupt.has_vector_triggers()
+    }
+
     /// The queues' doorbells, for a hypervisor that can signal them itself: queue `i`'s
     /// notify address is `BAR 0 base + notify_offset(i)`, any write of any length there means
     /// "queue i has work" (no data match needed: each queue has its own address). The events
@@ -315,12 +322,6 @@ impl VirtioPci {
                 event: Arc::clone(event),
             })
             .collect()
-    }
-
-    fn send(&self, messages: Vec<super::MsiMessage>) {
-        if !messages.is_empty() {
-            self.interrupt.send(messages);
-        }
     }
 
     // ---- device status ----
@@ -491,8 +492,7 @@ impl VirtioPci {
         } else if inside(NOTIFY_OFFSET, NOTIFY_LEN) {
             self.notify(offset - NOTIFY_OFFSET);
         } else if inside(MSIX_TABLE_OFFSET, self.interrupt.msix().table_len()) {
-            let messages = self.interrupt.msix().write_table(offset - MSIX_TABLE_OFFSET, data);
-            self.send(messages);
+            self.interrupt.write_table(offset - MSIX_TABLE_OFFSET, data);
         } else if inside(MSIX_PBA_OFFSET, self.interrupt.msix().pba_len()) {
             self.interrupt.msix().write_pba(offset - MSIX_PBA_OFFSET, data);
         } else {
@@ -584,8 +584,7 @@ impl PciFunction for VirtioPci {
         self.config.write(offset, data);
         if self.msix_capability.control_written(offset, data.len()) {
             let (enabled, masked) = self.msix_capability.control(&self.config);
-            let messages = self.interrupt.msix().set_control(enabled, masked);
-            self.send(messages);
+            self.interrupt.set_control(enabled, masked);
         }
         if self.touches_pci_cfg_data(offset, data.len()) {
             if let Some((bar_offset, length)) = self.pci_cfg_window() {

@@ -656,3 +656,47 @@ fn queue_doorbells_are_the_events_the_device_waits_on() {
     h.activate();
     assert!(Arc::ptr_eq(&h.pci.queue_doorbells()[1].event, &doorbells[1].event));
 }
+
+#[test]
+fn with_hypervisor_triggers_queue_interrupts_go_through_their_routes() {
+    let state = Arc::new(Mutex::new(FakeState::default()));
+    let device = FakeDevice { state: state.clone(), sizes: vec![256, 64] };
+    let host = Arc::new(crate::pci::testing::TriggerHost::default());
+    let sink: Arc<dyn MsiSink> = host.clone();
+    let pci = VirtioPci::new("virtio-blk", Box::new(device), memory(), sink).unwrap();
+    assert!(pci.has_vector_triggers());
+    let msi = Arc::new(RecordingMsiSink::default());
+    let mut h = Harness { pci, state, msi };
+    h.pci.set_requester_id(0x0100);
+    h.program_vector(1, 0x0802_0040, 0x41);
+    let routed = (MsiMessage { address: 0x0802_0040, data: 0x41 }, 0x0100);
+    assert_eq!(host.log().route_changes, [(1, Some(routed))]);
+    h.activate();
+    h.write(QUEUE_SELECT, 2, 1);
+    h.write(QUEUE_MSIX_VECTOR, 2, 1);
+    let interrupt = h.state.lock().unwrap().interrupt.clone().unwrap();
+    interrupt.signal_queue(1);
+    interrupt.signal_queue(1);
+    assert_eq!(host.log().routed, [routed, routed]);
+    assert!(host.log().direct.is_empty());
+    // Masked: the route is dropped, the vector pends in the PBA, the trigger stays quiet.
+    h.write(0x3000 + 16 + 12, 4, 1);
+    interrupt.signal_queue(1);
+    assert_eq!(h.read(0x3800, 8), 0b10);
+    assert_eq!(host.log().route_changes.last(), Some(&(1, None)));
+    // Unmasked with new data: routed again, the pending message sent once (directly, from
+    // the vCPU thread that unmasked it), and later ones through the new route.
+    h.write(0x3000 + 16 + 8, 4, 0x42);
+    h.write(0x3000 + 16 + 12, 4, 0);
+    let rerouted = (MsiMessage { address: 0x0802_0040, data: 0x42 }, 0x0100);
+    assert_eq!(host.log().route_changes.last(), Some(&(1, Some(rerouted))));
+    assert_eq!(host.log().direct, [rerouted]);
+    assert_eq!(h.read(0x3800, 8), 0);
+    interrupt.signal_queue(1);
+    assert_eq!(host.log().routed, [routed, routed, rerouted]);
+    // New bus numbers move the route's device id.
+    h.pci.set_requester_id(0x0300);
+    interrupt.signal_queue(1);
+    assert_eq!(host.log().routed.last(), Some(&(rerouted.0, 0x0300)));
+    assert!(host.log().held.is_empty());
+}

@@ -1,5 +1,5 @@
-//! irqfds: an eventfd signalled by a host device (VFIO) becomes a guest interrupt without
-//! waking the VMM. MSIs go through the ITS (MSI routes); INTx lines are GIC SPIs (irqchip
+//! irqfds: an eventfd signalled by a host device (VFIO) or a virtio device's worker becomes a
+//! guest interrupt without waking the VMM or an ioctl. MSIs go through the ITS (MSI routes); INTx lines are GIC SPIs (irqchip
 //! routes) with a resample eventfd that KVM signals when the guest EOIs them.
 //!
 //! One GSI routing table holds both kinds ([`GsiRoutes`]). It replaces KVM's default table
@@ -152,6 +152,12 @@ impl IrqfdMsi for KvmIrqfdMsi {
             *connected = true;
         }
         Ok(())
+    }
+
+    fn signal(&self) -> Result<()> {
+        self.eventfd
+            .write(1)
+            .map_err(|e| HypervisorError::call(format!("signalling irqfd gsi {}", self.gsi), e))
     }
 }
 
