@@ -631,8 +631,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn direct_bar_pieces_follow_the_bar_the_guest_programs() {
+    /// An NVIDIA-like function with one 16 KiB 64-bit BAR behind root port 00:01.0, `piece`
+    /// of it mapped straight into the guest by `build_pci`'s BAR-change hook on a recording
+    /// VM, and an ECAM write of a 32-bit register (bus, register, value).
+    fn one_bar_behind_a_port(
+        piece: DirectBar,
+    ) -> (Arc<MapRecorder>, PciRoot, FunctionId, impl Fn(u64, u64, u32)) {
         let recorder = Arc::new(MapRecorder::default());
         let vm: Arc<dyn Vm> = recorder.clone();
         let ids = devices::pci::PciIds { vendor_id: 0x10de, ..Default::default() };
@@ -641,19 +645,19 @@ mod tests {
         let root = PciRoot::new();
         let port = root.add_root_port().unwrap();
         let id = root.attach_to_port(port, Box::new(OneBar(config))).unwrap();
-        let piece = DirectBar { bar: 0, offset: 0x1000, memory: Box::new(Page(vec![0; 0x1000])) };
-        let mut mapper = DirectBarMapper {
-            vm,
-            bars: HashMap::from([(id, vec![piece])]),
-            slots: HashMap::new(),
-            trace: None,
-        };
-        root.set_bar_change_hook(Some(Box::new(move |c: &BarChange| mapper.changed(c))));
-        // Through ECAM as the guest does: number the port, place BAR 0, turn decoding on.
+        set_bar_change_hook(&root, &vm, HashMap::from([(id, vec![piece])]), HashMap::new(), None);
         let ecam = PciEcam::new(root.clone());
-        let write32 = |bus: u64, register: u64, value: u32| {
+        let write32 = move |bus: u64, register: u64, value: u32| {
             devices::MmioTarget::write(&ecam, bus << 20 | register, &value.to_le_bytes());
         };
+        (recorder, root, port, write32)
+    }
+
+    #[test]
+    fn direct_bar_pieces_follow_the_bar_the_guest_programs() {
+        let piece = DirectBar { bar: 0, offset: 0x1000, memory: Box::new(Page(vec![0; 0x1000])) };
+        let (recorder, _root, _port, write32) = one_bar_behind_a_port(piece);
+        // Through ECAM as the guest does: number the port, place BAR 0, turn decoding on.
         write32(0, 1 << 15 | 0x18, 0x0001_0100);
         write32(1, 0x10, 0x1000_4000);
         write32(1, 0x14, 0);
@@ -692,22 +696,10 @@ mod tests {
 
     #[test]
     fn an_unplugged_device_loses_its_guest_mappings_and_host_pieces() {
-        let recorder = Arc::new(MapRecorder::default());
-        let vm: Arc<dyn Vm> = recorder.clone();
-        let ids = devices::pci::PciIds { vendor_id: 0x10de, ..Default::default() };
-        let mut config = devices::pci::ConfigSpace::new_endpoint(&ids);
-        config.add_memory_bar(0, 0x4000, devices::pci::BarKind::Memory64, false).unwrap();
-        let root = PciRoot::new();
-        let port = root.add_root_port().unwrap();
-        let id = root.attach_to_port(port, Box::new(OneBar(config))).unwrap();
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let memory = Box::new(WatchedPage(vec![0; 0x1000], dropped.clone()));
         let piece = DirectBar { bar: 0, offset: 0, memory };
-        set_bar_change_hook(&root, &vm, HashMap::from([(id, vec![piece])]), HashMap::new(), None);
-        let ecam = PciEcam::new(root.clone());
-        let write32 = |bus: u64, register: u64, value: u32| {
-            devices::MmioTarget::write(&ecam, bus << 20 | register, &value.to_le_bytes());
-        };
+        let (recorder, root, port, write32) = one_bar_behind_a_port(piece);
         write32(0, 1 << 15 | 0x18, 0x0001_0100);
         write32(1, 0x10, 0x1000_4000);
         write32(1, 0x14, 0);
