@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use aperture_e2e::{run_cases_with, Case, CaseOutput, RigOptions, RigRun};
 
-/// The case's name (`APERTURE_E2E_CASES=distro` selects it).
+/// The cases' names (`APERTURE_E2E_CASES=distro` selects both).
 const CASE: &str = "distro-boot";
+const KEY_CASE: &str = "distro-power-key";
 /// Printed by the image's check service (images/build-rootfs.sh).
 const REPORT: &str = "APERTURE-DISTRO: ";
 /// agetty's prompt on the serial console (it then logs root in by itself).
@@ -49,6 +50,37 @@ echo "aperture-status=$?"
     )
 }
 
+/// The second case, in the same emulated host: boot to the login prompt without the check
+/// service, then SIGTERM Aperture, which presses the guest's power key; systemd-logind powers
+/// off (journald forwards its log to the console to show it). The grace is long: a nested
+/// systemd shutdown under TCG takes a while.
+fn key_script() -> String {
+    format!(
+        r#"echo "{START}"
+/aperture run --kernel /distro/vmlinuz --initrd /distro/initrd.img --disk /dev/vda \
+    --cmdline 'root=/dev/vda console=ttyAMA0 quiet systemd.journald.forward_to_console=1' \
+    --memory 1G --cpus 2 --timeout {GUEST_TIMEOUT_SECS} --shutdown-grace 600 \
+    > /tmp/distro-key.log 2>&1 &
+pid=$!
+n=0
+until grep -q '{LOGIN}' /tmp/distro-key.log; do
+    kill -0 $pid 2>/dev/null || break
+    [ "$n" -lt {polls} ] || break
+    sleep 0.1; n=$((n + 1))
+done
+# The autologin's session is up; give logind a moment with its input devices.
+sleep 5
+echo "DISTRO-SIGTERM"
+kill -TERM $pid
+wait $pid
+status=$?
+cat /tmp/distro-key.log
+echo "aperture-status=$status"
+"#,
+        polls = GUEST_TIMEOUT_SECS * 10
+    )
+}
+
 fn rootfs_dir(options: &RigOptions) -> PathBuf {
     options.paths.root.join("build").join("images").join("rootfs")
 }
@@ -57,9 +89,16 @@ static RUN: OnceLock<Result<RigRun, String>> = OnceLock::new();
 
 fn run() -> &'static Result<RigRun, String> {
     RUN.get_or_init(|| {
+        let mut cases = vec![
+            Case::new(CASE, script()).with_limit(CASE_LIMIT),
+            Case::new(KEY_CASE, key_script()).with_limit(CASE_LIMIT),
+        ];
         if let Ok(only) = std::env::var("APERTURE_E2E_CASES") {
-            if !only.split(',').any(|w| !w.is_empty() && CASE.starts_with(w)) {
-                return Err(format!("no case named {CASE}: APERTURE_E2E_CASES={only}"));
+            cases.retain(|case| only.split(',').any(|w| !w.is_empty() && case.name.starts_with(w)));
+            if cases.is_empty() {
+                return Err(format!(
+                    "no case named {CASE} or {KEY_CASE}: APERTURE_E2E_CASES={only}"
+                ));
             }
         }
         let mut options = RigOptions::new(RIG_TIMEOUT);
@@ -82,17 +121,20 @@ fn run() -> &'static Result<RigRun, String> {
         ];
         options.extra_files =
             vec![("distro/vmlinuz".into(), kernel), ("distro/initrd.img".into(), initrd)];
-        let case = Case::new(CASE, script()).with_limit(CASE_LIMIT);
-        run_cases_with(&[case], &options).map_err(|error| error.to_string())
+        run_cases_with(&cases, &options).map_err(|error| error.to_string())
     })
 }
 
 fn case() -> (&'static RigRun, &'static CaseOutput) {
+    named_case(CASE)
+}
+
+fn named_case(name: &str) -> (&'static RigRun, &'static CaseOutput) {
     let run = match run() {
         Ok(run) => run,
         Err(error) => panic!("the distro e2e rig failed: {error}"),
     };
-    let Some(output) = run.case(CASE) else { panic!("no case named {CASE} in the rig run") };
+    let Some(output) = run.case(name) else { panic!("no case named {name} in the rig run") };
     (run, output)
 }
 
@@ -160,6 +202,29 @@ fn debian_root_disk_powers_off_cleanly() {
     assert!(
         output.contains("reboot: Power down"),
         "no kernel power-down\n{}",
+        context(run, output)
+    );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig and images/build-rootfs.sh: tests/run-e2e.sh"]
+fn sigterm_powers_the_debian_guest_off_through_its_power_key() {
+    let (run, output) = named_case(KEY_CASE);
+    eprintln!(
+        "Debian power key: SIGTERM -> power-off {:?} s",
+        seconds_between(output, "DISTRO-SIGTERM", "reboot: Power down")
+    );
+    assert!(output.contains(LOGIN), "no login prompt on the console\n{}", context(run, output));
+    // systemd-logind saw KEY_POWER (journald forwards it to the console).
+    assert!(
+        output.contains("Power key pressed"),
+        "systemd-logind did not log the power key\n{}",
+        context(run, output)
+    );
+    assert!(
+        output.contains("aperture: the guest powered off after the power key (SIGTERM)")
+            && output.contains("aperture-status=0"),
+        "the guest did not power off cleanly after the key\n{}",
         context(run, output)
     );
 }
