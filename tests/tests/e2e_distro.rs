@@ -34,13 +34,16 @@ const GUEST_TIMEOUT_SECS: u64 = 1500;
 const CASE_LIMIT: Duration = Duration::from_secs(GUEST_TIMEOUT_SECS + 120);
 const RIG_TIMEOUT: Duration = Duration::from_secs(GUEST_TIMEOUT_SECS + 300);
 
+/// Each case's start: L1's virtio-blk driver, and the drive (either case may run alone).
+const DRIVE: &str = r#"modprobe -a virtio_pci virtio_blk
+n=0
+while [ ! -b /dev/vda ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+ls -l /dev/vda /distro/vmlinuz /distro/initrd.img || exit 90"#;
+
 /// The case: find the drive, boot it, report Aperture's exit status.
 fn script() -> String {
     format!(
-        r#"modprobe -a virtio_pci virtio_blk
-n=0
-while [ ! -b /dev/vda ] && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-ls -l /dev/vda /distro/vmlinuz /distro/initrd.img || exit 90
+        r#"{DRIVE}
 echo "{START}"
 /aperture run --kernel /distro/vmlinuz --initrd /distro/initrd.img --disk /dev/vda \
     --cmdline 'root=/dev/vda console=ttyAMA0 quiet aperture.distro-check' \
@@ -56,7 +59,8 @@ echo "aperture-status=$?"
 /// systemd shutdown under TCG takes a while.
 fn key_script() -> String {
     format!(
-        r#"echo "{START}"
+        r#"{DRIVE}
+echo "{START}"
 /aperture run --kernel /distro/vmlinuz --initrd /distro/initrd.img --disk /dev/vda \
     --cmdline 'root=/dev/vda console=ttyAMA0 quiet systemd.journald.forward_to_console=1' \
     --memory 1G --cpus 2 --timeout {GUEST_TIMEOUT_SECS} --shutdown-grace 600 \
