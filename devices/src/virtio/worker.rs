@@ -180,12 +180,25 @@ pub(crate) fn single_queue(
             active.index
         )));
     }
-    active.queue.set_event_idx(event_idx);
-    if !active.queue.is_valid(memory) {
-        return Err(ActivateError::BadSetup(format!(
-            "{device} queue 0 is not usable: it is not enabled or its rings lie outside guest \
-             RAM; the guest driver set it up wrong"
-        )));
-    }
+    ready_queue(device, &mut active, memory, event_idx)?;
     Ok(active)
+}
+
+/// Turns EVENT_IDX on or off for `active` as negotiated, then checks that the driver set it
+/// up usable (enabled, rings inside guest RAM). `device` names it in the error.
+pub(crate) fn ready_queue(
+    device: &str,
+    active: &mut ActiveQueue,
+    memory: &GuestMemoryMmap,
+    event_idx: bool,
+) -> Result<(), ActivateError> {
+    active.queue.set_event_idx(event_idx);
+    if active.queue.is_valid(memory) {
+        return Ok(());
+    }
+    Err(ActivateError::BadSetup(format!(
+        "{device} queue {} is not usable: it is not enabled or its rings lie outside guest RAM; \
+         the guest driver set it up wrong",
+        active.index
+    )))
 }

@@ -21,7 +21,6 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 pub use processor::{
@@ -29,7 +28,7 @@ pub use processor::{
     SEG_MAX, SIZE_MAX,
 };
 
-use super::worker::{QueueWorker, WorkerStartHook};
+use super::worker::{ready_queue, QueueWorker, WorkerStartHook};
 use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 
 /// Size of each request queue (1024 requests in flight, and chains up to [`SEG_MAX`] + 2).
@@ -266,14 +265,7 @@ impl VirtioDevice for Block {
                     active.index
                 )));
             }
-            active.queue.set_event_idx(event_idx);
-            if !active.queue.is_valid(&memory) {
-                return Err(ActivateError::BadSetup(format!(
-                    "virtio-blk {} queue {} is not usable: it is not enabled or its rings lie \
-                     outside guest RAM; the guest driver set it up wrong",
-                    self.id, active.index
-                )));
-            }
+            ready_queue(&format!("virtio-blk {}", self.id), &mut active, &memory, event_idx)?;
             ready.push(active);
         }
         for active in ready {

@@ -30,13 +30,13 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 pub use backend::{NetBackend, RxOffloads};
 pub use engine::{NetEngine, RxState, MAX_FRAME, RX_QUEUE, TX_QUEUE};
 pub use worker::NetDoorbells;
 
+use super::worker::ready_queue;
 use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, WorkerStartHook};
 use worker::NetWorker;
 
@@ -230,14 +230,7 @@ impl VirtioDevice for Net {
         let mut rx = None;
         let mut tx = None;
         for mut active in queues {
-            active.queue.set_event_idx(event_idx);
-            if !active.queue.is_valid(&memory) {
-                return Err(ActivateError::BadSetup(format!(
-                    "{} queue {} is not usable: it is not enabled or its rings lie outside guest \
-                     RAM; the guest driver set it up wrong",
-                    self.name, active.index
-                )));
-            }
+            ready_queue(&self.name, &mut active, &memory, event_idx)?;
             match active.index {
                 RX_QUEUE => rx = Some(active),
                 TX_QUEUE => tx = Some(active),
