@@ -93,6 +93,24 @@ impl RigRun {
         self.cases.iter().find(|case| case.name == name)
     }
 
+    /// The rig run held in `run` and its case `name`, for a test to assert on. Panics, as a
+    /// failed assertion does, when the rig failed (`what` names that rig) or ran no such case.
+    #[allow(clippy::panic)]
+    pub fn expect_case<'a>(
+        run: &'a Result<RigRun, String>,
+        what: &str,
+        name: &str,
+    ) -> (&'a RigRun, &'a CaseOutput) {
+        let run = match run {
+            Ok(run) => run,
+            Err(error) => panic!("the {what} rig failed: {error}"),
+        };
+        let Some(output) = run.case(name) else {
+            panic!("no case named {name} in the rig run");
+        };
+        (run, output)
+    }
+
     /// One line about the whole run, for failure messages.
     pub fn summary(&self) -> String {
         format!(

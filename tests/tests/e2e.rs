@@ -744,14 +744,7 @@ fn shared() -> &'static Shared {
 
 /// The shared run and the named case's output; panics with the rig's failure.
 fn case(name: &str) -> (&'static RigRun, &'static CaseOutput) {
-    let run = match &shared().run {
-        Ok(run) => run,
-        Err(error) => panic!("the e2e rig failed: {error}"),
-    };
-    let Some(output) = run.case(name) else {
-        panic!("no case named {name} in the rig run");
-    };
-    (run, output)
+    RigRun::expect_case(&shared().run, "e2e", name)
 }
 
 fn context(run: &RigRun, output: &CaseOutput) -> String {

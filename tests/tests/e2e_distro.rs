@@ -134,12 +134,7 @@ fn case() -> (&'static RigRun, &'static CaseOutput) {
 }
 
 fn named_case(name: &str) -> (&'static RigRun, &'static CaseOutput) {
-    let run = match run() {
-        Ok(run) => run,
-        Err(error) => panic!("the distro e2e rig failed: {error}"),
-    };
-    let Some(output) = run.case(name) else { panic!("no case named {name} in the rig run") };
-    (run, output)
+    RigRun::expect_case(run(), "distro e2e", name)
 }
 
 fn context(run: &RigRun, output: &CaseOutput) -> String {

@@ -117,14 +117,7 @@ fn shared() -> &'static Shared {
 }
 
 fn case(name: &str) -> (&'static RigRun, &'static CaseOutput) {
-    let run = match &shared().run {
-        Ok(run) => run,
-        Err(error) => panic!("the e2e rig failed: {error}"),
-    };
-    let Some(output) = run.case(name) else {
-        panic!("no case named {name} in the rig run");
-    };
-    (run, output)
+    RigRun::expect_case(&shared().run, "e2e", name)
 }
 
 /// L1's removal came from QEMU's `device_del` (pciehp), not the script's sysfs fallback.
