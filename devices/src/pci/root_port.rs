@@ -49,8 +49,10 @@ const LINK_SPEED_16GT: u32 = 4;
 const LINK_WIDTH_X16: u32 = 16;
 /// Link capabilities: data link layer active reporting capable.
 const LINK_CAPS_DLL_ACTIVE_REPORTING: u32 = 1 << 20;
-/// Link status: slot clock configuration, data link layer link active.
-const LINK_STATUS_FLAGS: u16 = 1 << 12 | 1 << 13;
+/// Link status: slot clock configuration.
+const LINK_STA_SLOT_CLOCK: u16 = 1 << 12;
+/// Link status at power-on: slot clock configuration, data link layer link active.
+const LINK_STATUS_FLAGS: u16 = LINK_STA_SLOT_CLOCK | LINK_STA_DLLLA;
 /// Link capabilities 2: 2.5, 5, 8 and 16 GT/s supported.
 const LINK_CAPS2_SPEEDS: u32 = 0b1_1110;
 
