@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aperture_e2e::{
     bench_seconds, edu_qemu_args, nvme_bench_script, run_cases_with, Case, CaseOutput, NvmeDisks,
-    RigOptions, RigRun, EDU_PRELUDE, NVME_PATTERN, NVME_PRELUDE,
+    RigOptions, RigRun, EDU_PRELUDE, NET_PRELUDE, NVME_PATTERN, NVME_PRELUDE,
 };
 
 /// Printed by the test guest's /init (images/guest-init.sh).
@@ -205,29 +205,6 @@ exit $status"#
         ),
     ]
 }
-
-/// L1's side of a guest link: `net_setup TAP PREFIX` makes tap TAP (busybox tunctl) with
-/// PREFIX.1/24, a DHCP server (udhcpd, PREFIX.15-20, router PREFIX.1) and an HTTP server
-/// serving /hello.txt = hello-TAP-TOKEN on it.
-const NET_PRELUDE: &str = r#"net_setup() {
-    modprobe tun && tunctl -t "$1" >/dev/null && ip addr add "$2.1/24" dev "$1"         && ip link set "$1" up || return 1
-    mkdir -p "/tmp/www-$1" && echo "hello-$1-$TOKEN" > "/tmp/www-$1/hello.txt"
-    httpd -p "$2.1:80" -h "/tmp/www-$1" || return 1
-    printf 'start %s.15
-end %s.20
-interface %s
-lease_file /tmp/leases-%s
-option subnet 255.255.255.0
-option router %s.1
-'         "$2" "$2" "$1" "$1" "$2" > "/tmp/udhcpd-$1.conf"
-    touch "/tmp/leases-$1" && udhcpd "/tmp/udhcpd-$1.conf"
-}
-# net_peer SOCKET TAP: the stream-socket peer (tests/src/bin/net-peer.rs) bridging to TAP.
-net_peer() {
-    /net-peer "$1" "$2" &
-    n=0
-    while [ ! -S "$1" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-}"#;
 
 /// virtio-net: the nested guest gets an address by DHCP from L1, pings it and fetches a
 /// file from L1's HTTP server, over a tap and over the stream socket; bad `--net` values get
