@@ -6,8 +6,9 @@
 //! as built) and the image's kernel and initrd in its initramfs. The nested guest boots
 //! with `aperture.distro-check`, which makes the image's `aperture-distro-check.service`
 //! report the system state, sshd and the addresses on the console and power the guest off.
-//! Its NIC is a tap in L1 (`--net tap=`) with busybox udhcpd on it: the guest's
-//! systemd-networkd leases an address, and L1 reads sshd's banner at it while the guest runs.
+//! Its NIC is a tap in L1 (`--net tap=`) with busybox udhcpd and httpd on it: the guest's
+//! systemd-networkd leases an address, the guest fetches a file from L1 and uploads a few MiB
+//! to it, and L1 reads sshd's banner at the leased address while the guest runs.
 //! Run with `tests/run-e2e.sh` (builds the image first, cached).
 
 // The assertion helpers below panic, as assertions do.
@@ -47,23 +48,32 @@ const NET_REPORT: &str = "APERTURE-DISTRO-NET: ";
 /// Printed by the case when L1 read sshd's banner at the guest's leased address.
 const SSH_SEEN: &str = "l1: sshd at ";
 
-/// Kernel command line: the image's check service, and a boot that includes waiting (at most
-/// 5 min) for an IPv4 address, as a `systemd.run=` unit (systemd-run-generator): the check
-/// service waits for the boot to finish but not for a DHCP lease (its NIC test, `ip link show
-/// type ether`, matches no NIC), and networkd's lease comes after the rest of the boot here.
-const CMDLINE: &str = "root=/dev/vda console=ttyAMA0 quiet aperture.distro-check \
-    systemd.run=\"/lib/systemd/systemd-networkd-wait-online --ipv4 --timeout=300\" \
-    systemd.run_success_action=none systemd.run_failure_action=none";
+/// What the guest uploads to L1 (`aperture.distro-send`), timed by the check service.
+const SEND_MIB: u32 = 4;
+/// Printed by the image's check service: the body of L1's /hello.txt, and the upload.
+const HTTP_REPORT: &str = "APERTURE-DISTRO-HTTP: ";
+const SEND_REPORT: &str = "APERTURE-DISTRO-SEND: ";
 
-/// The case: find the drive, give the guest a tap with DHCP, boot it, and meanwhile read
-/// sshd's banner at the leased address from L1 (the check service powers the guest off soon
-/// after sshd and the lease are up, so L1 keeps trying); report Aperture's exit status.
+/// Kernel command line: the image's check service, which waits for sshd and a DHCP lease,
+/// fetches /hello.txt from its gateway (L1), uploads SEND_MIB MiB to it, then stays up a
+/// while so L1 can read sshd's banner.
+fn cmdline() -> String {
+    format!(
+        "root=/dev/vda console=ttyAMA0 quiet aperture.distro-check \
+         aperture.distro-send={SEND_MIB} aperture.distro-hold=20"
+    )
+}
+
+/// The case: find the drive, give the guest a tap with DHCP, an HTTP server and a sink for
+/// the upload on port 5001, boot it, and meanwhile read sshd's banner at the leased address
+/// from L1; report Aperture's exit status.
 fn script() -> String {
     format!(
         r#"{DRIVE}
 TOKEN=distro
 {NET_PRELUDE}
 net_setup {TAP} {PREFIX} || exit 91
+nc -l -p 5001 > /dev/null &
 ssh_probe() {{
     while [ ! -e /tmp/distro.done ]; do
         ip=$(lease_ip {TAP})
@@ -71,7 +81,7 @@ ssh_probe() {{
             banner=$(timeout 10 nc -w 2 "$ip" 22 </dev/null 2>/dev/null | head -n 1 | tr -d '\r')
             case "$banner" in SSH-*) echo "{SSH_SEEN}$ip: $banner"; return 0 ;; esac
         fi
-        sleep 0.5
+        sleep 1
     done
     echo "l1: no sshd banner at the guest's lease (${{ip:-none}})"
 }}
@@ -80,13 +90,14 @@ probe=$!
 echo "{START}"
 /aperture run --kernel /distro/vmlinuz --initrd /distro/initrd.img --disk /dev/vda \
     --net tap={TAP} \
-    --cmdline '{CMDLINE}' \
+    --cmdline '{cmdline}' \
     --memory 1G --cpus 2 --timeout {GUEST_TIMEOUT_SECS} -v
 status=$?
 touch /tmp/distro.done
 wait "$probe"
 echo "aperture-status=$status"
-"#
+"#,
+        cmdline = cmdline()
     )
 }
 
@@ -316,6 +327,39 @@ fn debian_root_disk_sshd_answers_l1() {
         "L1 did not read sshd's banner at the guest's address ({address:?}: {banner:?})\n{}",
         context(run, output)
     );
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig and images/build-rootfs.sh: tests/run-e2e.sh"]
+fn debian_root_disk_fetches_from_l1_and_uploads_to_it() {
+    let (run, output) = case();
+    let body = output.line_with(HTTP_REPORT).map(|line| after(line, HTTP_REPORT));
+    assert_eq!(
+        body,
+        Some(format!("hello-{TAP}-distro").as_str()),
+        "the guest did not fetch L1's /hello.txt over its lease\n{}",
+        context(run, output)
+    );
+    let send = output.line_with(SEND_REPORT).map(|line| after(line, SEND_REPORT));
+    let millis = send
+        .and_then(|report| report.strip_prefix(&format!("mib={SEND_MIB} ms=")))
+        .and_then(|ms| ms.trim().parse::<u64>().ok());
+    assert!(
+        millis.is_some(),
+        "the guest's upload to L1 failed: {send:?}\n{}",
+        context(run, output)
+    );
+    if let Some(ms) = millis.filter(|&ms| ms > 0) {
+        eprintln!(
+            "Debian guest -> L1 over virtio-net (tap): {SEND_MIB} MiB in {ms} ms, {:.1} Mbit/s",
+            f64::from(SEND_MIB) * 8.0 * 1.048_576 * 1000.0 / ms as f64
+        );
+    }
+}
+
+/// The text after `marker` in a console line, without trailing blanks.
+fn after<'a>(line: &'a str, marker: &str) -> &'a str {
+    line.find(marker).map_or("", |at| line[at + marker.len()..].trim_end())
 }
 
 #[test]
