@@ -13,9 +13,11 @@
 #   aperture run --kernel vmlinuz --initrd initrd.img --disk rootfs.img \
 #       --cmdline "root=/dev/vda console=ttyAMA0 quiet" --memory 1G --cpus 2
 # The serial console (ttyAMA0) logs root in automatically (root's password is locked; ssh
-# takes the key above): a test and development image, not one to expose. `aperture.distro-check` on the kernel command line
-# runs a one-shot report after boot (system state, sshd, addresses) and powers the guest off
-# (the e2e test uses it).
+# takes the key above): a test and development image, not one to expose.
+# `aperture.distro-check` on the kernel command line runs a one-shot report after boot
+# (system state, sshd, the DHCP lease, an HTTP fetch from the gateway) and powers the guest
+# off; `aperture.distro-hold=SECS` and `aperture.distro-send=MIB` (a timed upload to the
+# gateway's port 5001) extend it. The e2e tests use it.
 #
 # How: mmdebstrap (root mode) runs Debian's maintainer scripts under qemu-aarch64-static.
 # binfmt_misc is registered in a private user namespace (Linux 6.7+ gives each user
@@ -83,27 +85,58 @@ UNIT
 
     # aperture.distro-check: report the booted system's state on the console, power off.
     cat > "$root/usr/local/sbin/aperture-distro-check" <<'SCRIPT'
-#!/bin/sh
+#!/bin/bash
 # Started at boot when the kernel command line has aperture.distro-check (Aperture's e2e).
-# Waits for the boot to finish, reports it on the console and powers the guest off.
+# Waits for the boot to finish, for sshd and, when the guest has a NIC, for a DHCP lease;
+# reports them on the console and powers the guest off. Also from the command line:
+#   aperture.distro-hold=SECS  stays up SECS after the report (a peer can reach sshd)
+#   aperture.distro-send=MIB   sends MIB MiB to port 5001 of the default gateway, timed
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^aperture\.$1=//p" | tail -n 1; }
 state=$(systemctl is-system-running --wait)
-# sshd and a DHCP lease can finish after the boot job does: give them a while.
+# Ethernet NICs backed by a device (ARPHRD_ETHER is 1; lo and virtual links have no device).
+nics=$(for dev in /sys/class/net/*; do
+    [ "$(cat "$dev/type")" = 1 ] && [ -e "$dev/device" ] && basename "$dev"
+done | tr '\n' ' ')
+# sshd and a lease can come after the boot job does, minutes later under nested emulation.
 n=0
-while [ "$n" -lt 60 ]; do
+while [ "$n" -lt 300 ]; do
     sshd=$(ss -Hltn 'sport = :22' | wc -l)
     addr=$(ip -4 -o addr show scope global | awk '{print $2 "=" $4}' | tr '\n' ' ')
-    if [ "$sshd" -gt 0 ] && { [ -n "$addr" ] || ! ip -o link show type ether 2>/dev/null | grep -q .; }; then
+    if [ "$sshd" -gt 0 ] && { [ -n "$addr" ] || [ -z "$nics" ]; }; then
         break
     fi
     n=$((n + 1)); sleep 1
 done
+gateway=$(ip -4 route show default | awk '{print $3; exit}')
+http=none
+if [ -n "$gateway" ]; then
+    # bash's /dev/tcp: the image has no HTTP client. The body is the response's last line.
+    http=$(timeout 30 bash -c 'exec 3<>"/dev/tcp/$0/80" || exit 1
+        printf "GET /hello.txt HTTP/1.0\r\nHost: %s\r\n\r\n" "$0" >&3
+        tail -n 1 <&3' "$gateway" 2>/dev/null | tr -d '\r')
+fi
 failed=$(systemctl --failed --plain --no-legend | awk '{print $1}' | tr '\n' ' ')
 {
-    echo "APERTURE-DISTRO: state=$state sshd=$sshd kernel=$(uname -r)"
+    echo "APERTURE-DISTRO: state=$state sshd=$sshd kernel=$(uname -r) waited=${n}s"
     echo "APERTURE-DISTRO-NET: ${addr:-none}"
+    echo "APERTURE-DISTRO-LINKS: nics=${nics:-none} gateway=${gateway:-none}" \
+        "$(networkctl list --no-legend --no-pager 2>&1 | awk '{print $2 ":" $4 "/" $5}' | tr '\n' ' ')"
+    echo "APERTURE-DISTRO-HTTP: ${http:-none}"
     echo "APERTURE-DISTRO-FAILED: ${failed:-none}"
     echo "APERTURE-DISTRO-UPTIME: $(cut -d' ' -f1 /proc/uptime)"
 } > /dev/console
+mib=$(arg distro-send)
+if [ -n "$mib" ] && [ -n "$gateway" ]; then
+    start=$(date +%s%N)
+    if timeout 900 bash -c 'head -c $(($1 * 1048576)) /dev/zero > "/dev/tcp/$0/5001"' \
+        "$gateway" "$mib"; then
+        echo "APERTURE-DISTRO-SEND: mib=$mib ms=$((($(date +%s%N) - start) / 1000000))" > /dev/console
+    else
+        echo "APERTURE-DISTRO-SEND: failed" > /dev/console
+    fi
+fi
+hold=$(arg distro-hold)
+[ -n "$hold" ] && sleep "$hold"
 systemctl poweroff
 SCRIPT
     chmod 0755 "$root/usr/local/sbin/aperture-distro-check"

@@ -342,11 +342,12 @@ case "$check" in
             echo "CHECK hdaudio: dmesg: $line"
         done
         ;;
-    net|netbench|netbench=*)
+    net|netserve|netbench|netbench=*)
         # virtio-net: DHCP on eth0 (busybox udhcpc; the script below sets the address and
         # the route), then ping the DHCP server's router and fetch /hello.txt from its HTTP
-        # server. netbench[=MiB] instead sends MiB (default 64) to port 5001 of the router
-        # with nc and prints dd's figures.
+        # server. netserve then answers one connection on port 8080 (for a port forward to
+        # the guest). netbench[=MiB] instead sends MiB (default 64) to port 5001 of the
+        # router with nc and prints dd's figures.
         wait_for /sys/class/net/eth0
         echo "CHECK net: mac=$(cat /sys/class/net/eth0/address 2>/dev/null) features=$(cat /sys/class/net/eth0/device/features 2>/dev/null)"
         cat > /tmp/udhcpc.sh <<'SCRIPT'
@@ -364,7 +365,7 @@ SCRIPT
         udhcpc -i eth0 -s /tmp/udhcpc.sh -n -q -t 20 -T 1 >/dev/null 2>&1
         router=$(cat /tmp/net.router 2>/dev/null)
         echo "CHECK net: addr=$(ip -4 addr show eth0 | sed -n 's/.*inet \([0-9.\/]*\).*/\1/p') router=$router"
-        if [ "$check" = net ]; then
+        if [ "$check" = net ] || [ "$check" = netserve ]; then
             if ping -c 3 -W 5 "$router" >/dev/null 2>&1; then
                 echo "CHECK net: ping=ok"
             else
@@ -372,6 +373,14 @@ SCRIPT
             fi
             # (busybox 1.35's wget crashes with -T: bound it with timeout instead.)
             echo "CHECK net: wget=$(timeout 30 wget -q -O - "http://$router/hello.txt" 2>&1)"
+            if [ "$check" = netserve ]; then
+                echo "CHECK netserve: listening on 8080"
+                if echo "served-by-the-guest" | timeout 120 nc -l -p 8080 >/dev/null 2>&1; then
+                    echo "CHECK netserve: served"
+                else
+                    echo "CHECK netserve: no connection"
+                fi
+            fi
         else
             mib=64
             [ "$check" != netbench ] && mib=${check#netbench=}

@@ -43,7 +43,7 @@ need_root apt-get update -qq
 pkgs=(rustc-web cargo-web rust-web-clippy rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross
       busybox-static:arm64 kmod cpio xz-utils gzip make bc flex bison file libelf1 libssl3 g++
       mmdebstrap arch-test e2fsprogs openssh-client)
-if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64); fi
+if [ "$arch" != arm64 ]; then pkgs+=(libstd-rust-web-dev:arm64 libc6:arm64); fi
 need_root apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 need_root apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \
     qemu-system-arm qemu-user-static

@@ -3,6 +3,9 @@
 #   target/aarch64-cross/aarch64-unknown-linux-gnu/release/aperture   static arm64 binary
 #   build/rig/l1-base.cpio   uncompressed newc initramfs for L1: busybox, /aperture,
 #                            /net-peer (the --net socket peer of the e2e cases),
+#                            /opt/passt/passt (Debian's arm64 passt, with the loader and
+#                            libc it needs, for the --net user case; off PATH, so the
+#                            net-bad case still sees it missing),
 #                            /guest/{Image,Image.gz,guest.cpio} (and /guest/6.12/{Image,
 #                            guest.cpio}: the 6.12 guest), the kernel modules the rig
 #                            needs (vfio, nvme, virtio + dependencies), and /init
@@ -64,6 +67,28 @@ install -m 0755 "$bin" "$root/aperture"
 peer=$(dirname "$bin")/net-peer
 [ -x "$peer" ] && install -m 0755 "$peer" "$root/net-peer"
 cp "$images/Image" "$images/Image.gz" "$images/guest.cpio" "$root/guest/"
+# passt for the `--net user` case: Debian's arm64 package (cached in build/rig/passt), with
+# the dynamic loader and libc it links (busybox L1 has no libc; arm64 hosts have them
+# natively, x86_64 ones from libc6:arm64, which images/host-deps.sh installs).
+passt_dir=$rig/passt
+if [ ! -x "$passt_dir/usr/bin/passt" ]; then
+    rm -rf "$passt_dir" && mkdir -p "$passt_dir"
+    (cd "$passt_dir" && apt-get download -q passt:arm64 >/dev/null 2>&1) \
+        || die "apt-get download passt:arm64 failed (the --net user e2e case runs it in L1)"
+    dpkg-deb -x "$passt_dir"/passt_*_arm64.deb "$passt_dir" || die "cannot unpack passt's package"
+fi
+install -D -m 0755 "$passt_dir/usr/bin/passt" "$root/opt/passt/passt"
+mkdir -p "$root/lib/aarch64-linux-gnu"
+for lib in ld-linux-aarch64.so.1 libc.so.6; do
+    [ -f "/usr/lib/aarch64-linux-gnu/$lib" ] \
+        || die "/usr/lib/aarch64-linux-gnu/$lib is missing: install libc6:arm64"
+    install -m 0755 "/usr/lib/aarch64-linux-gnu/$lib" "$root/lib/aarch64-linux-gnu/$lib"
+done
+ln -sf aarch64-linux-gnu/ld-linux-aarch64.so.1 "$root/lib/ld-linux-aarch64.so.1"
+# passt, started as root, runs as nobody.
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' \
+    > "$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 for f in ${APERTURE_RIG_EXTRA_FILES:-}; do
     [ -f "$f" ] || die "APERTURE_RIG_EXTRA_FILES: $f is not a file"
     mkdir -p "$root/extra" && install -m 0755 "$f" "$root/extra/"
@@ -79,7 +104,7 @@ for dir in "$images"/*/; do
 done
 
 # Only the modules the rig uses (the whole tree is ~300 MB), plus what they depend on.
-mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk tun vhost_net}
+mods=${APERTURE_L1_MODULES:-vfio-pci vfio_iommu_type1 nvme virtio_pci virtio_blk tun vhost_net dummy}
 copy_modules "$images/modules" "$kver" "$root" $mods || die "could not copy L1's kernel modules"
 pack_cpio "$root" "$rig/l1-base.cpio"
 say "aperture   $(du -h "$bin" | cut -f1)  $bin"

@@ -14,6 +14,7 @@ mod console_log;
 mod edu;
 mod error;
 mod monitor;
+mod net;
 mod newc;
 mod nvme;
 mod paths;
@@ -26,6 +27,7 @@ pub use console_log::{CASE_BEGIN, CASE_END, CASE_WATCHDOG, L1_DONE, L1_READY};
 pub use edu::{edu_qemu_args, EDU_DMA_MASK, EDU_PRELUDE, EDU_ROOT_PORT};
 pub use error::RigError;
 pub use monitor::MonitorAction;
+pub use net::NET_PRELUDE;
 pub use newc::NewcWriter;
 pub use nvme::{
     bench_seconds, nvme_bench_script, NvmeDisk, NvmeDisks, NVME_IMAGE_BYTES, NVME_PATTERN,

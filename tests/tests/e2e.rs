@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aperture_e2e::{
     bench_seconds, edu_qemu_args, nvme_bench_script, run_cases_with, Case, CaseOutput, NvmeDisks,
-    RigOptions, RigRun, EDU_PRELUDE, NVME_PATTERN, NVME_PRELUDE,
+    RigOptions, RigRun, EDU_PRELUDE, NET_PRELUDE, NVME_PATTERN, NVME_PRELUDE,
 };
 
 /// Printed by the test guest's /init (images/guest-init.sh).
@@ -206,29 +206,6 @@ exit $status"#
     ]
 }
 
-/// L1's side of a guest link: `net_setup TAP PREFIX` makes tap TAP (busybox tunctl) with
-/// PREFIX.1/24, a DHCP server (udhcpd, PREFIX.15-20, router PREFIX.1) and an HTTP server
-/// serving /hello.txt = hello-TAP-TOKEN on it.
-const NET_PRELUDE: &str = r#"net_setup() {
-    modprobe tun && tunctl -t "$1" >/dev/null && ip addr add "$2.1/24" dev "$1"         && ip link set "$1" up || return 1
-    mkdir -p "/tmp/www-$1" && echo "hello-$1-$TOKEN" > "/tmp/www-$1/hello.txt"
-    httpd -p "$2.1:80" -h "/tmp/www-$1" || return 1
-    printf 'start %s.15
-end %s.20
-interface %s
-lease_file /tmp/leases-%s
-option subnet 255.255.255.0
-option router %s.1
-'         "$2" "$2" "$1" "$1" "$2" > "/tmp/udhcpd-$1.conf"
-    touch "/tmp/leases-$1" && udhcpd "/tmp/udhcpd-$1.conf"
-}
-# net_peer SOCKET TAP: the stream-socket peer (tests/src/bin/net-peer.rs) bridging to TAP.
-net_peer() {
-    /net-peer "$1" "$2" &
-    n=0
-    while [ ! -S "$1" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-}"#;
-
 /// virtio-net: the nested guest gets an address by DHCP from L1, pings it and fetches a
 /// file from L1's HTTP server, over a tap and over the stream socket; bad `--net` values get
 /// clear errors; and a transfer's throughput (printed by `net_throughput_figures`).
@@ -265,6 +242,51 @@ echo "l1: status=$? after: $(ls /sys/class/net | grep -c aptap7)""#,
                 with_check("cpus")
             ),
         ),
+        // `--net user`: Aperture starts passt (Debian's, in L1's /opt/passt) for a port
+        // forward. passt copies L1's address and route (a dummy NIC) into its DHCP answer,
+        // maps the gateway's address to L1's loopback (the HTTP server) and forwards L1's
+        // port 2222 to the guest's 8080, where the guest answers once.
+        Case::new(
+            "net-user",
+            net(format!(
+                r#"ip link set lo up || exit 1
+# (the dummy module makes dummy0 itself.)
+modprobe dummy && {{ [ -e /sys/class/net/dummy0 ] || ip link add dummy0 type dummy; }} \
+    && ip addr add 192.168.100.2/24 dev dummy0 && ip link set dummy0 up \
+    && ip route add default via 192.168.100.1 || exit 1
+# passt runs as nobody: let it use ICMP echo sockets for the guest's ping.
+echo "0 2147483647" > /proc/sys/net/ipv4/ping_group_range
+mkdir -p /tmp/www-user && echo "hello-user-$TOKEN" > /tmp/www-user/hello.txt \
+    && httpd -p 127.0.0.1:80 -h /tmp/www-user || exit 1
+forward_probe() {{
+    n=0
+    while [ $n -lt 240 ]; do
+        got=$(timeout 5 nc 127.0.0.1 2222 </dev/null 2>/dev/null)
+        case "$got" in served-by-the-guest*) echo "l1: hostfwd 2222 got $got"; return ;; esac
+        sleep 0.5; n=$((n + 1))
+    done
+    echo "l1: hostfwd 2222 got nothing"
+}}
+# (to a file: its line would interleave with the guest's console.)
+forward_probe > /tmp/forward.log &
+probe=$!
+# passt sandboxes itself with pivot_root, which refuses a root on the initramfs itself (and a
+# user namespace, which a chroot refuses): in a mount namespace of its own, Aperture (and so
+# passt) runs with a bind mount of L1's root moved over /, as switch_root does.
+mkdir -p /mnt/l1root
+unshare -m --propagation private sh -c "mount -o rbind / /mnt/l1root && cd /mnt/l1root \
+    && mount -o move . / && exec chroot . env PATH=/opt/passt:\$PATH /aperture run \
+    --kernel /guest/Image --initrd /guest/guest.cpio --timeout 300 -v \
+    --net user,hostfwd=tcp:2222-:8080 {}"
+status=$?
+wait $probe
+cat /tmp/forward.log
+echo "l1: status=$status"
+exit $status"#,
+                with_check("netserve")
+            )),
+        )
+        .with_limit(Duration::from_secs(420)),
         Case::new(
             "net-bad",
             format!(
@@ -1714,7 +1736,24 @@ fn net_over_socket_reaches_l1() {
     assert_status(run, output, 0);
 }
 
-/// Bad `--net` values: a refused socket, no passt in L1, a multicast MAC, an unknown backend.
+/// `--net user`: passt started by Aperture gives the guest L1's address by DHCP, its
+/// gateway reaches L1's loopback HTTP server, and L1's port 2222 reaches the guest's 8080.
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn net_user_starts_passt_and_forwards_a_port() {
+    let (run, output) = case("net-user");
+    let token = &shared().token;
+    assert_contains(run, output, "started for --net user");
+    assert_contains(run, output, "CHECK net: addr=192.168.100.2");
+    assert_contains(run, output, &format!("CHECK net: wget=hello-user-{token}"));
+    assert_contains(run, output, "l1: hostfwd 2222 got served-by-the-guest");
+    assert_contains(run, output, "CHECK netserve: served");
+    eprintln!("{}", output.line_with("CHECK net: ping=").unwrap_or("no ping line"));
+    assert_status(run, output, 0);
+}
+
+/// Bad `--net` values: a refused socket, no passt on L1's PATH, a multicast MAC, an unknown
+/// backend.
 #[test]
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn net_bad_input_is_refused_clearly() {
