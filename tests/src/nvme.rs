@@ -203,6 +203,28 @@ impl NvmeDisks {
         args
     }
 
+    /// The QMP commands that put controller `index` back after a `device_del`, as
+    /// [`Self::qemu_args`] made it (same id, root port, serial, image): QEMU deletes a
+    /// `-drive if=none` drive with the device that used it, so the image is opened again as
+    /// a block node of the drive's name first (where the drive is still there that command
+    /// fails, and the controller takes the drive).
+    pub fn qmp_readd(&self, index: usize) -> Vec<String> {
+        let Some(disk) = self.disks.get(index) else { return Vec::new() };
+        // JSON strings: the path has no quotes or backslashes (a temporary directory).
+        let file = disk.image.to_string_lossy();
+        let msix = if disk.exclusive_msix_bar { r#","msix-exclusive-bar":true"# } else { "" };
+        vec![
+            format!(
+                r#"{{"execute":"blockdev-add","arguments":{{"driver":"raw","node-name":"nvme{index}","file":{{"driver":"file","filename":"{file}"}}}}}}"#
+            ),
+            format!(
+                r#"{{"execute":"device_add","arguments":{{"driver":"nvme","id":"{}","bus":"rp{index}","serial":"{}","drive":"nvme{index}"{msix}}}}}"#,
+                NvmeDisks::device_id(index),
+                disk.serial
+            ),
+        ]
+    }
+
     /// The QEMU device id of controller `index` (for QMP's `device_del`): `nvme-a`, `nvme-b`.
     pub fn device_id(index: usize) -> &'static str {
         if index == 0 {
