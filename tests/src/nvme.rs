@@ -296,6 +296,18 @@ mod tests {
         }
         assert_eq!(disks.fill_of(0, 0).unwrap(), Some(NVME_PATTERN));
         assert_eq!(disks.fill_of(1, 1).unwrap(), Some(0));
+        // Put back after device_del as -device made it: the image as node `nvmeN`, then
+        // the controller with the same id, port and serial on it.
+        let readd = disks.qmp_readd(1);
+        assert_eq!(readd.len(), 2);
+        let file = disks.disks[1].image.display().to_string();
+        assert!(readd[0].starts_with(r#"{"execute":"blockdev-add","#), "{}", readd[0]);
+        assert!(readd[0].contains(r#""node-name":"nvme1""#) && readd[0].contains(&file));
+        assert_eq!(
+            readd[1],
+            r#"{"execute":"device_add","arguments":{"driver":"nvme","id":"nvme-b","bus":"rp1","serial":"aperture-b","drive":"nvme1","msix-exclusive-bar":true}}"#
+        );
+        assert!(disks.qmp_readd(2).is_empty());
         let image = disks.disks[0].image.clone();
         drop(disks);
         assert!(!image.exists());
