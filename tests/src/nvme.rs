@@ -204,10 +204,11 @@ impl NvmeDisks {
     }
 
     /// The QMP commands that put controller `index` back after a `device_del`, as
-    /// [`Self::qemu_args`] made it (same id, root port, serial, image): QEMU deletes a
-    /// `-drive if=none` drive with the device that used it, so the image is opened again as
-    /// a block node of the drive's name first (where the drive is still there that command
-    /// fails, and the controller takes the drive).
+    /// [`Self::qemu_args`] made it (same id, root port, serial, image). Whether QEMU deletes
+    /// a `-drive if=none` drive with its device has changed between versions, so the image
+    /// is opened as a block node of the drive's name first; where the drive is still there
+    /// (QEMU 10.0 keeps it) that command fails ("conflicting with a device id") and the
+    /// controller takes the drive.
     pub fn qmp_readd(&self, index: usize) -> Vec<String> {
         let Some(disk) = self.disks.get(index) else { return Vec::new() };
         // JSON strings: the path has no quotes or backslashes (a temporary directory).

@@ -21,9 +21,7 @@ use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use devices::pci::FunctionId;
-
-use devices::pci::PciFunction;
+use devices::pci::{FunctionId, PciFunction};
 use devices::trace::TraceSink;
 
 use crate::config::VmConfig;
@@ -181,10 +179,11 @@ impl AssignedDevices {
             log::info!("SIGUSR1: a re-plug is under way; wait for it and send it again");
             return;
         }
-        let (Some(live), Some(worker)) = (self.live.take(), self.worker.as_ref()) else {
+        let (Some(worker), true) = (self.worker.as_ref(), self.live.is_some()) else {
             log::info!("SIGUSR1: no device is assigned; nothing to plug in again");
             return;
         };
+        let Some(live) = self.live.take() else { return };
         match worker.replug(Box::new(live), Instant::now()) {
             Ok(receiver) => self.away = Some(receiver),
             Err(live) => self.live = Some(*live),
