@@ -508,6 +508,64 @@ SCRIPT
         dmesg | grep -e pciehp -e nvme | tail -n 12 | sed 's/^/CHECK unplug: dmesg: /'
         echo "CHECK unplug: alive, $(ls /sys/bus/pci/devices | wc -l) PCI functions left"
         ;;
+    replug)
+        # The host takes the passed-through NVMe away while this guest reads it, then gives
+        # it back (SIGUSR1 to Aperture): pciehp removes it, then adds it again, and the guest
+        # reads the disk's first MiB (the rig fills it with one byte) through it again.
+        wait_for /dev/nvme0n1 300
+        if [ ! -e /dev/nvme0n1 ]; then
+            echo "CHECK replug: no /dev/nvme0n1"
+            continue
+        fi
+        nvme_fn() {
+            for d in /sys/bus/pci/devices/*; do
+                [ "$(cat "$d/class" 2>/dev/null)" = 0x010802 ] && echo "${d##*/}"
+            done
+        }
+        dev=$(nvme_fn)
+        echo "CHECK replug: head before=$(dd if=/dev/nvme0n1 bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+        (while dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done
+         echo "CHECK replug: reader stopped") &
+        reader=$!
+        echo "CHECK replug: reading $dev"
+        n=0
+        while [ -e "/sys/bus/pci/devices/$dev" ] && [ $n -lt 1800 ]; do sleep 0.1; n=$((n + 1)); done
+        if [ -e "/sys/bus/pci/devices/$dev" ]; then
+            echo "CHECK replug: still present after 180 s"
+            continue
+        fi
+        echo "CHECK replug: removed after $((n / 10)).$((n % 10)) s"
+        sleep 1
+        kill "$reader" 2>/dev/null
+        wait "$reader" 2>/dev/null
+        echo "CHECK replug: waiting for the device to come back"
+        n=0
+        back=
+        while [ -z "$back" ] && [ $n -lt 3000 ]; do
+            back=$(nvme_fn)
+            [ -n "$back" ] || { sleep 0.1; n=$((n + 1)); }
+        done
+        if [ -z "$back" ]; then
+            echo "CHECK replug: not back after 300 s"
+            continue
+        fi
+        echo "CHECK replug: back after $((n / 10)).$((n % 10)) s as $back"
+        disk=
+        n=0
+        while [ -z "$disk" ] && [ $n -lt 600 ]; do
+            for b in /dev/nvme*n1; do [ -b "$b" ] && disk=$b; done
+            [ -n "$disk" ] || { sleep 0.1; n=$((n + 1)); }
+        done
+        if [ -z "$disk" ]; then
+            echo "CHECK replug: no disk behind $back after 60 s"
+        else
+            echo "CHECK replug: disk $disk serial=$(cat /sys/block/${disk#/dev/}/device/serial 2>/dev/null)"
+            echo "CHECK replug: first bytes=$(dd if="$disk" bs=4096 count=1 iflag=direct 2>/dev/null | head -c 8 | od -An -tx1 | tr -s ' ')"
+            echo "CHECK replug: head=$(dd if="$disk" bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+        fi
+        dmesg | grep -e pciehp -e nvme | tail -n 16 | sed 's/^/CHECK replug: dmesg: /'
+        echo "CHECK replug: alive, $(ls /sys/bus/pci/devices | wc -l) PCI functions"
+        ;;
     shell)
         echo "CHECK shell: type 'exit' to power off"
         setsid cttyhack sh -l

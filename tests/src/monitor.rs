@@ -23,6 +23,11 @@ impl MonitorAction {
             command: format!(r#"{{"execute":"device_del","arguments":{{"id":"{id}"}}}}"#),
         }
     }
+
+    /// The QMP command `command` (a JSON object) once the console shows `marker`.
+    pub fn qmp(marker: impl Into<String>, command: impl Into<String>) -> Self {
+        Self { marker: marker.into(), command: command.into() }
+    }
 }
 
 /// Sends `command` through the QMP socket at `socket`; QEMU's answer (one JSON line).

@@ -203,6 +203,29 @@ impl NvmeDisks {
         args
     }
 
+    /// The QMP commands that put controller `index` back after a `device_del`, as
+    /// [`Self::qemu_args`] made it (same id, root port, serial, image). Whether QEMU deletes
+    /// a `-drive if=none` drive with its device has changed between versions, so the image
+    /// is opened as a block node of the drive's name first; where the drive is still there
+    /// (QEMU 10.0 keeps it) that command fails ("conflicting with a device id") and the
+    /// controller takes the drive.
+    pub fn qmp_readd(&self, index: usize) -> Vec<String> {
+        let Some(disk) = self.disks.get(index) else { return Vec::new() };
+        // JSON strings: the path has no quotes or backslashes (a temporary directory).
+        let file = disk.image.to_string_lossy();
+        let msix = if disk.exclusive_msix_bar { r#","msix-exclusive-bar":true"# } else { "" };
+        vec![
+            format!(
+                r#"{{"execute":"blockdev-add","arguments":{{"driver":"raw","node-name":"nvme{index}","file":{{"driver":"file","filename":"{file}"}}}}}}"#
+            ),
+            format!(
+                r#"{{"execute":"device_add","arguments":{{"driver":"nvme","id":"{}","bus":"rp{index}","serial":"{}","drive":"nvme{index}"{msix}}}}}"#,
+                NvmeDisks::device_id(index),
+                disk.serial
+            ),
+        ]
+    }
+
     /// The QEMU device id of controller `index` (for QMP's `device_del`): `nvme-a`, `nvme-b`.
     pub fn device_id(index: usize) -> &'static str {
         if index == 0 {
@@ -274,6 +297,18 @@ mod tests {
         }
         assert_eq!(disks.fill_of(0, 0).unwrap(), Some(NVME_PATTERN));
         assert_eq!(disks.fill_of(1, 1).unwrap(), Some(0));
+        // Put back after device_del as -device made it: the image as node `nvmeN`, then
+        // the controller with the same id, port and serial on it.
+        let readd = disks.qmp_readd(1);
+        assert_eq!(readd.len(), 2);
+        let file = disks.disks[1].image.display().to_string();
+        assert!(readd[0].starts_with(r#"{"execute":"blockdev-add","#), "{}", readd[0]);
+        assert!(readd[0].contains(r#""node-name":"nvme1""#) && readd[0].contains(&file));
+        assert_eq!(
+            readd[1],
+            r#"{"execute":"device_add","arguments":{"driver":"nvme","id":"nvme-b","bus":"rp1","serial":"aperture-b","drive":"nvme1","msix-exclusive-bar":true}}"#
+        );
+        assert!(disks.qmp_readd(2).is_empty());
         let image = disks.disks[0].image.clone();
         drop(disks);
         assert!(!image.exists());

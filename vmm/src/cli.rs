@@ -27,6 +27,13 @@ Examples:
   # Assign a host GPU (bound to vfio-pci) to the guest.
   aperture run --kernel Image --initrd rootfs.cpio.gz --memory 4G --device 0000:01:00.0
 
+  # The assigned eGPU was unplugged (the guest saw it leave; the VM kept running). Plug it
+  # back in and bind it to vfio-pci again, then tell Aperture to hand it to the guest again
+  # (a PCIe hot-add):
+  echo vfio-pci > /sys/bus/pci/devices/0000:01:00.0/driver_override
+  echo 0000:01:00.0 > /sys/bus/pci/drivers_probe
+  kill -USR1 <aperture's pid>
+
   # A scripted test: 2 vCPUs, 512 MiB, give up after 60 s, a panic ends the run (exit 3)
   # instead of rebooting in place; the exit status tells the outcome.
   aperture run --kernel Image --initrd test.cpio --cpus 2 --memory 512M --timeout 60 \\

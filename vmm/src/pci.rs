@@ -5,7 +5,7 @@ mod doorbells;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arch::layout::{self, MemoryLayout};
 use devices::pci::root_port::PcieLink;
@@ -18,7 +18,7 @@ use devices::virtio::{Block, Net, Rng, WorkerStartHook};
 use log::{debug, info, warn};
 use vm_memory::GuestMemoryMmap;
 
-use crate::assign::{AssignedIntx, AssignedParts, DirectBar, PendingFunction};
+use crate::assign::{AssignedIntx, AssignedParts, DirectBarRegistry, PendingFunction};
 use crate::bus::{BusError, MmioBus};
 use crate::config::VmConfig;
 use crate::hypervisor::{MemorySlot, Vm};
@@ -156,7 +156,8 @@ fn trace_hook(sink: Arc<dyn TraceSink>) -> devices::pci::TraceHook {
 /// guest places the BARs, and unmaps them when it moves them or turns decoding off.
 struct DirectBarMapper {
     vm: Arc<dyn Vm>,
-    bars: HashMap<FunctionId, Vec<DirectBar>>,
+    /// Shared with the re-plug, which adds the pieces of a device plugged in again.
+    bars: DirectBarRegistry,
     slots: HashMap<(FunctionId, usize), Vec<MemorySlot>>,
     trace: Option<Arc<dyn TraceSink>>,
 }
@@ -179,20 +180,21 @@ impl DirectBarMapper {
                 Err(e) => warn!("{} BAR {}: {e}", change.function, change.bar),
             }
         }
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         if change.unplugged {
             // The device left: its BAR mappings (which hold the host device open) go too.
-            self.bars.remove(&change.id);
+            bars.remove(&change.id);
             return;
         }
-        let (Some(region), Some(pieces)) = (change.new, self.bars.get(&change.id)) else {
+        let (Some(region), Some(pieces)) = (change.new, bars.get(&change.id)) else {
             return;
         };
         let mut slots = Vec::new();
         for piece in pieces.iter().filter(|p| p.bar == change.bar) {
             let guest_addr = region.address + piece.offset;
             // SAFETY: the BAR mapping lives in `self.bars` until the hook (and with it the
-            // PCI root) is dropped, after the vCPUs stopped; a slot is removed before the
-            // BAR moves.
+            // PCI root) is dropped, after the vCPUs stopped, or until its device is unplugged,
+            // which removes its slots first (above); a slot is removed before the BAR moves.
             let mapped = unsafe {
                 self.vm.map_device_memory(guest_addr, piece.memory.len(), piece.memory.host_addr())
             };
@@ -218,6 +220,7 @@ impl DirectBarMapper {
                 ),
             }
         }
+        drop(bars);
         self.slots.insert((change.id, change.bar), slots);
     }
 }
@@ -227,13 +230,13 @@ impl DirectBarMapper {
 fn set_bar_change_hook(
     root: &PciRoot,
     vm: &Arc<dyn Vm>,
-    direct_bars: HashMap<FunctionId, Vec<DirectBar>>,
+    direct_bars: Option<DirectBarRegistry>,
     queue_doorbells: HashMap<FunctionId, Vec<devices::pci::virtio_pci::QueueDoorbell>>,
     trace: Option<Arc<dyn TraceSink>>,
 ) {
-    let mut direct = (!direct_bars.is_empty()).then(|| DirectBarMapper {
+    let mut direct = direct_bars.map(|bars| DirectBarMapper {
         vm: vm.clone(),
-        bars: direct_bars,
+        bars,
         slots: HashMap::new(),
         trace,
     });
@@ -253,7 +256,9 @@ fn set_bar_change_hook(
 /// the function number each gets behind its root port: the host's own numbers when the host
 /// function 0 is among them (a GPU with its audio function stays one multi-function device),
 /// else 0, 1, ... in order (the guest only scans a device whose function 0 exists).
-fn group_by_host_slot(assigned: Vec<PendingFunction>) -> Vec<Vec<(u8, PendingFunction)>> {
+pub(crate) fn group_by_host_slot(
+    assigned: Vec<PendingFunction>,
+) -> Vec<Vec<(u8, PendingFunction)>> {
     let mut slots: Vec<Vec<PendingFunction>> = Vec::new();
     for pending in assigned {
         let slot = |p: &PendingFunction| (p.address.domain, p.address.bus, p.address.device);
@@ -297,12 +302,15 @@ pub struct PciHierarchy {
     pub intx: Vec<AssignedIntx>,
     /// Each assigned function's host address and the root port it sits behind.
     pub assigned_ports: Vec<(passthrough::PciAddress, FunctionId)>,
+    /// The direct BAR pieces of assigned functions, by guest function (a re-plugged device
+    /// adds its own); `None` without assigned devices.
+    pub direct_bars: Option<DirectBarRegistry>,
 }
 
 /// The SPI that INTx pin `pin` of a function behind the root port at bus-0 slot `port`
 /// signals: the function is device 0 behind its port, so the bridge swizzle keeps the pin,
 /// and the host bridge's interrupt-map swizzles it with the port's slot.
-fn intx_spi(port: FunctionId, pin: u8) -> Option<u32> {
+pub(crate) fn intx_spi(port: FunctionId, pin: u8) -> Option<u32> {
     match port {
         FunctionId::Bus0 { device } => layout::pci_intx_spi(device, pin),
         FunctionId::BehindPort { .. } => None,
@@ -403,7 +411,11 @@ pub fn build_pci(
         let id = root.add_function(Box::new(transport)).map_err(topology)?;
         queue_doorbells.insert(id, doorbells);
     }
-    set_bar_change_hook(&root, vm, direct_bars, queue_doorbells, trace.clone());
+    // Assigned devices get the mapper even without direct pieces: a device plugged in again
+    // adds its own.
+    let direct_bars: Option<DirectBarRegistry> =
+        (!assigned_ports.is_empty()).then(|| Arc::new(Mutex::new(direct_bars)));
+    set_bar_change_hook(&root, vm, direct_bars.clone(), queue_doorbells, trace.clone());
     for endpoint in endpoints {
         let name = endpoint.name().to_string();
         let id = root.add_function(endpoint).map_err(topology)?;
@@ -433,12 +445,13 @@ pub fn build_pci(
         window.size,
         Arc::new(PciMmioWindow::new(root.clone(), window.base)),
     )?;
-    Ok(PciHierarchy { root, intx, assigned_ports })
+    Ok(PciHierarchy { root, intx, assigned_ports, direct_bars })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assign::DirectBar;
 
     struct Absent;
     impl devices::pci::PciFunction for Absent {
@@ -636,7 +649,7 @@ mod tests {
     /// VM, and an ECAM write of a 32-bit register (bus, register, value).
     fn one_bar_behind_a_port(
         piece: DirectBar,
-    ) -> (Arc<MapRecorder>, PciRoot, FunctionId, impl Fn(u64, u64, u32)) {
+    ) -> (Arc<MapRecorder>, PciRoot, FunctionId, impl Fn(u64, u64, u32), DirectBarRegistry) {
         let recorder = Arc::new(MapRecorder::default());
         let vm: Arc<dyn Vm> = recorder.clone();
         let ids = devices::pci::PciIds { vendor_id: 0x10de, ..Default::default() };
@@ -645,18 +658,19 @@ mod tests {
         let root = PciRoot::new();
         let port = root.add_root_port().unwrap();
         let id = root.attach_to_port(port, Box::new(OneBar(config))).unwrap();
-        set_bar_change_hook(&root, &vm, HashMap::from([(id, vec![piece])]), HashMap::new(), None);
+        let registry: DirectBarRegistry = Arc::new(Mutex::new(HashMap::from([(id, vec![piece])])));
+        set_bar_change_hook(&root, &vm, Some(registry.clone()), HashMap::new(), None);
         let ecam = PciEcam::new(root.clone());
         let write32 = move |bus: u64, register: u64, value: u32| {
             devices::MmioTarget::write(&ecam, bus << 20 | register, &value.to_le_bytes());
         };
-        (recorder, root, port, write32)
+        (recorder, root, port, write32, registry)
     }
 
     #[test]
     fn direct_bar_pieces_follow_the_bar_the_guest_programs() {
         let piece = DirectBar { bar: 0, offset: 0x1000, memory: Box::new(Page(vec![0; 0x1000])) };
-        let (recorder, _root, _port, write32) = one_bar_behind_a_port(piece);
+        let (recorder, _root, _port, write32, _registry) = one_bar_behind_a_port(piece);
         // Through ECAM as the guest does: number the port, place BAR 0, turn decoding on.
         write32(0, 1 << 15 | 0x18, 0x0001_0100);
         write32(1, 0x10, 0x1000_4000);
@@ -699,7 +713,7 @@ mod tests {
         let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let memory = Box::new(WatchedPage(vec![0; 0x1000], dropped.clone()));
         let piece = DirectBar { bar: 0, offset: 0, memory };
-        let (recorder, root, port, write32) = one_bar_behind_a_port(piece);
+        let (recorder, root, port, write32, registry) = one_bar_behind_a_port(piece);
         write32(0, 1 << 15 | 0x18, 0x0001_0100);
         write32(1, 0x10, 0x1000_4000);
         write32(1, 0x14, 0);
@@ -710,6 +724,27 @@ mod tests {
         assert_eq!(*recorder.log.lock().unwrap(), ["map 0x10004000+0x1000", "unmap 0x10004000"]);
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the host mapping went too");
         drop(removed);
+
+        // Plugged in again (a re-plug adds the new host pieces first): the guest places the
+        // BAR anew and the new piece is mapped there.
+        let id = FunctionId::BehindPort { port: 1, function: 0 };
+        let piece = DirectBar { bar: 0, offset: 0, memory: Box::new(Page(vec![0; 0x1000])) };
+        registry.lock().unwrap().insert(id, vec![piece]);
+        let mut config = devices::pci::ConfigSpace::new_endpoint(&devices::pci::PciIds {
+            vendor_id: 0x10de,
+            ..Default::default()
+        });
+        config.add_memory_bar(0, 0x4000, devices::pci::BarKind::Memory64, false).unwrap();
+        let plugged = root.plug_port(port, vec![(0, Box::new(OneBar(config)))]).unwrap();
+        assert_eq!(plugged, [id]);
+        write32(1, 0x10, 0x2000_4000);
+        write32(1, 0x14, 0);
+        write32(1, 0x04, 2);
+        assert_eq!(
+            recorder.log.lock().unwrap()[2..],
+            ["map 0x20004000+0x1000"],
+            "the new device's piece is mapped where the guest put its BAR"
+        );
     }
 
     /// The PCI root with a virtio-rng function, the BAR-change hook of `build_pci` on `vm`,
@@ -725,13 +760,7 @@ mod tests {
         let root = PciRoot::new();
         let id = root.add_function(Box::new(transport)).unwrap();
         let FunctionId::Bus0 { device } = id else { panic!("{id} is not on bus 0") };
-        set_bar_change_hook(
-            &root,
-            &vm,
-            HashMap::new(),
-            HashMap::from([(id, doorbells.clone())]),
-            None,
-        );
+        set_bar_change_hook(&root, &vm, None, HashMap::from([(id, doorbells.clone())]), None);
         let ecam = PciEcam::new(root.clone());
         let write32 = move |register: u64, value: u32| {
             let at = u64::from(device) << 15 | register;

@@ -8,32 +8,78 @@
 //! released, the terminal restored); a hard stop's exit status is 128 + the signal number. A
 //! signal that arrives during setup stops the VM as soon as the guest starts.
 //!
+//! SIGUSR1 asks Aperture to plug assigned devices back in that the host took away and gave
+//! back (see `assign::replug`); the VM keeps running. Only the main thread takes it: it is
+//! blocked on every thread until the main thread waits for the stop ([`accept_replug`]), so
+//! a vCPU or device worker never has a system call cut short by it.
+//!
 //! A panic is a bug in Aperture: [`install_panic_hook`] restores the terminal, says so on
 //! stderr and aborts (release builds abort on panic anyway), so a failed device or vCPU
 //! thread never leaves the VM hanging or the terminal raw. The kernel then closes the VFIO
 //! files, which releases and resets assigned devices.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static PENDING: AtomicI32 = AtomicI32::new(0);
+static REPLUG: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn record_signal(signal: libc::c_int) {
     // Only an atomic store: async-signal-safe.
     PENDING.store(signal, Ordering::SeqCst);
 }
 
-/// Installs the handlers.
-pub fn install() -> std::io::Result<()> {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: sigaction is plain data; zeroed means no flags and an empty mask.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = record_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: `action` is initialized and the handler only touches an atomic.
-        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+extern "C" fn record_replug(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    REPLUG.store(true, Ordering::SeqCst);
+}
+
+fn handle(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) -> std::io::Result<()> {
+    // SAFETY: sigaction is plain data; zeroed means no flags and an empty mask.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler as libc::sighandler_t;
+    // SAFETY: `action` is initialized and the handler only touches an atomic.
+    if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Blocks (`true`) or unblocks SIGUSR1 on the calling thread.
+fn mask_replug(block: bool) -> std::io::Result<()> {
+    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; SIGUSR1 is a valid signal number.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+    }
+    let how = if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+    // SAFETY: `set` lives across the call; no old mask is asked for.
+    match unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        error => Err(std::io::Error::from_raw_os_error(error)),
+    }
+}
+
+/// Installs the handlers. Call it on the main thread before any other thread starts: it
+/// blocks SIGUSR1 there, and the threads started later inherit that.
+pub fn install() -> std::io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        handle(signal, record_signal)?;
+    }
+    mask_replug(true)?;
+    handle(libc::SIGUSR1, record_replug)
+}
+
+/// Lets SIGUSR1 reach the calling thread (the main thread, once the VM's threads exist):
+/// one that came earlier is taken now.
+pub fn accept_replug() -> std::io::Result<()> {
+    mask_replug(false)
+}
+
+/// Whether SIGUSR1 came since the last call (and forgets it).
+pub fn take_replug() -> bool {
+    REPLUG.swap(false, Ordering::SeqCst)
 }
 
 /// The signal received since the handlers were installed, if any.
@@ -106,7 +152,7 @@ mod tests {
     /// tests) that installs the handlers and raises each signal; it exits 0 if every one
     /// was recorded instead of killing it.
     #[test]
-    fn sigint_sigterm_and_sighup_are_recorded_not_fatal() {
+    fn sigint_sigterm_sighup_and_sigusr1_are_recorded_not_fatal() {
         // SAFETY: the child only calls async-signal-safe functions (sigaction, raise, _exit)
         // and reads an atomic before _exit; it allocates nothing and takes no lock.
         let pid = unsafe { libc::fork() };
@@ -122,6 +168,15 @@ mod tests {
                 if code == 0 && pending() != Some(signal) {
                     code = 11 + n as i32;
                 }
+            }
+            // SIGUSR1 waits, blocked, until the thread accepts it; it never ends the process.
+            // SAFETY: as above.
+            unsafe { libc::raise(libc::SIGUSR1) };
+            if code == 0 && take_replug() {
+                code = 20;
+            }
+            if code == 0 && (accept_replug().is_err() || !take_replug()) {
+                code = 21;
             }
             // SAFETY: ends the forked child without running the parent's destructors.
             unsafe { libc::_exit(code) };

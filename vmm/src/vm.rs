@@ -197,7 +197,7 @@ pub fn run_on(
     };
     let mut devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
     phases.mark("devices");
-    assigned.watch_loss(&devices.pci.root, devices.pci.assigned_ports.clone(), trace.as_ref());
+    assigned.watch_loss(&vm, &devices.pci, trace.as_ref(), config.seccomp)?;
     let (vcpus, mpidrs) =
         vcpus::spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
     phases.mark("vCPUs");
@@ -248,6 +248,11 @@ pub fn run_on(
     if let Some(signal) = signals::take() {
         control.request_stop(StopReason::Signal(signal));
     }
+    // Every thread of the VM exists (and blocks SIGUSR1): from here on SIGUSR1 (re-plug)
+    // reaches this thread only, whose wait loop acts on it.
+    if let Err(e) = signals::accept_replug() {
+        warn!("SIGUSR1 (re-plug) stays blocked: {e}");
+    }
     vcpus.start(boot_cpu_regs(&plan), None);
     phases.mark("sandbox+start");
     info!("guest started with {} vCPU(s) and {} MiB", config.vcpus, config.memory_bytes >> 20);
@@ -271,6 +276,9 @@ pub fn run_on(
         &devices.power_key,
         config.reboot,
         &mut || {
+            if signals::take_replug() {
+                assigned.replug_lost();
+            }
             assigned.poll_device_loss(&control, config.on_device_loss);
         },
     );

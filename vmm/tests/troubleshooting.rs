@@ -389,6 +389,15 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
     ] {
         out.extend(vmm::report::stop_line(&reason));
     }
+    // SIGUSR1 (re-plug) refusals, in the warning that a device was not plugged in again.
+    out.extend(
+        [
+            vmm::assign::AssignError::ReplugWindow { address: device },
+            vmm::assign::AssignError::ReplugSharedIdentity { address: device },
+        ]
+        .iter()
+        .map(ToString::to_string),
+    );
     let location = std::panic::Location::caller();
     out.push(vmm::signals::internal_error_message(&"boom", Some(location), Some("vcpu0")));
     out

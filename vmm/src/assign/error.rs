@@ -50,6 +50,39 @@ pub enum AssignError {
         /// The device.
         address: PciAddress,
     },
+    /// A `dma=window` device cannot be plugged in again yet.
+    #[error(
+        "--device {address}: re-plug is not supported for dma=window devices yet; restart \
+         Aperture to use the device again"
+    )]
+    ReplugWindow {
+        /// The device.
+        address: PciAddress,
+    },
+    /// Another identity device still holds the identity DMA space.
+    #[error(
+        "--device {address}: re-plug is not supported yet while another dma=identity device \
+         stays assigned (its DMA space would pin guest RAM twice); restart Aperture to use \
+         the device again"
+    )]
+    ReplugSharedIdentity {
+        /// The device.
+        address: PciAddress,
+    },
+    /// This host cannot open a device again while the VM runs.
+    #[error(
+        "--device: re-plug is not supported on {os} yet; restart Aperture to use the device again"
+    )]
+    ReplugUnsupported {
+        /// The OS.
+        os: &'static str,
+    },
+    /// The thread that opens devices again could not start.
+    #[error("--device: starting the re-plug thread: {0}")]
+    ReplugThread(#[source] std::io::Error),
+    /// The re-plug thread could not confine itself.
+    #[error("--device: confining the re-plug thread: {0}")]
+    ReplugSandbox(#[source] crate::seccomp::SeccompError),
     /// The host has no passthrough support in this build.
     #[error("--device: PCI passthrough is not available on {os} in this build")]
     Unsupported {

@@ -23,6 +23,7 @@ use passthrough::host::LossReason;
 use passthrough::PciAddress;
 
 use super::pipeline::{HostDevices, HostPlatform};
+use super::slots::Slots;
 
 /// What handling one loss did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,13 +38,14 @@ pub struct LossReport {
     pub elapsed: Duration,
 }
 
-/// Where each assigned function sits in the guest, to take its device away.
+/// Where each assigned function sits in the guest, to take its device away (and, through
+/// `super::replug`, to put it back).
 #[derive(Debug, Clone)]
 pub(super) struct LossHandler {
-    root: PciRoot,
-    /// Each assigned function's host address and the root port it sits behind.
-    ports: Vec<(PciAddress, FunctionId)>,
-    trace: Option<Arc<dyn TraceSink>>,
+    pub(super) root: PciRoot,
+    /// The root ports of the assigned devices, and which devices are lost.
+    pub(super) slots: Slots,
+    pub(super) trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl LossHandler {
@@ -52,14 +54,14 @@ impl LossHandler {
         ports: Vec<(PciAddress, FunctionId)>,
         trace: Option<Arc<dyn TraceSink>>,
     ) -> Self {
-        Self { root, ports, trace }
+        Self { root, slots: Slots::new(&ports), trace }
     }
 
     /// Takes the device of `address` away from the guest and gives it back to the host
     /// (`noticed`: when the report was seen). `None` if the VM no longer holds it (its
     /// device already went, through another function's report).
     pub(super) fn handle<P: HostPlatform>(
-        &self,
+        &mut self,
         host: &mut HostDevices<P>,
         address: PciAddress,
         reason: LossReason,
@@ -68,10 +70,10 @@ impl LossHandler {
         if !host.holds(address) {
             return None;
         }
-        let port = self.ports.iter().find(|(a, _)| *a == address).map(|(_, port)| *port);
+        let port = self.slots.port_of(address);
         // Every function behind the same port is one device: they leave together.
         let addresses: Vec<PciAddress> = match port {
-            Some(port) => self.ports.iter().filter(|(_, p)| *p == port).map(|(a, _)| *a).collect(),
+            Some(port) => self.slots.addresses(port),
             None => vec![address],
         };
         warn!(
@@ -79,6 +81,7 @@ impl LossHandler {
             describe(reason)
         );
         if let Some(port) = port {
+            self.slots.mark_lost(port, noticed);
             match self.root.unplug_port(port) {
                 // The functions go here, before the host handles: they hold some of them.
                 Ok(functions) => drop(functions),
@@ -89,8 +92,10 @@ impl LossHandler {
         let elapsed = noticed.elapsed();
         info!(
             "{address}: released {released} function(s) to the host {} ms after its report; \
-             the guest was told through its root port's hot-plug slot",
-            elapsed.as_millis()
+             the guest was told through its root port's hot-plug slot; once it is back and \
+             bound to vfio-pci, SIGUSR1 to Aperture (pid {}) plugs it in again",
+            elapsed.as_millis(),
+            std::process::id()
         );
         if let Some(trace) = &self.trace {
             let source = address.to_string();

@@ -11,12 +11,17 @@
 mod error;
 mod loss;
 mod pipeline;
+mod replug;
+mod slots;
 mod sys;
 mod window;
+mod worker;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 
-use devices::pci::PciFunction;
+use devices::pci::{FunctionId, PciFunction};
 use devices::trace::TraceSink;
 
 use crate::config::VmConfig;
@@ -27,6 +32,7 @@ use pipeline::{HostDevices, HostPlatform};
 pub use error::AssignError;
 pub use loss::LossReport;
 pub use passthrough::host::{DirectBar, HostMemory};
+pub use replug::{ReplugError, ReplugReport};
 pub use sys::IntxHandle;
 pub use window::RequesterIdWatch;
 
@@ -89,12 +95,41 @@ impl std::fmt::Debug for AssignedParts {
     }
 }
 
+/// The direct BAR pieces of the assigned functions, by guest function: the BAR-change hook
+/// maps them where the guest places the BARs, and a re-plug adds those of a device that
+/// came back.
+pub type DirectBarRegistry = Arc<Mutex<HashMap<FunctionId, Vec<DirectBar>>>>;
+
+/// The open devices and what takes them out of the guest and puts them back.
+#[derive(Debug)]
+struct Live {
+    host: HostDevices<sys::Platform>,
+    /// Takes devices the host took away out of the guest, once their places are known.
+    loss: Option<loss::LossHandler>,
+    /// Puts them back (SIGUSR1).
+    replug: Option<replug::Replugger>,
+}
+
+impl Live {
+    /// Plugs the lost devices back in that the host has again (on the re-plug thread).
+    fn replug(&mut self, asked: Instant) -> Vec<ReplugReport> {
+        match (self.loss.as_mut(), self.replug.as_ref()) {
+            (Some(handler), Some(replugger)) => {
+                replugger.replug_lost(handler, &mut self.host, asked)
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The VM's assigned devices; resets them (and unmaps their DMA) when dropped.
 #[derive(Debug)]
 pub struct AssignedDevices {
-    host: Option<HostDevices<sys::Platform>>,
-    /// Takes devices the host took away out of the guest, once their places are known.
-    loss: Option<loss::LossHandler>,
+    /// The devices, unless they are on the re-plug thread (`away`).
+    live: Option<Live>,
+    /// Where the devices come back from the re-plug thread.
+    away: Option<mpsc::Receiver<Box<Live>>>,
+    worker: Option<worker::ReplugWorker>,
 }
 
 impl AssignedDevices {
@@ -105,25 +140,73 @@ impl AssignedDevices {
         config: &VmConfig,
         trace: Option<&Arc<dyn TraceSink>>,
     ) -> Result<(Self, AssignedParts), AssignError> {
+        let mut this = Self { live: None, away: None, worker: None };
         if config.devices.is_empty() {
-            return Ok((Self { host: None, loss: None }, AssignedParts::default()));
+            return Ok((this, AssignedParts::default()));
         }
         let (platform, backend) = sys::Platform::new(vm, trace)?;
         let (host, parts) = HostDevices::open(platform, backend, ram, &config.devices, trace)?;
-        Ok((Self { host: Some(host), loss: None }, parts))
+        this.live = Some(Live { host, loss: None, replug: None });
+        Ok((this, parts))
     }
 
-    /// Once the devices are in the guest's hierarchy (`root`; each function's host address
-    /// and its root port): devices the host takes away are removed from it
-    /// ([`Self::poll_device_loss`]).
+    /// Once the devices are in the guest's hierarchy `pci`: devices the host takes away are
+    /// removed from it ([`Self::poll_device_loss`]) and put back on SIGUSR1
+    /// ([`Self::replug_lost`]), by a thread started now (confined when `seccomp`).
     pub fn watch_loss(
         &mut self,
-        root: &devices::pci::PciRoot,
-        ports: Vec<(passthrough::PciAddress, devices::pci::FunctionId)>,
+        vm: &Arc<dyn Vm>,
+        pci: &crate::pci::PciHierarchy,
         trace: Option<&Arc<dyn TraceSink>>,
-    ) {
-        if self.host.is_some() {
-            self.loss = Some(loss::LossHandler::new(root.clone(), ports, trace.cloned()));
+        seccomp: bool,
+    ) -> Result<(), AssignError> {
+        let Some(live) = self.live.as_mut() else { return Ok(()) };
+        let ports = pci.assigned_ports.clone();
+        live.loss = Some(loss::LossHandler::new(pci.root.clone(), ports, trace.cloned()));
+        if let Some(direct_bars) = &pci.direct_bars {
+            live.replug =
+                Some(replug::Replugger { vm: vm.clone(), direct_bars: direct_bars.clone() });
+            self.worker = Some(worker::ReplugWorker::spawn(seccomp)?);
+        }
+        Ok(())
+    }
+
+    /// SIGUSR1: plugs the lost devices back in that the host has again, on the re-plug
+    /// thread (their loss reports wait until they are back). Returns at once.
+    pub fn replug_lost(&mut self) {
+        self.take_back(false);
+        if self.away.is_some() {
+            log::info!("SIGUSR1: a re-plug is under way; wait for it and send it again");
+            return;
+        }
+        let (Some(worker), true) = (self.worker.as_ref(), self.live.is_some()) else {
+            log::info!("SIGUSR1: no device is assigned; nothing to plug in again");
+            return;
+        };
+        let Some(live) = self.live.take() else { return };
+        match worker.replug(Box::new(live), Instant::now()) {
+            Ok(receiver) => self.away = Some(receiver),
+            Err(live) => self.live = Some(*live),
+        }
+    }
+
+    /// Takes the devices back from the re-plug thread if it is done (or, with `wait`, once
+    /// it is).
+    fn take_back(&mut self, wait: bool) {
+        let Some(receiver) = &self.away else { return };
+        let back = if wait {
+            receiver.recv().map_err(|_| mpsc::TryRecvError::Disconnected)
+        } else {
+            receiver.try_recv()
+        };
+        match back {
+            Ok(live) => {
+                self.live = Some(*live);
+                self.away = None;
+            }
+            // The thread dropped them (it cannot: a panic aborts); nothing to take back.
+            Err(mpsc::TryRecvError::Disconnected) => self.away = None,
+            Err(mpsc::TryRecvError::Empty) => {}
         }
     }
 
@@ -135,7 +218,8 @@ impl AssignedDevices {
         control: &crate::control::VmControl,
         policy: crate::cli::OnDeviceLoss,
     ) -> Vec<LossReport> {
-        let (Some(host), Some(handler)) = (self.host.as_mut(), self.loss.as_ref()) else {
+        self.take_back(false);
+        let Some(Live { host, loss: Some(handler), .. }) = self.live.as_mut() else {
             return Vec::new();
         };
         let mut reports = Vec::new();
@@ -155,16 +239,19 @@ impl AssignedDevices {
     /// Wires each assigned function's INTx to its guest SPI (the GIC must exist). Failures
     /// are warnings: the device still interrupts through MSI or MSI-X.
     pub fn connect_intx(&mut self, vm: &Arc<dyn Vm>, lines: &[AssignedIntx]) {
-        if let Some(host) = self.host.as_mut() {
-            host.connect_intx(vm, lines);
+        if let Some(live) = self.live.as_mut() {
+            live.host.connect_intx(vm, lines);
         }
     }
 
     /// Quiesces and resets the devices and removes their DMA mappings; also done on drop.
     pub fn shutdown(&mut self) {
-        if let Some(mut host) = self.host.take() {
-            host.shutdown();
+        // A re-plug under way finishes first: the devices are reset here, not left open.
+        self.take_back(true);
+        if let Some(mut live) = self.live.take() {
+            live.host.shutdown();
         }
+        self.worker = None;
     }
 }
 

@@ -45,6 +45,10 @@ pub(super) trait HostPlatform: Sized + Send + std::fmt::Debug {
 
     /// Lets go of the VM's side of the interrupts of `addresses`, whose devices left.
     fn release(&mut self, _addresses: &[PciAddress]) {}
+
+    /// A fresh backend, to open devices that left the host and came back (re-plug): the
+    /// first one is gone with the devices it opened.
+    fn replug_backend(&self) -> Result<Self::Backend, AssignError>;
 }
 
 type Function<P> = <<P as HostPlatform>::Backend as HostBackend>::Function;
@@ -67,6 +71,10 @@ pub(super) struct HostDevices<P: HostPlatform> {
     identity: Option<IdentityDma>,
     windowed: Vec<WindowedDevice>,
     trace: Option<Arc<dyn TraceSink>>,
+    /// Every `--device`, to open one again when it comes back.
+    configs: Vec<DeviceConfig>,
+    /// Guest RAM, to map it again for a device that comes back.
+    ram: Vec<RamRegion>,
 }
 
 impl<P: HostPlatform> std::fmt::Debug for HostDevices<P> {
@@ -119,6 +127,8 @@ impl<P: HostPlatform> HostDevices<P> {
             identity: None,
             windowed: Vec::new(),
             trace: trace.cloned(),
+            configs: configs.to_vec(),
+            ram: ram.regions().to_vec(),
         };
         // All devices are open before any is reset (a hot reset of a slot needs every function
         // on it in hand), and reset before any is used.
@@ -260,6 +270,87 @@ impl<P: HostPlatform> HostDevices<P> {
             self.unmap_identity("after removal");
         }
         released
+    }
+
+    /// Opens the functions at `addresses` again, which left the host and came back (`--device`
+    /// as given at start): checked, opened through a fresh backend, reset, watched for loss,
+    /// guest RAM mapped again for identity DMA, and each assigned function built, for the
+    /// caller to put back behind its root port. On an error nothing is kept.
+    pub(super) fn replug(
+        &mut self,
+        addresses: &[PciAddress],
+    ) -> Result<Vec<PendingFunction>, AssignError> {
+        let configs: Vec<DeviceConfig> =
+            self.configs.iter().filter(|c| addresses.contains(&c.address)).cloned().collect();
+        let Some(first) = configs.first().map(|c| c.address) else { return Ok(Vec::new()) };
+        if let Some(windowed) = configs.iter().find(|c| matches!(c.dma, DmaMode::Window(_))) {
+            return Err(AssignError::ReplugWindow { address: windowed.address });
+        }
+        // The identity DMA space of the other devices is still open: a second one would pin
+        // guest RAM again (not supported yet).
+        if self.identity.is_some() {
+            return Err(AssignError::ReplugSharedIdentity { address: first });
+        }
+        let mut backend = self.platform.replug_backend()?;
+        let requests: Vec<FunctionRequest> = configs.iter().map(request).collect();
+        backend
+            .check(&requests, &self.ram)
+            .map_err(|(address, source)| AssignError::Host { address, source })?;
+        let mut functions = Vec::new();
+        for request in &requests {
+            functions.push(backend.open(request).map_err(host_error(request.address))?);
+        }
+        for function in &functions {
+            self.reset(function, "replug");
+        }
+        let built = self.replug_dma(&mut backend, first).and_then(|()| {
+            configs
+                .iter()
+                .zip(&functions)
+                .map(|(config, host)| {
+                    let Assigned { function, direct_bars, intx } =
+                        assigned_function(host, config, self.trace.as_ref())?;
+                    Ok(PendingFunction {
+                        name: config.address.to_string(),
+                        address: config.address,
+                        function: Box::new(function),
+                        direct_bars,
+                        intx,
+                    })
+                })
+                .collect::<Result<Vec<_>, AssignError>>()
+        });
+        let pending = match built {
+            Ok(pending) => pending,
+            Err(e) => {
+                // Only the mapping made just now can be there (checked above).
+                self.unmap_identity("after a failed re-plug");
+                return Err(e);
+            }
+        };
+        for (request, function) in requests.iter().zip(functions) {
+            if request.dma == DmaRequest::Identity {
+                self.identity_users.push(request.address);
+            }
+            if let Some(watch) = function.loss_watch() {
+                self.watches.push((request.address, watch));
+            }
+            self.functions.push(function);
+        }
+        Ok(pending)
+    }
+
+    /// Maps guest RAM again for the identity devices `backend` opened (their space is new).
+    fn replug_dma(
+        &mut self,
+        backend: &mut P::Backend,
+        first: PciAddress,
+    ) -> Result<(), AssignError> {
+        let ram = self.ram.clone();
+        if let Some(mapper) = backend.identity_mapper(&ram).map_err(host_error(first))? {
+            self.map_guest_ram(mapper, &ram).map_err(host_error(first))?;
+        }
+        Ok(())
     }
 
     /// Unmaps guest RAM from the identity DMA space and closes it (`when`: for the log).

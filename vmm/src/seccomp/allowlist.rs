@@ -79,7 +79,9 @@ impl Allowlist {
 pub(super) fn clone3_errno(kind: ThreadKind) -> i32 {
     match kind {
         ThreadKind::Vcpu => libc::ENOSYS,
-        ThreadKind::DeviceWorker | ThreadKind::Stdin | ThreadKind::Control => libc::EPERM,
+        ThreadKind::DeviceWorker | ThreadKind::Stdin | ThreadKind::Control | ThreadKind::Replug => {
+            libc::EPERM
+        }
     }
 }
 
@@ -293,6 +295,35 @@ fn control(list: &mut Allowlist) -> Result<()> {
     Ok(())
 }
 
+/// What the re-plug thread needs on top of [`common`]: opening an assigned device again
+/// through the start's pipeline (sysfs checks, the VFIO container, group and device, reset,
+/// guest RAM mapped for DMA, BAR pieces mmapped, the loss eventfds, INTx irqfds) and putting
+/// it behind its root port (the hot-plug MSI); what the control thread does with devices
+/// too, for a re-plug that fails half-way and lets go of them.
+fn replug(list: &mut Allowlist) -> Result<()> {
+    control(list)?;
+    // Every VFIO ioctl (type ';'): the container (API version, extensions, IOMMU type, DMA
+    // map and unmap, IOMMU info), the group (status, set container, get device fd) and the
+    // device (info, regions, interrupts, resets). Only this thread opens VFIO files, and
+    // VFIO is what it is for.
+    list.when(libc::SYS_ioctl, arg_masked(1, 0xff00, u64::from(b';') << 8)?)?;
+    // The device's configuration space through its VFIO file.
+    list.always(libc::SYS_pread64);
+    list.always(libc::SYS_pwrite64);
+    // sysfs: the driver and IOMMU group links, the group's member directory.
+    list.always(libc::SYS_readlinkat);
+    #[cfg(target_arch = "x86_64")]
+    list.always(libc::SYS_readlink);
+    list.always(libc::SYS_getdents64);
+    // RLIMIT_MEMLOCK against the RAM the DMA mapping pins.
+    list.always(libc::SYS_prlimit64);
+    // The device request and error eventfds, and the INTx level irqfd.
+    list.always(libc::SYS_eventfd2);
+    // Opening files (sysfs, /proc/self/status, /dev/vfio/*) is allowed by `common` and not
+    // answered EACCES on this thread (see `super::linux::programs`).
+    Ok(())
+}
+
 /// The allowlist of `kind`, for the process `pid` (the only one its threads may signal).
 pub(super) fn allowlist(kind: ThreadKind, pid: u32) -> Result<Allowlist> {
     let mut list = Allowlist::default();
@@ -302,6 +333,7 @@ pub(super) fn allowlist(kind: ThreadKind, pid: u32) -> Result<Allowlist> {
         ThreadKind::DeviceWorker => device_worker(&mut list)?,
         ThreadKind::Stdin => stdin(&mut list)?,
         ThreadKind::Control => control(&mut list)?,
+        ThreadKind::Replug => replug(&mut list)?,
     }
     Ok(list)
 }

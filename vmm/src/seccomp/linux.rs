@@ -25,31 +25,35 @@ fn errno_filter(
 }
 
 /// The BPF programs that confine a thread of `kind` in process `pid`, in install order: the
-/// two errno answers, then the allowlist (anything else traps). The kernel runs all of a
+/// errno answers (clone3; opening files, except on the re-plug thread), then the allowlist (anything else traps). The kernel runs all of a
 /// thread's filters and takes the strictest answer, so the order does not matter.
 pub(super) fn programs(kind: ThreadKind, pid: u32) -> Result<Vec<BpfProgram>, SeccompError> {
     let build =
         |e: seccompiler::BackendError| SeccompError::Build { kind: kind.name(), source: e.into() };
     let allowed = allowlist(kind, pid).map_err(build)?;
-    let filters = [
-        errno_filter(&[libc::SYS_clone3], clone3_errno(kind)).map_err(build)?,
-        errno_filter(OPEN_CALLS, OPEN_ERRNO).map_err(build)?,
+    let mut filters = vec![errno_filter(&[libc::SYS_clone3], clone3_errno(kind)).map_err(build)?];
+    // The re-plug thread opens the device files for real.
+    if kind != ThreadKind::Replug {
+        filters.push(errno_filter(OPEN_CALLS, OPEN_ERRNO).map_err(build)?);
+    }
+    filters.push(
         SeccompFilter::new(allowed.into_rules(), SeccompAction::Trap, SeccompAction::Allow, ARCH)
             .map_err(build)?,
-    ];
+    );
     filters.into_iter().map(|filter| BpfProgram::try_from(filter).map_err(build)).collect()
 }
 
 /// The programs of `kind` for this process, built once: every vCPU and device worker thread
 /// installs the same ones, and [`prepare`] can build them ahead, off the boot path.
 fn cached_programs(kind: ThreadKind) -> Result<&'static [BpfProgram], SeccompError> {
-    static CACHE: [OnceLock<Vec<BpfProgram>>; 4] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static CACHE: [OnceLock<Vec<BpfProgram>>; 5] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
     let slot = &CACHE[match kind {
         ThreadKind::Vcpu => 0,
         ThreadKind::DeviceWorker => 1,
         ThreadKind::Stdin => 2,
         ThreadKind::Control => 3,
+        ThreadKind::Replug => 4,
     }];
     if let Some(programs) = slot.get() {
         return Ok(programs);

@@ -10,7 +10,10 @@
 //!   too and their own filter only narrows it;
 //! - the stdin (console input) thread, first thing on the thread (`console.rs`);
 //! - the control (main) thread, once the VM is built and every vCPU thread is waiting to
-//!   run, before the guest starts (`vm.rs`); it keeps the filter through teardown and exit.
+//!   run, before the guest starts (`vm.rs`); it keeps the filter through teardown and exit;
+//! - the re-plug thread, first thing on the thread (`assign/worker.rs`): it opens assigned
+//!   devices again on SIGUSR1, which needs opening files (the only kind that may) and the
+//!   VFIO setup calls, kept off the main thread's filter.
 //!
 //! The allowlists are in `allowlist.rs`, one function per kind, each entry with why.
 //!
@@ -63,6 +66,8 @@ pub enum ThreadKind {
     /// The main thread once the guest runs: waits for the stop, stops the vCPUs, tears down
     /// (assigned devices reset and unmapped) and exits.
     Control,
+    /// Opens assigned devices again that the host took away and gave back (SIGUSR1).
+    Replug,
 }
 
 impl ThreadKind {
@@ -73,6 +78,7 @@ impl ThreadKind {
             Self::DeviceWorker => "device worker",
             Self::Stdin => "stdin",
             Self::Control => "control",
+            Self::Replug => "re-plug",
         }
     }
 }
@@ -134,9 +140,13 @@ pub fn prepare(kind: ThreadKind) -> Result<(), SeccompError> {
 /// the VM is being built; a failure there is reported again by [`confine`].
 pub fn prepare_in_background() {
     let spawned = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
-        for kind in
-            [ThreadKind::Vcpu, ThreadKind::DeviceWorker, ThreadKind::Control, ThreadKind::Stdin]
-        {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::DeviceWorker,
+            ThreadKind::Control,
+            ThreadKind::Stdin,
+            ThreadKind::Replug,
+        ] {
             if let Err(e) = prepare(kind) {
                 log::debug!("seccomp filters built later: {e}");
             }

@@ -294,6 +294,34 @@ fn child_case(case: &str) {
             confined(ThreadKind::Control);
             ioctl_ebadf(KVM_RUN());
         }
+        "replug-allowed" => {
+            confined(ThreadKind::Replug);
+            // What opening an assigned device again does: sysfs and /proc files opened for
+            // real, links and directories read, the memlock limit, eventfds, every VFIO
+            // ioctl and the hot-plug MSI.
+            expect("open works", std::fs::read_to_string("/proc/self/status").is_ok());
+            expect("readlink", std::fs::read_link("/proc/self/exe").is_ok());
+            expect("read_dir", std::fs::read_dir("/proc/self/fd").is_ok_and(|d| d.count() > 0));
+            expect("path exists", std::path::Path::new("/proc/self").exists());
+            // SAFETY: rlimit is plain data that getrlimit fills.
+            let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid out pointer.
+            expect("getrlimit", unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0);
+            expect("eventfd", vmm_sys_util::eventfd::EventFd::new(0).is_ok());
+            let file = std::fs::File::open("/proc/self/stat");
+            let mut byte = [0u8; 1];
+            expect("pread", file.is_ok_and(|f| f.read_exact_at(&mut byte, 0).is_ok()));
+            // VFIO_GET_API_VERSION, VFIO_GROUP_GET_DEVICE_FD, VFIO_DEVICE_GET_REGION_INFO.
+            for request in [0x3b64, 0x3b6a, 0x3b6c, VFIO_IOMMU_MAP_DMA(), KVM_SIGNAL_MSI()] {
+                expect("a re-plug ioctl is allowed", ioctl_ebadf(request));
+            }
+            eprintln!("replug case done");
+            std::process::exit(0);
+        }
+        "replug-kvm-run" => {
+            confined(ThreadKind::Replug);
+            ioctl_ebadf(KVM_RUN());
+        }
         other => {
             eprintln!("unknown case {other}");
             std::process::exit(4);
@@ -313,10 +341,16 @@ fn child_entry() {
 
 #[test]
 fn every_filter_builds_within_the_kernel_limit() {
-    for kind in [ThreadKind::Vcpu, ThreadKind::DeviceWorker, ThreadKind::Stdin, ThreadKind::Control]
-    {
+    for kind in [
+        ThreadKind::Vcpu,
+        ThreadKind::DeviceWorker,
+        ThreadKind::Stdin,
+        ThreadKind::Control,
+        ThreadKind::Replug,
+    ] {
         let programs = programs(kind, 4242).unwrap();
-        assert_eq!(programs.len(), 3);
+        // The re-plug thread's opens are not answered EACCES.
+        assert_eq!(programs.len(), if kind == ThreadKind::Replug { 2 } else { 3 });
         let total: usize = programs.iter().map(Vec::len).sum();
         assert!(total < 1024, "{kind:?}: {total} instructions");
     }
@@ -331,12 +365,14 @@ fn only_vcpu_threads_run_guests_and_start_threads() {
         list(ThreadKind::Stdin),
         list(ThreadKind::Control),
     );
+    let replug = list(ThreadKind::Replug);
     for call in [libc::SYS_clone, libc::SYS_eventfd2, libc::SYS_seccomp] {
         assert!(vcpu.allows(call));
         for other in [&worker, &stdin, &control] {
             assert!(!other.allows(call), "{call}");
         }
     }
+    assert!(!replug.allows(libc::SYS_clone) && !replug.allows(libc::SYS_seccomp));
     for call in [
         libc::SYS_socket,
         libc::SYS_connect,
@@ -348,7 +384,7 @@ fn only_vcpu_threads_run_guests_and_start_threads() {
         libc::SYS_pipe2,
         libc::SYS_memfd_create,
     ] {
-        for kind in [&vcpu, &worker, &stdin, &control] {
+        for kind in [&vcpu, &worker, &stdin, &control, &replug] {
             assert!(!kind.allows(call), "{call}");
         }
     }
@@ -413,6 +449,17 @@ fn only_vcpu_threads_can_start_threads() {
 fn the_control_thread_tears_down_and_exits() {
     let stderr = assert_ran_clean("control-allowed");
     assert!(stderr.contains("control case done"), "{stderr}");
+}
+
+#[test]
+fn the_replug_thread_opens_files_and_sets_up_vfio() {
+    let stderr = assert_ran_clean("replug-allowed");
+    assert!(stderr.contains("replug case done"), "{stderr}");
+}
+
+#[test]
+fn the_replug_thread_cannot_run_a_vcpu() {
+    assert_refused("replug-kvm-run", libc::SYS_ioctl, "ioctl", None);
 }
 
 #[test]

@@ -911,3 +911,49 @@ fn plugging_a_device_back_routes_it_again() {
     assert!(root.plug_port(port, vec![(1, Box::new(f1))]).is_err());
     assert_eq!(ecam_read32(&root, 1, 0, 0), u32::MAX);
 }
+
+#[test]
+fn a_device_plugged_back_in_is_announced_as_pciehp_expects() {
+    use crate::pci::root_port::{
+        LINK_STA_DLLLA, SLOT_CTL_DLLSCE, SLOT_CTL_HPIE, SLOT_CTL_PDCE, SLOT_STA_DLLSC,
+        SLOT_STA_PDC, SLOT_STA_PDS,
+    };
+    let (root, port, msi) = hotplug_root();
+    let pcie = 0x40;
+    let msi_at = (ecam_read32(&root, 0, 1, pcie) >> 8 & 0xff) as u16;
+    // pciehp's probe: the port's MSI programmed and on, stale events cleared (write 1),
+    // presence and link changes and the interrupt enabled.
+    ecam_write32(&root, 0, 1, msi_at + 4, 0x0808_0040);
+    ecam_write32(&root, 0, 1, msi_at + 8, 0);
+    ecam_write32(&root, 0, 1, msi_at + 0xc, 0x21);
+    ecam_write32(&root, 0, 1, msi_at, 1 << 16);
+    let enables = u32::from(SLOT_CTL_PDCE | SLOT_CTL_DLLSCE | SLOT_CTL_HPIE);
+    let clear_events_and_enable = 0x011f << 16 | enables;
+    ecam_write32(&root, 0, 1, pcie + 0x18, clear_events_and_enable);
+    assert!(msi.sent().is_empty());
+
+    root.unplug_port(port).unwrap();
+    assert_eq!(msi.sent().len(), 1, "the removal");
+    // pciehp handles the removal and clears its events.
+    ecam_write32(&root, 0, 1, pcie + 0x18, clear_events_and_enable);
+    assert_eq!(slot_status(&root), 0, "empty, no event pending");
+    let link_status = |root: &PciRoot| (ecam_read32(root, 0, 1, pcie + 0x10) >> 16) as u16;
+    assert_eq!(link_status(&root) & LINK_STA_DLLLA, 0, "link down");
+
+    // The device comes back (re-plug).
+    let (endpoint, _, _) = FakeEndpoint::with_device_id(0x2300);
+    root.plug_port(port, vec![(0, Box::new(endpoint))]).unwrap();
+    assert_eq!(
+        slot_status(&root),
+        SLOT_STA_PDS | SLOT_STA_PDC | SLOT_STA_DLLSC,
+        "present, presence detect changed, data link layer state changed"
+    );
+    assert_ne!(link_status(&root) & LINK_STA_DLLLA, 0, "link up");
+    let sent = msi.sent();
+    assert_eq!(sent.len(), 2, "one MSI for the arrival");
+    assert_eq!(sent[1].0, crate::pci::MsiMessage { address: 0x0808_0040, data: 0x21 });
+    assert_eq!(sent[1].1, 0x0008, "from the port (00:01.0)");
+    // The guest then finds the device behind the port.
+    ecam_write32(&root, 0, 1, pcie + 0x18, clear_events_and_enable);
+    assert_eq!(ecam_read32(&root, 1, 0, 0), 0x2300_10de);
+}

@@ -42,6 +42,16 @@ impl HostPlatform for FakePlatform {
     fn stop(&mut self) {
         note(&self.0, "stop".into());
     }
+
+    /// A test noted `refuse ADDRESS`: the new backend's check refuses that function (a
+    /// device not back, or not bound to vfio-pci).
+    fn replug_backend(&self) -> Result<FakeBackend, AssignError> {
+        let mut calls = self.0.lock().unwrap();
+        let at = calls.iter().position(|c| c.starts_with("refuse "));
+        let refuse = at.map(|at| calls.remove(at)[7..].parse().unwrap());
+        calls.push("new backend".into());
+        Ok(FakeBackend { calls: self.0.clone(), refuse, identity: false })
+    }
 }
 
 #[derive(Debug)]
@@ -406,7 +416,8 @@ fn a_lost_device_leaves_the_guest_and_goes_back_to_the_host() {
         root.attach_to_port(port, pending.function).unwrap();
         ports.push((pending.address, port));
     }
-    let handler = crate::assign::loss::LossHandler::new(root.clone(), ports, Some(trace.clone()));
+    let mut handler =
+        crate::assign::loss::LossHandler::new(root.clone(), ports, Some(trace.clone()));
     calls.lock().unwrap().clear();
     trace.0.lock().unwrap().clear();
     assert!(host.poll_loss().is_empty(), "nothing lost yet");
@@ -445,4 +456,127 @@ fn a_lost_device_leaves_the_guest_and_goes_back_to_the_host() {
         ["stop", "quiesce 0000:02:00.0", "reset 0000:02:00.0 exit", "release 0000:02:00.0"],
         "only the device that stayed is reset at exit"
     );
+}
+
+/// The fake host's identity device (01:00.0) behind a hot-plug root port, lost.
+fn lost_identity_device() -> (
+    HostDevices<FakePlatform>,
+    crate::assign::loss::LossHandler,
+    devices::pci::PciRoot,
+    Calls,
+    Arc<RecordingTrace>,
+) {
+    use devices::pci::PciRoot;
+
+    let ram = ram();
+    let (platform, backend, calls) = fake_host();
+    let trace = Arc::new(RecordingTrace::default());
+    let sink: Arc<dyn TraceSink> = trace.clone();
+    let configs = [device("0000:01:00.0", DmaMode::Identity)];
+    let (mut host, parts) =
+        HostDevices::open(platform, backend, &ram, &configs, Some(&sink)).unwrap();
+    let root = PciRoot::new();
+    root.enable_hotplug(Arc::new(CountingMsi::default()));
+    let port = root.add_root_port().unwrap();
+    let mut ports = Vec::new();
+    for pending in parts.functions {
+        root.attach_to_port(port, pending.function).unwrap();
+        ports.push((pending.address, port));
+    }
+    let mut handler =
+        crate::assign::loss::LossHandler::new(root.clone(), ports, Some(trace.clone()));
+    let lost: PciAddress = "0000:01:00.0".parse().unwrap();
+    handler.handle(&mut host, lost, LossReason::Request, std::time::Instant::now()).unwrap();
+    calls.lock().unwrap().clear();
+    trace.0.lock().unwrap().clear();
+    (host, handler, root, calls, trace)
+}
+
+fn replugger() -> crate::assign::replug::Replugger {
+    let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40, tso: false }).unwrap();
+    crate::assign::replug::Replugger { vm, direct_bars: Default::default() }
+}
+
+#[test]
+fn a_lost_device_that_came_back_is_opened_again_and_plugged_in() {
+    let (mut host, mut handler, root, calls, trace) = lost_identity_device();
+    let names = |root: &devices::pci::PciRoot| -> Vec<String> {
+        root.functions().into_iter().map(|f| f.name).collect()
+    };
+    assert_eq!(names(&root), ["host-bridge", "root-port1"]);
+    let replugger = replugger();
+
+    let reports = replugger.replug_lost(&mut handler, &mut host, std::time::Instant::now());
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].outcome.is_ok(), "{:?}", reports[0].outcome);
+    assert_eq!(
+        calls.lock().unwrap()[..5],
+        [
+            "new backend",
+            "check 1",
+            "open 0000:01:00.0",
+            "reset 0000:01:00.0 replug",
+            "map BAR 0 0x0",
+        ],
+        "the start's pipeline, through a fresh backend"
+    );
+    let traced = trace.0.lock().unwrap().clone();
+    assert_eq!(traced[0], "0000:01:00.0 reset when=replug outcome=done method=flr");
+    assert_eq!(
+        traced[1], "dma dma-map gpa=0x40000000 iova=0x40000000 len=0x1000000",
+        "guest RAM is mapped again for its DMA"
+    );
+    assert!(traced[2].starts_with("0000:01:00.0 device-replug functions=1 ms="), "{traced:#?}");
+    assert_eq!(names(&root), ["host-bridge", "root-port1", "0000:01:00.0"], "back in the guest");
+    assert!(replugger
+        .direct_bars
+        .lock()
+        .unwrap()
+        .contains_key(&devices::pci::FunctionId::BehindPort { port: 1, function: 0 }));
+    // Nothing is lost now: a second SIGUSR1 does nothing.
+    calls.lock().unwrap().clear();
+    assert!(replugger.replug_lost(&mut handler, &mut host, std::time::Instant::now()).is_empty());
+    assert!(calls.lock().unwrap().is_empty());
+
+    // It is watched again: it can leave again, and is reset at exit like the others.
+    let lost: PciAddress = "0000:01:00.0".parse().unwrap();
+    note(&calls, format!("lose {lost}"));
+    assert_eq!(host.poll_loss(), [(lost, LossReason::Request)]);
+    assert!(handler
+        .handle(&mut host, lost, LossReason::Request, std::time::Instant::now())
+        .is_some());
+    assert_eq!(handler.slots.lost().len(), 1);
+    host.shutdown();
+}
+
+#[test]
+fn a_device_that_is_not_back_stays_lost_and_the_vm_goes_on() {
+    let (mut host, mut handler, root, calls, _trace) = lost_identity_device();
+    let replugger = replugger();
+    // Not back, or not bound to vfio-pci: the fresh backend's check refuses it.
+    note(&calls, "refuse 0000:01:00.0".into());
+    let reports = replugger.replug_lost(&mut handler, &mut host, std::time::Instant::now());
+    assert_eq!(reports.len(), 1);
+    let error = reports[0].outcome.as_ref().unwrap_err().to_string();
+    assert!(error.starts_with("--device 0000:01:00.0: "), "{error}");
+    assert_eq!(*calls.lock().unwrap(), ["new backend", "check 1"], "nothing opened");
+    assert_eq!(handler.slots.lost().len(), 1, "still lost; SIGUSR1 can try again");
+    let names: Vec<String> = root.functions().into_iter().map(|f| f.name).collect();
+    assert_eq!(names, ["host-bridge", "root-port1"]);
+    host.shutdown();
+}
+
+#[test]
+fn windowed_devices_are_not_plugged_in_again_yet() {
+    let (mut host, _parts, calls, _trace, _ram) = open_identity_and_window();
+    calls.lock().unwrap().clear();
+    let windowed: PciAddress = "0000:02:00.0".parse().unwrap();
+    let error = host.replug(&[windowed]).unwrap_err().to_string();
+    assert!(error.contains("re-plug is not supported for dma=window devices yet"), "{error}");
+    // An identity device while another identity device keeps the DMA space.
+    let identity: PciAddress = "0000:01:00.0".parse().unwrap();
+    let error = host.replug(&[identity]).unwrap_err().to_string();
+    assert!(error.contains("while another dma=identity device stays assigned"), "{error}");
+    assert!(calls.lock().unwrap().is_empty(), "the host was not asked");
+    host.shutdown();
 }

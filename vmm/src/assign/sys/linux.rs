@@ -107,11 +107,18 @@ impl Drop for SpiIntxRoute {
 }
 
 /// KVM's side of the VM's VFIO devices: their INTx lines.
-#[derive(Debug)]
 pub(crate) struct Platform {
     /// INTx connected by [`HostPlatform::connect_intx`].
     intx: Vec<IntxHandle>,
     trace: Option<Arc<dyn TraceSink>>,
+    /// Makes MSI / MSI-X routes, for the backend of a re-plug.
+    new_route: SharedRouteFactory,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform").field("intx", &self.intx).finish()
+    }
 }
 
 impl HostPlatform for Platform {
@@ -124,8 +131,14 @@ impl HostPlatform for Platform {
             let irqfd = vm.create_irqfd_msi().map_err(std::io::Error::other)?;
             Ok(Box::new(IrqfdRoute(irqfd)) as Box<dyn InterruptRoute>)
         });
-        let platform = Self { intx: Vec::new(), trace: trace.cloned() };
+        let platform =
+            Self { intx: Vec::new(), trace: trace.cloned(), new_route: new_route.clone() };
         Ok((platform, VfioBackend::new(new_route)))
+    }
+
+    /// VFIO again, with its own containers: those of the start closed with the devices.
+    fn replug_backend(&self) -> Result<VfioBackend, crate::assign::AssignError> {
+        Ok(VfioBackend::new(self.new_route.clone()))
     }
 
     /// Wires each function's INTx to a level irqfd on its SPI, one irqfd per SPI.

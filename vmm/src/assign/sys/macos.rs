@@ -65,6 +65,11 @@ impl HostPlatform for Platform {
         Ok((Self { live }, DextBackend::new(connect, sinks)))
     }
 
+    /// Opening a terminated dext device again needs its matching to run again first.
+    fn replug_backend(&self) -> Result<DextBackend, crate::assign::AssignError> {
+        Err(crate::assign::AssignError::ReplugUnsupported { os: "macOS" })
+    }
+
     /// Stops injecting interrupts; the dext releases the rest when the connections close.
     fn stop(&mut self) {
         self.live.store(false, Ordering::Release);

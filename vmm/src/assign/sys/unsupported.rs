@@ -26,4 +26,8 @@ impl HostPlatform for Platform {
     ) -> Result<(Self, Self::Backend), AssignError> {
         Err(AssignError::Unsupported { os: std::env::consts::OS })
     }
+
+    fn replug_backend(&self) -> Result<Self::Backend, AssignError> {
+        Err(AssignError::Unsupported { os: std::env::consts::OS })
+    }
 }
