@@ -114,6 +114,10 @@ impl devices::pci::MsiVector for IrqfdVector {
     fn signal(&self) -> std::io::Result<()> {
         self.0.signal().map_err(std::io::Error::other)
     }
+
+    fn eventfd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.0.eventfd())
+    }
 }
 
 /// Opens the trace file of `config` (`-`: stderr), if it asks for one.
