@@ -390,7 +390,11 @@ pub fn build_pci(
     }
     for (index, net) in config.nets.iter().enumerate() {
         let name = format!("virtio-net{index}");
-        let mut device = Net::new(&name, net.mac, crate::net::open(index, net)?);
+        let nic = crate::net::open(index, net)?;
+        let mut device = Net::new(&name, net.mac, nic.backend);
+        if let Some(kernel) = nic.vhost {
+            device.set_vhost(kernel);
+        }
         device.set_worker_start_hook(worker_start.clone());
         let transport = VirtioPci::new(name, Box::new(device), memory.clone(), msi.clone())
             .map_err(|e| PciSetupError::Topology(e.to_string()))?;

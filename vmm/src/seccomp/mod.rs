@@ -58,6 +58,9 @@ pub enum ThreadKind {
     Vcpu,
     /// Serves a virtio queue: guest memory, the disk image or the entropy source, and MSIs.
     DeviceWorker,
+    /// A virtio-net worker that hands its queues to the host kernel's vhost-net: a device
+    /// worker that may also make the vhost-net calls.
+    VhostNet,
     /// Reads host stdin into the UART.
     Stdin,
     /// The main thread once the guest runs: waits for the stop, stops the vCPUs, tears down
@@ -71,6 +74,7 @@ impl ThreadKind {
         match self {
             Self::Vcpu => "vCPU",
             Self::DeviceWorker => "device worker",
+            Self::VhostNet => "vhost-net worker",
             Self::Stdin => "stdin",
             Self::Control => "control",
         }
@@ -134,9 +138,13 @@ pub fn prepare(kind: ThreadKind) -> Result<(), SeccompError> {
 /// the VM is being built; a failure there is reported again by [`confine`].
 pub fn prepare_in_background() {
     let spawned = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
-        for kind in
-            [ThreadKind::Vcpu, ThreadKind::DeviceWorker, ThreadKind::Control, ThreadKind::Stdin]
-        {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::DeviceWorker,
+            ThreadKind::VhostNet,
+            ThreadKind::Control,
+            ThreadKind::Stdin,
+        ] {
             if let Err(e) = prepare(kind) {
                 log::debug!("seccomp filters built later: {e}");
             }
