@@ -301,14 +301,16 @@ done"#
             ),
         )
         .with_limit(BAD_INPUT_LIMIT),
-        // Guest to L1: NET_BENCH_MIB through nc to L1's nc, over the tap and over the socket peer.
+        // Guest to L1: NET_BENCH_MIB through nc to L1's nc, over the tap (userspace, then
+        // vhost-net) and over the socket peer.
         Case::new(
             "net-bench",
             net(format!(
                 r#"net_setup tap2 10.0.4 || exit 1
 net_setup tap3 10.0.5 || exit 1
 net_peer /tmp/net3.sock tap3
-for nic in tap=tap2 socket=/tmp/net3.sock; do
+modprobe vhost_net
+for nic in tap=tap2,vhost=off tap=tap2,vhost=on socket=/tmp/net3.sock; do
     # (busybox nc quits when its stdin ends; sleep keeps the listener's open.)
     (sleep 900 | nc -l -p 5001 | wc -c > /tmp/netbench.bytes) &
     /aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 300 --net "$nic" \
@@ -319,7 +321,7 @@ done"#,
                 with_check(&format!("netbench={NET_BENCH_MIB}"))
             )),
         )
-        .with_limit(Duration::from_secs(660)),
+        .with_limit(Duration::from_secs(960)),
     ]
 }
 
@@ -1760,7 +1762,8 @@ fn net_over_vhost_reaches_l1_and_survives_resets() {
         "{}",
         context(run, output)
     );
-    assert_eq!(count("(eth0 gone=yes) and bound again: eth0=back"), 2, "{}", context(run, output));
+    // (Short needles: the VMM's log lines may land in the middle of a guest console line.)
+    assert_eq!(count("eth0=back"), 2, "{}", context(run, output));
     assert_contains(run, output, "the guest rebooted: booting it again in place");
     assert_contains(run, output, "CHECK reboot: boot 2: found the mark of boot 1");
     assert_status(run, output, 0);
@@ -1795,13 +1798,13 @@ fn net_bad_input_is_refused_clearly() {
     }
 }
 
-/// Prints guest-to-L1 throughput over the tap and the socket backends (not asserted: the
-/// rig is emulated); asserts only that both transfers finished.
+/// Prints guest-to-L1 throughput over the tap (userspace and vhost-net) and the socket
+/// backends (not asserted: the rig is emulated); asserts only that the transfers finished.
 #[test]
 #[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
 fn net_throughput_figures() {
     let (run, output) = case("net-bench");
-    for nic in ["tap=tap2", "socket=/tmp/net3.sock"] {
+    for nic in ["tap=tap2,vhost=off", "tap=tap2,vhost=on", "socket=/tmp/net3.sock"] {
         let line = output
             .output
             .lines()
