@@ -228,8 +228,7 @@ pub fn plan(
     let features = ring_features(acked, kernel_features).map_err(|missing| {
         format!("the kernel's vhost-net lacks features {missing:#x} the driver accepted")
     })?;
-    let mut vrings = Vec::with_capacity(2);
-    for (index, q) in [(RX_QUEUE, rx), (TX_QUEUE, tx)] {
+    let setup = |index: u16, q: PlanQueue<'_>| -> Result<VringSetup, String> {
         let kick = q.kick.ok_or("the queue doorbells are not eventfds")?;
         let call = interrupt.queue_irqfd(index).ok_or_else(|| {
             format!(
@@ -238,16 +237,9 @@ pub fn plan(
             )
         })?;
         let addr = vring_addr(index, q.queue, memory).map_err(|e| e.to_string())?;
-        vrings.push(VringSetup {
-            index,
-            size: q.queue.size(),
-            base: q.queue.next_avail(),
-            addr,
-            kick,
-            call,
-        });
-    }
-    let vrings = [vrings[0], vrings[1]];
+        Ok(VringSetup { index, size: q.queue.size(), base: q.queue.next_avail(), addr, kick, call })
+    };
+    let vrings = [setup(RX_QUEUE, rx)?, setup(TX_QUEUE, tx)?];
     Ok(VhostPlan { features, regions: memory_regions(memory), vrings })
 }
 
