@@ -390,6 +390,17 @@ SCRIPT
             echo "CHECK netbench: ${mib}MiB start=$start end=$end"
         fi
         ;;
+    netreset)
+        # A virtio-net driver reset: eth0's virtio device leaves virtio_net (the driver resets
+        # the device) and comes back (a new DRIVER_OK); a `net` check after it proves the
+        # device served its queues again.
+        dev=$(basename "$(readlink /sys/class/net/eth0/device)")
+        echo "$dev" > /sys/bus/virtio/drivers/virtio_net/unbind
+        gone=$([ -e /sys/class/net/eth0 ] && echo no || echo yes)
+        echo "$dev" > /sys/bus/virtio/drivers/virtio_net/bind
+        wait_for /sys/class/net/eth0
+        echo "CHECK netreset: $dev unbound (eth0 gone=$gone) and bound again: eth0=$([ -e /sys/class/net/eth0 ] && echo back || echo missing)"
+        ;;
     rng)
         wait_for /dev/hwrng
         echo "CHECK rng: current=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"

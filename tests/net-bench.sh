@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # virtio-net throughput, nested guest -> emulated host (L1), in the e2e rig: the guest's
 # `netbench` check (images/guest-init.sh) sends MiB through busybox nc to an nc in L1, over
-# `--net tap=` and over `--net socket=` (tests/src/bin/net-peer.rs bridging to a tap), and,
+# `--net tap=` (userspace, vhost=off), over `--net tap=,vhost=on` (L1's vhost-net), and over
+# `--net socket=` (tests/src/bin/net-peer.rs bridging to a tap), and,
 # with KVMTOOL=<path to an arm64 lkvm-static built outside this repo>, kvmtool's virtio-net
 # over a tap (userspace, then vhost-net) with the same guest. Prints Mbit/s per run; the rig
 # is emulated (TCG), so compare the rows with each other, not with real hardware.
@@ -34,7 +35,9 @@ run="/aperture run --kernel /guest/Image --initrd /guest/guest.cpio --timeout 60
 scripts=(
     "$prelude
 net_setup tap0 10.0.2 || exit 1
-bench aperture-tap $run --net tap=tap0 --cmdline 'console=ttyAMA0 $check'"
+bench aperture-tap $run --net tap=tap0,vhost=off --cmdline 'console=ttyAMA0 $check'
+modprobe vhost_net || echo 'bench aperture-vhost: no vhost_net module in L1'
+bench aperture-vhost $run --net tap=tap0,vhost=on --cmdline 'console=ttyAMA0 $check'"
     "$prelude
 net_setup tap1 10.0.3 || exit 1
 /net-peer /tmp/n.sock tap1 2>/dev/null &

@@ -19,10 +19,12 @@ Examples:
       --cmdline 'console=ttyAMA0 root=/dev/vda rw'
 
   # Networking: a user-mode NIC through passt (Linux) or gvproxy (macOS), ssh on host port
-  # 2222; or a tap the host set up (ip tuntap add tap0 mode tap user $USER).
+  # 2222; or a tap the host set up (ip tuntap add tap0 mode tap user $USER), its queues in
+  # the host kernel when /dev/vhost-net is usable (vhost=on: required, vhost=off: never).
   aperture run --kernel Image --disk rootfs.img --net user,hostfwd=tcp:2222-:22 \\
       --cmdline 'console=ttyAMA0 root=/dev/vda rw'
   aperture run --kernel Image --initrd rootfs.cpio.gz --net tap=tap0,mac=52:54:00:12:34:56
+  aperture run --kernel Image --initrd rootfs.cpio.gz --net tap=tap0,vhost=on
 
   # Assign a host GPU (bound to vfio-pci) to the guest.
   aperture run --kernel Image --initrd rootfs.cpio.gz --memory 4G --device 0000:01:00.0
@@ -137,12 +139,13 @@ pub struct RunArgs {
     pub disk: Vec<String>,
 
     /// A virtio-net NIC (eth0, eth1, ... in order): `tap=NAME` (Linux; created when absent
-    /// and Aperture may), `socket=PATH` (a UNIX stream socket in QEMU's framing: passt,
+    /// and Aperture may; its queues in the host kernel when /dev/vhost-net is usable,
+    /// `vhost=on` requires that, `vhost=off` serves them in Aperture), `socket=PATH` (a UNIX stream socket in QEMU's framing: passt,
     /// gvproxy -listen-qemu), or `user` (Aperture starts passt, or gvproxy on macOS;
     /// `hostfwd=tcp:HOSTPORT-:GUESTPORT` forwards a host port, repeatable). `mac=MAC` sets
     /// the MAC (default: derived from the option and its position, the same every run).
     /// Repeat for more NICs.
-    #[arg(long, value_name = "tap=NAME|socket=PATH|user[,hostfwd=...][,mac=MAC]")]
+    #[arg(long, value_name = "tap=NAME[,vhost=on|off]|socket=PATH|user[,hostfwd=...][,mac=MAC]")]
     pub net: Vec<String>,
 
     /// Do not give the guest a virtio-rng device (it gets one by default).

@@ -114,6 +114,10 @@ impl devices::pci::MsiVector for IrqfdVector {
     fn signal(&self) -> std::io::Result<()> {
         self.0.signal().map_err(std::io::Error::other)
     }
+
+    fn eventfd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.0.eventfd())
+    }
 }
 
 /// Opens the trace file of `config` (`-`: stderr), if it asks for one.
@@ -394,7 +398,11 @@ pub fn build_pci(
     }
     for (index, net) in config.nets.iter().enumerate() {
         let name = format!("virtio-net{index}");
-        let mut device = Net::new(&name, net.mac, crate::net::open(index, net)?);
+        let nic = crate::net::open(index, net)?;
+        let mut device = Net::new(&name, net.mac, nic.backend);
+        if let Some(kernel) = nic.vhost {
+            device.set_vhost(kernel);
+        }
         device.set_worker_start_hook(worker_start.clone());
         let transport = VirtioPci::new(name, Box::new(device), memory.clone(), msi.clone())
             .map_err(|e| PciSetupError::Topology(e.to_string()))?;

@@ -332,7 +332,10 @@ fn worker_start_hook(config: &VmConfig, control: &Arc<VmControl>) -> Option<Work
     }
     let control = control.clone();
     Some(WorkerStartHook::new(move |name| {
-        if let Err(e) = seccomp::confine(ThreadKind::DeviceWorker) {
+        // Only virtio-net's vhost-net thread may drive the kernel's vhost-net.
+        let kind =
+            if name == "vhost-net" { ThreadKind::VhostNet } else { ThreadKind::DeviceWorker };
+        if let Err(e) = seccomp::confine(kind) {
             control.request_stop(StopReason::Error(format!("{name}: {e}")));
         }
     }))

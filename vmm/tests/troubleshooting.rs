@@ -187,6 +187,8 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
         run_error(&["--kernel", &kernel, "--net", "user,hostfwd=tcp:0-:22"]),
         run_error(&["--kernel", &kernel, "--net", "user,hostfwd=tcp:22"]),
         run_error(&["--kernel", &kernel, "--net", "tap=tap0,hostfwd=tcp:2222-:22"]),
+        run_error(&["--kernel", &kernel, "--net", "tap=tap0,vhost=yes"]),
+        run_error(&["--kernel", &kernel, "--net", "socket=/s,vhost=on"]),
         // `aperture check`'s warnings.
         vmm::check::kernel::bar_memory_type(Some("6.1.0-28-arm64")).to_string(),
     ];
@@ -356,6 +358,7 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
                 NetError::TunDevice("No such file or directory (os error 2)".into()),
                 NetError::Tap { name: "tap0".into(), source: os_error(libc::EPERM) },
                 NetError::TapUnsupported("tap0".into()),
+                NetError::Vhost { name: "tap0".into(), source: os_error(libc::ENOENT) },
                 NetError::SocketConnect { path, source: os_error(libc::ECONNREFUSED) },
                 NetError::HelperMissing(Helper::Passt),
                 NetError::HelperStart {

@@ -69,6 +69,11 @@ pub trait MsiVector: Send + Sync {
     fn set_route(&self, route: Option<(MsiMessage, u16)>) -> std::io::Result<()>;
     /// Raises the vector: the hypervisor sends the message of the route set last.
     fn signal(&self) -> std::io::Result<()>;
+    /// The eventfd whose signal raises the vector (KVM: the irqfd's), for a host kernel
+    /// that raises it itself (vhost-net); `None` where the trigger is not an eventfd.
+    fn eventfd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// One PCI function on the emulated bus, seen through its configuration space and BARs.

@@ -116,6 +116,11 @@ impl MsiVector for FakeVector {
         }
         Ok(())
     }
+
+    /// A made-up descriptor number per vector (100 + index), for tests to recognise.
+    fn eventfd(&self) -> Option<std::os::fd::RawFd> {
+        Some(100 + self.index as std::os::fd::RawFd)
+    }
 }
 
 impl MsiSink for TriggerHost {

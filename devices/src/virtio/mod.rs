@@ -27,6 +27,13 @@ pub trait VirtioInterrupt: Send + Sync {
     fn signal_queue(&self, queue_index: u16);
     /// Signals that the device configuration changed.
     fn signal_config(&self);
+    /// The eventfd that raises queue `queue_index`'s MSI-X vector through the hypervisor
+    /// (a KVM irqfd), for a host kernel that serves the queue itself (vhost-net) to signal;
+    /// `None` when the queue has no vector or the vector has no such trigger. It stays valid
+    /// while the transport lives; its route follows the vector's MSI-X entry.
+    fn queue_irqfd(&self, _queue_index: u16) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Errors a device reports when the driver activates it.

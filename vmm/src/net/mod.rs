@@ -7,7 +7,7 @@ mod spec;
 mod sys;
 mod user;
 
-use devices::virtio::net::NetBackend;
+use devices::virtio::net::{NetBackend, VhostNetKernel};
 
 pub use socket::SocketBackend;
 pub use spec::{NetBackendSpec, NetConfig, PortForward, NET_FORM};
@@ -31,6 +31,18 @@ pub enum NetError {
          run Aperture with CAP_NET_ADMIN"
     )]
     Tap {
+        /// The tap name.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `vhost=on` and `/dev/vhost-net` cannot be used.
+    #[error(
+        "--net tap={name},vhost=on: cannot use /dev/vhost-net: {source}; load the module \
+         (sudo modprobe vhost_net) and give your user read and write access to /dev/vhost-net \
+         (e.g. a udev rule or group), or use vhost=off"
+    )]
+    Vhost {
         /// The tap name.
         name: String,
         /// Why.
@@ -77,11 +89,25 @@ pub enum NetError {
     GvproxyForwards,
 }
 
-/// Opens the backend of NIC `index` (for `--net user`, starts its helper).
-pub fn open(index: usize, config: &NetConfig) -> Result<Box<dyn NetBackend>, NetError> {
-    Ok(match &config.backend {
-        NetBackendSpec::Tap(name) => sys::open_tap(name)?,
-        NetBackendSpec::Socket(path) => Box::new(SocketBackend::connect(path)?),
-        NetBackendSpec::User(forwards) => Box::new(user::start(index, forwards)?),
-    })
+/// A NIC's opened host side.
+#[derive(Debug)]
+pub struct OpenedNic {
+    /// Where its frames go.
+    pub backend: Box<dyn NetBackend>,
+    /// The kernel's vhost-net, to serve a tap's queues.
+    pub vhost: Option<Box<dyn VhostNetKernel>>,
+}
+
+/// Opens the backend of NIC `index` (for `--net user`, starts its helper), and for a tap
+/// vhost-net as `vhost=` asks.
+pub fn open(index: usize, config: &NetConfig) -> Result<OpenedNic, NetError> {
+    let (backend, vhost) = match &config.backend {
+        NetBackendSpec::Tap(name) => {
+            let backend = sys::open_tap(name)?;
+            (backend, sys::open_vhost(name, config.vhost)?)
+        }
+        NetBackendSpec::Socket(path) => (Box::new(SocketBackend::connect(path)?) as _, None),
+        NetBackendSpec::User(forwards) => (Box::new(user::start(index, forwards)?) as _, None),
+    };
+    Ok(OpenedNic { backend, vhost })
 }

@@ -1,13 +1,13 @@
-//! `--net` values: `tap=NAME`, `socket=PATH` or `user[,hostfwd=...]`, each with an optional
-//! `mac=MAC`.
+//! `--net` values: `tap=NAME[,vhost=on|off]`, `socket=PATH` or `user[,hostfwd=...]`, each
+//! with an optional `mac=MAC`.
 
 use std::path::PathBuf;
 
 use devices::virtio::net::MacAddress;
 
 /// The form of `--net`, for error messages.
-pub const NET_FORM: &str = "the form is tap=NAME[,mac=MAC], socket=PATH[,mac=MAC] or \
-    user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]...[,mac=MAC]";
+pub const NET_FORM: &str = "the form is tap=NAME[,mac=MAC][,vhost=on|off], \
+    socket=PATH[,mac=MAC] or user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]...[,mac=MAC]";
 
 /// Where a NIC's frames go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,9 @@ pub struct NetConfig {
     /// The guest's MAC address: given, or derived from the option and the NIC's index so
     /// that it stays the same from run to run.
     pub mac: MacAddress,
+    /// A tap's queues in the host kernel (vhost-net): `Some(true)` required, `Some(false)`
+    /// never, `None` when `/dev/vhost-net` is usable.
+    pub vhost: Option<bool>,
 }
 
 impl NetConfig {
@@ -49,12 +52,18 @@ impl NetConfig {
         let mut parts = text.split(',');
         let kind = parts.next().unwrap_or_default();
         let mut mac = None;
+        let mut vhost = None;
         let mut forwards = Vec::new();
         let mut rest = Vec::new();
         for option in parts {
             match option.split_once('=') {
                 Some(("mac", value)) => mac = Some(value.parse::<MacAddress>()?),
                 Some(("hostfwd", value)) => forwards.push(parse_forward(value)?),
+                Some(("vhost", "on")) => vhost = Some(true),
+                Some(("vhost", "off")) => vhost = Some(false),
+                Some(("vhost", other)) => {
+                    return Err(format!("vhost={other:?}: the value is on or off"))
+                }
                 _ => rest.push(option),
             }
         }
@@ -84,8 +93,11 @@ impl NetConfig {
             }
             other => other,
         };
+        if vhost.is_some() && !matches!(backend, NetBackendSpec::Tap(_)) {
+            return Err("vhost= applies to --net tap= only (vhost-net drives a tap)".into());
+        }
         let seed = format!("{index}:{kind}");
-        Ok(Self { backend, mac: mac.unwrap_or_else(|| MacAddress::derived(&seed)) })
+        Ok(Self { backend, mac: mac.unwrap_or_else(|| MacAddress::derived(&seed)), vhost })
     }
 }
 
@@ -151,6 +163,10 @@ mod tests {
             ]
         );
         assert_eq!(NetConfig::parse("user", 0).unwrap().backend, NetBackendSpec::User(vec![]));
+        assert_eq!(tap.vhost, None, "vhost-net when usable");
+        assert_eq!(NetConfig::parse("tap=tap0,vhost=on", 0).unwrap().vhost, Some(true));
+        let off = NetConfig::parse("tap=tap0,vhost=off", 0).unwrap();
+        assert_eq!((off.vhost, off.mac), (Some(false), tap.mac), "same NIC, same MAC");
     }
 
     #[test]
@@ -165,6 +181,8 @@ mod tests {
             ("tap=tap0,mac=01:00:00:00:00:01", "multicast"),
             ("tap=tap0,queues=4", "unknown option \"queues=4\""),
             ("tap=tap0,hostfwd=tcp:1-:2", "--net user only"),
+            ("tap=tap0,vhost=yes", "on or off"),
+            ("socket=/s,vhost=on", "--net tap= only"),
             ("user,hostfwd=tcp:2222", "no '-'"),
             ("user,hostfwd=tcp:0-:22", "host port \"0\""),
             ("user,hostfwd=tcp:22-:ssh", "guest port \"ssh\""),

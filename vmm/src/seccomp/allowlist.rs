@@ -79,9 +79,11 @@ impl Allowlist {
 pub(super) fn clone3_errno(kind: ThreadKind) -> i32 {
     match kind {
         ThreadKind::Vcpu => libc::ENOSYS,
-        ThreadKind::DeviceWorker | ThreadKind::Stdin | ThreadKind::Control | ThreadKind::Replug => {
-            libc::EPERM
-        }
+        ThreadKind::DeviceWorker
+        | ThreadKind::VhostNet
+        | ThreadKind::Stdin
+        | ThreadKind::Control
+        | ThreadKind::Replug => libc::EPERM,
     }
 }
 
@@ -170,7 +172,7 @@ fn common(list: &mut Allowlist, pid: u32) -> Result<()> {
 fn vcpu(list: &mut Allowlist) -> Result<()> {
     // The virtio workers a vCPU thread starts inherit its filter (their own only narrows
     // it): everything they do must pass here too.
-    device_worker(list)?;
+    vhost_net(list)?;
     list.ioctls(&[
         // Running the guest.
         KVM_RUN(),
@@ -254,6 +256,15 @@ fn device_worker(list: &mut Allowlist) -> Result<()> {
     Ok(())
 }
 
+/// What a vhost-net worker needs on top of a device worker's calls: handing its NIC's queues
+/// to the host kernel at DRIVER_OK (features, guest RAM, rings, the tap) and taking them back
+/// at reset (detaching the tap, reading where the rings stopped). `/dev/vhost-net` was opened
+/// and owned (VHOST_SET_OWNER, VHOST_GET_FEATURES) before the sandbox.
+fn vhost_net(list: &mut Allowlist) -> Result<()> {
+    device_worker(list)?;
+    list.ioctls(&devices::virtio::net::vhost::VHOST_IOCTLS)
+}
+
 /// What the stdin thread needs on top of [`common`] (read on stdin, write for `Ctrl-A h`).
 fn stdin(list: &mut Allowlist) -> Result<()> {
     // Input raises the UART's SPI.
@@ -331,6 +342,7 @@ pub(super) fn allowlist(kind: ThreadKind, pid: u32) -> Result<Allowlist> {
     match kind {
         ThreadKind::Vcpu => vcpu(&mut list)?,
         ThreadKind::DeviceWorker => device_worker(&mut list)?,
+        ThreadKind::VhostNet => vhost_net(&mut list)?,
         ThreadKind::Stdin => stdin(&mut list)?,
         ThreadKind::Control => control(&mut list)?,
         ThreadKind::Replug => replug(&mut list)?,

@@ -46,14 +46,21 @@ pub(super) fn programs(kind: ThreadKind, pid: u32) -> Result<Vec<BpfProgram>, Se
 /// The programs of `kind` for this process, built once: every vCPU and device worker thread
 /// installs the same ones, and [`prepare`] can build them ahead, off the boot path.
 fn cached_programs(kind: ThreadKind) -> Result<&'static [BpfProgram], SeccompError> {
-    static CACHE: [OnceLock<Vec<BpfProgram>>; 5] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static CACHE: [OnceLock<Vec<BpfProgram>>; 6] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     let slot = &CACHE[match kind {
         ThreadKind::Vcpu => 0,
         ThreadKind::DeviceWorker => 1,
         ThreadKind::Stdin => 2,
         ThreadKind::Control => 3,
-        ThreadKind::Replug => 4,
+        ThreadKind::VhostNet => 4,
+        ThreadKind::Replug => 5,
     }];
     if let Some(programs) = slot.get() {
         return Ok(programs);

@@ -61,6 +61,9 @@ pub enum ThreadKind {
     Vcpu,
     /// Serves a virtio queue: guest memory, the disk image or the entropy source, and MSIs.
     DeviceWorker,
+    /// A virtio-net worker that hands its queues to the host kernel's vhost-net: a device
+    /// worker that may also make the vhost-net calls.
+    VhostNet,
     /// Reads host stdin into the UART.
     Stdin,
     /// The main thread once the guest runs: waits for the stop, stops the vCPUs, tears down
@@ -76,6 +79,7 @@ impl ThreadKind {
         match self {
             Self::Vcpu => "vCPU",
             Self::DeviceWorker => "device worker",
+            Self::VhostNet => "vhost-net worker",
             Self::Stdin => "stdin",
             Self::Control => "control",
             Self::Replug => "re-plug",
@@ -143,6 +147,7 @@ pub fn prepare_in_background() {
         for kind in [
             ThreadKind::Vcpu,
             ThreadKind::DeviceWorker,
+            ThreadKind::VhostNet,
             ThreadKind::Control,
             ThreadKind::Stdin,
             ThreadKind::Replug,

@@ -344,6 +344,7 @@ fn every_filter_builds_within_the_kernel_limit() {
     for kind in [
         ThreadKind::Vcpu,
         ThreadKind::DeviceWorker,
+        ThreadKind::VhostNet,
         ThreadKind::Stdin,
         ThreadKind::Control,
         ThreadKind::Replug,
@@ -391,6 +392,19 @@ fn only_vcpu_threads_run_guests_and_start_threads() {
     // Workers start on vCPU threads and keep their filter under their own.
     assert!(worker.allows(libc::SYS_fdatasync) && vcpu.allows(libc::SYS_fdatasync));
     assert!(!stdin.allows(libc::SYS_fdatasync) && !control.allows(libc::SYS_fdatasync));
+}
+
+#[test]
+fn only_vhost_net_workers_drive_vhost_net() {
+    let list = |kind| allowlist(kind, 1).unwrap().into_rules();
+    let ioctl_rules = |kind| list(kind).remove(&libc::SYS_ioctl).unwrap_or_default().len();
+    let vhost = devices::virtio::net::vhost::VHOST_IOCTLS.len();
+    assert_eq!(
+        ioctl_rules(ThreadKind::VhostNet),
+        ioctl_rules(ThreadKind::DeviceWorker) + vhost,
+        "a vhost-net worker is a device worker plus exactly the vhost-net calls"
+    );
+    assert!(list(ThreadKind::VhostNet).keys().eq(list(ThreadKind::DeviceWorker).keys()));
 }
 
 #[test]

@@ -204,4 +204,11 @@ impl VirtioInterrupt for VirtioPciInterrupt {
         self.isr.fetch_or(ISR_CONFIG, Ordering::AcqRel);
         self.signal_vector(self.config_vector(), "configuration");
     }
+
+    fn queue_irqfd(&self, queue_index: u16) -> Option<std::os::fd::RawFd> {
+        match self.queue_vector(queue_index) {
+            VIRTIO_MSI_NO_VECTOR => None,
+            vector => self.routes().eventfd(vector),
+        }
+    }
 }

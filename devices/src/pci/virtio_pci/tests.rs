@@ -679,6 +679,10 @@ fn with_hypervisor_triggers_queue_interrupts_go_through_their_routes() {
     interrupt.signal_queue(1);
     assert_eq!(host.log().routed, [routed, routed]);
     assert!(host.log().direct.is_empty());
+    // A host kernel (vhost-net) gets the irqfd of the queue's vector; a queue without a
+    // vector has none.
+    assert_eq!(interrupt.queue_irqfd(1), Some(101));
+    assert_eq!(interrupt.queue_irqfd(0), None);
     // Masked: the route is dropped, the vector pends in the PBA, the trigger stays quiet.
     h.write(0x3000 + 16 + 12, 4, 1);
     interrupt.signal_queue(1);

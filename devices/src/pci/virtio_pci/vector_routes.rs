@@ -83,6 +83,11 @@ impl VectorRoutes {
         }
     }
 
+    /// The eventfd of `vector`'s trigger, if it has one.
+    pub(crate) fn eventfd(&self, vector: u16) -> Option<std::os::fd::RawFd> {
+        self.triggers.get(usize::from(vector))?.vector.eventfd()
+    }
+
     /// Raises `vector` through its trigger if its route sends `route`; returns whether it
     /// did (otherwise the caller sends the message directly).
     pub(crate) fn signal(&self, vector: u16, route: Route) -> bool {

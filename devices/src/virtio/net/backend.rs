@@ -35,4 +35,8 @@ pub trait NetBackend: Send + fmt::Debug {
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
     /// A descriptor that turns readable when frames wait.
     fn readable_fd(&self) -> RawFd;
+    /// The tap's descriptor, when the backend is a tap that vhost-net may drive itself.
+    fn tap_fd(&self) -> Option<RawFd> {
+        None
+    }
 }

@@ -2,7 +2,9 @@
 //! host backend (a tap, or a stream socket to passt/gvproxy), opened by the VMM.
 //!
 //! One receive and one transmit queue served by one "virtio-net" worker thread
-//! ([`worker`]), which wakes on either doorbell and on the backend. Offered: MAC, link status
+//! ([`worker`]), which wakes on either doorbell and on the backend; or, over a tap whose VMM
+//! opened `/dev/vhost-net` ([`Net::set_vhost`]), by the host kernel ([`vhost`]), which a
+//! "vhost-net" thread hands the queues to at DRIVER_OK and takes them back from at reset. Offered: MAC, link status
 //! (always up), mergeable receive buffers, EVENT_IDX and indirect descriptors; and, when the
 //! backend passes `virtio_net_hdr`s (a tap with IFF_VNET_HDR), checksum and TSO offloads both
 //! ways. No multi-queue: it needs the control queue and a multi-queue tap per queue pair, and
@@ -17,6 +19,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 pub mod tx;
+pub mod vhost;
 mod worker;
 
 use std::sync::Arc;
@@ -34,11 +37,12 @@ use vm_memory::GuestMemoryMmap;
 
 pub use backend::{NetBackend, RxOffloads};
 pub use engine::{NetEngine, RxState, MAX_FRAME, RX_QUEUE, TX_QUEUE};
+pub use vhost::VhostNetKernel;
 pub use worker::NetDoorbells;
 
 use super::worker::ready_queue;
 use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, WorkerStartHook};
-use worker::NetWorker;
+use worker::{NetWorker, VhostHandover};
 
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -103,6 +107,9 @@ pub struct Net {
     acked_features: u64,
     worker: Option<NetWorker>,
     worker_start: Option<WorkerStartHook>,
+    /// The kernel's vhost-net, when it may serve the queues (a tap backend); here while
+    /// stopped, with the worker while active.
+    vhost: Option<Box<dyn VhostNetKernel>>,
 }
 
 impl Net {
@@ -122,7 +129,15 @@ impl Net {
             acked_features: 0,
             worker: None,
             worker_start: None,
+            vhost: None,
         }
+    }
+
+    /// Lets the kernel's vhost-net serve the queues of each activation it can (a tap
+    /// backend, queue doorbells and vectors with eventfds, ring features it implements);
+    /// others are served in userspace.
+    pub fn set_vhost(&mut self, kernel: Box<dyn VhostNetKernel>) {
+        self.vhost = Some(kernel);
     }
 
     /// The guest's MAC address.
@@ -141,8 +156,46 @@ impl Net {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            if let Some(backend) = worker.stop() {
+            if let Some((backend, vhost)) = worker.stop() {
                 self.backend = Some(backend);
+                if vhost.is_some() {
+                    self.vhost = vhost;
+                }
+            }
+        }
+    }
+
+    /// The vhost-net handover for this activation, if the kernel can take it; otherwise
+    /// the kernel stays with the device for the next one.
+    fn vhost_handover(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        rx: &ActiveQueue,
+        tx: &ActiveQueue,
+        backend: &dyn NetBackend,
+        interrupt: &dyn VirtioInterrupt,
+    ) -> Option<VhostHandover> {
+        let kernel = self.vhost.take()?;
+        if backend.tap_fd().is_none() {
+            self.vhost = Some(kernel);
+            return None;
+        }
+        fn queue(q: &ActiveQueue) -> vhost::PlanQueue<'_> {
+            vhost::PlanQueue { queue: &q.queue, kick: q.notify.raw_fd() }
+        }
+        match vhost::plan(
+            kernel.features(),
+            self.acked_features,
+            memory,
+            queue(rx),
+            queue(tx),
+            interrupt,
+        ) {
+            Ok(plan) => Some(VhostHandover { kernel, plan }),
+            Err(why) => {
+                info!("{}: vhost-net cannot serve these queues ({why}); userspace does", self.name);
+                self.vhost = Some(kernel);
+                None
             }
         }
     }
@@ -261,6 +314,7 @@ impl VirtioDevice for Net {
             tso4: self.acked(VIRTIO_NET_F_GUEST_TSO4),
             tso6: self.acked(VIRTIO_NET_F_GUEST_TSO6),
         };
+        let vhost = self.vhost_handover(&memory, &rx, &tx, backend.as_ref(), interrupt.as_ref());
         let doorbells = NetDoorbells { rx: rx.notify, tx: tx.notify };
         let engine = NetEngine::new(
             self.name.clone(),
@@ -277,6 +331,7 @@ impl VirtioDevice for Net {
             doorbells,
             offloads,
             self.worker_start.clone(),
+            vhost,
         )?;
         self.worker = Some(worker);
         Ok(())

@@ -38,6 +38,12 @@ impl QueueEvent {
         &self.eventfd
     }
 
+    /// The eventfd's descriptor, for a host kernel that waits on the doorbell itself
+    /// (vhost-net's kick).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.eventfd.as_raw_fd())
+    }
+
     /// Clears the doorbell; returns how many rings it counted (0 when it was not rung).
     pub(crate) fn take(&self) -> u64 {
         self.eventfd.read().unwrap_or(0)

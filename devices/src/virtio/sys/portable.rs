@@ -28,6 +28,11 @@ impl QueueEvent {
         self.wake.notify_all();
     }
 
+    /// No descriptor: a host kernel cannot wait on this doorbell (no vhost here).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Clears the doorbell; returns how many rings it counted.
     pub(crate) fn take(&self) -> u64 {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))

@@ -7,7 +7,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use devices::virtio::net::header::HDR_LEN;
-use devices::virtio::net::{NetBackend, RxOffloads};
+use devices::virtio::net::vhost::open_vhost_net;
+use devices::virtio::net::{NetBackend, RxOffloads, VhostNetKernel};
 use log::{info, warn};
 
 use crate::net::NetError;
@@ -75,8 +76,35 @@ pub fn open_tap(name: &str) -> Result<Box<dyn NetBackend>, NetError> {
         return Err(error(io::Error::last_os_error()));
     }
     bring_up(name);
-    info!("tap {name}: userspace virtio-net (vhost-net is not used)");
     Ok(Box::new(TapBackend { name: name.to_string(), file }))
+}
+
+/// Opens `/dev/vhost-net` for tap `name` as `vhost=` asks: `Some(true)` must, `Some(false)`
+/// does not, `None` does when it can (and says why not when it cannot).
+pub fn open_vhost(
+    name: &str,
+    wanted: Option<bool>,
+) -> Result<Option<Box<dyn VhostNetKernel>>, NetError> {
+    if wanted == Some(false) {
+        info!("tap {name}: userspace virtio-net (vhost=off)");
+        return Ok(None);
+    }
+    match open_vhost_net() {
+        Ok(kernel) => {
+            info!("tap {name}: vhost-net (/dev/vhost-net) serves the queues");
+            Ok(Some(kernel))
+        }
+        Err(source) if wanted == Some(true) => {
+            Err(NetError::Vhost { name: name.to_string(), source })
+        }
+        Err(e) => {
+            info!(
+                "tap {name}: userspace virtio-net (/dev/vhost-net: {e}; modprobe vhost_net and \
+                 access to it enable vhost-net)"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Sets IFF_UP on the link when it is down (a tap Aperture just created); a failure only
@@ -153,5 +181,9 @@ impl NetBackend for TapBackend {
 
     fn readable_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    fn tap_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
     }
 }
