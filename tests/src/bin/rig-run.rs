@@ -2,7 +2,8 @@
 //! case (`sh` inside L1, e.g. `/aperture run --kernel /guest/Image -v`), and prints each
 //! case's output and exit status. For trying things by hand; the console log is
 //! `build/rig/rig-run.log`. Needs the rig built (tests/rig/build-rig.sh).
-//! `APERTURE_RIG_QEMU_ARGS` adds QEMU arguments (e.g. an NVMe behind a root port).
+//! `APERTURE_RIG_QEMU_ARGS` adds QEMU arguments (e.g. an NVMe behind a root port);
+//! `APERTURE_RIG_CASE_LIMIT` (seconds) is each case's watchdog inside L1.
 
 // The case outputs on stdout are this tool's output.
 #![allow(clippy::print_stdout)]
@@ -21,10 +22,20 @@ fn main() -> ExitCode {
         eprintln!("usage: rig-run SCRIPT...   (each SCRIPT runs in the emulated arm64 host)");
         return ExitCode::from(2);
     }
+    let case_limit = std::env::var("APERTURE_RIG_CASE_LIMIT")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map(Duration::from_secs);
     let cases: Vec<Case> = scripts
         .iter()
         .enumerate()
-        .map(|(i, script)| Case::new(format!("case-{}", i + 1), script.clone()))
+        .map(|(i, script)| {
+            let case = Case::new(format!("case-{}", i + 1), script.clone());
+            match case_limit {
+                Some(limit) => case.with_limit(limit),
+                None => case,
+            }
+        })
         .collect();
     let limit = std::env::var("APERTURE_RIG_TIMEOUT")
         .ok()
