@@ -94,6 +94,35 @@ wait_for() {
     while [ ! -e "$1" ] && [ $n -lt "${2:-100}" ]; do sleep 0.1; n=$((n + 1)); done
 }
 
+# nvme_fn: the PCI address of the NVMe controller, if there is one.
+nvme_fn() {
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/class" 2>/dev/null)" = 0x010802 ] && echo "${d##*/}"
+    done
+}
+
+# read_until_removed CHECK: reads /dev/nvme0n1 in a loop until its PCI function goes away
+# (at most 180 s), then stops reading; prints how long that took. False if it stayed.
+read_until_removed() {
+    dev=$(nvme_fn)
+    (while dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done
+     echo "CHECK $1: reader stopped") &
+    reader=$!
+    echo "CHECK $1: reading $dev"
+    n=0
+    while [ -e "/sys/bus/pci/devices/$dev" ] && [ $n -lt 1800 ]; do sleep 0.1; n=$((n + 1)); done
+    if [ -e "/sys/bus/pci/devices/$dev" ]; then
+        echo "CHECK $1: still present after 180 s"
+        kill "$reader" 2>/dev/null
+        return 1
+    fi
+    echo "CHECK $1: removed after $((n / 10)).$((n % 10)) s"
+    sleep 1
+    kill "$reader" 2>/dev/null
+    wait "$reader" 2>/dev/null
+    return 0
+}
+
 # dma_window NAME: prints what the DMA window is; sets $win to its sysfs directory (empty
 # if no aperture-dma function is bound to aperture_dma).
 dma_window() {
@@ -499,23 +528,7 @@ SCRIPT
             echo "CHECK unplug: no /dev/nvme0n1"
             continue
         fi
-        dev=
-        for d in /sys/bus/pci/devices/*; do
-            [ "$(cat "$d/class")" = 0x010802 ] && dev=${d##*/}
-        done
-        (while dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done
-         echo "CHECK unplug: reader stopped") &
-        reader=$!
-        echo "CHECK unplug: reading $dev"
-        n=0
-        while [ -e "/sys/bus/pci/devices/$dev" ] && [ $n -lt 1800 ]; do sleep 0.1; n=$((n + 1)); done
-        if [ -e "/sys/bus/pci/devices/$dev" ]; then
-            echo "CHECK unplug: still present after 180 s"
-        else
-            echo "CHECK unplug: removed after $((n / 10)).$((n % 10)) s"
-        fi
-        sleep 1
-        kill "$reader" 2>/dev/null
+        read_until_removed unplug
         dmesg | grep -e pciehp -e nvme | tail -n 12 | sed 's/^/CHECK unplug: dmesg: /'
         echo "CHECK unplug: alive, $(ls /sys/bus/pci/devices | wc -l) PCI functions left"
         ;;
@@ -528,27 +541,8 @@ SCRIPT
             echo "CHECK replug: no /dev/nvme0n1"
             continue
         fi
-        nvme_fn() {
-            for d in /sys/bus/pci/devices/*; do
-                [ "$(cat "$d/class" 2>/dev/null)" = 0x010802 ] && echo "${d##*/}"
-            done
-        }
-        dev=$(nvme_fn)
         echo "CHECK replug: head before=$(dd if=/dev/nvme0n1 bs=1M count=1 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
-        (while dd if=/dev/nvme0n1 of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; do :; done
-         echo "CHECK replug: reader stopped") &
-        reader=$!
-        echo "CHECK replug: reading $dev"
-        n=0
-        while [ -e "/sys/bus/pci/devices/$dev" ] && [ $n -lt 1800 ]; do sleep 0.1; n=$((n + 1)); done
-        if [ -e "/sys/bus/pci/devices/$dev" ]; then
-            echo "CHECK replug: still present after 180 s"
-            continue
-        fi
-        echo "CHECK replug: removed after $((n / 10)).$((n % 10)) s"
-        sleep 1
-        kill "$reader" 2>/dev/null
-        wait "$reader" 2>/dev/null
+        read_until_removed replug || continue
         echo "CHECK replug: waiting for the device to come back"
         n=0
         back=
