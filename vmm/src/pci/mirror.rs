@@ -1,0 +1,166 @@
+//! Bus 0's configuration space as read-only guest memory (KVM `KVM_MEM_READONLY`): the
+//! guest's configuration reads of the host bridge, the root ports and the virtio functions
+//! cost no exit. Linux reads configuration space a few hundred times per boot (capability
+//! walks of every function, once per capability it looks for), each an exit to the VMM; in
+//! a nested or emulated host every exit is expensive. Writes still exit (the slot is
+//! read-only) and go to the functions as before; [`devices::pci::PciRoot`] then copies the
+//! written function into this memory, as it does after resets and hot-plug changes. Buses
+//! behind root ports (passed-through and hot-plugged devices) are not mirrored, and a bus-0
+//! function that cannot be copied turns the mirror off for good (its pages unmapped: every
+//! read traps again).
+
+use std::sync::{Arc, Mutex};
+
+use devices::pci::ConfigMirror;
+use log::{debug, error};
+
+use crate::hypervisor::slots::MemoryKind;
+use crate::hypervisor::{MemorySlot, Vm};
+use crate::memory::AlignedMapping;
+
+/// ECAM bytes per function.
+const FUNCTION_BYTES: usize = 4096;
+/// ECAM bytes of one bus (32 devices of 8 functions).
+const BUS_BYTES: usize = 256 * FUNCTION_BYTES;
+/// ECAM offset of device `d`, function 0, on bus 0: `d << 15`.
+const DEVICE_SHIFT: u32 = 15;
+
+/// What the mirror's lock protects.
+struct MirrorState {
+    /// The read-only slot; `None` once the mirror is off.
+    slot: Option<MemorySlot>,
+    /// What each bus-0 device's function 0 reads now (all-ones when absent), as 32-bit words,
+    /// to rewrite only the words that changed.
+    copies: Vec<Vec<u32>>,
+}
+
+/// The mirror of bus 0 (see the module comment).
+pub(super) struct EcamMirror {
+    vm: Arc<dyn Vm>,
+    state: Mutex<MirrorState>,
+    /// Dropped after `Drop` removed the slot.
+    memory: AlignedMapping,
+}
+
+impl EcamMirror {
+    /// Maps bus 0 of the ECAM at `ecam_base` read-only, reading all-ones (no function) until
+    /// [`devices::pci::PciRoot::set_config_mirror`] copies the functions in. `None` where the
+    /// hypervisor has no read-only memory or the mapping fails (reads then trap as before).
+    pub(super) fn new(vm: &Arc<dyn Vm>, ecam_base: u64) -> Option<Self> {
+        if !vm.readonly_memory() {
+            debug!("PCI configuration mirror: the hypervisor has no read-only memory");
+            return None;
+        }
+        let memory = match AlignedMapping::new(BUS_BYTES) {
+            Ok(memory) => memory,
+            Err(e) => {
+                debug!("PCI configuration mirror: no memory for it: {e}");
+                return None;
+            }
+        };
+        // SAFETY: `memory` is a fresh read/write mapping of BUS_BYTES bytes that nothing else
+        // uses yet.
+        // No cache cleaning here: KVM cleans each page to the point of coherency as it first
+        // maps it into the guest; only later updates need it.
+        unsafe { std::ptr::write_bytes(memory.as_ptr(), 0xff, memory.len()) };
+        // SAFETY: the mapping lives in `self` and outlives the slot, which Drop removes first.
+        let slot = unsafe {
+            vm.map_kind(ecam_base, BUS_BYTES as u64, memory.as_ptr(), MemoryKind::ReadOnly)
+        };
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(e) => {
+                debug!("PCI configuration mirror: not mapped: {e}");
+                return None;
+            }
+        };
+        let copies = vec![vec![u32::MAX; FUNCTION_BYTES / 4]; 32];
+        Some(Self {
+            vm: vm.clone(),
+            state: Mutex::new(MirrorState { slot: Some(slot), copies }),
+            memory,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MirrorState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ConfigMirror for EcamMirror {
+    fn update(&self, device: u8, image: &[u8]) {
+        let mut state = self.lock();
+        if state.slot.is_none() {
+            return;
+        }
+        let Some(copy) = state.copies.get_mut(usize::from(device)) else { return };
+        let base = usize::from(device) << DEVICE_SHIFT;
+        for (index, (word, bytes)) in copy.iter_mut().zip(image.chunks_exact(4)).enumerate() {
+            let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            if *word == value {
+                continue;
+            }
+            *word = value;
+            let offset = base + index * 4;
+            if offset + 4 > self.memory.len() {
+                continue;
+            }
+            // SAFETY: `offset + 4` lies inside the mapping (checked above) and is 4-byte
+            // aligned; a volatile aligned store, so a vCPU reading the word sees the old or
+            // the new value, never a mix.
+            unsafe {
+                let at = self.memory.as_ptr().add(offset).cast::<u32>();
+                at.write_volatile(value.to_le());
+            }
+            // SAFETY: as above, inside the mapping.
+            clean_to_poc(unsafe { self.memory.as_ptr().add(offset) }, 4);
+        }
+    }
+
+    fn disable(&self) {
+        let mut state = self.lock();
+        let Some(slot) = state.slot.take() else { return };
+        match self.vm.unmap_memory(slot) {
+            Ok(()) => debug!("PCI configuration mirror off: bus 0 reads trap again"),
+            Err(e) => error!("PCI configuration mirror: could not turn it off: {e}"),
+        }
+    }
+}
+
+impl Drop for EcamMirror {
+    fn drop(&mut self) {
+        if let Some(slot) = self.lock().slot.take() {
+            let _ = self.vm.unmap_memory(slot);
+        }
+    }
+}
+
+/// Makes `len` bytes at `at` visible to a reader that bypasses the caches: the guest maps
+/// ECAM as device memory, so where the hypervisor does not force its accesses cacheable (no
+/// FEAT_S2FWB) its reads go to memory, past what this thread wrote into its cache.
+#[cfg(target_arch = "aarch64")]
+fn clean_to_poc(at: *const u8, len: usize) {
+    // Read once: the kernel may trap and emulate user reads of CTR_EL0.
+    static LINE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let line = *LINE.get_or_init(|| {
+        let ctr: u64;
+        // SAFETY: reads CTR_EL0, which Linux and macOS let user space read (or emulate).
+        unsafe { std::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+        // DminLine: log2 of the smallest data cache line in 4-byte words.
+        4usize << ((ctr >> 16) & 0xf)
+    });
+    let start = at as usize & !(line - 1);
+    let end = at as usize + len;
+    let mut addr = start;
+    while addr < end {
+        // SAFETY: cleans a cache line of memory this process maps; no data changes.
+        unsafe { std::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)) };
+        addr += line;
+    }
+    // SAFETY: a barrier; orders the cleans before whatever follows.
+    unsafe { std::arch::asm!("dsb sy", options(nostack)) };
+}
+
+/// No cache maintenance off arm64 (the unit-test host): nothing maps this for a guest there.
+#[cfg(not(target_arch = "aarch64"))]
+fn clean_to_poc(_at: *const u8, _len: usize) {}
