@@ -95,16 +95,15 @@ impl ConfigMirror for EcamMirror {
         }
         let Some(copy) = state.copies.get_mut(usize::from(device)) else { return };
         let base = usize::from(device) << DEVICE_SHIFT;
+        // The span of words written, cleaned from the cache in one go at the end.
+        let mut changed: Option<(usize, usize)> = None;
         for (index, (word, bytes)) in copy.iter_mut().zip(image.chunks_exact(4)).enumerate() {
             let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            if *word == value {
+            let offset = base + index * 4;
+            if *word == value || offset + 4 > self.memory.len() {
                 continue;
             }
             *word = value;
-            let offset = base + index * 4;
-            if offset + 4 > self.memory.len() {
-                continue;
-            }
             // SAFETY: `offset + 4` lies inside the mapping (checked above) and is 4-byte
             // aligned; a volatile aligned store, so a vCPU reading the word sees the old or
             // the new value, never a mix.
@@ -112,8 +111,11 @@ impl ConfigMirror for EcamMirror {
                 let at = self.memory.as_ptr().add(offset).cast::<u32>();
                 at.write_volatile(value.to_le());
             }
-            // SAFETY: as above, inside the mapping.
-            clean_to_poc(unsafe { self.memory.as_ptr().add(offset) }, 4);
+            changed = Some(changed.map_or((offset, offset + 4), |(first, _)| (first, offset + 4)));
+        }
+        if let Some((first, end)) = changed {
+            // SAFETY: `first..end` lies inside the mapping (each word was checked).
+            clean_to_poc(unsafe { self.memory.as_ptr().add(first) }, end - first);
         }
     }
 
