@@ -166,3 +166,101 @@ fn clean_to_poc(at: *const u8, len: usize) {
 /// No cache maintenance off arm64 (the unit-test host): nothing maps this for a guest there.
 #[cfg(not(target_arch = "aarch64"))]
 fn clean_to_poc(_at: *const u8, _len: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::hypervisor::{GicSpec, MsiController, Result, Vcpu};
+
+    /// A VM that offers read-only memory and records its slots.
+    #[derive(Default)]
+    struct SlotVm {
+        mapped: Mutex<Vec<(u64, u64, usize, MemoryKind)>>,
+        unmapped: Mutex<Vec<MemorySlot>>,
+    }
+
+    impl Vm for SlotVm {
+        unsafe fn map_kind(
+            &self,
+            guest_addr: u64,
+            size: u64,
+            host_addr: *mut u8,
+            kind: MemoryKind,
+        ) -> Result<MemorySlot> {
+            self.mapped.lock().unwrap().push((guest_addr, size, host_addr as usize, kind));
+            Ok(MemorySlot { id: 7, guest_addr, size })
+        }
+        fn readonly_memory(&self) -> bool {
+            true
+        }
+        fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
+            self.unmapped.lock().unwrap().push(slot);
+            Ok(())
+        }
+        fn create_vcpu(&self, _index: u32) -> Result<Box<dyn Vcpu>> {
+            unimplemented!()
+        }
+        fn create_gic(&self, _spec: &GicSpec) -> Result<()> {
+            Ok(())
+        }
+        fn msi_controller(&self) -> MsiController {
+            MsiController::Its
+        }
+        fn set_spi_level(&self, _spi: u32, _asserted: bool) -> Result<()> {
+            Ok(())
+        }
+        fn signal_msi(&self, _address: u64, _data: u32, _devid: u32) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The bytes the guest reads at `offset` of bus 0's ECAM.
+    fn guest_reads(host: usize, offset: usize, len: usize) -> Vec<u8> {
+        // SAFETY: test only; `host` is the live mapping of the mirror under test.
+        unsafe { std::slice::from_raw_parts((host + offset) as *const u8, len).to_vec() }
+    }
+
+    #[test]
+    fn bus_0_is_mapped_read_only_all_ones_then_updated_and_unmapped_when_off() {
+        let slots = Arc::new(SlotVm::default());
+        let vm: Arc<dyn Vm> = slots.clone();
+        let mirror = EcamMirror::new(&vm, 0x3000_0000).unwrap();
+        let (guest, size, host, kind) = slots.mapped.lock().unwrap()[0];
+        assert_eq!((guest, size, kind), (0x3000_0000, 1 << 20, MemoryKind::ReadOnly));
+        // No function yet: all-ones everywhere, function 0 and the others.
+        assert_eq!(guest_reads(host, 3 << 15, 4), [0xff; 4]);
+        assert_eq!(guest_reads(host, (3 << 15) | (5 << 12) | 0x100, 4), [0xff; 4]);
+        let mut image = vec![0u8; 4096];
+        image[..4].copy_from_slice(&0x1044_1af4u32.to_le_bytes());
+        image[0x40] = 0x11;
+        mirror.update(3, &image);
+        assert_eq!(guest_reads(host, 3 << 15, 4096), image);
+        assert_eq!(guest_reads(host, 2 << 15, 4), [0xff; 4], "other devices stay");
+        mirror.disable();
+        assert_eq!(slots.unmapped.lock().unwrap().len(), 1);
+        // Off for good: no more updates, and no second unmap when dropped.
+        image[0x40] = 0x05;
+        mirror.update(3, &image);
+        assert_eq!(guest_reads(host, (3 << 15) | 0x40, 1), [0x11]);
+        mirror.disable();
+        drop(mirror);
+        assert_eq!(slots.unmapped.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dropping_a_mirror_removes_its_slot_and_no_read_only_memory_means_no_mirror() {
+        let slots = Arc::new(SlotVm::default());
+        let vm: Arc<dyn Vm> = slots.clone();
+        drop(EcamMirror::new(&vm, 0x3000_0000).unwrap());
+        assert_eq!(slots.unmapped.lock().unwrap()[0].guest_addr, 0x3000_0000);
+        let fake = crate::hypervisor::fake::FakeHypervisor::default();
+        let vm = crate::hypervisor::Hypervisor::create_vm(
+            &fake,
+            &crate::hypervisor::VmSpec { ipa_bits: 40, tso: false },
+        )
+        .unwrap();
+        assert!(EcamMirror::new(&vm, 0x3000_0000).is_none());
+    }
+}
