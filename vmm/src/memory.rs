@@ -110,6 +110,17 @@ impl AlignedMapping {
         Ok(Self { addr: start as *mut u8, size })
     }
 
+    /// Takes back the huge-page advice `new` gave: for a small mapping that would otherwise
+    /// get a whole 2 MiB page once merged with a neighbour.
+    pub(crate) fn without_huge_pages(self) -> Self {
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on our own mapping; failure only leaves huge pages allowed.
+        unsafe {
+            libc::madvise(self.addr.cast(), self.size, libc::MADV_NOHUGEPAGE);
+        }
+        self
+    }
+
     /// Its first byte.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.addr

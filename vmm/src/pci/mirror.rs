@@ -52,7 +52,7 @@ impl EcamMirror {
             return None;
         }
         let memory = match AlignedMapping::new(BUS_BYTES) {
-            Ok(memory) => memory,
+            Ok(memory) => memory.without_huge_pages(),
             Err(e) => {
                 debug!("PCI configuration mirror: no memory for it: {e}");
                 return None;
