@@ -48,6 +48,8 @@ pub struct Observed {
     pub vcpu_resets: usize,
     /// GIC resets.
     pub gic_resets: usize,
+    /// Resets in the order they came: "gic", "vcpu N".
+    pub reset_order: Vec<String>,
 }
 
 /// A hypervisor whose vCPUs follow scripts.
@@ -122,7 +124,9 @@ impl Vm for FakeVm {
         self.msi
     }
     fn reset_gic(&self) -> Result<()> {
-        self.observed.lock().unwrap().gic_resets += 1;
+        let mut observed = self.observed.lock().unwrap();
+        observed.gic_resets += 1;
+        observed.reset_order.push("gic".into());
         Ok(())
     }
     fn set_spi_level(&self, spi: u32, asserted: bool) -> Result<()> {
@@ -182,7 +186,9 @@ impl Vcpu for FakeVcpu {
         Ok(Arc::new(FakeKick(self.kicked.clone())))
     }
     fn reset(&mut self) -> Result<()> {
-        self.observed.lock().unwrap().vcpu_resets += 1;
+        let mut observed = self.observed.lock().unwrap();
+        observed.vcpu_resets += 1;
+        observed.reset_order.push(format!("vcpu {}", self.index));
         Ok(())
     }
     fn run(&mut self, mmio: &dyn MmioHandler) -> Result<VcpuExit> {

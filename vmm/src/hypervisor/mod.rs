@@ -132,8 +132,10 @@ pub trait Vm: Send + Sync {
     /// checks `spec` against it here.
     fn create_gic(&self, spec: &GicSpec) -> Result<()>;
     /// Puts the interrupt controller back to its boot state for a reboot in place, with the
-    /// vCPUs stopped. A backend that cannot says [`HypervisorError::NoRebootInPlace`] (the
-    /// default), and the reboot ends the VM instead.
+    /// vCPUs stopped, before any [`Vcpu::reset`]; a backend that keeps VM-wide vCPU state
+    /// itself (Hypervisor.framework: the PSCI power states) resets that here too. A backend
+    /// that cannot says [`HypervisorError::NoRebootInPlace`] (the default), and the reboot
+    /// ends the VM instead.
     fn reset_gic(&self) -> Result<()> {
         Err(HypervisorError::NoRebootInPlace { backend: "this hypervisor" })
     }

@@ -5,8 +5,10 @@
 //! files all stay, so the next boot starts at once and nothing has to be registered twice
 //! (recreating the VM would mean redoing every memory slot and irqfd route, and with the
 //! process confined by seccomp, creating a VM is not even allowed any more). What a power
-//! cycle resets is reset instead: every vCPU (`KVM_ARM_VCPU_INIT` again: all registers and
-//! the timer back to boot state), the ITS, the emulated devices and PCI hierarchy
+//! cycle resets is reset instead: every vCPU (`KVM_ARM_VCPU_INIT` again, or on
+//! Hypervisor.framework a new vCPU in place of the old: all registers and the timer back to
+//! boot state), the interrupt controller (KVM's ITS, Hypervisor.framework's whole GIC), the
+//! emulated devices and PCI hierarchy
 //! ([`devices::pci::PciRoot::system_reset`]: virtio back to power-on, BARs unplaced, buses
 //! unnumbered; assigned functions reset through the host, traced `when=reboot`), and guest
 //! RAM (zeroed), into which the kernel, initrd and a new device tree (new seeds) are loaded.

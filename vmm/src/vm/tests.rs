@@ -235,6 +235,9 @@ fn a_reboot_boots_again_in_the_same_vm_unless_no_reboot() {
     let observed = hv.observed.lock().unwrap();
     assert_eq!(observed.vcpu_resets, 2, "both vCPUs reset once");
     assert_eq!(observed.gic_resets, 1);
+    // The VM-wide reset comes first, with every vCPU stopped: Hypervisor.framework's turns
+    // every vCPU off there, which after a vCPU had started the new boot would undo its CPU_ON.
+    assert_eq!(observed.reset_order[0], "gic", "{:?}", observed.reset_order);
     // The reboot's payloads are in place (the fake samples them at set_boot_regs).
     assert_eq!(&observed.kernel_header[0x38..0x3c], b"ARM\x64");
     assert_eq!(observed.fdt_header[..4], [0xd0, 0x0d, 0xfe, 0xed]);

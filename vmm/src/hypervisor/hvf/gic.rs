@@ -1,7 +1,9 @@
 //! The in-kernel GICv3 of Hypervisor.framework (macOS 15): Aperture's fixed frames
 //! (`arch::layout`) checked against the sizes, alignments and SPI range the framework reports.
 //! The GIC must exist before any vCPU, so the backend creates it with the VM from this plan and
-//! later checks the VMM's [`GicSpec`] against it.
+//! later checks the VMM's [`GicSpec`] against it. The plan is all Aperture keeps of the GIC:
+//! the guest cannot change it, and the MSI frame's state is the framework's, so a reboot in
+//! place resets the GIC with `hv_gic_reset` alone.
 
 use arch::layout;
 

@@ -3,7 +3,9 @@
 //! behind it in [`sys`] (compiled on Apple Silicon macOS only).
 
 pub mod gic;
+pub mod handle;
 pub mod power;
+pub mod reset;
 pub mod status;
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 mod sys;

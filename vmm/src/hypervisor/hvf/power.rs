@@ -5,7 +5,12 @@
 //! point and context id: its mailbox) and a kick flag. A vCPU that is off waits in
 //! [`VcpuPower::wait_to_run`] until CPU_ON or a kick; a vCPU in WFI waits in
 //! [`VcpuPower::idle`] until a kick, an interrupt the VMM raises, or a timeout. One lock and one
-//! condition variable serve all vCPUs: the events are rare (boot, hotplug, stop).
+//! condition variable serve all vCPUs: the events are rare (boot, hotplug, stop, reboot).
+//!
+//! A reboot in place starts with [`VcpuPower::power_on_reset`] (every vCPU off, as at power-on,
+//! done once with all vCPUs stopped, so that no CPU_ON of the new boot can be undone by a vCPU
+//! reset that comes late), then each vCPU thread re-creates its vCPU in index order
+//! ([`VcpuPower::wait_reset_turn`], [`VcpuPower::end_reset_turn`]).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,6 +41,8 @@ struct State {
     cpus: Vec<Option<Cpu>>,
     /// Bumped for every interrupt the VMM raises, so idle vCPUs re-check.
     interrupts: u64,
+    /// During a reboot, the index of the vCPU whose turn it is to be re-created.
+    reset_turn: u32,
 }
 
 /// What a vCPU thread does next, from [`VcpuPower::wait_to_run`].
@@ -181,6 +188,49 @@ impl VcpuPower {
         psci::affinity_info_result(target_affinity, lowest_level, cpus)
     }
 
+    /// For a reboot in place, with every vCPU out of the guest: all vCPUs off (the boot vCPU
+    /// is turned on by [`VcpuPower::boot`], the others wait for the new boot's CPU_ON; a
+    /// CPU_ON of the last boot that no vCPU took is dropped), kicks that arrived while the
+    /// VMM stopped them cleared, and vCPU 0's turn to be re-created.
+    pub fn power_on_reset(&self) {
+        let mut state = self.lock();
+        for cpu in state.cpus.iter_mut().flatten() {
+            cpu.power = Power::Off;
+            cpu.kicked = false;
+        }
+        state.reset_turn = 0;
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Waits until it is vCPU `index`'s turn to be re-created for a reboot: once every vCPU
+    /// before it is done ([`VcpuPower::end_reset_turn`]). So they are re-created one at a
+    /// time in index order, as they were created at first. False if a kick ended the wait
+    /// (the VM is stopping).
+    pub fn wait_reset_turn(&self, index: u32) -> bool {
+        let mut state = self.lock();
+        loop {
+            if let Some(cpu) = state.cpus.get_mut(index as usize).and_then(Option::as_mut) {
+                if std::mem::take(&mut cpu.kicked) {
+                    return false;
+                }
+            }
+            if state.reset_turn >= index {
+                return true;
+            }
+            state = self.wait(state);
+        }
+    }
+
+    /// vCPU `index` is re-created (or failed to be: the next one goes on either way, and the
+    /// failure stops the VM).
+    pub fn end_reset_turn(&self, index: u32) {
+        let mut state = self.lock();
+        state.reset_turn = state.reset_turn.max(index.saturating_add(1));
+        drop(state);
+        self.changed.notify_all();
+    }
+
     /// The VMM raised an interrupt (an SPI or MSI): idle vCPUs resume to take it.
     pub fn interrupt_raised(&self) {
         self.lock().interrupts += 1;
@@ -312,6 +362,85 @@ mod tests {
         assert!(power.take_kick(0));
         assert!(!power.take_kick(0));
         assert!(!power.take_kick(9), "unknown vCPUs have no kick");
+    }
+
+    #[test]
+    fn power_on_reset_turns_every_vcpu_off_and_drops_stale_cpu_on_and_kicks() {
+        let power = two();
+        power.add(2, 0x8000_0002);
+        assert_eq!(power.cpu_on(on(1, 0x4000_0000)), SUCCESS);
+        assert_eq!(power.wait_to_run(1), RunGate::Start(on(1, 0x4000_0000)));
+        // vCPU 2 was started but its thread never took it before the reboot.
+        assert_eq!(power.cpu_on(on(2, 0x4000_0000)), SUCCESS);
+        power.kick(0);
+        power.power_on_reset();
+        for cpu in 0..3 {
+            assert_eq!(power.affinity_info(cpu, 0), AffinityState::Off.to_x0(), "vCPU {cpu}");
+        }
+        assert!(!power.take_kick(0), "the stop's kick is gone");
+        // The new boot: vCPU 0 booted by the VMM, vCPU 2 started by the new boot's CPU_ON.
+        power.boot(0);
+        assert_eq!(power.wait_to_run(0), RunGate::Run);
+        assert_eq!(power.cpu_on(on(2, 0x4100_0000)), SUCCESS);
+        assert_eq!(power.wait_to_run(2), RunGate::Start(on(2, 0x4100_0000)));
+        let waiter = {
+            let power = power.clone();
+            std::thread::spawn(move || power.wait_to_run(1))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "vCPU 1 is off until the new boot starts it");
+        power.kick(1);
+        assert_eq!(waiter.join().unwrap(), RunGate::Kicked);
+    }
+
+    #[test]
+    fn vcpus_are_recreated_in_index_order_whatever_order_their_threads_come() {
+        let power = Arc::new(VcpuPower::default());
+        for i in 0..4 {
+            power.add(i, 0x8000_0000 | u64::from(i));
+        }
+        power.power_on_reset();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Threads in reverse order, each after the previous one is waiting.
+        let threads: Vec<_> = (0..4u32)
+            .rev()
+            .map(|i| {
+                let (power, order) = (power.clone(), order.clone());
+                let thread = std::thread::spawn(move || {
+                    assert!(power.wait_reset_turn(i));
+                    order.lock().unwrap().push(i);
+                    power.end_reset_turn(i);
+                });
+                std::thread::sleep(Duration::from_millis(5));
+                thread
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
+        // The next reboot starts from vCPU 0 again.
+        power.power_on_reset();
+        assert!(power.wait_reset_turn(0));
+    }
+
+    #[test]
+    fn a_kick_ends_the_wait_for_a_reset_turn() {
+        let power = two();
+        power.power_on_reset();
+        // vCPU 0's thread is gone (its reset failed before it took its turn): the stop's kick
+        // must free vCPU 1.
+        let waiter = {
+            let power = power.clone();
+            std::thread::spawn(move || power.wait_reset_turn(1))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "vCPU 1 waits for vCPU 0");
+        power.kick(1);
+        assert!(!waiter.join().unwrap());
+        // A failed reset still hands the turn on.
+        power.end_reset_turn(0);
+        assert!(power.wait_reset_turn(1));
     }
 
     #[test]

@@ -17,6 +17,7 @@ type SetSpi = unsafe extern "C" fn(u32, bool) -> hv::hv_return_t;
 type SendMsi = unsafe extern "C" fn(hv::hv_ipa_t, u32) -> hv::hv_return_t;
 type GetSize = unsafe extern "C" fn(*mut usize) -> hv::hv_return_t;
 type GetRange = unsafe extern "C" fn(*mut u32, *mut u32) -> hv::hv_return_t;
+type Reset = unsafe extern "C" fn() -> hv::hv_return_t;
 
 // The signatures above are the bindings' declarations, checked by the compiler. Constants are
 // not code: they put no reference to the symbols into the binary.
@@ -35,6 +36,7 @@ const _: GetSize = hv::hv_gic_get_redistributor_base_alignment;
 const _: GetSize = hv::hv_gic_get_msi_region_size;
 const _: GetSize = hv::hv_gic_get_msi_region_base_alignment;
 const _: GetRange = hv::hv_gic_get_spi_interrupt_range;
+const _: Reset = hv::hv_gic_reset;
 
 /// Looks up a symbol in the loaded images and types it as the function pointer `$ty`.
 macro_rules! resolve {
@@ -71,6 +73,9 @@ pub struct GicApi {
     pub msi_region_size: GetSize,
     pub msi_region_base_alignment: GetSize,
     pub spi_interrupt_range: GetRange,
+    /// `hv_gic_reset` (macOS 15, like the rest): distributor, redistributors and the
+    /// device's internal state (the MSI frame included) back to boot state.
+    pub reset: Reset,
 }
 
 impl GicApi {
@@ -110,6 +115,7 @@ impl GicApi {
             msi_region_size: resolve!(c"hv_gic_get_msi_region_size", GetSize)?,
             msi_region_base_alignment: resolve!(c"hv_gic_get_msi_region_base_alignment", GetSize)?,
             spi_interrupt_range: resolve!(c"hv_gic_get_spi_interrupt_range", GetRange)?,
+            reset: resolve!(c"hv_gic_reset", Reset)?,
         })
     }
 }

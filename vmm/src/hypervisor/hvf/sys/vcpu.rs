@@ -1,5 +1,6 @@
 //! A Hypervisor.framework vCPU. Every call on it must come from the thread that created it,
-//! which is how the VMM uses vCPUs (created and run on their own thread).
+//! which is how the VMM uses vCPUs (created and run on their own thread). A reboot in place
+//! destroys and re-creates it on that thread ([`crate::hypervisor::hvf::reset`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::thread::ThreadId;
 use applevisor_sys::{
     hv_exit_reason_t, hv_reg_t, hv_sys_reg_t, hv_vcpu_create, hv_vcpu_destroy,
     hv_vcpu_exit_exception_t, hv_vcpu_exit_t, hv_vcpu_get_vtimer_offset, hv_vcpu_run,
-    hv_vcpu_set_vtimer_mask, hv_vcpu_t, hv_vcpus_exit,
+    hv_vcpu_set_vtimer_mask, hv_vcpu_set_vtimer_offset, hv_vcpu_t, hv_vcpus_exit,
 };
 use arch::idregs;
 use arch::psci::CpuOn;
@@ -19,7 +20,9 @@ use log::{debug, warn};
 use super::os;
 use super::regs;
 use super::vm::Shared;
+use crate::hypervisor::hvf::handle::VcpuHandle;
 use crate::hypervisor::hvf::power::RunGate;
+use crate::hypervisor::hvf::reset::{self, RecreateOps};
 use crate::hypervisor::hvf::vtimer::VtimerGate;
 use crate::hypervisor::hvf::{status, tso};
 use crate::hypervisor::{
@@ -39,6 +42,8 @@ const _: () = assert!(size_of::<RawExit>() == size_of::<hv_vcpu_exit_t>());
 const EXIT_CANCELED: u32 = hv_exit_reason_t::CANCELED as u32;
 const EXIT_EXCEPTION: u32 = hv_exit_reason_t::EXCEPTION as u32;
 const EXIT_VTIMER_ACTIVATED: u32 = hv_exit_reason_t::VTIMER_ACTIVATED as u32;
+// The portable handle keeps framework ids as u64.
+const _: fn(hv_vcpu_t) -> u64 = |id| id;
 
 /// Where HVF writes the vCPU's exit information.
 #[derive(Debug)]
@@ -56,6 +61,10 @@ pub struct HvfVcpu {
     pub(super) shared: Arc<Shared>,
     exit: ExitInfo,
     owner: ThreadId,
+    /// False once a failed reset destroyed the framework's vCPU without a new one.
+    exists: bool,
+    /// `id`, shared with the kicker (a reset changes it).
+    handle: Arc<VcpuHandle>,
     /// The guest's CNTVCT_EL0 is the host counter minus this.
     vtimer_offset: u64,
     /// CNTFRQ_EL0, for WFI sleeps.
@@ -75,17 +84,15 @@ impl HvfVcpu {
         if let Err(e) = os::set_thread_qos_user_interactive() {
             warn!("vCPU {index}: could not raise the thread's QoS class ({e}); expect jitter");
         }
-        let mut id: hv_vcpu_t = 0;
-        let mut exit: *const hv_vcpu_exit_t = std::ptr::null();
-        // SAFETY: valid out-pointers; a null configuration means the default vCPU.
-        let ret = unsafe { hv_vcpu_create(&mut id, &mut exit, std::ptr::null_mut()) };
-        status::check(ret, || format!("hv_vcpu_create for vCPU {index}"))?;
+        let (id, exit) = create(index)?;
         let mut vcpu = Self {
             id,
             index,
             shared,
-            exit: ExitInfo(exit.cast::<RawExit>()),
+            exit,
             owner: std::thread::current().id(),
+            exists: true,
+            handle: Arc::new(VcpuHandle::new(id)),
             vtimer_offset: 0,
             counter_hz: os::counter_frequency(),
             logged_sysregs: HashSet::new(),
@@ -94,12 +101,20 @@ impl HvfVcpu {
             vtimer: VtimerGate::default(),
         };
         // From here on, Drop destroys the vCPU if setup fails.
-        vcpu.configure()?;
+        vcpu.set_up()?;
+        let mut offset = 0;
+        // SAFETY: valid out-pointer; on the vCPU's thread.
+        let ret = unsafe { hv_vcpu_get_vtimer_offset(vcpu.id, &mut offset) };
+        status::check(ret, || format!("reading the vtimer offset of vCPU {index}"))?;
+        vcpu.vtimer_offset = offset;
+        vcpu.shared.power.add(index, mpidr_for_vcpu(index));
+        debug!("vCPU {index}: counter {} Hz, vtimer offset {offset:#x}", vcpu.counter_hz);
         Ok(vcpu)
     }
 
-    /// Gives the vCPU its identity and the ID registers the VM's shape calls for.
-    fn configure(&mut self) -> Result<()> {
+    /// Gives a new vCPU (at creation, and again after a reset re-created it) its identity,
+    /// the ID registers the VM's shape calls for, and TSO if asked.
+    fn set_up(&mut self) -> Result<()> {
         // The GIC routes by MPIDR affinity, and the device tree lists the same values.
         let mpidr = mpidr_for_vcpu(self.index);
         regs::set_sys(self.id, hv_sys_reg_t::MPIDR_EL1, mpidr)?;
@@ -116,16 +131,7 @@ impl HvfVcpu {
         if self.shared.tso {
             self.enable_tso()?;
         }
-        let mut offset = 0;
-        // SAFETY: valid out-pointer; on the vCPU's thread.
-        let ret = unsafe { hv_vcpu_get_vtimer_offset(self.id, &mut offset) };
-        status::check(ret, || format!("reading the vtimer offset of vCPU {}", self.index))?;
-        self.vtimer_offset = offset;
-        self.shared.power.add(self.index, mpidr);
-        debug!(
-            "vCPU {}: MPIDR {mpidr:#x}, ID_AA64MMFR0_EL1 {clamped:#x}, counter {} Hz",
-            self.index, self.counter_hz
-        );
+        debug!("vCPU {}: MPIDR {mpidr:#x}, ID_AA64MMFR0_EL1 {clamped:#x}", self.index);
         Ok(())
     }
 
@@ -146,14 +152,17 @@ impl HvfVcpu {
     }
 
     fn on_owner(&self) -> Result<()> {
-        if std::thread::current().id() == self.owner {
-            Ok(())
+        let problem = if std::thread::current().id() != self.owner {
+            "Hypervisor.framework vCPUs only work on their own thread"
+        } else if !self.exists {
+            "a failed reset left no vCPU"
         } else {
-            Err(HypervisorError::call(
-                format!("using vCPU {}", self.index),
-                std::io::Error::other("Hypervisor.framework vCPUs only work on their own thread"),
-            ))
-        }
+            return Ok(());
+        };
+        Err(HypervisorError::call(
+            format!("using vCPU {}", self.index),
+            std::io::Error::other(problem),
+        ))
     }
 
     /// The guest's virtual counter (CNTVCT_EL0) now.
@@ -215,12 +224,57 @@ impl HvfVcpu {
     }
 }
 
+/// Creates a framework vCPU on the calling thread: its id and where it reports exits.
+fn create(index: u32) -> Result<(hv_vcpu_t, ExitInfo)> {
+    let mut id: hv_vcpu_t = 0;
+    let mut exit: *const hv_vcpu_exit_t = std::ptr::null();
+    // SAFETY: valid out-pointers; a null configuration means the default vCPU.
+    let ret = unsafe { hv_vcpu_create(&mut id, &mut exit, std::ptr::null_mut()) };
+    status::check(ret, || format!("hv_vcpu_create for vCPU {index}"))?;
+    Ok((id, ExitInfo(exit.cast::<RawExit>())))
+}
+
+impl RecreateOps for HvfVcpu {
+    fn destroy(&mut self) -> Result<()> {
+        // SAFETY: destroys this thread's vCPU (reset checked the thread), out of the guest;
+        // `exists` keeps it from being used or destroyed again until a new one is created.
+        let ret = unsafe { hv_vcpu_destroy(self.id) };
+        status::check(ret, || format!("hv_vcpu_destroy (reset) for vCPU {}", self.index))?;
+        self.exists = false;
+        Ok(())
+    }
+
+    fn create(&mut self) -> Result<u64> {
+        let (id, exit) = create(self.index)?;
+        self.id = id;
+        self.exit = exit;
+        self.exists = true;
+        // A new vCPU's virtual timer is not masked.
+        self.vtimer = VtimerGate::default();
+        Ok(id)
+    }
+
+    fn set_vtimer_offset(&mut self, offset: u64) -> Result<()> {
+        // SAFETY: plain values; on the vCPU's thread.
+        let ret = unsafe { hv_vcpu_set_vtimer_offset(self.id, offset) };
+        status::check(ret, || format!("setting the vtimer offset of vCPU {}", self.index))
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        self.set_up()
+    }
+}
+
 impl Drop for HvfVcpu {
     fn drop(&mut self) {
-        if self.on_owner().is_err() {
+        if std::thread::current().id() != self.owner {
             warn!("vCPU {} dropped off its thread; not destroyed", self.index);
             return;
         }
+        if !self.exists {
+            return;
+        }
+        self.handle.clear();
         // SAFETY: destroys this thread's vCPU, which is not used again.
         let ret = unsafe { hv_vcpu_destroy(self.id) };
         if let Err(e) = status::check(ret, || format!("hv_vcpu_destroy for vCPU {}", self.index)) {
@@ -232,7 +286,7 @@ impl Drop for HvfVcpu {
 /// Kicks a vCPU: out of the guest (`hv_vcpus_exit`) and out of any wait in the backend.
 #[derive(Debug)]
 struct HvfKick {
-    id: hv_vcpu_t,
+    handle: Arc<VcpuHandle>,
     index: u32,
     shared: Arc<Shared>,
 }
@@ -240,12 +294,14 @@ struct HvfKick {
 impl VcpuKick for HvfKick {
     fn kick(&self) {
         self.shared.power.kick(self.index);
-        // SAFETY: reads one vCPU id; any thread may call it, and a vCPU that is gone only
-        // makes it fail.
-        let ret = unsafe { hv_vcpus_exit(&self.id, 1) };
-        if ret != status::HV_SUCCESS {
-            debug!("hv_vcpus_exit for vCPU {}: {}", self.index, status::describe(ret));
-        }
+        self.handle.with_id(|id| {
+            // SAFETY: reads one vCPU id, which names a live vCPU while the handle is held
+            // (it is cleared before the vCPU is destroyed); any thread may call it.
+            let ret = unsafe { hv_vcpus_exit(&id, 1) };
+            if ret != status::HV_SUCCESS {
+                debug!("hv_vcpus_exit for vCPU {}: {}", self.index, status::describe(ret));
+            }
+        });
     }
 }
 
@@ -267,8 +323,18 @@ impl Vcpu for HvfVcpu {
         Ok(())
     }
 
+    fn reset(&mut self) -> Result<()> {
+        self.on_owner()?;
+        let (index, offset) = (self.index, self.vtimer_offset);
+        let (shared, handle) = (self.shared.clone(), self.handle.clone());
+        reset::recreate(index, offset, &shared.power, &handle, self)?;
+        debug!("vCPU {index}: re-created for the reboot (framework id {})", self.id);
+        Ok(())
+    }
+
     fn kicker(&self) -> Result<Arc<dyn VcpuKick>> {
-        Ok(Arc::new(HvfKick { id: self.id, index: self.index, shared: self.shared.clone() }))
+        let handle = self.handle.clone();
+        Ok(Arc::new(HvfKick { handle, index: self.index, shared: self.shared.clone() }))
     }
 
     fn run(&mut self, mmio: &dyn MmioHandler) -> Result<VcpuExit> {

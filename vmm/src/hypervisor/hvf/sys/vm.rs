@@ -244,6 +244,18 @@ impl Vm for HvfVm {
         Ok(gic::check_spec(&self.shared.plan, spec)?)
     }
 
+    fn reset_gic(&self) -> Result<()> {
+        // The VM-wide half of a reboot, with every vCPU out of the guest: PSCI power states
+        // back to power-on (before any vCPU thread re-creates its vCPU, so no CPU_ON of the
+        // new boot can be undone), then the in-kernel GIC. Nothing of the GIC is kept in
+        // userspace (`GicPlan` is the fixed layout; the MSI frame is the framework's), so
+        // hv_gic_reset is all of it. The devices' lines are low after their reset.
+        self.shared.power.power_on_reset();
+        // SAFETY: no arguments; the GIC exists and no vCPU is in the guest.
+        let ret = unsafe { (self.shared.gic.reset)() };
+        status::check(ret, || "hv_gic_reset".into())
+    }
+
     fn msi_controller(&self) -> MsiController {
         let plan = &self.shared.plan;
         MsiController::SpiFrame {
