@@ -104,7 +104,8 @@ echo "aperture-status=$status"
 /// The second case, in the same emulated host: boot to the login prompt without the check
 /// service, then SIGTERM Aperture, which presses the guest's power key; systemd-logind powers
 /// off (journald forwards its log to the console to show it). The grace is long: a nested
-/// systemd shutdown under TCG takes a while.
+/// systemd shutdown under TCG takes a while. Device and start jobs get 600 s (not 90): on a
+/// loaded machine udev's coldplug alone has taken longer, and the serial getty then failed.
 fn key_script() -> String {
     format!(
         r#"{DRIVE}
@@ -114,6 +115,9 @@ echo "{START}"
     --memory 1G --cpus 2 --timeout {GUEST_TIMEOUT_SECS} --shutdown-grace 600 \
     > /tmp/distro-key.log 2>&1 &
 pid=$!
+# The console as it comes (the log is also what the loop below looks for the prompt in).
+tail -f /tmp/distro-key.log &
+tailer=$!
 n=0
 until grep -q '{LOGIN}' /tmp/distro-key.log; do
     kill -0 $pid 2>/dev/null || break
@@ -126,7 +130,8 @@ echo "DISTRO-SIGTERM"
 kill -TERM $pid
 wait $pid
 status=$?
-cat /tmp/distro-key.log
+sleep 2
+kill "$tailer"
 echo "aperture-status=$status"
 "#,
         polls = GUEST_TIMEOUT_SECS * 10
