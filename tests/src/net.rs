@@ -5,8 +5,10 @@
 /// - `net_setup TAP PREFIX`: tap TAP (busybox tunctl) with PREFIX.1/24, a DHCP server
 ///   (udhcpd, PREFIX.15-20, router PREFIX.1, pid in /tmp/udhcpd-TAP.pid) and an HTTP server
 ///   serving /hello.txt = hello-TAP-TOKEN on it;
-/// - `lease_ip TAP`: the first address udhcpd on TAP has leased, or nothing (it has udhcpd
-///   write its lease file first);
+/// - `lease_ip TAP`: the first address udhcpd on TAP has leased, or nothing. udhcpd writes
+///   its lease file every second by itself (`auto_time 1`): a SIGUSR1 to make it write would
+///   restart the 2 s ARP probe it runs before each offer, and a caller asking every second
+///   keeps it from ever offering;
 /// - `net_peer SOCKET TAP`: the stream-socket peer (tests/src/bin/net-peer.rs) bridging to TAP.
 pub const NET_PRELUDE: &str = r#"net_setup() {
     modprobe tun && tunctl -t "$1" >/dev/null && ip addr add "$2.1/24" dev "$1" \
@@ -20,12 +22,11 @@ lease_file /tmp/leases-%s
 pidfile /tmp/udhcpd-%s.pid
 option subnet 255.255.255.0
 option router %s.1
+auto_time 1
 ' "$2" "$2" "$1" "$1" "$1" "$2" > "/tmp/udhcpd-$1.conf"
     touch "/tmp/leases-$1" && udhcpd "/tmp/udhcpd-$1.conf"
 }
 lease_ip() {
-    # udhcpd writes its leases on SIGUSR1 (else only every two hours).
-    kill -USR1 "$(cat "/tmp/udhcpd-$1.pid" 2>/dev/null)" 2>/dev/null && sleep 0.2
     dumpleases -f "/tmp/leases-$1" 2>/dev/null | awk 'NR > 1 { print $2; exit }'
 }
 net_peer() {
