@@ -27,6 +27,9 @@ const KEY_CASE: &str = "distro-power-key";
 const REPORT: &str = "APERTURE-DISTRO: ";
 /// agetty's prompt on the serial console (it then logs root in by itself).
 const LOGIN: &str = " login: ";
+/// Logged by systemd-logind once it reads the guest's power key (gpio-keys), as a `grep`
+/// pattern: the power-key case presses it only then.
+const BUTTONS: &str = "Watching system buttons on .*(gpio-keys)";
 /// Printed by the case just before `aperture run`.
 const START: &str = "DISTRO-RUN-START";
 /// A systemd boot nested under TCG takes minutes: generous limits, none of them asserted.
@@ -101,8 +104,8 @@ echo "aperture-status=$status"
     )
 }
 
-/// The second case, in the same emulated host: boot to the login prompt without the check
-/// service, then SIGTERM Aperture, which presses the guest's power key; systemd-logind powers
+/// The second case, in the same emulated host: boot without the check service until logind
+/// watches the power key, then SIGTERM Aperture, which presses it; systemd-logind powers
 /// off (journald forwards its log to the console to show it). The grace is long: a nested
 /// systemd shutdown under TCG takes a while. Device and start jobs get 600 s (not 90): on a
 /// loaded machine udev's coldplug alone has taken longer, and the serial getty then failed.
@@ -119,13 +122,13 @@ pid=$!
 tail -f /tmp/distro-key.log &
 tailer=$!
 n=0
-until grep -q '{LOGIN}' /tmp/distro-key.log; do
+until grep -q '{BUTTONS}' /tmp/distro-key.log; do
     kill -0 $pid 2>/dev/null || break
     [ "$n" -lt {polls} ] || break
     sleep 0.1; n=$((n + 1))
 done
-# The autologin's session is up; give logind a moment with its input devices.
-sleep 5
+# logind reads the key now; the login prompt can come well before (a press then is lost).
+sleep 2
 echo "DISTRO-SIGTERM"
 kill -TERM $pid
 wait $pid
