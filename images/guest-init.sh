@@ -86,7 +86,7 @@ dma_load=$(echo $dma_load)
 # The VMM benchmark (tests/src/vmm_bench.rs) compares VMMs that offer different devices: its
 # boots load no drivers, its reads only virtio-blk's.
 case ",$checks," in
-    ,bench,) ;;
+    ,bench,|,dmesg-disk,|,bench,trace-poweroff,) ;;
     ,bench-read,) modprobe -a virtio_pci virtio_blk 2>/dev/null ;;
     *) modprobe -a virtio_pci virtio_blk virtio_net virtio_rng virtio_console nvme snd_hda_codec_generic snd_hda_intel 2>/dev/null ;;
 esac
@@ -453,6 +453,23 @@ SCRIPT
     dmesg)
         # The kernel log, for profiling a boot with `quiet` (add initcall_debug for more).
         dmesg | while read -r line; do echo "CHECK dmesg: $line"; done
+        ;;
+    trace-poweroff)
+        # The power-off path on the console, with timestamps (boot with printk.time=1): every
+        # kernel message from here on, and one line per device shut down.
+        echo 1 > /sys/module/kernel/parameters/initcall_debug
+        echo 8 > /proc/sys/kernel/printk
+        ;;
+    dmesg-disk)
+        # The kernel log onto /dev/vda (zero-padded), for a host to read: a whole
+        # initcall_debug log costs minutes through a trapped console, a disk write ~nothing.
+        # Loads virtio-blk only now, so the boot it logs is the one without drivers.
+        echo "CHECK dmesg-disk: uptime $(cut -d' ' -f1 /proc/uptime)"
+        modprobe -a virtio_pci virtio_blk 2>/dev/null
+        wait_for /dev/vda
+        dmesg > /tmp/dmesg.txt
+        dd if=/tmp/dmesg.txt of=/dev/vda bs=64k conv=fsync,sync 2>/dev/null
+        echo "CHECK dmesg-disk: $(wc -c < /tmp/dmesg.txt) bytes status=$?"
         ;;
     profile)
         # Where a boot's time went, for comparing VMMs (boot with printk.time=1, and
