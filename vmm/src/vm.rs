@@ -215,7 +215,7 @@ pub fn run_on(
             redist_base: memory_layout.gic_redists.base,
             redist_size: memory_layout.gic_redists.size,
             its_base: matches!(msi, MsiController::Its).then_some(layout::GIC_ITS_BASE),
-            nr_irqs: layout::GIC_NR_IRQS,
+            nr_irqs: layout::gic_nr_irqs(matches!(msi, MsiController::Its)),
         })?;
         phases.mark("GIC");
         // Level irqfds need the GIC.
