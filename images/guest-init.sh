@@ -54,7 +54,11 @@ done
 window_dev() {
     for dev in /sys/bus/pci/devices/*; do
         [ -e "$dev/vendor" ] || continue
-        if [ "$(cat "$dev/vendor")" = 0x1234 ] && [ "$(cat "$dev/device")" = 0xa9e0 ]; then
+        # read, not $(cat): no fork per device (the VMM benchmark's boots run this too, and
+        # would otherwise pay per PCI device the VMM offers).
+        read -r wvendor < "$dev/vendor"
+        read -r wdevice < "$dev/device"
+        if [ "$wvendor" = 0x1234 ] && [ "$wdevice" = 0xa9e0 ]; then
             echo "$dev"
             return 0
         fi
@@ -82,7 +86,7 @@ dma_load=$(echo $dma_load)
 # The VMM benchmark (tests/src/vmm_bench.rs) compares VMMs that offer different devices: its
 # boots load no drivers, its reads only virtio-blk's.
 case ",$checks," in
-    ,bench,) ;;
+    ,bench,|,dmesg-disk,|,bench,trace-poweroff,) ;;
     ,bench-read,) modprobe -a virtio_pci virtio_blk 2>/dev/null ;;
     *) modprobe -a virtio_pci virtio_blk virtio_net virtio_rng virtio_console nvme snd_hda_codec_generic snd_hda_intel 2>/dev/null ;;
 esac
@@ -449,6 +453,50 @@ SCRIPT
     dmesg)
         # The kernel log, for profiling a boot with `quiet` (add initcall_debug for more).
         dmesg | while read -r line; do echo "CHECK dmesg: $line"; done
+        ;;
+    trace-poweroff)
+        # The power-off path on the console, with timestamps (boot with printk.time=1): every
+        # kernel message from here on, and one line per device shut down.
+        echo 1 > /sys/module/kernel/parameters/initcall_debug
+        echo 8 > /proc/sys/kernel/printk
+        ;;
+    dmesg-disk)
+        # The kernel log onto /dev/vda (zero-padded), for a host to read: a whole
+        # initcall_debug log costs minutes through a trapped console, a disk write ~nothing.
+        # Loads virtio-blk only now, so the boot it logs is the one without drivers.
+        echo "CHECK dmesg-disk: uptime $(cut -d' ' -f1 /proc/uptime)"
+        modprobe -a virtio_pci virtio_blk 2>/dev/null
+        wait_for /dev/vda
+        dmesg > /tmp/dmesg.txt
+        dd if=/tmp/dmesg.txt of=/dev/vda bs=64k conv=fsync,sync 2>/dev/null
+        echo "CHECK dmesg-disk: $(wc -c < /tmp/dmesg.txt) bytes status=$?"
+        ;;
+    profile)
+        # Where a boot's time went, for comparing VMMs (boot with printk.time=1, and
+        # initcall_debug for the initcall lines): initcalls of 20 ms or more, lines that came
+        # 30 ms or more after the one before, then what one trapped access costs: 640 4-byte
+        # reads of each PCI function's configuration space (one exit each) against 10, and
+        # 400 console bytes against 1.
+        dmesg | awk '{ t = substr($0, 2, 12) + 0 }
+            / returned .* after [0-9]+ usecs/ { n = $(NF - 1) + 0; if (n >= 20000) printf "PROF initcall %.3f %s %d ms\n", t, $4, n / 1000 }
+            t - last >= 0.03 && !/^\[ *[0-9.]+\] (calling|initcall) / { printf "PROF gap %.0f ms before: %s\n", (t - last) * 1000, substr($0, 1, 90) }
+            { last = t }'
+        for dev in /sys/bus/pci/devices/*; do
+            [ -e "$dev/config" ] || continue
+            t0=$(cut -d' ' -f1 /proc/uptime)
+            for i in 1 2 3 4 5 6 7 8 9 10; do dd if="$dev/config" of=/dev/null bs=4 count=1 2>/dev/null; done
+            t1=$(cut -d' ' -f1 /proc/uptime)
+            for i in 1 2 3 4 5 6 7 8 9 10; do dd if="$dev/config" of=/dev/null bs=4 count=64 2>/dev/null; done
+            t2=$(cut -d' ' -f1 /proc/uptime)
+            echo "PROF config reads ${dev##*/}: 10 in $t0..$t1, 640 in $t1..$t2"
+        done
+        line=$(printf '%0400d' 0)
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        echo x
+        t1=$(cut -d' ' -f1 /proc/uptime)
+        echo "$line"
+        t2=$(cut -d' ' -f1 /proc/uptime)
+        echo "PROF console: 2 bytes in $t0..$t1, 401 in $t1..$t2"
         ;;
     exit=*)
         code=${check#exit=}

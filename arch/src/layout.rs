@@ -81,8 +81,24 @@ pub const RTC_SPI: u32 = 2;
 pub const GPIO_SPI: u32 = 3;
 /// First SPI handed out to PCI INTx and other devices that come later.
 pub const FIRST_FREE_SPI: u32 = 16;
-/// SPIs the GIC is created with (multiple of 32, includes the 32 private INTIDs).
+/// Interrupt lines the GIC is created with when MSIs go through an MSI frame
+/// (Hypervisor.framework), whose SPIs they are (multiple of 32, includes the 32 private
+/// INTIDs).
 pub const GIC_NR_IRQS: u32 = 256;
+/// Interrupt lines the GIC is created with when it has an ITS (KVM): MSIs are LPIs, so only
+/// the wired SPIs (below [`FIRST_FREE_SPI`] + 16) are needed. Every SPI costs the guest's GIC
+/// driver distributor writes at boot, each a trap to the hypervisor (with 224 SPIs about 300
+/// more than with 32), before the guest's clock even starts.
+pub const GIC_NR_IRQS_ITS: u32 = 64;
+
+/// The interrupt lines of a GIC with an ITS (`its`) or with an MSI frame.
+pub const fn gic_nr_irqs(its: bool) -> u32 {
+    if its {
+        GIC_NR_IRQS_ITS
+    } else {
+        GIC_NR_IRQS
+    }
+}
 /// PCI INTA..INTD of the host bridge (level-triggered SPIs). A function raising pin `P`
 /// (1 = INTA) at bus-0 slot `S`, or behind the root port at slot `S` (device 0 there, so the
 /// bridge swizzle keeps the pin), signals `PCI_INTX_SPIS[(S + P - 1) % 4]`.
@@ -344,6 +360,7 @@ mod tests {
     #[test]
     fn pci_intx_spis_swizzle_and_fit_the_gic() {
         const _: () = assert!(PCI_INTX_SPIS[3] + 32 < GIC_NR_IRQS);
+        const _: () = assert!(PCI_INTX_SPIS[3] + 32 < GIC_NR_IRQS_ITS);
         assert!(PCI_INTX_SPIS.iter().all(|&spi| spi >= FIRST_FREE_SPI));
         assert!(![UART_SPI, RTC_SPI, GPIO_SPI].iter().any(|spi| PCI_INTX_SPIS.contains(spi)));
         assert_eq!(pci_intx_spi(0, 1), Some(16));
@@ -353,6 +370,20 @@ mod tests {
         assert_eq!(pci_intx_spi(31, 1), Some(19));
         assert_eq!(pci_intx_spi(1, 0), None);
         assert_eq!(pci_intx_spi(1, 5), None);
+    }
+
+    #[test]
+    fn a_gic_with_an_its_has_only_the_wired_spis() {
+        assert_eq!(gic_nr_irqs(true), 64);
+        assert_eq!(gic_nr_irqs(false), GIC_NR_IRQS);
+        // Every wired SPI, and the room kept for later ones, fits both.
+        for its in [true, false] {
+            let lines = gic_nr_irqs(its);
+            assert_eq!(lines % 32, 0);
+            for spi in [UART_SPI, RTC_SPI, GPIO_SPI, PCI_INTX_SPIS[3], FIRST_FREE_SPI + 15] {
+                assert!(32 + spi < lines, "SPI {spi} with its={its}");
+            }
+        }
     }
 
     #[test]

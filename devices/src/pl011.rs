@@ -53,7 +53,7 @@ const ICR: u64 = 0x44;
 const DMACR: u64 = 0x48;
 
 /// PL011 peripheral ID (part 0x011, designer ARM 0x41, revision 1); Linux matches 0x00041011 under mask 0x000fffff.
-const PERIPH_ID: u32 = 0x0014_1011;
+pub const PERIPH_ID: u32 = 0x0014_1011;
 
 const FR_CTS: u32 = 1 << 0;
 const FR_DSR: u32 = 1 << 1;

@@ -33,7 +33,7 @@ const RTCMIS: u64 = 0x18;
 const RTCICR: u64 = 0x1c;
 
 /// PL031 peripheral ID (part 0x031, designer ARM 0x41, revision 1).
-const PERIPH_ID: u32 = 0x0014_1031;
+pub const PERIPH_ID: u32 = 0x0014_1031;
 /// The one interrupt: counter reached the match value.
 const INT_MATCH: u32 = 1;
 /// Half the counter range: a move forward by less than this is time passing, more is a jump

@@ -30,7 +30,7 @@ const GPIOIC: u64 = 0x41c;
 const GPIOAFSEL: u64 = 0x420;
 
 /// PL061 peripheral ID (part 0x061, designer ARM 0x41, revision 0).
-const PERIPH_ID: u32 = 0x0004_1061;
+pub const PERIPH_ID: u32 = 0x0004_1061;
 /// Number of lines.
 pub const PL061_LINES: u32 = 8;
 

@@ -92,6 +92,10 @@ pub struct MmioDeviceNode {
     pub size: u64,
     /// SPI number (INTID - 32).
     pub spi: Option<u32>,
+    /// A PrimeCell's peripheral ID, given as `arm,primecell-periphid`: Linux's AMBA bus then
+    /// takes it from the device tree instead of reading the eight ID registers (eight exits
+    /// to the VMM per device and boot).
+    pub periph_id: Option<u32>,
 }
 
 /// A PL061 GPIO controller with a `gpio-keys` power key on one of its lines.
@@ -323,11 +327,20 @@ fn clock_node(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
     fdt.end_node(clock)
 }
 
+/// `arm,primecell-periphid`, when the node has one.
+fn periph_id(fdt: &mut FdtWriter, node: &MmioDeviceNode) -> FdtWriterResult<()> {
+    match node.periph_id {
+        Some(id) => fdt.property_u32("arm,primecell-periphid", id),
+        None => Ok(()),
+    }
+}
+
 fn pl011_node(fdt: &mut FdtWriter, uart: &MmioDeviceNode) -> FdtWriterResult<()> {
     let node = fdt.begin_node(&uart_name(uart))?;
     fdt.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()])?;
     reg(fdt, uart.base, uart.size)?;
     spi_interrupt(fdt, uart.spi)?;
+    periph_id(fdt, uart)?;
     fdt.property_array_u32("clocks", &[PHANDLE_CLOCK, PHANDLE_CLOCK])?;
     fdt.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
     fdt.end_node(node)
@@ -338,6 +351,7 @@ fn pl031_node(fdt: &mut FdtWriter, rtc: &MmioDeviceNode) -> FdtWriterResult<()> 
     fdt.property_string_list("compatible", vec!["arm,pl031".into(), "arm,primecell".into()])?;
     reg(fdt, rtc.base, rtc.size)?;
     spi_interrupt(fdt, rtc.spi)?;
+    periph_id(fdt, rtc)?;
     fdt.property_u32("clocks", PHANDLE_CLOCK)?;
     fdt.property_string("clock-names", "apb_pclk")?;
     fdt.end_node(node)
@@ -358,6 +372,7 @@ fn power_key_nodes(fdt: &mut FdtWriter, key: &PowerKeyNode) -> FdtWriterResult<(
     fdt.property_string_list("compatible", vec!["arm,pl061".into(), "arm,primecell".into()])?;
     reg(fdt, key.gpio.base, key.gpio.size)?;
     spi_interrupt(fdt, key.gpio.spi)?;
+    periph_id(fdt, &key.gpio)?;
     fdt.property_null("gpio-controller")?;
     fdt.property_u32("#gpio-cells", 2)?;
     fdt.property_u32("clocks", PHANDLE_CLOCK)?;

@@ -56,7 +56,7 @@ pub enum MemoryError {
 /// guest addresses agree modulo 2 MiB; with 4 KiB mappings every first touch of a page is a
 /// separate stage-2 fault (kvmtool aligns its RAM the same way).
 #[derive(Debug)]
-struct AlignedMapping {
+pub(crate) struct AlignedMapping {
     addr: *mut u8,
     size: usize,
 }
@@ -71,7 +71,8 @@ unsafe impl Sync for AlignedMapping {}
 const RAM_HOST_ALIGN: usize = 2 << 20;
 
 impl AlignedMapping {
-    fn new(size: usize) -> std::io::Result<Self> {
+    /// A fresh private anonymous read/write mapping of `size` bytes (zeroed).
+    pub(crate) fn new(size: usize) -> std::io::Result<Self> {
         let total = size
             .checked_add(RAM_HOST_ALIGN)
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
@@ -107,6 +108,27 @@ impl AlignedMapping {
             libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
         }
         Ok(Self { addr: start as *mut u8, size })
+    }
+
+    /// Takes back the huge-page advice `new` gave: for a small mapping that would otherwise
+    /// get a whole 2 MiB page once merged with a neighbour.
+    pub(crate) fn without_huge_pages(self) -> Self {
+        #[cfg(target_os = "linux")]
+        // SAFETY: advice on our own mapping; failure only leaves huge pages allowed.
+        unsafe {
+            libc::madvise(self.addr.cast(), self.size, libc::MADV_NOHUGEPAGE);
+        }
+        self
+    }
+
+    /// Its first byte.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.size
     }
 }
 

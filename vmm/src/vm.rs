@@ -215,7 +215,7 @@ pub fn run_on(
             redist_base: memory_layout.gic_redists.base,
             redist_size: memory_layout.gic_redists.size,
             its_base: matches!(msi, MsiController::Its).then_some(layout::GIC_ITS_BASE),
-            nr_irqs: layout::GIC_NR_IRQS,
+            nr_irqs: layout::gic_nr_irqs(matches!(msi, MsiController::Its)),
         })?;
         phases.mark("GIC");
         // Level irqfds need the GIC.
@@ -406,7 +406,7 @@ fn fdt_config(
     mpidrs: &[u64],
     msi: MsiController,
 ) -> FdtConfig {
-    let node = |base, size, spi| MmioDeviceNode { base, size, spi };
+    let node = |base, size, spi, periph_id| MmioDeviceNode { base, size, spi, periph_id };
     FdtConfig {
         cpu_mpidrs: mpidrs.iter().map(|&m| mpidr_to_fdt_reg(m)).collect(),
         ram: (memory.ram.base, memory.ram.size),
@@ -421,9 +421,19 @@ fn fdt_config(
             layout::TIMER_PPI_VIRT,
             layout::TIMER_PPI_HYP,
         ],
-        uart: node(layout::UART_BASE, layout::UART_SIZE, Some(layout::UART_SPI)),
-        rtc: node(layout::RTC_BASE, layout::RTC_SIZE, Some(layout::RTC_SPI)),
-        test_exit: node(layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, None),
+        uart: node(
+            layout::UART_BASE,
+            layout::UART_SIZE,
+            Some(layout::UART_SPI),
+            Some(devices::pl011::PERIPH_ID),
+        ),
+        rtc: node(
+            layout::RTC_BASE,
+            layout::RTC_SIZE,
+            Some(layout::RTC_SPI),
+            Some(devices::pl031::PERIPH_ID),
+        ),
+        test_exit: node(layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, None, None),
         pci: Some(PciHostNode {
             ecam: (layout::PCI_ECAM_BASE, layout::PCI_ECAM_SIZE),
             mmio32: (layout::PCI_MMIO32_BASE, layout::PCI_MMIO32_SIZE),
@@ -431,7 +441,12 @@ fn fdt_config(
             intx_spis: Some(layout::PCI_INTX_SPIS),
         }),
         power_key: Some(PowerKeyNode {
-            gpio: node(layout::GPIO_BASE, layout::GPIO_SIZE, Some(layout::GPIO_SPI)),
+            gpio: node(
+                layout::GPIO_BASE,
+                layout::GPIO_SIZE,
+                Some(layout::GPIO_SPI),
+                Some(devices::pl061::PERIPH_ID),
+            ),
             line: layout::POWER_KEY_GPIO_LINE,
         }),
     }

@@ -326,13 +326,11 @@ impl ConfigSpace {
 
     /// A guest read: bytes outside the 4 KiB space read as 0.
     pub fn read(&self, offset: u16, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::from(offset)
-                .checked_add(i)
-                .and_then(|at| self.bytes.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        // Slices, not a loop per byte: the configuration mirror copies all 4 KiB at once.
+        let start = usize::from(offset).min(self.bytes.len());
+        let inside = data.len().min(self.bytes.len() - start);
+        data[..inside].copy_from_slice(&self.bytes[start..start + inside]);
+        data[inside..].fill(0);
     }
 
     /// A guest read of one of Aperture's own bridges: as [`Self::read`], except that while
@@ -343,10 +341,9 @@ impl ConfigSpace {
     pub fn read_no_extended(&self, offset: u16, data: &mut [u8]) {
         self.read(offset, data);
         if self.last_extended.is_none() {
-            for (i, byte) in data.iter_mut().enumerate() {
-                if usize::from(offset) + i >= usize::from(STANDARD_CONFIG_SIZE) {
-                    *byte = 0xff;
-                }
+            let standard = usize::from(STANDARD_CONFIG_SIZE).saturating_sub(usize::from(offset));
+            if let Some(extended) = data.get_mut(standard..) {
+                extended.fill(0xff);
             }
         }
     }

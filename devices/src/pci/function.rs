@@ -11,7 +11,7 @@ use super::config::BarRegion;
 use super::lock_order::{LockLevel, OrderedMutex, OrderedMutexGuard, OrderedRwLock};
 use super::root::{BarChange, BarChangeHook, FunctionId, TraceEvent, TraceHook, TraceKind};
 use super::routes::BarRoutes;
-use super::PciFunction;
+use super::{ConfigMirror, PciFunction};
 
 /// Header type bit 7: the device has functions besides function 0.
 const HEADER_TYPE_MULTI_FUNCTION: u8 = 0x80;
@@ -20,6 +20,7 @@ const HEADER_TYPE_MULTI_FUNCTION: u8 = 0x80;
 pub(crate) struct Hooks {
     trace: OrderedRwLock<Option<Arc<TraceHook>>>,
     bar_change: OrderedMutex<Option<BarChangeHook>>,
+    mirror: OrderedRwLock<Option<Arc<dyn ConfigMirror>>>,
 }
 
 impl Hooks {
@@ -27,7 +28,17 @@ impl Hooks {
         Self {
             trace: OrderedRwLock::new(LockLevel::Hooks, None),
             bar_change: OrderedMutex::new(LockLevel::BarHook, None),
+            mirror: OrderedRwLock::new(LockLevel::Hooks, None),
         }
+    }
+
+    pub(crate) fn set_mirror(&self, mirror: Option<Arc<dyn ConfigMirror>>) {
+        *self.mirror.write() = mirror;
+    }
+
+    /// The mirror, cloned so it is not called under the hooks lock.
+    fn mirror(&self) -> Option<Arc<dyn ConfigMirror>> {
+        self.mirror.read().clone()
     }
 
     pub(crate) fn set_trace(&self, hook: Option<TraceHook>) {
@@ -67,6 +78,9 @@ pub(crate) struct WriteEffects {
     /// A bridge's guest set Secondary Bus Reset (rising edge).
     pub(crate) secondary_bus_reset: bool,
 }
+
+/// Bytes of one function's configuration space.
+const CONFIG_SPACE_SIZE: usize = 4096;
 
 /// One function on the emulated bus, behind its own lock.
 pub(crate) struct FunctionCell {
@@ -135,6 +149,21 @@ impl FunctionCell {
         });
     }
 
+    /// Copies a bus-0 function into the configuration mirror, if there is one (after anything
+    /// that may change what its registers read, with the function still locked, so copies
+    /// land in the order of the changes). A function that cannot be copied turns the mirror
+    /// off.
+    pub(crate) fn refresh_mirror(&self, state: &FunctionState) {
+        let FunctionId::Bus0 { device } = self.id else { return };
+        let Some(mirror) = self.hooks.mirror() else { return };
+        let mut image = [0u8; CONFIG_SPACE_SIZE];
+        if state.function.config_copy(&mut image) {
+            mirror.update(device, &image);
+        } else {
+            mirror.disable();
+        }
+    }
+
     /// A configuration read; `multi_function` sets bit 7 of the header type the guest sees
     /// (the root knows whether the port has other functions, the function does not).
     pub(crate) fn config_read(&self, register: u16, data: &mut [u8], multi_function: bool) {
@@ -162,6 +191,7 @@ impl FunctionCell {
         self.trace(TraceKind::ConfigWrite, u64::from(register), data);
         state.function.config_write(register, data);
         self.update_bars(&mut state);
+        self.refresh_mirror(&state);
         let secondary_bus_reset = state.function.take_secondary_bus_reset();
         let buses = state.function.bridge_buses();
         if buses == state.buses {
@@ -178,6 +208,7 @@ impl FunctionCell {
         let mut state = self.lock();
         state.function.bus_reset();
         self.update_bars(&mut state);
+        self.refresh_mirror(&state);
     }
 
     /// Resets the function for a VM reboot, then routes the BARs it decodes afterwards
@@ -187,6 +218,7 @@ impl FunctionCell {
         state.function.system_reset();
         state.buses = state.function.bridge_buses();
         self.update_bars(&mut state);
+        self.refresh_mirror(&state);
     }
 
     /// Routes the BARs the function decodes now and tells the BAR-change hook what moved.
@@ -247,7 +279,9 @@ impl FunctionCell {
 
     /// Tells the function (a root port) that a device arrived behind it or left.
     pub(crate) fn set_slot_presence(&self, present: bool) {
-        self.lock().function.set_slot_presence(present);
+        let mut state = self.lock();
+        state.function.set_slot_presence(present);
+        self.refresh_mirror(&state);
     }
 
     /// A read of BAR `bar` at `offset`.

@@ -47,6 +47,11 @@ impl PciFunction for HostBridge {
         self.config.read_no_extended(offset, data);
     }
 
+    fn config_copy(&self, image: &mut [u8]) -> bool {
+        self.config.read_no_extended(0, image);
+        true
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         self.config.write(offset, data);
     }

@@ -120,4 +120,28 @@ pub trait PciFunction: Send {
     /// away (`false`). The port updates presence and link state and interrupts the guest.
     /// Others ignore it.
     fn set_slot_presence(&mut self, _present: bool) {}
+    /// Fills `image` (4 KiB) with what a guest read of each register would return now, for
+    /// a [`ConfigMirror`] the guest reads without exits. Only for a function whose reads have
+    /// no side effects and whose registers change only through its own methods (which
+    /// [`PciRoot`] calls with the function locked and then copies it again); the default,
+    /// `false`, keeps every read going to [`PciFunction::config_read`] (passed-through
+    /// functions read the device).
+    fn config_copy(&self, _image: &mut [u8]) -> bool {
+        false
+    }
+}
+
+/// A copy of bus 0's configuration space the guest reads without an exit to the VMM (KVM:
+/// a read-only memory slot over bus 0's ECAM pages; writes still exit). [`PciRoot`] keeps it
+/// in step: it copies a function again after every configuration write, reset and hot-plug
+/// change of it, all made with the function locked.
+///
+/// Called while a function is locked (any thread: vCPUs, the hot-plug control); must not
+/// touch PCI itself.
+pub trait ConfigMirror: Send + Sync {
+    /// Function 0 of bus-0 device `device` now reads `image` (4 KiB).
+    fn update(&self, device: u8, image: &[u8]);
+    /// A bus-0 function can no longer be copied ([`PciFunction::config_copy`] said no):
+    /// every read must reach the VMM again, from before the guest's next access on.
+    fn disable(&self);
 }

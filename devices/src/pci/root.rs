@@ -387,6 +387,7 @@ impl PciRoot {
     fn route_new(cell: &Arc<FunctionCell>) {
         let mut state = cell.lock();
         cell.update_bars(&mut state);
+        cell.refresh_mirror(&state);
     }
 
     /// Root ports added from now on have a PCI Express hot-plug slot whose interrupt goes
@@ -421,8 +422,13 @@ impl PciRoot {
         }
         let port = Box::new(port);
         let port = self.new_cell(id, port, Some(u16::from(device) << 3));
-        topology.slots[usize::from(device)] =
-            Some(Slot::Port { port, buses: None, downstream: std::array::from_fn(|_| None) });
+        topology.slots[usize::from(device)] = Some(Slot::Port {
+            port: port.clone(),
+            buses: None,
+            downstream: std::array::from_fn(|_| None),
+        });
+        drop(topology);
+        port.refresh_mirror(&port.lock());
         Ok(id)
     }
 
@@ -573,6 +579,25 @@ impl PciRoot {
         self.shared.hooks.set_trace(hook);
     }
 
+    /// Keeps `mirror` (or nothing) a copy of bus 0's configuration space from now on,
+    /// starting with a copy of every bus-0 function. With no function on bus 0 that cannot
+    /// be copied and no trace hook (traces need every read), the guest's reads of bus 0 need
+    /// not reach the VMM. Set it after the trace hook.
+    pub fn set_config_mirror(&self, mirror: Option<Arc<dyn super::ConfigMirror>>) {
+        self.shared.hooks.set_mirror(mirror);
+        let cells: Vec<_> = {
+            let topology = self.shared.topology.lock();
+            let bus0 = topology.slots.iter().flatten().map(|slot| match slot {
+                Slot::Function(cell) | Slot::Port { port: cell, .. } => cell.clone(),
+            });
+            bus0.collect()
+        };
+        for cell in cells {
+            let state = cell.lock();
+            cell.refresh_mirror(&state);
+        }
+    }
+
     /// Sets (or clears) the hook told about BARs that appear, move or disappear.
     pub fn set_bar_change_hook(&self, hook: Option<BarChangeHook>) {
         self.shared.hooks.set_bar_change(hook);
@@ -586,7 +611,9 @@ impl PciRoot {
     ) -> Option<R> {
         let cell = self.shared.topology.lock().cell(id).cloned()?;
         let mut state = cell.lock();
-        Some(f(state.function.as_mut()))
+        let result = f(state.function.as_mut());
+        cell.refresh_mirror(&state);
+        Some(result)
     }
 
     /// The requester id (`bus << 8 | devfn`) of `id`, or `None` if it is absent or behind a

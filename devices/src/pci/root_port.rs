@@ -346,6 +346,13 @@ impl PciFunction for RootPort {
         self.config.read_no_extended(offset, data);
     }
 
+    fn config_copy(&self, image: &mut [u8]) -> bool {
+        // Plain registers: the hot-plug slot changes them only through set_slot_presence
+        // and config_write.
+        self.config.read_no_extended(0, image);
+        true
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         let was_in_reset = self.in_secondary_reset();
         self.config.write(offset, data);

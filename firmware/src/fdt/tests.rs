@@ -16,9 +16,14 @@ fn config(cpus: usize) -> FdtConfig {
             msi_frame: None,
         },
         timer_ppis: [13, 14, 11, 10],
-        uart: MmioDeviceNode { base: 0x0900_0000, size: 0x1000, spi: Some(1) },
-        rtc: MmioDeviceNode { base: 0x0901_0000, size: 0x1000, spi: Some(2) },
-        test_exit: MmioDeviceNode { base: 0x0902_0000, size: 0x1000, spi: None },
+        uart: MmioDeviceNode {
+            base: 0x0900_0000,
+            size: 0x1000,
+            spi: Some(1),
+            periph_id: Some(0x0014_1011),
+        },
+        rtc: MmioDeviceNode { base: 0x0901_0000, size: 0x1000, spi: Some(2), periph_id: None },
+        test_exit: MmioDeviceNode { base: 0x0902_0000, size: 0x1000, spi: None, periph_id: None },
         pci: Some(PciHostNode {
             ecam: (0x3000_0000, 0x1000_0000),
             mmio32: (0x1000_0000, 0x2000_0000),
@@ -26,7 +31,12 @@ fn config(cpus: usize) -> FdtConfig {
             intx_spis: None,
         }),
         power_key: Some(PowerKeyNode {
-            gpio: MmioDeviceNode { base: 0x0903_0000, size: 0x1000, spi: Some(3) },
+            gpio: MmioDeviceNode {
+                base: 0x0903_0000,
+                size: 0x1000,
+                spi: Some(3),
+                periph_id: Some(0x0004_1061),
+            },
             line: 3,
         }),
     }
@@ -187,6 +197,11 @@ fn primecell_devices_and_clock() {
     let fdt = Fdt::new(&blob).unwrap();
     assert_eq!(u64s(prop(&fdt, "/pl011@9000000", "reg")), [0x0900_0000, 0x1000]);
     assert_eq!(u32s(prop(&fdt, "/pl011@9000000", "interrupts")), [0, 1, 4]);
+    // PrimeCell IDs from the tree: Linux reads no ID registers (none given: no property).
+    assert_eq!(u32s(prop(&fdt, "/pl011@9000000", "arm,primecell-periphid")), [0x0014_1011]);
+    assert_eq!(u32s(prop(&fdt, "/pl061@9030000", "arm,primecell-periphid")), [0x0004_1061]);
+    let rtc_node = fdt.find_node("/pl031@9010000").unwrap();
+    assert!(rtc_node.property("arm,primecell-periphid").is_none());
     let clocks = u32s(prop(&fdt, "/pl011@9000000", "clocks"));
     assert_eq!(clocks, [PHANDLE_CLOCK, PHANDLE_CLOCK]);
     let clock = fdt.find_phandle(clocks[0]).unwrap();

@@ -121,6 +121,11 @@ pub trait Vm: Send + Sync {
         // SAFETY: the caller upholds map_kind's contract, which is this function's.
         unsafe { self.map_kind(guest_addr, size, host_addr, MemoryKind::Device) }
     }
+    /// Whether [`MemoryKind::ReadOnly`] mappings work: guest reads come from the memory and
+    /// writes exit as MMIO.
+    fn readonly_memory(&self) -> bool {
+        false
+    }
     /// Removes a mapping made by [`Vm::map_memory`] or [`Vm::map_device_memory`]; guest
     /// accesses there exit as MMIO again.
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()>;

@@ -13,6 +13,9 @@ pub enum MemoryKind {
     Ram,
     /// Device memory (a passed-through BAR): read and write, never execute.
     Device,
+    /// Memory the guest reads but never writes or executes: its writes exit as MMIO (a copy
+    /// of emulated configuration space, see `crate::pci::mirror`).
+    ReadOnly,
 }
 
 /// One guest mapping.

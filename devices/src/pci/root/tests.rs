@@ -957,3 +957,124 @@ fn a_device_plugged_back_in_is_announced_as_pciehp_expects() {
     ecam_write32(&root, 0, 1, pcie + 0x18, clear_events_and_enable);
     assert_eq!(ecam_read32(&root, 1, 0, 0), 0x2300_10de);
 }
+
+/// A configuration mirror that keeps bus 0 in a buffer, as the VMM's read-only memory does.
+struct BufferMirror {
+    bytes: Mutex<Vec<u8>>,
+    disabled: std::sync::atomic::AtomicBool,
+}
+
+impl BufferMirror {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { bytes: Mutex::new(vec![0xff; 1 << 20]), disabled: Default::default() })
+    }
+
+    fn disabled(&self) -> bool {
+        self.disabled.load(Ordering::SeqCst)
+    }
+
+    /// Every 32-bit register of every bus-0 function 0 (and function 1 of device 0) reads
+    /// the same through the mirror as through ECAM.
+    fn assert_matches(&self, root: &PciRoot, when: &str) {
+        let bytes = self.bytes.lock().unwrap();
+        let devfns = (0..32u64).map(|device| device << 3).chain([1]);
+        for devfn in devfns {
+            for register in (0..4096u64).step_by(4) {
+                let at = (devfn << 12 | register) as usize;
+                let mirrored = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+                let read = read_le(4, |d| root.ecam_read(devfn << 12 | register, d)) as u32;
+                assert_eq!(mirrored, read, "{when}: devfn {devfn:#x} register {register:#x}");
+            }
+        }
+    }
+}
+
+impl crate::pci::ConfigMirror for BufferMirror {
+    fn update(&self, device: u8, image: &[u8]) {
+        assert_eq!(image.len(), 4096);
+        let at = usize::from(device) << 15;
+        self.bytes.lock().unwrap()[at..at + 4096].copy_from_slice(image);
+    }
+    fn disable(&self) {
+        self.disabled.store(true, Ordering::SeqCst);
+    }
+}
+
+fn virtio_rng() -> Box<crate::pci::VirtioPci> {
+    let memory =
+        vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+    let rng = crate::virtio::Rng::new(Box::new(|buf: &mut [u8]| {
+        buf.fill(0xab);
+        Ok(())
+    }));
+    let sink: Arc<dyn crate::pci::MsiSink> =
+        Arc::new(crate::pci::testing::RecordingMsiSink::default());
+    Box::new(crate::pci::VirtioPci::new("virtio-rng", Box::new(rng), memory, sink).unwrap())
+}
+
+#[test]
+fn the_config_mirror_follows_writes_hot_plug_and_resets_of_bus_0() {
+    let (root, port, _) = hotplug_root();
+    let rng = root.add_function(virtio_rng()).unwrap();
+    let FunctionId::Bus0 { device: rng_device } = rng else { panic!("{rng:?}") };
+    let mirror = BufferMirror::new();
+    root.set_config_mirror(Some(mirror.clone()));
+    mirror.assert_matches(&root, "set");
+    // A function added later is copied in too.
+    root.add_root_port().unwrap();
+    mirror.assert_matches(&root, "second port");
+    // BAR sizing and placement, memory decoding on.
+    ecam_write32(&root, 0, rng_device, BAR0, u32::MAX);
+    mirror.assert_matches(&root, "BAR sized");
+    ecam_write32(&root, 0, rng_device, BAR0, 0x2000_0000);
+    ecam_write32(&root, 0, rng_device, COMMAND, 0x6);
+    mirror.assert_matches(&root, "BAR placed");
+    // Hot-plug: the port's slot and link status change outside any configuration write.
+    root.unplug_port(port).unwrap();
+    mirror.assert_matches(&root, "unplugged");
+    let (endpoint, _, _) = FakeEndpoint::new();
+    root.plug_port(port, vec![(0, Box::new(endpoint))]).unwrap();
+    assert_ne!(slot_status(&root) & 0x40, 0, "presence detected");
+    mirror.assert_matches(&root, "plugged");
+    // The guest acknowledges the events (write 1 to clear).
+    ecam_write32(&root, 0, 1, 0x40 + 0x18, 0xffff_0000 | u32::from(slot_status(&root)) << 16);
+    mirror.assert_matches(&root, "events cleared");
+    root.system_reset();
+    mirror.assert_matches(&root, "reset");
+    assert!(!mirror.disabled());
+}
+
+#[test]
+fn the_config_mirror_turns_off_for_functions_it_cannot_copy() {
+    // Pointing virtio's PCI configuration access capability somewhere makes its data
+    // register read the BAR: reads must trap from then on.
+    let root = PciRoot::new();
+    let rng = root.add_function(virtio_rng()).unwrap();
+    let FunctionId::Bus0 { device } = rng else { panic!("{rng:?}") };
+    let mirror = BufferMirror::new();
+    root.set_config_mirror(Some(mirror.clone()));
+    let mut caps = Vec::new();
+    let mut at = ecam_read32(&root, 0, device, 0x34) as u16 & 0xff;
+    while at != 0 {
+        let header = ecam_read32(&root, 0, device, at);
+        caps.push((header as u8, (header >> 24) as u8, at));
+        at = u16::from((header >> 8) as u8);
+    }
+    // The PCI configuration access capability: the vendor capability of cfg_type 5.
+    let pci_cfg = caps
+        .iter()
+        .find(|(id, cfg_type, _)| *id == 0x09 && *cfg_type == 5)
+        .map(|c| c.2)
+        .expect("a VIRTIO_PCI_CAP_PCI_CFG capability");
+    assert!(!mirror.disabled());
+    ecam_write32(&root, 0, device, pci_cfg + 12, 4);
+    assert!(mirror.disabled());
+
+    // A function that does not offer a copy (a passed-through one, say) on bus 0.
+    let root = PciRoot::new();
+    let (endpoint, _, _) = FakeEndpoint::new();
+    root.add_function(Box::new(endpoint)).unwrap();
+    let mirror = BufferMirror::new();
+    root.set_config_mirror(Some(mirror.clone()));
+    assert!(mirror.disabled());
+}

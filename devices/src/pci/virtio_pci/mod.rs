@@ -580,6 +580,17 @@ impl PciFunction for VirtioPci {
         self.config.read(offset, data);
     }
 
+    fn config_copy(&self, image: &mut [u8]) -> bool {
+        // A read of the PCI configuration access capability's data reads BAR 0 (whose
+        // registers change as the device works, and may clear on read): no copy once the
+        // guest has pointed it anywhere (Linux never does).
+        if self.config.read_u32(self.pci_cfg_capability + PCI_CFG_LENGTH) != 0 {
+            return false;
+        }
+        self.config.read(0, image);
+        true
+    }
+
     fn config_write(&mut self, offset: u16, data: &[u8]) {
         self.config.write(offset, data);
         if self.msix_capability.control_written(offset, data.len()) {

@@ -211,6 +211,9 @@ impl Vm for HvfVm {
         let flags = match kind {
             MemoryKind::Ram => HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC,
             MemoryKind::Device => HV_MEMORY_READ | HV_MEMORY_WRITE,
+            // Not offered (readonly_memory is false): a write would fault as a data abort
+            // the vCPU loop has not been checked against.
+            MemoryKind::ReadOnly => HV_MEMORY_READ,
         };
         // SAFETY: the caller keeps the host range mapped while the slot exists; the range is
         // granule-aligned and overlaps no other mapping.

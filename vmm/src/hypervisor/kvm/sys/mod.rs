@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_msi, kvm_userspace_memory_region, KVM_ARM_IRQ_TYPE_SHIFT, KVM_ARM_IRQ_TYPE_SPI,
-    KVM_MSI_VALID_DEVID,
+    KVM_MEM_READONLY, KVM_MSI_VALID_DEVID,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Cap, VmFd};
 use log::{debug, info};
 
 use crate::hypervisor::slots::{Mapping, MemoryKind, SlotTable};
@@ -104,9 +104,13 @@ impl Vm for KvmVm {
             size,
             source,
         })?;
+        let flags = match kind {
+            MemoryKind::ReadOnly => KVM_MEM_READONLY,
+            MemoryKind::Ram | MemoryKind::Device => 0,
+        };
         let region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags,
             guest_phys_addr: guest_addr,
             memory_size: size,
             userspace_addr: host_addr as u64,
@@ -124,6 +128,10 @@ impl Vm for KvmVm {
                 ))
             }
         }
+    }
+
+    fn readonly_memory(&self) -> bool {
+        self.fd.check_extension(Cap::ReadonlyMem)
     }
 
     fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {

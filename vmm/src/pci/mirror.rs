@@ -1,0 +1,266 @@
+//! Bus 0's configuration space as read-only guest memory (KVM `KVM_MEM_READONLY`): the
+//! guest's configuration reads of the host bridge, the root ports and the virtio functions
+//! cost no exit. Linux reads configuration space a few hundred times per boot (capability
+//! walks of every function, once per capability it looks for), each an exit to the VMM; in
+//! a nested or emulated host every exit is expensive. Writes still exit (the slot is
+//! read-only) and go to the functions as before; [`devices::pci::PciRoot`] then copies the
+//! written function into this memory, as it does after resets and hot-plug changes. Buses
+//! behind root ports (passed-through and hot-plugged devices) are not mirrored, and a bus-0
+//! function that cannot be copied turns the mirror off for good (its pages unmapped: every
+//! read traps again).
+
+use std::sync::{Arc, Mutex};
+
+use devices::pci::ConfigMirror;
+use log::{debug, error};
+
+use crate::hypervisor::slots::MemoryKind;
+use crate::hypervisor::{MemorySlot, Vm};
+use crate::memory::AlignedMapping;
+
+/// ECAM bytes per function.
+const FUNCTION_BYTES: usize = 4096;
+/// ECAM bytes of one bus (32 devices of 8 functions).
+const BUS_BYTES: usize = 256 * FUNCTION_BYTES;
+/// ECAM offset of device `d`, function 0, on bus 0: `d << 15`.
+const DEVICE_SHIFT: u32 = 15;
+
+/// What the mirror's lock protects.
+struct MirrorState {
+    /// The read-only slot; `None` once the mirror is off.
+    slot: Option<MemorySlot>,
+    /// What each bus-0 device's function 0 reads now (all-ones when absent), as 32-bit words,
+    /// to rewrite only the words that changed.
+    copies: Vec<Vec<u32>>,
+}
+
+/// The mirror of bus 0 (see the module comment).
+pub(super) struct EcamMirror {
+    vm: Arc<dyn Vm>,
+    state: Mutex<MirrorState>,
+    /// Dropped after `Drop` removed the slot.
+    memory: AlignedMapping,
+}
+
+impl EcamMirror {
+    /// Maps bus 0 of the ECAM at `ecam_base` read-only, reading all-ones (no function) until
+    /// [`devices::pci::PciRoot::set_config_mirror`] copies the functions in. `None` where the
+    /// hypervisor has no read-only memory or the mapping fails (reads then trap as before).
+    pub(super) fn new(vm: &Arc<dyn Vm>, ecam_base: u64) -> Option<Self> {
+        if !vm.readonly_memory() {
+            debug!("PCI configuration mirror: the hypervisor has no read-only memory");
+            return None;
+        }
+        let memory = match AlignedMapping::new(BUS_BYTES) {
+            Ok(memory) => memory.without_huge_pages(),
+            Err(e) => {
+                debug!("PCI configuration mirror: no memory for it: {e}");
+                return None;
+            }
+        };
+        // SAFETY: `memory` is a fresh read/write mapping of BUS_BYTES bytes that nothing else
+        // uses yet.
+        // No cache cleaning here: KVM cleans each page to the point of coherency as it first
+        // maps it into the guest; only later updates need it.
+        unsafe { std::ptr::write_bytes(memory.as_ptr(), 0xff, memory.len()) };
+        // SAFETY: the mapping lives in `self` and outlives the slot, which Drop removes first.
+        let slot = unsafe {
+            vm.map_kind(ecam_base, BUS_BYTES as u64, memory.as_ptr(), MemoryKind::ReadOnly)
+        };
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(e) => {
+                debug!("PCI configuration mirror: not mapped: {e}");
+                return None;
+            }
+        };
+        let copies = vec![vec![u32::MAX; FUNCTION_BYTES / 4]; 32];
+        Some(Self {
+            vm: vm.clone(),
+            state: Mutex::new(MirrorState { slot: Some(slot), copies }),
+            memory,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MirrorState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ConfigMirror for EcamMirror {
+    fn update(&self, device: u8, image: &[u8]) {
+        let mut state = self.lock();
+        if state.slot.is_none() {
+            return;
+        }
+        let Some(copy) = state.copies.get_mut(usize::from(device)) else { return };
+        let base = usize::from(device) << DEVICE_SHIFT;
+        // The span of words written, cleaned from the cache in one go at the end.
+        let mut changed: Option<(usize, usize)> = None;
+        for (index, (word, bytes)) in copy.iter_mut().zip(image.chunks_exact(4)).enumerate() {
+            let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let offset = base + index * 4;
+            if *word == value || offset + 4 > self.memory.len() {
+                continue;
+            }
+            *word = value;
+            // SAFETY: `offset + 4` lies inside the mapping (checked above) and is 4-byte
+            // aligned; a volatile aligned store, so a vCPU reading the word sees the old or
+            // the new value, never a mix.
+            unsafe {
+                let at = self.memory.as_ptr().add(offset).cast::<u32>();
+                at.write_volatile(value.to_le());
+            }
+            changed = Some(changed.map_or((offset, offset + 4), |(first, _)| (first, offset + 4)));
+        }
+        if let Some((first, end)) = changed {
+            // SAFETY: `first..end` lies inside the mapping (each word was checked).
+            clean_to_poc(unsafe { self.memory.as_ptr().add(first) }, end - first);
+        }
+    }
+
+    fn disable(&self) {
+        let mut state = self.lock();
+        let Some(slot) = state.slot.take() else { return };
+        match self.vm.unmap_memory(slot) {
+            Ok(()) => debug!("PCI configuration mirror off: bus 0 reads trap again"),
+            Err(e) => error!("PCI configuration mirror: could not turn it off: {e}"),
+        }
+    }
+}
+
+impl Drop for EcamMirror {
+    fn drop(&mut self) {
+        if let Some(slot) = self.lock().slot.take() {
+            let _ = self.vm.unmap_memory(slot);
+        }
+    }
+}
+
+/// Makes `len` bytes at `at` visible to a reader that bypasses the caches: the guest maps
+/// ECAM as device memory, so where the hypervisor does not force its accesses cacheable (no
+/// FEAT_S2FWB) its reads go to memory, past what this thread wrote into its cache.
+#[cfg(target_arch = "aarch64")]
+fn clean_to_poc(at: *const u8, len: usize) {
+    // Read once: the kernel may trap and emulate user reads of CTR_EL0.
+    static LINE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let line = *LINE.get_or_init(|| {
+        let ctr: u64;
+        // SAFETY: reads CTR_EL0, which Linux and macOS let user space read (or emulate).
+        unsafe { std::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
+        // DminLine: log2 of the smallest data cache line in 4-byte words.
+        4usize << ((ctr >> 16) & 0xf)
+    });
+    let start = at as usize & !(line - 1);
+    let end = at as usize + len;
+    let mut addr = start;
+    while addr < end {
+        // SAFETY: cleans a cache line of memory this process maps; no data changes.
+        unsafe { std::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)) };
+        addr += line;
+    }
+    // SAFETY: a barrier; orders the cleans before whatever follows.
+    unsafe { std::arch::asm!("dsb sy", options(nostack)) };
+}
+
+/// No cache maintenance off arm64 (the unit-test host): nothing maps this for a guest there.
+#[cfg(not(target_arch = "aarch64"))]
+fn clean_to_poc(_at: *const u8, _len: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::hypervisor::{GicSpec, MsiController, Result, Vcpu};
+
+    /// A VM that offers read-only memory and records its slots.
+    #[derive(Default)]
+    struct SlotVm {
+        mapped: Mutex<Vec<(u64, u64, usize, MemoryKind)>>,
+        unmapped: Mutex<Vec<MemorySlot>>,
+    }
+
+    impl Vm for SlotVm {
+        unsafe fn map_kind(
+            &self,
+            guest_addr: u64,
+            size: u64,
+            host_addr: *mut u8,
+            kind: MemoryKind,
+        ) -> Result<MemorySlot> {
+            self.mapped.lock().unwrap().push((guest_addr, size, host_addr as usize, kind));
+            Ok(MemorySlot { id: 7, guest_addr, size })
+        }
+        fn readonly_memory(&self) -> bool {
+            true
+        }
+        fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
+            self.unmapped.lock().unwrap().push(slot);
+            Ok(())
+        }
+        fn create_vcpu(&self, _index: u32) -> Result<Box<dyn Vcpu>> {
+            unimplemented!()
+        }
+        fn create_gic(&self, _spec: &GicSpec) -> Result<()> {
+            Ok(())
+        }
+        fn msi_controller(&self) -> MsiController {
+            MsiController::Its
+        }
+        fn set_spi_level(&self, _spi: u32, _asserted: bool) -> Result<()> {
+            Ok(())
+        }
+        fn signal_msi(&self, _address: u64, _data: u32, _devid: u32) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The bytes the guest reads at `offset` of bus 0's ECAM.
+    fn guest_reads(host: usize, offset: usize, len: usize) -> Vec<u8> {
+        // SAFETY: test only; `host` is the live mapping of the mirror under test.
+        unsafe { std::slice::from_raw_parts((host + offset) as *const u8, len).to_vec() }
+    }
+
+    #[test]
+    fn bus_0_is_mapped_read_only_all_ones_then_updated_and_unmapped_when_off() {
+        let slots = Arc::new(SlotVm::default());
+        let vm: Arc<dyn Vm> = slots.clone();
+        let mirror = EcamMirror::new(&vm, 0x3000_0000).unwrap();
+        let (guest, size, host, kind) = slots.mapped.lock().unwrap()[0];
+        assert_eq!((guest, size, kind), (0x3000_0000, 1 << 20, MemoryKind::ReadOnly));
+        // No function yet: all-ones everywhere, function 0 and the others.
+        assert_eq!(guest_reads(host, 3 << 15, 4), [0xff; 4]);
+        assert_eq!(guest_reads(host, (3 << 15) | (5 << 12) | 0x100, 4), [0xff; 4]);
+        let mut image = vec![0u8; 4096];
+        image[..4].copy_from_slice(&0x1044_1af4u32.to_le_bytes());
+        image[0x40] = 0x11;
+        mirror.update(3, &image);
+        assert_eq!(guest_reads(host, 3 << 15, 4096), image);
+        assert_eq!(guest_reads(host, 2 << 15, 4), [0xff; 4], "other devices stay");
+        mirror.disable();
+        assert_eq!(slots.unmapped.lock().unwrap().len(), 1);
+        // Off for good: no more updates, and no second unmap when dropped.
+        image[0x40] = 0x05;
+        mirror.update(3, &image);
+        assert_eq!(guest_reads(host, (3 << 15) | 0x40, 1), [0x11]);
+        mirror.disable();
+        drop(mirror);
+        assert_eq!(slots.unmapped.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dropping_a_mirror_removes_its_slot_and_no_read_only_memory_means_no_mirror() {
+        let slots = Arc::new(SlotVm::default());
+        let vm: Arc<dyn Vm> = slots.clone();
+        drop(EcamMirror::new(&vm, 0x3000_0000).unwrap());
+        assert_eq!(slots.unmapped.lock().unwrap()[0].guest_addr, 0x3000_0000);
+        let fake = crate::hypervisor::fake::FakeHypervisor::default();
+        let vm = crate::hypervisor::Hypervisor::create_vm(
+            &fake,
+            &crate::hypervisor::VmSpec { ipa_bits: 40, tso: false },
+        )
+        .unwrap();
+        assert!(EcamMirror::new(&vm, 0x3000_0000).is_none());
+    }
+}
