@@ -31,9 +31,9 @@ impl VcpuHandle {
     }
 
     /// The vCPU is about to be destroyed: no kick names it from now on. Returns after any
-    /// kick in flight.
-    pub fn clear(&self) {
-        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    /// kick in flight, with the id it had.
+    pub fn clear(&self) -> Option<u64> {
+        self.id.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The vCPU now has framework id `id`.
@@ -60,7 +60,7 @@ mod tests {
     fn kicks_name_the_current_vcpu_and_none_while_it_is_recreated() {
         let handle = VcpuHandle::new(3);
         assert_eq!(kicked(&handle), Some(3));
-        handle.clear();
+        assert_eq!(handle.clear(), Some(3));
         assert_eq!(kicked(&handle), None);
         handle.set(0);
         assert_eq!(kicked(&handle), Some(0));

@@ -280,6 +280,22 @@ mod tests {
         CpuOn { target_mpidr, entry, context_id: 0xc0ffee }
     }
 
+    /// Runs `wait` on its own thread and checks, 20 ms later, that it is still waiting
+    /// (`why` says for what).
+    fn still_waiting<T: Send + 'static>(
+        power: &Arc<VcpuPower>,
+        wait: impl FnOnce(&VcpuPower) -> T + Send + 'static,
+        why: &str,
+    ) -> std::thread::JoinHandle<T> {
+        let waiter = {
+            let power = power.clone();
+            std::thread::spawn(move || wait(&power))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "{why}");
+        waiter
+    }
+
     /// Two vCPUs with KVM-style MPIDRs, vCPU 0 booted.
     fn two() -> Arc<VcpuPower> {
         let power = Arc::new(VcpuPower::default());
@@ -323,12 +339,8 @@ mod tests {
     #[test]
     fn an_off_vcpu_waits_for_cpu_on() {
         let power = two();
-        let waiter = {
-            let power = power.clone();
-            std::thread::spawn(move || power.wait_to_run(1))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!waiter.is_finished(), "vCPU 1 must wait while off");
+        let waiter =
+            still_waiting(&power, |power| power.wait_to_run(1), "vCPU 1 must wait while off");
         assert_eq!(power.cpu_on(on(1, 0x4020_0000)), SUCCESS);
         assert_eq!(waiter.join().unwrap(), RunGate::Start(on(1, 0x4020_0000)));
     }
@@ -383,12 +395,11 @@ mod tests {
         assert_eq!(power.wait_to_run(0), RunGate::Run);
         assert_eq!(power.cpu_on(on(2, 0x4100_0000)), SUCCESS);
         assert_eq!(power.wait_to_run(2), RunGate::Start(on(2, 0x4100_0000)));
-        let waiter = {
-            let power = power.clone();
-            std::thread::spawn(move || power.wait_to_run(1))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!waiter.is_finished(), "vCPU 1 is off until the new boot starts it");
+        let waiter = still_waiting(
+            &power,
+            |power| power.wait_to_run(1),
+            "vCPU 1 is off until the new boot starts it",
+        );
         power.kick(1);
         assert_eq!(waiter.join().unwrap(), RunGate::Kicked);
     }
@@ -430,12 +441,8 @@ mod tests {
         power.power_on_reset();
         // vCPU 0's thread is gone (its reset failed before it took its turn): the stop's kick
         // must free vCPU 1.
-        let waiter = {
-            let power = power.clone();
-            std::thread::spawn(move || power.wait_reset_turn(1))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!waiter.is_finished(), "vCPU 1 waits for vCPU 0");
+        let waiter =
+            still_waiting(&power, |power| power.wait_reset_turn(1), "vCPU 1 waits for vCPU 0");
         power.kick(1);
         assert!(!waiter.join().unwrap());
         // A failed reset still hands the turn on.

@@ -59,9 +59,7 @@ pub fn recreate(
 }
 
 fn steps(vtimer_offset: u64, handle: &VcpuHandle, ops: &mut impl RecreateOps) -> Result<()> {
-    let mut old = None;
-    handle.with_id(|id| old = Some(id));
-    handle.clear();
+    let old = handle.clear();
     if let Err(e) = ops.destroy() {
         // The old vCPU is still there: keep it kickable while the VM stops.
         if let Some(id) = old {
