@@ -30,6 +30,11 @@ const LOGIN: &str = " login: ";
 /// Logged by systemd-logind once it reads the guest's power key (gpio-keys), as a `grep`
 /// pattern: the power-key case presses it only then.
 const BUTTONS: &str = "Watching system buttons on .*(gpio-keys)";
+/// Both cases' kernel command line before what each adds. Device and start jobs get 600 s
+/// (not 90): on a loaded machine udev's coldplug alone has taken longer, and the serial getty
+/// then failed.
+const BASE_CMDLINE: &str =
+    "root=/dev/vda console=ttyAMA0 quiet systemd.default_timeout_start_sec=600";
 /// Printed by the case just before `aperture run`.
 const START: &str = "DISTRO-RUN-START";
 /// A systemd boot nested under TCG takes minutes: generous limits, none of them asserted.
@@ -62,8 +67,8 @@ const SEND_REPORT: &str = "APERTURE-DISTRO-SEND: ";
 /// while so L1 can read sshd's banner.
 fn cmdline() -> String {
     format!(
-        "root=/dev/vda console=ttyAMA0 quiet systemd.default_timeout_start_sec=600 aperture.distro-check \
-         aperture.distro-send={SEND_MIB} aperture.distro-hold=20"
+        "{BASE_CMDLINE} aperture.distro-check aperture.distro-send={SEND_MIB} \
+         aperture.distro-hold=20"
     )
 }
 
@@ -107,18 +112,17 @@ echo "aperture-status=$status"
 /// The second case, in the same emulated host: boot without the check service until logind
 /// watches the power key, then SIGTERM Aperture, which presses it; systemd-logind powers
 /// off (journald forwards its log to the console to show it). The grace is long: a nested
-/// systemd shutdown under TCG takes a while. Device and start jobs get 600 s (not 90): on a
-/// loaded machine udev's coldplug alone has taken longer, and the serial getty then failed.
+/// systemd shutdown under TCG takes a while.
 fn key_script() -> String {
     format!(
         r#"{DRIVE}
 echo "{START}"
 /aperture run --kernel /distro/vmlinuz --initrd /distro/initrd.img --disk /dev/vda \
-    --cmdline 'root=/dev/vda console=ttyAMA0 quiet systemd.journald.forward_to_console=1 systemd.default_timeout_start_sec=600' \
+    --cmdline '{BASE_CMDLINE} systemd.journald.forward_to_console=1' \
     --memory 1G --cpus 2 --timeout {GUEST_TIMEOUT_SECS} --shutdown-grace 600 \
     > /tmp/distro-key.log 2>&1 &
 pid=$!
-# The console as it comes (the log is also what the loop below looks for the prompt in).
+# The console as it comes (the loop below also reads the log, for logind's line).
 tail -f /tmp/distro-key.log &
 tailer=$!
 n=0
