@@ -234,8 +234,27 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    /// A fake sysfs under the temporary directory, removed when dropped.
+    struct FakeSysfs(PathBuf);
+
+    impl std::ops::Deref for FakeSysfs {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    impl Drop for FakeSysfs {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A fake sysfs: devices with (address, driver, group, class).
-    fn fake_sysfs(devices: &[(&str, Option<&str>, Option<u32>, u32)], with_vfio: bool) -> PathBuf {
+    fn fake_sysfs(
+        devices: &[(&str, Option<&str>, Option<u32>, u32)],
+        with_vfio: bool,
+    ) -> FakeSysfs {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = std::env::temp_dir().join(format!("aperture-sysfs-{}-{n}", std::process::id()));
@@ -262,7 +281,7 @@ mod tests {
             std::fs::create_dir_all(root.join("dev/vfio")).unwrap();
             std::fs::write(root.join("dev/vfio/vfio"), "").unwrap();
         }
-        root
+        FakeSysfs(root)
     }
 
     fn addr(s: &str) -> PciAddress {
@@ -279,7 +298,7 @@ mod tests {
             ],
             true,
         );
-        let dev = HostSysfs::with_root(&root).inspect(&addr("0000:01:00.0")).unwrap();
+        let dev = HostSysfs::with_root(&*root).inspect(&addr("0000:01:00.0")).unwrap();
         assert_eq!(dev.group, 5);
         assert_eq!(dev.ids, (0x1b36, 0x0010));
         assert_eq!(dev.class, 0x010802);
@@ -288,7 +307,7 @@ mod tests {
     #[test]
     fn not_bound_gives_the_bind_commands() {
         let root = fake_sysfs(&[("0000:01:00.0", Some("nvme"), Some(5), 0x010802)], true);
-        let err = HostSysfs::with_root(&root).inspect(&addr("0000:01:00.0")).unwrap_err();
+        let err = HostSysfs::with_root(&*root).inspect(&addr("0000:01:00.0")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("bound to nvme, not to vfio-pci"), "{text}");
         assert!(
@@ -298,7 +317,7 @@ mod tests {
         assert!(text.contains("echo 0000:01:00.0 > /sys/bus/pci/drivers_probe"));
         let root = fake_sysfs(&[("0000:01:00.0", None, Some(5), 0x010802)], true);
         let text =
-            HostSysfs::with_root(&root).inspect(&addr("0000:01:00.0")).unwrap_err().to_string();
+            HostSysfs::with_root(&*root).inspect(&addr("0000:01:00.0")).unwrap_err().to_string();
         assert!(text.contains("not bound to a driver") && !text.contains("unbind"), "{text}");
     }
 
@@ -312,7 +331,7 @@ mod tests {
             ],
             true,
         );
-        let err = HostSysfs::with_root(&root).inspect(&addr("0000:01:00.0")).unwrap_err();
+        let err = HostSysfs::with_root(&*root).inspect(&addr("0000:01:00.0")).unwrap_err();
         assert_eq!(
             err,
             HostDeviceError::GroupNotViable {
@@ -356,7 +375,7 @@ mod tests {
     #[test]
     fn missing_device_group_or_vfio() {
         let root = fake_sysfs(&[("0000:01:00.0", Some("vfio-pci"), None, 0x010802)], true);
-        let sysfs = HostSysfs::with_root(&root);
+        let sysfs = HostSysfs::with_root(&*root);
         assert_eq!(
             sysfs.inspect(&addr("0000:02:00.0")),
             Err(HostDeviceError::NotFound(addr("0000:02:00.0")))
@@ -365,7 +384,7 @@ mod tests {
         assert_eq!(err, HostDeviceError::NoIommuGroup(addr("0000:01:00.0")));
         assert!(err.to_string().contains("IOMMU"));
         let root = fake_sysfs(&[("0000:01:00.0", Some("vfio-pci"), Some(1), 0x010802)], false);
-        let err = HostSysfs::with_root(&root).inspect(&addr("0000:01:00.0")).unwrap_err();
+        let err = HostSysfs::with_root(&*root).inspect(&addr("0000:01:00.0")).unwrap_err();
         assert!(err.to_string().contains("modprobe vfio-pci"), "{err}");
     }
 }

@@ -217,6 +217,7 @@ fn bad_kernel_is_refused_before_any_vm_exists() {
     std::fs::write(&path, b"#!/bin/sh\necho hi\n").unwrap();
     cfg.kernel = path.clone();
     let err = run_on(&hv, &cfg, Console::Capture(Box::new(Capture::default()))).unwrap_err();
+    std::fs::remove_file(&path).unwrap();
     assert!(err.to_string().starts_with(&format!("--kernel {}:", path.display())), "{err}");
 }
 
