@@ -475,8 +475,8 @@ SCRIPT
         # Where a boot's time went, for comparing VMMs (boot with printk.time=1, and
         # initcall_debug for the initcall lines): initcalls of 20 ms or more, lines that came
         # 30 ms or more after the one before, then what one trapped access costs: 640 4-byte
-        # reads of each PCI function's configuration space (one exit each) against 10, and
-        # 400 console bytes against 1.
+        # reads of each PCI function's configuration space (one exit each) against 10, 20000
+        # system calls, and 400 console bytes against 1.
         dmesg | awk '{ t = substr($0, 2, 12) + 0 }
             / returned .* after [0-9]+ usecs/ { n = $(NF - 1) + 0; if (n >= 20000) printf "PROF initcall %.3f %s %d ms\n", t, $4, n / 1000 }
             t - last >= 0.03 && !/^\[ *[0-9.]+\] (calling|initcall) / { printf "PROF gap %.0f ms before: %s\n", (t - last) * 1000, substr($0, 1, 90) }
@@ -490,6 +490,11 @@ SCRIPT
             t2=$(cut -d' ' -f1 /proc/uptime)
             echo "PROF config reads ${dev##*/}: 10 in $t0..$t1, 640 in $t1..$t2"
         done
+        # Kernel entries from user space: 20000 one-byte reads and writes (KPTI's cost).
+        t0=$(cut -d' ' -f1 /proc/uptime)
+        dd if=/dev/zero of=/dev/null bs=1 count=10000 2>/dev/null
+        t1=$(cut -d' ' -f1 /proc/uptime)
+        echo "PROF syscalls: 20000 in $t0..$t1"
         line=$(printf '%0400d' 0)
         t0=$(cut -d' ' -f1 /proc/uptime)
         echo x

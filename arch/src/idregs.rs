@@ -5,6 +5,9 @@
 //!   space: Linux sizes its linear map and the PCI windows from it, and an access above the
 //!   IPA size is an address size fault, not memory.
 //! - ID_AA64PFR0_EL1.GIC says whether the GICv3 system-register CPU interface exists.
+//!
+//! And one the VMM only reads: ID_AA64MMFR2_EL1.E0PD, which decides what a KASLR seed costs
+//! the guest (see [`kaslr_forces_kpti`]).
 
 /// ID_AA64MMFR0_EL1.PARange, bits 3:0.
 const PARANGE_MASK: u64 = 0xf;
@@ -56,6 +59,19 @@ pub fn pfr0_with_gicv3_sysregs(pfr0: u64) -> u64 {
     }
 }
 
+/// ID_AA64MMFR2_EL1.E0PD, bits 63:60: FEAT_E0PD (Armv8.5), EL0 accesses to the kernel's
+/// half of the address space fault in constant time.
+const MMFR2_E0PD_SHIFT: u32 = 60;
+
+/// Whether a guest kernel given a KASLR seed on a CPU with this ID_AA64MMFR2_EL1 turns on
+/// kernel page-table isolation (KPTI) for it. Without E0PD, Linux keeps its randomized
+/// addresses hidden from user space only by unmapping the kernel at EL0, so KASLR forces
+/// KPTI on even where the CPU is not affected by Meltdown: every entry to the kernel from
+/// user space (system call, fault, interrupt) then switches page tables.
+pub fn kaslr_forces_kpti(id_aa64mmfr2: u64) -> bool {
+    (id_aa64mmfr2 >> MMFR2_E0PD_SHIFT) & 0xf == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +116,15 @@ mod tests {
         assert_eq!(pfr0_with_gicv3_sysregs(0x1111), 0x0100_1111);
         assert_eq!(pfr0_with_gicv3_sysregs(0x0100_1111), 0x0100_1111);
         assert_eq!(pfr0_with_gicv3_sysregs(0x0300_0011), 0x0300_0011);
+    }
+
+    #[test]
+    fn kaslr_forces_kpti_only_without_e0pd() {
+        // Neoverse N1 (Armv8.2): no E0PD.
+        assert!(kaslr_forces_kpti(0x0000_0000_0000_1011));
+        assert!(!kaslr_forces_kpti(0x1000_0000_0000_1011));
+        // A later encoding of the field still means E0PD is there.
+        assert!(!kaslr_forces_kpti(0x2000_0000_0000_0000));
+        assert!(kaslr_forces_kpti(0x0fff_ffff_ffff_ffff));
     }
 }

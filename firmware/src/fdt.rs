@@ -120,8 +120,8 @@ pub struct FdtConfig {
     pub initrd: Option<(u64, u64)>,
     /// Seed for the guest's RNG.
     pub rng_seed: [u8; 64],
-    /// Seed for KASLR.
-    pub kaslr_seed: u64,
+    /// Seed for KASLR; none: the guest kernel stays where it was loaded.
+    pub kaslr_seed: Option<u64>,
     /// The interrupt controller.
     pub gic: GicConfig,
     /// Arch timer PPIs: secure physical, non-secure physical, virtual, hypervisor.
@@ -240,7 +240,9 @@ fn chosen_node(
         fdt.property_u64("linux,initrd-end", end)?;
     }
     fdt.property("rng-seed", &cfg.rng_seed)?;
-    fdt.property_u64("kaslr-seed", cfg.kaslr_seed)?;
+    if let Some(seed) = cfg.kaslr_seed {
+        fdt.property_u64("kaslr-seed", seed)?;
+    }
     fdt.end_node(chosen)
 }
 

@@ -194,6 +194,43 @@ pub struct RunArgs {
     /// running; `stop` also ends the VM, with exit status 5.
     #[arg(long, value_name = "ACTION", value_enum, default_value_t = OnDeviceLoss::Continue)]
     pub on_device_loss: OnDeviceLoss,
+
+    /// Whether the guest kernel gets a KASLR seed (randomizes where it runs). `auto` gives
+    /// one when the guest's CPU has E0PD (Armv8.5); on an older CPU (Neoverse N1, Ampere
+    /// Altra, Graviton 2...) a seed would make Linux unmap itself from user space (KPTI):
+    /// every system call, fault and interrupt from guest user space then switches page
+    /// tables. `on` gives one anyway, `off` never (`nokaslr` on the command line also
+    /// turns it off in the guest).
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = Kaslr::Auto)]
+    pub kaslr: Kaslr,
+}
+
+/// `--kaslr` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Kaslr {
+    /// A seed when it costs the guest no page-table isolation (its CPU has E0PD).
+    #[default]
+    Auto,
+    /// Always a seed.
+    On,
+    /// Never a seed.
+    Off,
+}
+
+impl Kaslr {
+    /// Whether the guest gets a seed on a CPU with this ID_AA64MMFR2_EL1, and why, for the log.
+    pub fn seed_for(self, id_aa64mmfr2: u64) -> (bool, &'static str) {
+        match self {
+            Self::On => (true, "--kaslr on"),
+            Self::Off => (false, "--kaslr off"),
+            Self::Auto if arch::idregs::kaslr_forces_kpti(id_aa64mmfr2) => (
+                false,
+                "the guest CPU has no E0PD, so a seed would force KPTI on every guest kernel \
+                 entry from user space; --kaslr on gives one anyway",
+            ),
+            Self::Auto => (true, "the guest CPU has E0PD, so KASLR costs no KPTI"),
+        }
+    }
 }
 
 /// `--on-device-loss` values.
@@ -297,6 +334,24 @@ mod tests {
         assert!(args.disk.is_empty() && !args.no_rng && args.trace_pci.is_none());
         assert!(!args.no_seccomp, "the seccomp sandbox is on by default");
         assert!(args.devices.is_empty());
+    }
+
+    #[test]
+    fn kaslr_option() {
+        let parse = |extra: &[&str]| {
+            let argv = [&["aperture", "run", "--kernel", "Image"][..], extra].concat();
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not run")
+            };
+            args.kaslr
+        };
+        assert_eq!(parse(&[]), Kaslr::Auto);
+        assert_eq!(parse(&["--kaslr", "off"]), Kaslr::Off);
+        assert_eq!(parse(&["--kaslr=on"]), Kaslr::On);
+        assert!(Cli::try_parse_from(["aperture", "run", "--kernel", "I", "--kaslr", "x"]).is_err());
+        assert!(!Kaslr::Auto.seed_for(0).0);
+        assert!(Kaslr::Auto.seed_for(1 << 60).0);
+        assert!(Kaslr::Auto.seed_for(0).1.contains("--kaslr on"));
     }
 
     #[test]

@@ -319,6 +319,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Whether the vCPUs run with total store ordering (`--tso`, Hypervisor.framework only).
     pub tso: bool,
+    /// When the guest kernel gets a KASLR seed.
+    pub kaslr: crate::cli::Kaslr,
 }
 
 /// Parses a size: a number with an optional K/M/G/T suffix (optionally followed by "iB" or
@@ -420,6 +422,7 @@ impl VmConfig {
             devices,
             seccomp: !args.no_seccomp,
             tso: args.tso,
+            kaslr: args.kaslr,
         })
     }
 }
@@ -447,6 +450,7 @@ mod tests {
             no_seccomp: false,
             tso: false,
             on_device_loss: OnDeviceLoss::Continue,
+            kaslr: crate::cli::Kaslr::Auto,
         }
     }
 

@@ -73,11 +73,22 @@ impl std::fmt::Display for PcNote {
     }
 }
 
+/// What a vCPU reports of itself once it exists.
+#[derive(Debug)]
+pub struct VcpuIdentity {
+    /// Its MPIDR_EL1.
+    pub mpidr: u64,
+    /// Its ID_AA64MMFR2_EL1.
+    pub id_aa64mmfr2: u64,
+    /// What interrupts it.
+    pub kick: Arc<dyn VcpuKick>,
+}
+
 /// What a vCPU thread reports once its vCPU exists.
 #[derive(Debug)]
 pub struct VcpuReady {
-    /// Its MPIDR_EL1, or why it could not be created.
-    pub result: Result<(u64, Arc<dyn VcpuKick>), HypervisorError>,
+    /// Its identity, or why it could not be created.
+    pub result: Result<VcpuIdentity, HypervisorError>,
 }
 
 /// What the main thread tells a vCPU thread after all vCPUs exist, and after each stop.
@@ -117,13 +128,16 @@ pub fn vcpu_thread(
 ) {
     let VcpuChannels { ready, start, paused } = channels;
     let created = vm.create_vcpu(index).and_then(|vcpu| {
-        let mpidr = vcpu.mpidr()?;
-        let kick = vcpu.kicker()?;
-        Ok((vcpu, mpidr, kick))
+        let identity = VcpuIdentity {
+            mpidr: vcpu.mpidr()?,
+            id_aa64mmfr2: vcpu.id_aa64mmfr2()?,
+            kick: vcpu.kicker()?,
+        };
+        Ok((vcpu, identity))
     });
     let mut vcpu = match created {
-        Ok((vcpu, mpidr, kick)) => {
-            if ready.send(VcpuReady { result: Ok((mpidr, kick)) }).is_err() {
+        Ok((vcpu, identity)) => {
+            if ready.send(VcpuReady { result: Ok(identity) }).is_err() {
                 return;
             }
             vcpu

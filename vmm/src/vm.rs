@@ -198,7 +198,7 @@ pub fn run_on(
     let mut devices = build_devices(&vm, &control, output, &ram, &memory_layout, config, pci)?;
     phases.mark("devices");
     assigned.watch_loss(&vm, &devices.pci, trace.as_ref(), config.seccomp)?;
-    let (vcpus, mpidrs) =
+    let (vcpus, cpus) =
         vcpus::spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
     phases.mark("vCPUs");
     // Kept for reboots in place, which load them again.
@@ -206,7 +206,7 @@ pub fn run_on(
         kernel,
         initrd,
         plan,
-        fdt: fdt_config(config, &memory_layout, &plan, &mpidrs, vm.msi_controller()),
+        fdt: fdt_config(config, &memory_layout, &plan, &cpus, vm.msi_controller()),
     };
     let setup = (|| -> Result<(), VmError> {
         let msi = vm.msi_controller();
@@ -403,17 +403,19 @@ fn fdt_config(
     config: &VmConfig,
     memory: &MemoryLayout,
     plan: &BootPlan,
-    mpidrs: &[u64],
+    cpus: &vcpus::GuestCpus,
     msi: MsiController,
 ) -> FdtConfig {
     let node = |base, size, spi, periph_id| MmioDeviceNode { base, size, spi, periph_id };
+    let (kaslr, why) = config.kaslr.seed_for(cpus.id_aa64mmfr2);
+    info!("guest KASLR seed: {} ({why})", if kaslr { "given" } else { "none" });
     FdtConfig {
-        cpu_mpidrs: mpidrs.iter().map(|&m| mpidr_to_fdt_reg(m)).collect(),
+        cpu_mpidrs: cpus.mpidrs.iter().map(|&m| mpidr_to_fdt_reg(m)).collect(),
         ram: (memory.ram.base, memory.ram.size),
         cmdline: config.cmdline.clone(),
         initrd: plan.initrd.map(|r| (r.base, r.size)),
         rng_seed: host_random::<64>(),
-        kaslr_seed: u64::from_le_bytes(host_random::<8>()),
+        kaslr_seed: kaslr.then(|| u64::from_le_bytes(host_random::<8>())),
         gic: gic_config(memory, msi),
         timer_ppis: [
             layout::TIMER_PPI_SECURE_PHYS,

@@ -8,7 +8,7 @@ fn config(cpus: usize) -> FdtConfig {
         cmdline: "console=ttyAMA0 panic=-1".into(),
         initrd: Some((0x4f00_0000, 0x20_0000)),
         rng_seed: [7; 64],
-        kaslr_seed: 0x1234_5678_9abc_def0,
+        kaslr_seed: Some(0x1234_5678_9abc_def0),
         gic: GicConfig {
             dist: (0x0800_0000, 0x1_0000),
             redists: (0x080a_0000, 0x2_0000 * cpus as u64),
@@ -75,6 +75,17 @@ fn memory_and_chosen() {
     let stdout = fdt.chosen().stdout().unwrap();
     assert_eq!(stdout.name, "pl011@9000000");
     assert!(fdt.find_node("/pl011@9000000").is_some());
+}
+
+#[test]
+fn no_kaslr_seed_leaves_the_property_out() {
+    let mut cfg = config(1);
+    cfg.kaslr_seed = None;
+    let blob = create_fdt(&cfg).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let chosen = fdt.find_node("/chosen").unwrap();
+    assert!(chosen.property("kaslr-seed").is_none());
+    assert_eq!(prop(&fdt, "/chosen", "rng-seed"), &[7u8; 64]);
 }
 
 #[test]

@@ -40,6 +40,8 @@ pub struct Observed {
     pub kernel_header: Vec<u8>,
     /// First bytes of the device tree.
     pub fdt_header: Vec<u8>,
+    /// The whole device tree (its header's `totalsize` bytes).
+    pub fdt: Vec<u8>,
     /// SPI levels set, in order.
     pub spi_levels: Vec<(u32, bool)>,
     /// Whether the GIC was created.
@@ -61,6 +63,8 @@ pub struct FakeHypervisor {
     pub observed: Arc<Mutex<Observed>>,
     /// The MSI controller the VM reports; `None` is an ITS, like KVM.
     pub msi: Option<MsiController>,
+    /// What the vCPUs report as ID_AA64MMFR2_EL1 (0: no E0PD, like the rig's Neoverse N1).
+    pub id_aa64mmfr2: u64,
 }
 
 impl Hypervisor for FakeHypervisor {
@@ -77,6 +81,7 @@ impl Hypervisor for FakeHypervisor {
             observed: self.observed.clone(),
             ram: Mutex::new(None),
             msi: self.msi.unwrap_or(MsiController::Its),
+            id_aa64mmfr2: self.id_aa64mmfr2,
         }))
     }
 }
@@ -88,6 +93,7 @@ struct FakeVm {
     /// Guest base, size and host address of RAM.
     ram: Mutex<Option<(u64, u64, usize)>>,
     msi: MsiController,
+    id_aa64mmfr2: u64,
 }
 
 impl Vm for FakeVm {
@@ -114,6 +120,7 @@ impl Vm for FakeVm {
             observed: self.observed.clone(),
             ram: self.ram.lock().unwrap().unwrap(),
             boot: None,
+            id_aa64mmfr2: self.id_aa64mmfr2,
         }))
     }
     fn create_gic(&self, spec: &GicSpec) -> Result<()> {
@@ -155,6 +162,7 @@ struct FakeVcpu {
     observed: Arc<Mutex<Observed>>,
     ram: (u64, u64, usize),
     boot: Option<BootRegs>,
+    id_aa64mmfr2: u64,
 }
 
 impl FakeVcpu {
@@ -171,6 +179,9 @@ impl Vcpu for FakeVcpu {
     fn mpidr(&self) -> Result<u64> {
         Ok(0x8000_0000 | u64::from(self.index))
     }
+    fn id_aa64mmfr2(&self) -> Result<u64> {
+        Ok(self.id_aa64mmfr2)
+    }
     fn pc(&self) -> Result<u64> {
         Ok(self.boot.map_or(0, |b| b.pc))
     }
@@ -180,6 +191,8 @@ impl Vcpu for FakeVcpu {
         observed.boot_regs = Some(*regs);
         observed.kernel_header = self.guest_bytes(regs.pc, 64);
         observed.fdt_header = self.guest_bytes(regs.x0, 8);
+        let total = u32::from_be_bytes(observed.fdt_header[4..8].try_into().unwrap());
+        observed.fdt = self.guest_bytes(regs.x0, total as usize);
         Ok(())
     }
     fn kicker(&self) -> Result<Arc<dyn VcpuKick>> {

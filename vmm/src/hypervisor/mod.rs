@@ -274,6 +274,8 @@ pub trait VcpuKick: Send + Sync + std::fmt::Debug {
 pub trait Vcpu: Send {
     /// The vCPU's MPIDR_EL1 (its affinity, which the device tree must match).
     fn mpidr(&self) -> Result<u64>;
+    /// The guest's ID_AA64MMFR2_EL1 (whether a KASLR seed costs it KPTI, `--kaslr auto`).
+    fn id_aa64mmfr2(&self) -> Result<u64>;
     /// The program counter, for reports about a stuck or failed guest.
     fn pc(&self) -> Result<u64>;
     /// Sets the registers the boot CPU starts with.

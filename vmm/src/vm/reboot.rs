@@ -76,7 +76,9 @@ impl BootPayload {
             initrd.load(ram, region.base)?;
         }
         self.fdt.rng_seed = host_random::<64>();
-        self.fdt.kaslr_seed = u64::from_le_bytes(host_random::<8>());
+        if self.fdt.kaslr_seed.is_some() {
+            self.fdt.kaslr_seed = Some(u64::from_le_bytes(host_random::<8>()));
+        }
         let fdt = firmware::create_fdt(&self.fdt)?;
         ram.write("device tree", self.plan.fdt.base, &fdt)?;
         Ok(())

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arch::layout;
 
 use super::*;
+use crate::cli::Kaslr;
 use crate::hypervisor::fake::{FakeHypervisor, Step};
 
 /// A minimal raw arm64 Image: the 64-byte header and some padding.
@@ -45,6 +46,7 @@ fn config(vcpus: u32) -> VmConfig {
         // It would confine the test threads.
         seccomp: false,
         tso: false,
+        kaslr: crate::cli::Kaslr::Auto,
     }
 }
 
@@ -207,6 +209,33 @@ fn devices_are_on_the_bus() {
     assert_eq!(reads[1][0], 0x11);
     assert_eq!(reads[2][0], 0x31);
     assert_eq!(reads[3], [0; 4]);
+}
+
+/// Whether the device tree the boot vCPU was handed names a property `name`.
+fn fdt_names(observed: &crate::hypervisor::fake::Observed, name: &str) -> bool {
+    let needle = format!("{name}\0");
+    observed.fdt.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn kaslr_seed_follows_e0pd_unless_the_option_says() {
+    const E0PD: u64 = 1 << 60;
+    for (mmfr2, kaslr, seeded) in [
+        (0, Kaslr::Auto, false),
+        (E0PD, Kaslr::Auto, true),
+        (0, Kaslr::On, true),
+        (E0PD, Kaslr::Off, false),
+    ] {
+        let hv = FakeHypervisor { id_aa64mmfr2: mmfr2, ..FakeHypervisor::default() };
+        hv.scripts.lock().unwrap().insert(0, vec![Step::PowerOff]);
+        let mut cfg = config(1);
+        cfg.kaslr = kaslr;
+        let reason = run_on(&hv, &cfg, Console::Capture(Box::new(Capture::default()))).unwrap();
+        assert_eq!(reason, StopReason::PowerOff);
+        let observed = hv.observed.lock().unwrap();
+        assert!(fdt_names(&observed, "rng-seed"), "rng-seed is always given");
+        assert_eq!(fdt_names(&observed, "kaslr-seed"), seeded, "{mmfr2:#x} {kaslr:?}");
+    }
 }
 
 #[test]

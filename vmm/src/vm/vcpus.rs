@@ -104,8 +104,17 @@ impl RunningVcpus {
     }
 }
 
-/// Starts one thread per vCPU; each creates its vCPU, reports its MPIDR, then waits.
-/// Returns the threads and the MPIDRs.
+/// What the vCPUs said of themselves when created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct GuestCpus {
+    /// Each vCPU's MPIDR_EL1, in index order.
+    pub(super) mpidrs: Vec<u64>,
+    /// vCPU 0's ID_AA64MMFR2_EL1 (every vCPU of a VM has the same).
+    pub(super) id_aa64mmfr2: u64,
+}
+
+/// Starts one thread per vCPU; each creates its vCPU, reports its MPIDR and ID registers,
+/// then waits. Returns the threads and what the vCPUs reported.
 ///
 /// vCPUs are created strictly in index order, each after the previous one reported in. KVM
 /// numbers vCPUs in creation order (`vcpu_idx`) as well as by the id we give (`vcpu_id`),
@@ -118,12 +127,13 @@ pub(super) fn spawn_vcpus(
     vm: &Arc<dyn Vm>,
     control: &Arc<VmControl>,
     bus: &Arc<MmioBus>,
-) -> Result<(RunningVcpus, Vec<u64>), VmError> {
+) -> Result<(RunningVcpus, GuestCpus), VmError> {
     let (ready_tx, ready_rx) = mpsc::channel::<VcpuReady>();
     let (paused_tx, paused_rx) = mpsc::channel::<u32>();
     let mut threads = Vec::new();
     let mut starts = Vec::new();
     let mut mpidrs = Vec::new();
+    let mut id_aa64mmfr2 = 0;
     let mut kicks = Vec::new();
     let mut failure = None;
     for index in 0..count {
@@ -144,9 +154,12 @@ pub(super) fn spawn_vcpus(
         threads.push(thread);
         starts.push(start_tx);
         match ready_rx.recv().map(|report| report.result) {
-            Ok(Ok((mpidr, kick))) => {
-                mpidrs.push(mpidr);
-                kicks.push(kick);
+            Ok(Ok(identity)) => {
+                if index == 0 {
+                    id_aa64mmfr2 = identity.id_aa64mmfr2;
+                }
+                mpidrs.push(identity.mpidr);
+                kicks.push(identity.kick);
             }
             Ok(Err(e)) => {
                 failure = Some(VmError::Hypervisor(e));
@@ -163,5 +176,5 @@ pub(super) fn spawn_vcpus(
         running.abort(control);
         return Err(e);
     }
-    Ok((running, mpidrs))
+    Ok((running, GuestCpus { mpidrs, id_aa64mmfr2 }))
 }

@@ -311,6 +311,11 @@ impl Vcpu for HvfVcpu {
         regs::get_sys(self.id, hv_sys_reg_t::MPIDR_EL1)
     }
 
+    fn id_aa64mmfr2(&self) -> Result<u64> {
+        self.on_owner()?;
+        regs::get_sys(self.id, hv_sys_reg_t::ID_AA64MMFR2_EL1)
+    }
+
     fn pc(&self) -> Result<u64> {
         self.on_owner()?;
         regs::get(self.id, hv_reg_t::PC)

@@ -38,6 +38,8 @@ const fn sysreg(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
 
 /// MPIDR_EL1: S3_0_C0_C0_5.
 pub const MPIDR_EL1: u64 = sysreg(3, 0, 0, 0, 5);
+/// ID_AA64MMFR2_EL1: S3_0_C0_C7_2.
+pub const ID_AA64MMFR2_EL1: u64 = sysreg(3, 0, 0, 7, 2);
 
 #[cfg(test)]
 mod tests {
@@ -50,5 +52,6 @@ mod tests {
         assert_eq!(PC, 0x6030_0000_0010_0040);
         assert_eq!(PSTATE, 0x6030_0000_0010_0042);
         assert_eq!(MPIDR_EL1, 0x6030_0000_0013_c005);
+        assert_eq!(ID_AA64MMFR2_EL1, 0x6030_0000_0013_c03a);
     }
 }

@@ -98,6 +98,14 @@ impl Vcpu for KvmVcpu {
         Ok(u64::from_le_bytes(bytes))
     }
 
+    fn id_aa64mmfr2(&self) -> Result<u64> {
+        let mut bytes = [0u8; 8];
+        self.fd.get_one_reg(regs::ID_AA64MMFR2_EL1, &mut bytes).map_err(|e| {
+            HypervisorError::call(format!("reading ID_AA64MMFR2_EL1 of vCPU {}", self.index), e)
+        })?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+
     fn pc(&self) -> Result<u64> {
         let mut bytes = [0u8; 8];
         self.fd
