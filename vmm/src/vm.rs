@@ -179,8 +179,9 @@ pub fn run_on(
 
     let vm = hypervisor.create_vm(&VmSpec { ipa_bits, tso: config.tso })?;
     phases.mark("create VM");
-    let ram = GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?;
+    let ram = Arc::new(GuestRam::new(vm.as_ref(), memory_layout.ram.base, memory_layout.ram.size)?);
     phases.mark("map RAM");
+    let image_load = images::ImageLoad::start(ram.clone(), plan, kernel, initrd)?;
 
     let control = Arc::new(VmControl::default());
     let (output, host_console): (Box<dyn std::io::Write + Send>, bool) = match console {
@@ -201,14 +202,8 @@ pub fn run_on(
     let (vcpus, cpus) =
         vcpus::spawn_vcpus(config.vcpus, config.seccomp, &vm, &control, &devices.bus)?;
     phases.mark("vCPUs");
-    // Kept for reboots in place, which load them again.
-    let mut payload = reboot::BootPayload {
-        kernel,
-        initrd,
-        plan,
-        fdt: fdt_config(config, &memory_layout, &plan, &cpus, vm.msi_controller()),
-    };
-    let setup = (|| -> Result<(), VmError> {
+    let fdt = fdt_config(config, &memory_layout, &plan, &cpus, vm.msi_controller());
+    let setup = (|| -> Result<reboot::BootPayload, VmError> {
         let msi = vm.msi_controller();
         vm.create_gic(&GicSpec {
             dist_base: layout::GIC_DIST_BASE,
@@ -220,14 +215,20 @@ pub fn run_on(
         phases.mark("GIC");
         // Level irqfds need the GIC.
         assigned.connect_intx(&vm, &devices.intx);
-        payload.load(&ram)?;
-        phases.mark("load images+device tree");
-        Ok(())
+        let (kernel, initrd) = image_load.finish()?;
+        // Kept for reboots in place, which load them again.
+        let mut payload = reboot::BootPayload { kernel, initrd, plan, fdt };
+        payload.load_device_tree(&ram)?;
+        phases.mark("images (rest)+device tree");
+        Ok(payload)
     })();
-    if let Err(e) = setup {
-        vcpus.abort(&control);
-        return Err(e);
-    }
+    let payload = match setup {
+        Ok(payload) => payload,
+        Err(e) => {
+            vcpus.abort(&control);
+            return Err(e);
+        }
+    };
 
     // The platform keeps the INTx handles it connected; these copies would hold an unplugged
     // device open.

@@ -6,8 +6,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use arch::image::{raw_layout, KernelImage, KernelLayout, RAW_HEADER_LEN};
+use arch::loader::BootPlan;
 
 use super::{read_file, VmError};
 use crate::memory::GuestRam;
@@ -96,5 +99,56 @@ impl InitrdFile {
     /// Loads it into `ram` at `addr`, again for each reboot in place.
     pub(super) fn load(&mut self, ram: &GuestRam, addr: u64) -> Result<(), VmError> {
         Ok(ram.load_file("initrd", addr, &mut self.file, self.len)?)
+    }
+}
+
+/// Loads the kernel and, when the plan has room for it, the initrd, where `plan` puts them.
+pub(super) fn load_images(
+    ram: &GuestRam,
+    plan: &BootPlan,
+    kernel: &mut KernelFile,
+    initrd: Option<&mut InitrdFile>,
+) -> Result<(), VmError> {
+    kernel.load(ram, plan.kernel_load)?;
+    if let (Some(region), Some(initrd)) = (plan.initrd, initrd) {
+        initrd.load(ram, region.base)?;
+    }
+    Ok(())
+}
+
+/// What the loader thread hands back: the files (kept for reboots in place) and how it went.
+type Loaded = (KernelFile, Option<InitrdFile>, Result<(), VmError>);
+
+/// The first boot's kernel and initrd, copied into RAM on a thread of their own while the VM
+/// is built: tens of MiB of copying (and the page faults of fresh RAM) that need nothing but
+/// RAM, overlapped with the device, vCPU and GIC set-up, which need no RAM contents.
+pub(super) struct ImageLoad(JoinHandle<Loaded>);
+
+impl ImageLoad {
+    /// Starts copying. The thread holds `ram`, so the mapping outlives it even when the
+    /// boot fails before [`ImageLoad::finish`].
+    pub(super) fn start(
+        ram: Arc<GuestRam>,
+        plan: BootPlan,
+        mut kernel: KernelFile,
+        mut initrd: Option<InitrdFile>,
+    ) -> Result<Self, VmError> {
+        std::thread::Builder::new()
+            .name("image-load".into())
+            .spawn(move || {
+                let result = load_images(&ram, &plan, &mut kernel, initrd.as_mut());
+                (kernel, initrd, result)
+            })
+            .map(Self)
+            .map_err(|source| VmError::Thread { what: "image-load".into(), source })
+    }
+
+    /// Waits for the copy; returns the files for later boots.
+    pub(super) fn finish(self) -> Result<(KernelFile, Option<InitrdFile>), VmError> {
+        let (kernel, initrd, result) = self.0.join().map_err(|_| VmError::Thread {
+            what: "image-load".into(),
+            source: std::io::Error::other("the thread panicked"),
+        })?;
+        result.map(|()| (kernel, initrd))
     }
 }

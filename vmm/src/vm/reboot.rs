@@ -71,10 +71,12 @@ pub(super) struct BootPayload {
 impl BootPayload {
     /// Writes the kernel, initrd and a fresh device tree into RAM.
     pub(super) fn load(&mut self, ram: &GuestRam) -> Result<(), VmError> {
-        self.kernel.load(ram, self.plan.kernel_load)?;
-        if let (Some(region), Some(initrd)) = (self.plan.initrd, &mut self.initrd) {
-            initrd.load(ram, region.base)?;
-        }
+        super::images::load_images(ram, &self.plan, &mut self.kernel, self.initrd.as_mut())?;
+        self.load_device_tree(ram)
+    }
+
+    /// Writes a fresh device tree (new seeds) into RAM.
+    pub(super) fn load_device_tree(&mut self, ram: &GuestRam) -> Result<(), VmError> {
         self.fdt.rng_seed = host_random::<64>();
         if self.fdt.kaslr_seed.is_some() {
             self.fdt.kaslr_seed = Some(u64::from_le_bytes(host_random::<8>()));
