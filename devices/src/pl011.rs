@@ -88,6 +88,9 @@ const IFLS_RESET: u32 = 0x12;
 pub const FRAME_BYTES: usize = 0x1000;
 /// 32-bit words of the register frame, see [`Pl011::register_image`].
 pub const FRAME_WORDS: usize = FRAME_BYTES / 4;
+/// The words of the frame a write can change: the registers from DR to DMACR. The words
+/// past them (holes and the PrimeCell IDs) read the same for ever.
+pub const REGISTER_WORDS: usize = DMACR as usize / 4 + 1;
 
 /// Depth of the receive FIFO when enabled.
 const FIFO_DEPTH: usize = 32;
@@ -286,6 +289,16 @@ impl Pl011 {
             *word = self.peek_register(offset).unwrap_or(0);
         }
         image
+    }
+
+    /// The first [`REGISTER_WORDS`] words of [`Pl011::register_image`], all a write can
+    /// change: what a VMM refreshes after each write (one per console byte).
+    pub fn registers(&self) -> [u32; REGISTER_WORDS] {
+        let mut words = [0; REGISTER_WORDS];
+        for (offset, word) in (0u64..).step_by(4).zip(words.iter_mut()) {
+            *word = self.peek_register(offset).unwrap_or(0);
+        }
+        words
     }
 
     fn read_register(&mut self, offset: u64) -> Option<u32> {

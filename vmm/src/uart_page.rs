@@ -120,10 +120,12 @@ impl ConsoleUart {
             self.unmap(page);
             return;
         }
-        store_changed_words(&page.memory, 0, &mut page.copy, state.uart.register_image());
         if page.slot.is_some() {
+            // Mapped, so the rest of the image is already there: only registers change.
+            store_changed_words(&page.memory, 0, &mut page.copy, state.uart.registers());
             return;
         }
+        store_changed_words(&page.memory, 0, &mut page.copy, state.uart.register_image());
         // SAFETY: the memory lives in `state.page` until after the slot is removed: `Drop`
         // removes it first, and the page is dropped below only when the mapping failed.
         let slot = unsafe {

@@ -439,6 +439,8 @@ impl Rig {
         }
         assert!(self.uart.reads_are_pure(), "{when}: reading the frame changed the UART");
         assert_eq!(self.uart.register_image(), image, "{when}: reading the frame changed it");
+        assert_eq!(self.uart.registers(), image[..REGISTER_WORDS], "{when}: the registers");
+        assert_eq!(image[REGISTER_WORDS..], rig().uart.register_image()[REGISTER_WORDS..]);
         image
     }
 }
