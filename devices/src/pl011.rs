@@ -13,6 +13,10 @@
 //!
 //! Not emulated: baud rate timing, DMA, IrDA, break and framing errors, modem-status changes
 //! (CTS, DSR and DCD always read as asserted).
+//!
+//! Reads without exits: while the receive side is empty ([`Pl011::reads_are_pure`]) no read
+//! changes the device, so a VMM may let the guest read [`Pl011::register_image`] from memory
+//! and trap only writes (Linux reads FR before every byte it writes to DR).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -79,6 +83,14 @@ const CR_LBE: u32 = 1 << 7;
 const CR_RESET: u32 = 0x300;
 /// IFLS after reset: both trigger levels at half full.
 const IFLS_RESET: u32 = 0x12;
+
+/// Bytes of the UART's register frame (one 4 KiB page).
+pub const FRAME_BYTES: usize = 0x1000;
+/// 32-bit words of the register frame, see [`Pl011::register_image`].
+pub const FRAME_WORDS: usize = FRAME_BYTES / 4;
+/// The words of the frame a write can change: the registers from DR to DMACR. The words
+/// past them (holes and the PrimeCell IDs) read the same for ever.
+pub const REGISTER_WORDS: usize = DMACR as usize / 4 + 1;
 
 /// Depth of the receive FIFO when enabled.
 const FIFO_DEPTH: usize = 32;
@@ -262,10 +274,45 @@ impl Pl011 {
         flags
     }
 
+    /// Whether reading any register leaves the device as it was: nothing received, nothing
+    /// queued, so a DR read pops nothing (it reads 0 with FR.RXFE set).
+    pub fn reads_are_pure(&self) -> bool {
+        self.rx_fifo.is_empty() && self.input_queue.is_empty()
+    }
+
+    /// What each 32-bit word of the register frame reads now, without reading it: the
+    /// registers, the PrimeCell ID words, 0 for holes, and 0 for DR (what it reads while
+    /// [`Pl011::reads_are_pure`]; otherwise DR's word is not what a read returns).
+    pub fn register_image(&self) -> [u32; FRAME_WORDS] {
+        let mut image = [0; FRAME_WORDS];
+        for (offset, word) in (0u64..).step_by(4).zip(image.iter_mut()) {
+            *word = self.peek_register(offset).unwrap_or(0);
+        }
+        image
+    }
+
+    /// The first [`REGISTER_WORDS`] words of [`Pl011::register_image`], all a write can
+    /// change: what a VMM refreshes after each write (one per console byte).
+    pub fn registers(&self) -> [u32; REGISTER_WORDS] {
+        let mut words = [0; REGISTER_WORDS];
+        for (offset, word) in (0u64..).step_by(4).zip(words.iter_mut()) {
+            *word = self.peek_register(offset).unwrap_or(0);
+        }
+        words
+    }
+
     fn read_register(&mut self, offset: u64) -> Option<u32> {
+        match offset {
+            DR => Some(self.read_dr()),
+            _ => self.peek_register(offset),
+        }
+    }
+
+    /// A register's value as a read returns it, for every register whose read has no side
+    /// effect (all but DR, which reads 0 here).
+    fn peek_register(&self, offset: u64) -> Option<u32> {
         let value = match offset {
-            DR => self.read_dr(),
-            RSR_ECR => 0,
+            DR | RSR_ECR => 0,
             FR => self.flags(),
             ILPR => self.ilpr,
             IBRD => self.ibrd,

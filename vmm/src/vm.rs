@@ -21,6 +21,7 @@ use crate::hypervisor::{self, GicSpec, Hypervisor, HypervisorError, MsiControlle
 use crate::memory::{GuestRam, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::signals;
+use crate::uart_page::ConsoleUart;
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +291,7 @@ pub fn run_on(
     phases.mark("assigned devices");
     info!("{} vCPU exits were handled in the VMM", control.vmm_exits());
     debug!("MMIO exits by region: {}", devices.bus.exit_counts());
+    debug!("PL011 register page (reads without exits): {}", devices.uart.page_summary());
     debug!("stop phases: {phases}");
     drop(terminal);
     Ok(reason)
@@ -316,7 +318,7 @@ fn attach_host_console(
     if let Err(source) = console::spawn_stdin_reader(
         terminal.is_some(),
         confine,
-        move |bytes| uart.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(bytes),
+        move |bytes| uart.enqueue_input(bytes),
         move || quit_control.request_stop(StopReason::ConsoleQuit),
         move || power_control.request_power_key(),
     ) {
@@ -345,7 +347,7 @@ fn worker_start_hook(config: &VmConfig, control: &Arc<VmControl>) -> Option<Work
 /// The emulated platform devices and the bus that routes to them.
 struct Devices {
     bus: Arc<MmioBus>,
-    uart: Arc<Mutex<Pl011>>,
+    uart: Arc<ConsoleUart>,
     power_key: power::PowerKey,
     /// Assigned functions' INTx, connected once the GIC exists.
     intx: Vec<crate::assign::AssignedIntx>,
@@ -364,7 +366,8 @@ fn build_devices(
     pci: crate::pci::PciExtras,
 ) -> Result<Devices, VmError> {
     let spi = |spi| -> Arc<dyn IrqLine> { Arc::new(SpiLine { vm: vm.clone(), spi }) };
-    let uart = Arc::new(Mutex::new(Pl011::new(spi(layout::UART_SPI), console_output)));
+    let uart = Pl011::new(spi(layout::UART_SPI), console_output);
+    let uart = Arc::new(ConsoleUart::new(vm, layout::UART_BASE, uart));
     let clock = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -374,7 +377,7 @@ fn build_devices(
     let test_exit = Arc::new(Mutex::new(TestExit::new(control.clone())));
     let gpio = Arc::new(Mutex::new(Pl061::new(spi(layout::GPIO_SPI))));
     let mut bus = MmioBus::default();
-    bus.insert("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
+    bus.insert_shared("pl011", layout::UART_BASE, layout::UART_SIZE, uart.clone())?;
     bus.insert("pl031", layout::RTC_BASE, layout::RTC_SIZE, rtc)?;
     bus.insert("test-exit", layout::TEST_EXIT_BASE, layout::TEST_EXIT_SIZE, test_exit)?;
     bus.insert("pl061", layout::GPIO_BASE, layout::GPIO_SIZE, gpio.clone())?;

@@ -426,3 +426,71 @@ fn random_accesses_never_panic() {
     fuzz_accesses(&mut r.uart);
     let _ = format!("{:?}", r.uart);
 }
+
+impl Rig {
+    /// Checks that the register image is what trapped reads of every word return (reading
+    /// DR only while reads are pure: then it pops nothing) and returns it.
+    fn assert_image_matches_reads(&mut self, when: &str) -> [u32; FRAME_WORDS] {
+        let image = self.uart.register_image();
+        assert!(self.uart.reads_are_pure(), "{when}: reads would change the UART");
+        for (index, word) in image.iter().enumerate() {
+            let offset = index as u64 * 4;
+            assert_eq!(*word, self.read(offset), "{when}: word at {offset:#x}");
+        }
+        assert!(self.uart.reads_are_pure(), "{when}: reading the frame changed the UART");
+        assert_eq!(self.uart.register_image(), image, "{when}: reading the frame changed it");
+        assert_eq!(self.uart.registers(), image[..REGISTER_WORDS], "{when}: the registers");
+        assert_eq!(image[REGISTER_WORDS..], rig().uart.register_image()[REGISTER_WORDS..]);
+        image
+    }
+}
+
+#[test]
+fn the_register_image_is_what_every_read_returns() {
+    let mut r = rig();
+    let image = r.assert_image_matches_reads("reset");
+    assert_eq!(image[(FR / 4) as usize], FR_TXFE | FR_RXFE | FR_CTS | FR_DSR | FR_DCD);
+    assert_eq!(image[(CR / 4) as usize], CR_RESET);
+    let ids: Vec<u32> = image[0xfe0 / 4..].to_vec();
+    assert_eq!(ids, [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1]);
+    assert!(image[0x4c / 4..0xfe0 / 4].iter().all(|&w| w == 0), "holes read 0");
+    // What Linux's driver writes as it starts and prints: each write changes the image.
+    r.enable_fifo();
+    r.write(CR, 0x301);
+    r.write(IMSC, INT_RX | INT_RT);
+    let image = r.assert_image_matches_reads("configured");
+    assert_eq!(image[(LCR_H / 4) as usize], LCR_H_FEN | 0x60);
+    assert_eq!(image[(IMSC / 4) as usize], INT_RX | INT_RT);
+    assert_eq!(image[(RIS / 4) as usize], 0);
+    r.write(DR, u32::from(b'x'));
+    r.write(IMSC, INT_RX | INT_RT | INT_TX);
+    let image = r.assert_image_matches_reads("transmitting");
+    assert_eq!(image[(RIS / 4) as usize], INT_TX);
+    assert_eq!(image[(MIS / 4) as usize], INT_TX);
+    assert_eq!(image[(DR / 4) as usize], 0, "DR reads 0 with RXFE set");
+    r.write(ICR, INT_TX);
+    let image = r.assert_image_matches_reads("TX cleared");
+    assert_eq!((image[(RIS / 4) as usize], image[(MIS / 4) as usize]), (0, 0));
+}
+
+#[test]
+fn reads_are_pure_only_while_nothing_is_received_or_queued() {
+    let mut r = rig();
+    assert!(r.uart.reads_are_pure());
+    // Without the FIFO one byte is held and the rest queued: impure until both drain.
+    r.uart.enqueue_input(b"ab");
+    assert!(!r.uart.reads_are_pure());
+    let image = r.uart.register_image();
+    assert_eq!(image[(FR / 4) as usize] & FR_RXFE, 0, "the image shows data to read");
+    assert_eq!(r.read(DR), u32::from(b'a'));
+    assert!(!r.uart.reads_are_pure(), "b moved from the queue into the holding register");
+    assert_eq!(r.read(DR), u32::from(b'b'));
+    assert!(r.uart.reads_are_pure());
+    r.assert_image_matches_reads("drained");
+    // A looped-back byte is received too.
+    r.write(CR, 0x301 | CR_LBE);
+    r.write(DR, u32::from(b'L'));
+    assert!(!r.uart.reads_are_pure());
+    assert_eq!(r.drain(), b"L");
+    r.assert_image_matches_reads("loopback drained");
+}

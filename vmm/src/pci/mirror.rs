@@ -17,6 +17,7 @@ use log::{debug, error};
 use crate::hypervisor::slots::MemoryKind;
 use crate::hypervisor::{MemorySlot, Vm};
 use crate::memory::AlignedMapping;
+use crate::readonly::{new_image, store_changed_words};
 
 /// ECAM bytes per function.
 const FUNCTION_BYTES: usize = 4096;
@@ -51,18 +52,7 @@ impl EcamMirror {
             debug!("PCI configuration mirror: the hypervisor has no read-only memory");
             return None;
         }
-        let memory = match AlignedMapping::new(BUS_BYTES) {
-            Ok(memory) => memory.without_huge_pages(),
-            Err(e) => {
-                debug!("PCI configuration mirror: no memory for it: {e}");
-                return None;
-            }
-        };
-        // SAFETY: `memory` is a fresh read/write mapping of BUS_BYTES bytes that nothing else
-        // uses yet.
-        // No cache cleaning here: KVM cleans each page to the point of coherency as it first
-        // maps it into the guest; only later updates need it.
-        unsafe { std::ptr::write_bytes(memory.as_ptr(), 0xff, memory.len()) };
+        let memory = new_image("PCI configuration mirror", BUS_BYTES, 0xff)?;
         // SAFETY: the mapping lives in `self` and outlives the slot, which Drop removes first.
         let slot = unsafe {
             vm.map_kind(ecam_base, BUS_BYTES as u64, memory.as_ptr(), MemoryKind::ReadOnly)
@@ -94,29 +84,10 @@ impl ConfigMirror for EcamMirror {
             return;
         }
         let Some(copy) = state.copies.get_mut(usize::from(device)) else { return };
-        let base = usize::from(device) << DEVICE_SHIFT;
-        // The span of words written, cleaned from the cache in one go at the end.
-        let mut changed: Option<(usize, usize)> = None;
-        for (index, (word, bytes)) in copy.iter_mut().zip(image.chunks_exact(4)).enumerate() {
-            let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            let offset = base + index * 4;
-            if *word == value || offset + 4 > self.memory.len() {
-                continue;
-            }
-            *word = value;
-            // SAFETY: `offset + 4` lies inside the mapping (checked above) and is 4-byte
-            // aligned; a volatile aligned store, so a vCPU reading the word sees the old or
-            // the new value, never a mix.
-            unsafe {
-                let at = self.memory.as_ptr().add(offset).cast::<u32>();
-                at.write_volatile(value.to_le());
-            }
-            changed = Some(changed.map_or((offset, offset + 4), |(first, _)| (first, offset + 4)));
-        }
-        if let Some((first, end)) = changed {
-            // SAFETY: `first..end` lies inside the mapping (each word was checked).
-            clean_to_poc(unsafe { self.memory.as_ptr().add(first) }, end - first);
-        }
+        let words = image
+            .chunks_exact(4)
+            .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+        store_changed_words(&self.memory, usize::from(device) << DEVICE_SHIFT, copy, words);
     }
 
     fn disable(&self) {
@@ -137,90 +108,10 @@ impl Drop for EcamMirror {
     }
 }
 
-/// Makes `len` bytes at `at` visible to a reader that bypasses the caches: the guest maps
-/// ECAM as device memory, so where the hypervisor does not force its accesses cacheable (no
-/// FEAT_S2FWB) its reads go to memory, past what this thread wrote into its cache.
-#[cfg(target_arch = "aarch64")]
-fn clean_to_poc(at: *const u8, len: usize) {
-    // Read once: the kernel may trap and emulate user reads of CTR_EL0.
-    static LINE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let line = *LINE.get_or_init(|| {
-        let ctr: u64;
-        // SAFETY: reads CTR_EL0, which Linux and macOS let user space read (or emulate).
-        unsafe { std::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
-        // DminLine: log2 of the smallest data cache line in 4-byte words.
-        4usize << ((ctr >> 16) & 0xf)
-    });
-    let start = at as usize & !(line - 1);
-    let end = at as usize + len;
-    let mut addr = start;
-    while addr < end {
-        // SAFETY: cleans a cache line of memory this process maps; no data changes.
-        unsafe { std::arch::asm!("dc cvac, {}", in(reg) addr, options(nostack)) };
-        addr += line;
-    }
-    // SAFETY: a barrier; orders the cleans before whatever follows.
-    unsafe { std::arch::asm!("dsb sy", options(nostack)) };
-}
-
-/// No cache maintenance off arm64 (the unit-test host): nothing maps this for a guest there.
-#[cfg(not(target_arch = "aarch64"))]
-fn clean_to_poc(_at: *const u8, _len: usize) {}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::hypervisor::{GicSpec, MsiController, Result, Vcpu};
-
-    /// A VM that offers read-only memory and records its slots.
-    #[derive(Default)]
-    struct SlotVm {
-        mapped: Mutex<Vec<(u64, u64, usize, MemoryKind)>>,
-        unmapped: Mutex<Vec<MemorySlot>>,
-    }
-
-    impl Vm for SlotVm {
-        unsafe fn map_kind(
-            &self,
-            guest_addr: u64,
-            size: u64,
-            host_addr: *mut u8,
-            kind: MemoryKind,
-        ) -> Result<MemorySlot> {
-            self.mapped.lock().unwrap().push((guest_addr, size, host_addr as usize, kind));
-            Ok(MemorySlot { id: 7, guest_addr, size })
-        }
-        fn readonly_memory(&self) -> bool {
-            true
-        }
-        fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
-            self.unmapped.lock().unwrap().push(slot);
-            Ok(())
-        }
-        fn create_vcpu(&self, _index: u32) -> Result<Box<dyn Vcpu>> {
-            unimplemented!()
-        }
-        fn create_gic(&self, _spec: &GicSpec) -> Result<()> {
-            Ok(())
-        }
-        fn msi_controller(&self) -> MsiController {
-            MsiController::Its
-        }
-        fn set_spi_level(&self, _spi: u32, _asserted: bool) -> Result<()> {
-            Ok(())
-        }
-        fn signal_msi(&self, _address: u64, _data: u32, _devid: u32) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    /// The bytes the guest reads at `offset` of bus 0's ECAM.
-    fn guest_reads(host: usize, offset: usize, len: usize) -> Vec<u8> {
-        // SAFETY: test only; `host` is the live mapping of the mirror under test.
-        unsafe { std::slice::from_raw_parts((host + offset) as *const u8, len).to_vec() }
-    }
+    use crate::readonly::testing::{guest_reads, SlotVm};
 
     #[test]
     fn bus_0_is_mapped_read_only_all_ones_then_updated_and_unmapped_when_off() {

@@ -267,8 +267,9 @@ fn vhost_net(list: &mut Allowlist) -> Result<()> {
 
 /// What the stdin thread needs on top of [`common`] (read on stdin, write for `Ctrl-A h`).
 fn stdin(list: &mut Allowlist) -> Result<()> {
-    // Input raises the UART's SPI.
-    list.ioctls(&[KVM_IRQ_LINE()])
+    // Input raises the UART's SPI, after unmapping the UART's register page (read without
+    // exits while nothing is received, see `crate::uart_page`).
+    list.ioctls(&[KVM_IRQ_LINE(), KVM_SET_USER_MEMORY_REGION()])
 }
 
 /// What the control (main) thread needs on top of [`common`]: waiting, stopping the vCPUs

@@ -1,0 +1,192 @@
+//! The PL011's registers as read-only guest memory (see `crate::readonly`): the guest's
+//! console reads cost no exit. Linux's driver reads FR before every byte it writes to DR, so
+//! a trapped UART costs two exits per console byte; with the page, one (the DR write). In a
+//! nested or emulated host every exit costs a millisecond or more of guest time.
+//!
+//! The page holds [`Pl011::register_image`]. Writes still exit (the slot is read-only) and
+//! go to the model, and the changed words are stored before the vCPU resumes. A DR read pops
+//! the receive FIFO, so the page is mapped only while the UART [`Pl011::reads_are_pure`]:
+//! host input unmaps it first (then no vCPU can read a stale page) and every access traps
+//! until the guest has read it all; the trapped read that drains it maps the page again.
+//! The memory only ever holds an image of the empty receive side, so even a page that could
+//! not be unmapped shows no data to read (the guest would read DR's 0 as input otherwise).
+//!
+//! Off (every access traps, as before) where the hypervisor has no read-only memory
+//! (Hypervisor.framework), where the page cannot be mapped (a host whose pages are larger
+//! than the UART's 4 KiB frame: the slot would cover other devices' registers), or once a
+//! mapping fails.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use devices::pl011::{FRAME_BYTES, FRAME_WORDS};
+use devices::{MmioDevice, MmioTarget, Pl011};
+use log::{debug, warn};
+
+use crate::hypervisor::slots::MemoryKind;
+use crate::hypervisor::{MemorySlot, Vm};
+use crate::memory::AlignedMapping;
+use crate::readonly::{new_image, store_changed_words};
+
+/// What the guest reads the UART's registers from while they read without exits.
+struct RegisterPage {
+    /// The read-only slot while mapped.
+    slot: Option<MemorySlot>,
+    /// What the memory holds, to store only the words that changed.
+    copy: Vec<u32>,
+    /// Times the page was mapped, and unmapped because input arrived or was looped back.
+    maps: u64,
+    unmaps: u64,
+    /// Set once an unmapping failed, so that a retry on every access does not flood the log.
+    unmap_failed: bool,
+    /// Dropped after `Drop` removed the slot.
+    memory: AlignedMapping,
+}
+
+/// What the lock protects.
+struct UartState {
+    uart: Pl011,
+    /// `None` while reads trap for good.
+    page: Option<RegisterPage>,
+}
+
+/// The guest console: the PL011 model, and its register page where the hypervisor allows.
+pub struct ConsoleUart {
+    vm: Arc<dyn Vm>,
+    /// Guest physical address of the UART's frame.
+    base: u64,
+    state: Mutex<UartState>,
+}
+
+impl ConsoleUart {
+    /// `uart` at guest address `base`, its registers readable from memory when `vm` allows.
+    pub fn new(vm: &Arc<dyn Vm>, base: u64, uart: Pl011) -> Self {
+        let page = if vm.readonly_memory() {
+            new_image("PL011 register page", FRAME_BYTES, 0).map(|memory| RegisterPage {
+                slot: None,
+                copy: vec![0; FRAME_WORDS],
+                maps: 0,
+                unmaps: 0,
+                unmap_failed: false,
+                memory,
+            })
+        } else {
+            debug!("PL011 register page: the hypervisor has no read-only memory");
+            None
+        };
+        let console = Self { vm: vm.clone(), base, state: Mutex::new(UartState { uart, page }) };
+        let mut state = console.lock();
+        console.sync(&mut state);
+        if state.page.is_some() {
+            debug!("PL011 register page: console reads without exits");
+        }
+        drop(state);
+        console
+    }
+
+    fn lock(&self) -> MutexGuard<'_, UartState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Host input for the guest ([`Pl011::enqueue_input`]), with the page unmapped first.
+    pub fn enqueue_input(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        // Before the model changes: a vCPU must not read FR's "nothing received" from the
+        // page and then DR's 0, nor miss the RX interrupt's cause in MIS.
+        if let Some(page) = &mut state.page {
+            self.unmap(page);
+        }
+        state.uart.enqueue_input(bytes);
+        self.sync(&mut state);
+    }
+
+    /// How the page fared, for the `-vv` profile next to the exit counts.
+    pub fn page_summary(&self) -> String {
+        match &self.lock().page {
+            Some(page) => {
+                format!("mapped {} times, unmapped {} times for input", page.maps, page.unmaps)
+            }
+            None => "off: every access traps".into(),
+        }
+    }
+
+    /// Makes the page follow the model after it changed: the new image mapped while reads
+    /// are pure, unmapped while they are not.
+    fn sync(&self, state: &mut UartState) {
+        let Some(page) = &mut state.page else { return };
+        if !state.uart.reads_are_pure() {
+            self.unmap(page);
+            return;
+        }
+        if page.slot.is_some() {
+            // Mapped, so the rest of the image is already there: only registers change.
+            store_changed_words(&page.memory, 0, &mut page.copy, state.uart.registers());
+            return;
+        }
+        store_changed_words(&page.memory, 0, &mut page.copy, state.uart.register_image());
+        // SAFETY: the memory lives in `state.page` until after the slot is removed: `Drop`
+        // removes it first, and the page is dropped below only when the mapping failed.
+        let slot = unsafe {
+            self.vm.map_kind(
+                self.base,
+                FRAME_BYTES as u64,
+                page.memory.as_ptr(),
+                MemoryKind::ReadOnly,
+            )
+        };
+        match slot {
+            Ok(slot) => {
+                page.slot = Some(slot);
+                page.maps += 1;
+            }
+            Err(e) => {
+                debug!("PL011 register page off (every access traps): not mapped: {e}");
+                state.page = None;
+            }
+        }
+    }
+
+    /// Removes the page's slot, if mapped: every access traps from here on.
+    fn unmap(&self, page: &mut RegisterPage) {
+        let Some(slot) = page.slot.take() else { return };
+        match self.vm.unmap_memory(slot) {
+            Ok(()) => page.unmaps += 1,
+            Err(e) => {
+                if !page.unmap_failed {
+                    warn!("PL011 register page: could not unmap it, console input is lost: {e}");
+                    page.unmap_failed = true;
+                }
+                page.slot = Some(slot);
+            }
+        }
+    }
+}
+
+impl MmioTarget for ConsoleUart {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let mut state = self.lock();
+        state.uart.read(offset, data);
+        // A DR read that drained the receive side maps the page again.
+        self.sync(&mut state);
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        let mut state = self.lock();
+        state.uart.write(offset, data);
+        self.sync(&mut state);
+    }
+}
+
+impl Drop for ConsoleUart {
+    fn drop(&mut self) {
+        let slot = self.lock().page.as_mut().and_then(|page| page.slot.take());
+        if let Some(slot) = slot {
+            let _ = self.vm.unmap_memory(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
