@@ -52,6 +52,18 @@ pub const GUEST_MEMORY_MIB: u32 = 256;
 pub const GUEST_CPUS: u32 = 2;
 /// The disk read in L1's tmpfs, in MiB (the reads cover 128 MiB and 8 MiB of it).
 pub const DISK_MIB: u32 = 160;
+/// What a case's guest does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchRun {
+    /// Boots with `quiet` and powers off.
+    Boot,
+    /// The same boot with the kernel's whole log on the console (how people boot while
+    /// bringing a driver up): ~16 KiB of console output.
+    VerboseBoot,
+    /// Boots with the disk and reads it (`bench-read`).
+    Read,
+}
+
 /// Which VMM a case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vmm {
@@ -81,22 +93,24 @@ impl Vmm {
         }
     }
 
-    /// The shell command that runs the bench guest (`read`: with the disk and the reads).
-    fn command(self, guest: Guest, read: bool) -> String {
+    /// The shell command that runs the bench guest for `run`.
+    fn command(self, guest: Guest, run: BenchRun) -> String {
+        let read = run == BenchRun::Read;
         let check = if read { "bench-read" } else { "bench" };
+        let quiet = if run == BenchRun::VerboseBoot { "" } else { "quiet " };
         let dir = guest.dir();
         match self {
             Self::Aperture | Self::ApertureBaseline => format!(
                 "{} run --kernel {dir}/Image --initrd {dir}/guest.cpio --cpus {GUEST_CPUS} \
                  --memory {GUEST_MEMORY_MIB} --timeout 300 --cmdline 'console=ttyAMA0 panic=-1 \
-                 quiet aperture.check={check}'{}",
+                 {quiet}aperture.check={check}'{}",
                 self.binary(),
                 if read { " --disk /tmp/bench-disk.img" } else { "" }
             ),
             // No network (Aperture has none); its serial console, as Aperture's PL011.
             Self::Kvmtool => format!(
                 "{} run -k {dir}/Image -i {dir}/guest.cpio -c {GUEST_CPUS} -m \
-                 {GUEST_MEMORY_MIB} -n mode=none --console serial -p 'quiet \
+                 {GUEST_MEMORY_MIB} -n mode=none --console serial -p '{quiet}\
                  aperture.check={check}'{}",
                 self.binary(),
                 if read { " -d /tmp/bench-disk.img" } else { "" }
@@ -140,7 +154,7 @@ fi
 /// part of its guest RAM mapping (the smallest mapping at least as large as guest RAM), and a
 /// summary line with L1's clock around the run. KVM's exit counter is sampled when the guest
 /// prints its uptime (the VM is the only one, and still exists).
-pub fn case_script(vmm: Vmm, guest: Guest, read: bool, binaries: &[(Vmm, u64)]) -> String {
+pub fn case_script(vmm: Vmm, guest: Guest, run: BenchRun, binaries: &[(Vmm, u64)]) -> String {
     let mut text = prelude(binaries);
     let guest_kib = GUEST_MEMORY_MIB * 1024;
     let _ = write!(
@@ -180,7 +194,7 @@ echo "L1-BENCH vmm={name} guest={guest} start=$t0 end=$t1 status=$status $(cat /
 rm -f "$fifo"
 exit $status
 "#,
-        command = vmm.command(guest, read),
+        command = vmm.command(guest, run),
         name = vmm.name(),
         guest = guest.name(),
     );
@@ -390,14 +404,14 @@ mod tests {
 
     #[test]
     fn scripts_run_the_right_command_on_the_right_guest() {
-        let aperture = case_script(Vmm::Aperture, Guest::Linux61, true, &[]);
+        let aperture = case_script(Vmm::Aperture, Guest::Linux61, BenchRun::Read, &[]);
         assert!(aperture.contains("/aperture run --kernel /guest/Image --initrd /guest/guest.cpio"));
         assert!(aperture.contains("--disk /tmp/bench-disk.img"));
         assert!(aperture.contains("quiet aperture.check=bench-read'"));
         assert!(aperture.contains("guest=6.1 "));
         assert!(!aperture.contains("/tmp/bin-"));
         let binaries = [(Vmm::Kvmtool, 1234), (Vmm::ApertureBaseline, 99)];
-        let kvmtool = case_script(Vmm::Kvmtool, Guest::Linux612, false, &binaries);
+        let kvmtool = case_script(Vmm::Kvmtool, Guest::Linux612, BenchRun::Boot, &binaries);
         assert!(
             kvmtool.contains(r#"= kvmtool ] && head -c 1234 "/dev/${d##*/}" > /tmp/bin-kvmtool"#)
         );
@@ -408,6 +422,10 @@ mod tests {
         assert!(kvmtool.contains("quiet aperture.check=bench'"));
         assert!(!kvmtool.contains(" -d /tmp/bench-disk.img"));
         assert!(kvmtool.contains("L1-BENCH vmm=kvmtool guest=6.12 "));
+        let verbose = case_script(Vmm::Kvmtool, Guest::Linux61, BenchRun::VerboseBoot, &[]);
+        assert!(verbose.contains("-p 'aperture.check=bench'"), "{verbose}");
+        let verbose = case_script(Vmm::Aperture, Guest::Linux61, BenchRun::VerboseBoot, &[]);
+        assert!(verbose.contains("'console=ttyAMA0 panic=-1 aperture.check=bench'"), "{verbose}");
         assert_eq!(Guest::parse("6.12"), Some(Guest::Linux612));
         assert_eq!(Guest::parse("5.10"), None);
     }

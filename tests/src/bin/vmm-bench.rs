@@ -1,8 +1,9 @@
 //! `vmm-bench [RUNS]`: boots the bench guest under Aperture, and under kvmtool when
 //! `APERTURE_PEER_KVMTOOL=/path/to/static/arm64/lkvm` is set, in one boot of the emulated
 //! host, on each guest kernel of `APERTURE_BENCH_GUESTS` (default "6.1 6.12"), and prints side
-//! by side, each the median of RUNS (default 5): boot-to-poweroff and the VMM's share of it,
-//! VMM exits per boot, peak RSS and RSS minus the guest RAM the guest touched, virtio-blk
+//! by side, each the median of RUNS (default 5): boot-to-poweroff (with `quiet`, and again with
+//! the kernel's whole log on the console unless `APERTURE_BENCH_VERBOSE=off`) and the VMM's
+//! share of it, VMM exits per boot, peak RSS and RSS minus the guest RAM the guest touched, virtio-blk
 //! direct reads at 1 MiB and 4 KiB (5 rounds in one boot, in the guest's `bench-read` check) and VMM
 //! exits per MiB read.
 //! `APERTURE_BENCH_BASELINE=/path/to/aperture` adds another (static arm64) Aperture build,
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aperture_e2e::vmm_bench::{
-    boot_figures, case_script, median, read_figures, BootFigures, Guest, ReadFigures, Vmm,
+    boot_figures, case_script, median, read_figures, BenchRun, BootFigures, Guest, ReadFigures, Vmm,
 };
 use aperture_e2e::{run_cases_with, Case, RigOptions, RigRun};
 
@@ -46,17 +47,20 @@ fn binary_disk(
     Ok((image, len))
 }
 
-/// Case names allow no dots: "aperture-612-boot-1".
-fn boot_case(vmm: Vmm, guest: Guest, i: usize) -> String {
-    format!("{}-{}-boot-{i}", vmm.name(), guest.name().replace('.', ""))
+/// Case names allow no dots: "aperture-612-boot-1", "kvmtool-61-verbose-2".
+fn boot_case(vmm: Vmm, guest: Guest, run: BenchRun, i: usize) -> String {
+    let kind = if run == BenchRun::VerboseBoot { "verbose" } else { "boot" };
+    format!("{}-{}-{kind}-{i}", vmm.name(), guest.name().replace('.', ""))
 }
 
 fn read_case(vmm: Vmm, guest: Guest) -> String {
     format!("{}-{}-read", vmm.name(), guest.name().replace('.', ""))
 }
 
-fn boots(run: &RigRun, vmm: Vmm, guest: Guest, runs: usize) -> Vec<BootFigures> {
-    (1..=runs).filter_map(|i| run.case(&boot_case(vmm, guest, i)).and_then(boot_figures)).collect()
+fn boots(run: &RigRun, vmm: Vmm, guest: Guest, kind: BenchRun, runs: usize) -> Vec<BootFigures> {
+    (1..=runs)
+        .filter_map(|i| run.case(&boot_case(vmm, guest, kind, i)).and_then(boot_figures))
+        .collect()
 }
 
 fn reads(run: &RigRun, vmm: Vmm, guest: Guest) -> Vec<ReadFigures> {
@@ -143,12 +147,18 @@ fn main() -> ExitCode {
         }
     };
     // Boots interleaved (a drift in the emulated host hits every VMM alike), reads last.
+    // APERTURE_BENCH_VERBOSE=off: no boots with the kernel's log on the console.
+    let verbose = std::env::var("APERTURE_BENCH_VERBOSE").map_or(true, |v| v != "off");
+    let kinds: &[BenchRun] =
+        if verbose { &[BenchRun::Boot, BenchRun::VerboseBoot] } else { &[BenchRun::Boot] };
     let mut cases = Vec::new();
     for i in 1..=runs {
         for &guest in &guests {
-            for &vmm in &vmms {
-                let script = case_script(vmm, guest, false, &binaries);
-                cases.push(Case::new(boot_case(vmm, guest, i), script));
+            for &kind in kinds {
+                for &vmm in &vmms {
+                    let script = case_script(vmm, guest, kind, &binaries);
+                    cases.push(Case::new(boot_case(vmm, guest, kind, i), script));
+                }
             }
         }
     }
@@ -156,7 +166,7 @@ fn main() -> ExitCode {
     let with_reads = std::env::var("APERTURE_BENCH_READS").map_or(true, |v| v != "off");
     for &guest in guests.iter().filter(|_| with_reads) {
         for &vmm in &vmms {
-            let script = case_script(vmm, guest, true, &binaries);
+            let script = case_script(vmm, guest, BenchRun::Read, &binaries);
             cases.push(
                 Case::new(read_case(vmm, guest), script).with_limit(Duration::from_secs(600)),
             );
@@ -177,11 +187,21 @@ fn main() -> ExitCode {
         println!();
         println!("{:<34}{header}", format!("guest {} (L1 clock; median of {runs})", guest.name()));
         let boot: Vec<Vec<BootFigures>> =
-            vmms.iter().map(|&v| boots(&run, v, guest, runs)).collect();
+            vmms.iter().map(|&v| boots(&run, v, guest, BenchRun::Boot, runs)).collect();
         let pick = |f: &dyn Fn(&BootFigures) -> f64| -> Vec<Option<f64>> {
             boot.iter().map(|b| median(&b.iter().map(f).collect::<Vec<_>>())).collect()
         };
         row("boot-to-poweroff", &pick(&|b| b.wall * 1000.0), "ms", 0);
+        if verbose {
+            let walls: Vec<Option<f64>> = vmms
+                .iter()
+                .map(|&v| {
+                    let boots = boots(&run, v, guest, BenchRun::VerboseBoot, runs);
+                    median(&boots.iter().map(|b| b.wall * 1000.0).collect::<Vec<_>>())
+                })
+                .collect();
+            row("  with the kernel log on the console", &walls, "ms", 0);
+        }
         row("VMM overhead (wall - guest uptime)", &pick(&|b| b.vmm_overhead() * 1000.0), "ms", 0);
         // A sample lost to the guest's power-off reads 0: left out.
         let exits: Vec<Option<f64>> = boot
