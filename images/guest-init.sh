@@ -450,6 +450,10 @@ SCRIPT
     cmdline)
         echo "CHECK cmdline: $(cat /proc/cmdline)"
         ;;
+    kaslr)
+        # What the kernel made of the device tree's kaslr-seed (and whether it forced KPTI).
+        echo "CHECK kaslr: $(dmesg | grep -o -e 'KASLR [a-z ]*' -e 'isolation forced ON by KASLR' | tr '\n' ';')"
+        ;;
     dmesg)
         # The kernel log, for profiling a boot with `quiet` (add initcall_debug for more).
         dmesg | while read -r line; do echo "CHECK dmesg: $line"; done

@@ -73,6 +73,8 @@ fn cases(token: &str) -> Vec<Case> {
                 "{RUN} --cmdline 'console=ttyAMA0 panic=-1 quiet aperture.check=cmdline aperture.token={token}'"
             ),
         ),
+        Case::new("kaslr-auto", format!("{RUN} {}", with_check("kaslr"))),
+        Case::new("kaslr-on", format!("{RUN} --kaslr on {}", with_check("kaslr"))),
         Case::new("exit-7", format!("{RUN} {}", with_check("exit=7"))),
         Case::new("panic-reset", format!("{RUN} --no-reboot {}", with_check("panic"))),
         Case::new(
@@ -849,6 +851,29 @@ fn boots_with_two_vcpus() {
 fn initramfs_runs_with_default_cmdline() {
     let (run, output) = case("default-cmdline");
     assert_contains(run, output, GUEST_MARKER);
+    assert_status(run, output, 0);
+}
+
+#[test]
+#[ignore = "needs the emulated arm64 rig: tests/run-e2e.sh"]
+fn kaslr_seed_only_where_it_costs_no_kpti_unless_asked() {
+    // The rig's emulated Neoverse N1 has no E0PD: `--kaslr auto` gives no seed, so the
+    // guest runs without KPTI; `--kaslr on` gives one, and KASLR forces KPTI on.
+    let (run, output) = case("kaslr-auto");
+    let line = output.line_with("CHECK kaslr:").unwrap_or("");
+    assert!(
+        line.contains("KASLR disabled due to lack of seed") && !line.contains("forced ON"),
+        "{line}\n{}",
+        context(run, output)
+    );
+    assert_status(run, output, 0);
+    let (run, output) = case("kaslr-on");
+    let line = output.line_with("CHECK kaslr:").unwrap_or("");
+    assert!(
+        line.contains("KASLR enabled") && line.contains("isolation forced ON by KASLR"),
+        "{line}\n{}",
+        context(run, output)
+    );
     assert_status(run, output, 0);
 }
 
