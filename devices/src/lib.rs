@@ -19,6 +19,7 @@ mod primecell;
 pub mod test_exit;
 #[cfg(test)]
 mod testing;
+pub mod thread;
 pub mod trace;
 pub mod virtio;
 

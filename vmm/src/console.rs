@@ -186,7 +186,7 @@ pub fn spawn_stdin_reader(
     on_quit: impl Fn() + Send + 'static,
     on_power_key: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name("stdin".into()).spawn(move || {
+    devices::thread::named("stdin").spawn(move || {
         on_start();
         let mut stdin = std::io::stdin().lock();
         let mut parser = EscapeParser::default();

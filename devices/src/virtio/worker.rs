@@ -115,7 +115,7 @@ impl QueueWorker {
         let stop = Arc::new(AtomicBool::new(false));
         let notify = Arc::clone(&active.notify);
         let thread_stop = Arc::clone(&stop);
-        let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let thread = crate::thread::named(name).spawn(move || {
             if let Some(hook) = on_start {
                 hook.run(name);
             }

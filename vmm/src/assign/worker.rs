@@ -35,8 +35,7 @@ impl ReplugWorker {
     pub(super) fn spawn(seccomp: bool) -> Result<Self, AssignError> {
         let (requests, incoming) = mpsc::channel::<Request>();
         let (ready_tx, ready) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("replug".into())
+        devices::thread::named("replug")
             .spawn(move || {
                 if seccomp {
                     if let Err(e) = crate::seccomp::confine(crate::seccomp::ThreadKind::Replug) {

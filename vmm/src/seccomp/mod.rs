@@ -143,7 +143,7 @@ pub fn prepare(kind: ThreadKind) -> Result<(), SeccompError> {
 /// Builds every kind's filters ([`prepare`]) on a thread of their own, on another core while
 /// the VM is being built; a failure there is reported again by [`confine`].
 pub fn prepare_in_background() {
-    let spawned = std::thread::Builder::new().name("seccomp-prep".into()).spawn(|| {
+    let spawned = devices::thread::named("seccomp-prep").spawn(|| {
         for kind in [
             ThreadKind::Vcpu,
             ThreadKind::DeviceWorker,

@@ -133,8 +133,7 @@ impl ImageLoad {
         mut kernel: KernelFile,
         mut initrd: Option<InitrdFile>,
     ) -> Result<Self, VmError> {
-        std::thread::Builder::new()
-            .name("image-load".into())
+        devices::thread::named("image-load")
             .spawn(move || {
                 let result = load_images(&ram, &plan, &mut kernel, initrd.as_mut());
                 (kernel, initrd, result)

@@ -141,8 +141,7 @@ pub(super) fn spawn_vcpus(
         let (vm, control, bus) = (vm.clone(), control.clone(), bus.clone());
         let channels =
             VcpuChannels { ready: ready_tx.clone(), start: start_rx, paused: paused_tx.clone() };
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
+        let spawned = devices::thread::named(format!("vcpu{index}"))
             .spawn(move || vcpu_thread(index, vm, bus, control, channels, sandbox));
         let thread = match spawned {
             Ok(thread) => thread,

@@ -61,7 +61,7 @@ impl NetWorker {
         // The hook confines the thread by its kind: only a vhost-net thread may drive the
         // kernel's vhost-net.
         let kind = if vhost.is_some() { "vhost-net" } else { "virtio-net" };
-        let thread = std::thread::Builder::new().name(kind.into()).spawn(move || {
+        let thread = crate::thread::named(kind).spawn(move || {
             if let Some(hook) = on_start {
                 hook.run(kind);
             }
