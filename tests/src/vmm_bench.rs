@@ -2,7 +2,8 @@
 //! given, kvmtool, in one boot of the emulated host (L1). Per VMM: boot-to-poweroff wall
 //! time and the VMM's share of it (wall minus the guest's uptime at power-off), virtio-blk
 //! `dd iflag=direct` reads at 1 MiB and 4 KiB, VMM exits per MiB read (KVM's
-//! `mmio_exit_user` in L1's debugfs, sampled around the reads), and the VMM's peak RSS.
+//! `mmio_exit_user` in L1's debugfs, sampled around the reads), every exit of the VM to L1's
+//! KVM per boot (`exits`), and the VMM's peak RSS (and how much of it is its mapped binary).
 //!
 //! The guest is the test guest (its `/init` is `images/guest-init.sh`, run with
 //! `aperture.check=bench` or `bench-read`), on the 6.1 and the 6.12 kernel, so every VMM
@@ -171,7 +172,9 @@ pid=$!
           /^Size:/ {{ size = $2 }}
           /^Rss:/ {{ if (size >= min && (best == 0 || size < best)) {{ best = size; ram = $2 }} }}
           /^VmRSS:/ {{ rss = $2 }}
-          END {{ if (hwm && ram) print "hwm_kib=" hwm " rss_kib=" rss " guest_rss_kib=" ram }}' \
+          /^RssFile:/ {{ file += $2 }}
+          /^RssShmem:/ {{ file += $2 }}
+          END {{ if (hwm && ram) print "hwm_kib=" hwm " rss_kib=" rss " guest_rss_kib=" ram " file_rss_kib=" file }}' \
           "/proc/$pid/status" "/proc/$pid/smaps" > /tmp/bench-mem.new 2>/dev/null \
           && [ -s /tmp/bench-mem.new ] && mv /tmp/bench-mem.new /tmp/bench-mem
       usleep 100000
@@ -182,7 +185,7 @@ while IFS= read -r line; do
         *BENCH-READ-START*|*BENCH-READ-END*)
             echo "L1-EXITS mmio_user=$(kvm_stat mmio_exit_user) exits=$(kvm_stat exits)" ;;
         # KVM's debugfs sums the VMs that exist: sample while this one still does.
-        *BENCH-UPTIME*) echo "L1-BOOT-EXITS mmio_user=$(kvm_stat mmio_exit_user)" ;;
+        *BENCH-UPTIME*) echo "L1-BOOT-EXITS mmio_user=$(kvm_stat mmio_exit_user) exits=$(kvm_stat exits)" ;;
     esac
     echo "$line"
 done < "$fifo"
@@ -221,8 +224,14 @@ pub struct BootFigures {
     pub rss_kib: f64,
     /// The resident part of guest RAM at the same sample, in KiB (the guest's own footprint).
     pub guest_rss_kib: f64,
+    /// Of `rss_kib`, the pages mapped from files (`RssFile` + `RssShmem`): the VMM's binary,
+    /// shared and clean (in L1 it lives on a tmpfs, hence shmem).
+    pub file_rss_kib: f64,
     /// Exits to the VMM (KVM `mmio_exit_user`) over the whole run.
     pub vmm_exits: f64,
+    /// Every exit of the VM to L1's KVM (`exits`: MMIO, WFI, interrupts, stage-2 faults,
+    /// system registers) up to the guest's uptime line.
+    pub all_exits: f64,
 }
 
 impl BootFigures {
@@ -279,9 +288,14 @@ pub fn boot_figures(case: &CaseOutput) -> Option<BootFigures> {
         peak_rss_kib: field(summary, "hwm_kib")?,
         rss_kib: field(summary, "rss_kib").unwrap_or(0.0),
         guest_rss_kib: field(summary, "guest_rss_kib").unwrap_or(0.0),
+        file_rss_kib: field(summary, "file_rss_kib").unwrap_or(0.0),
         vmm_exits: case
             .line_with("L1-BOOT-EXITS ")
             .and_then(|line| field(line, "mmio_user"))
+            .unwrap_or(0.0),
+        all_exits: case
+            .line_with("L1-BOOT-EXITS ")
+            .and_then(|line| field(line, "exits"))
             .unwrap_or(0.0),
     })
 }
@@ -359,10 +373,10 @@ mod tests {
     fn boot_figures_come_from_the_summary_and_the_guest_uptime() {
         let case = output(&[
             "APERTURE-GUEST-INIT-OK",
-            "L1-BOOT-EXITS mmio_user=812",
+            "L1-BOOT-EXITS mmio_user=812 exits=5900",
             "BENCH-UPTIME 1.38[    1.40] reboot: Power down",
             "L1-BENCH vmm=aperture guest=6.1 start=100.50 end=102.95 status=0 hwm_kib=40960 \
-             rss_kib=38912 guest_rss_kib=30720",
+             rss_kib=38912 guest_rss_kib=30720 file_rss_kib=2048",
         ]);
         let boot = boot_figures(&case).unwrap();
         assert!((boot.wall - 2.45).abs() < 1e-9);
@@ -370,6 +384,8 @@ mod tests {
         assert_eq!(boot.peak_rss_kib, 40960.0);
         assert_eq!(boot.vmm_rss_kib(), 8192.0);
         assert_eq!(boot.vmm_exits, 812.0);
+        assert_eq!(boot.all_exits, 5900.0);
+        assert_eq!(boot.file_rss_kib, 2048.0);
         assert_eq!(boot_figures(&output(&["BENCH-UPTIME 1.0"])), None);
     }
 

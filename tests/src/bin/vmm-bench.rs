@@ -211,6 +211,13 @@ fn main() -> ExitCode {
             })
             .collect();
         row("VMM exits per boot", &exits, "", 0);
+        let all: Vec<Option<f64>> = boot
+            .iter()
+            .map(|b| {
+                median(&b.iter().map(|x| x.all_exits).filter(|&e| e > 0.0).collect::<Vec<_>>())
+            })
+            .collect();
+        row("  all exits to KVM per boot", &all, "", 0);
         row("peak RSS (boot)", &pick(&|b| b.peak_rss_kib / 1024.0), "MiB", 1);
         // Runs whose guest RAM sample was lost (the VMM exited mid-read) are left out.
         let own: Vec<Option<f64>> = boot
@@ -221,6 +228,14 @@ fn main() -> ExitCode {
             })
             .collect();
         row("RSS minus touched guest RAM", &own, "MiB", 1);
+        let file: Vec<Option<f64>> = boot
+            .iter()
+            .map(|b| {
+                let file = b.iter().filter(|x| x.guest_rss_kib > 0.0).map(|x| x.file_rss_kib);
+                median(&file.map(|kib| kib / 1024.0).collect::<Vec<_>>())
+            })
+            .collect();
+        row("  of it, mapped from files (binary)", &file, "MiB", 1);
         let read: Vec<Vec<ReadFigures>> = vmms.iter().map(|&v| reads(&run, v, guest)).collect();
         for block in ["1M", "4K"] {
             let find = |f: &dyn Fn(&ReadFigures) -> f64| -> Vec<Option<f64>> {
