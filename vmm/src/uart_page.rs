@@ -63,14 +63,12 @@ impl ConsoleUart {
                     unmap_failed: false,
                 }
             });
-        let console = Self { state: Mutex::new(UartState { uart, page }) };
-        let mut state = console.lock();
-        Self::sync(&mut state);
+        let mut state = UartState { uart, page };
+        state.sync();
         if state.page.is_some() {
             debug!("PL011 register page: console reads without exits");
         }
-        drop(state);
-        console
+        Self { state: Mutex::new(state) }
     }
 
     fn lock(&self) -> MutexGuard<'_, UartState> {
@@ -86,10 +84,10 @@ impl ConsoleUart {
         // Before the model changes: a vCPU must not read FR's "nothing received" from the
         // page and then DR's 0, nor miss the RX interrupt's cause in MIS.
         if let Some(page) = &mut state.page {
-            Self::unmap(page);
+            page.unmap();
         }
         state.uart.enqueue_input(bytes);
-        Self::sync(&mut state);
+        state.sync();
     }
 
     /// How the page fared, for the `-vv` profile next to the exit counts.
@@ -101,42 +99,46 @@ impl ConsoleUart {
             None => "off: every access traps".into(),
         }
     }
+}
 
+impl UartState {
     /// Makes the page follow the model after it changed: the new image mapped while reads
     /// are pure, unmapped while they are not.
-    fn sync(state: &mut UartState) {
-        let Some(page) = &mut state.page else { return };
-        if !state.uart.reads_are_pure() {
-            Self::unmap(page);
+    fn sync(&mut self) {
+        let Some(page) = &mut self.page else { return };
+        if !self.uart.reads_are_pure() {
+            page.unmap();
             return;
         }
         if page.region.is_mapped() {
             // Mapped, so the rest of the image is already there: only registers change.
-            page.region.store_changed_words(0, &mut page.copy, state.uart.registers());
+            page.region.store_changed_words(0, &mut page.copy, self.uart.registers());
             return;
         }
-        page.region.store_changed_words(0, &mut page.copy, state.uart.register_image());
+        page.region.store_changed_words(0, &mut page.copy, self.uart.register_image());
         match page.region.map() {
             Ok(()) => page.maps += 1,
             Err(e) => {
                 debug!("PL011 register page off (every access traps): not mapped: {e}");
-                state.page = None;
+                self.page = None;
             }
         }
     }
+}
 
+impl RegisterPage {
     /// Removes the page's slot, if mapped: every access traps from here on. One that cannot
     /// be removed stays, and the next change of the model tries again.
-    fn unmap(page: &mut RegisterPage) {
-        if !page.region.is_mapped() {
+    fn unmap(&mut self) {
+        if !self.region.is_mapped() {
             return;
         }
-        match page.region.unmap() {
-            Ok(()) => page.unmaps += 1,
+        match self.region.unmap() {
+            Ok(()) => self.unmaps += 1,
             Err(e) => {
-                if !page.unmap_failed {
+                if !self.unmap_failed {
                     warn!("PL011 register page: could not unmap it, console input is lost: {e}");
-                    page.unmap_failed = true;
+                    self.unmap_failed = true;
                 }
             }
         }
@@ -148,13 +150,13 @@ impl MmioTarget for ConsoleUart {
         let mut state = self.lock();
         state.uart.read(offset, data);
         // A DR read that drained the receive side maps the page again.
-        Self::sync(&mut state);
+        state.sync();
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
         let mut state = self.lock();
         state.uart.write(offset, data);
-        Self::sync(&mut state);
+        state.sync();
     }
 }
 
