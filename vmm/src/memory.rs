@@ -45,6 +45,19 @@ pub enum MemoryError {
         /// Why.
         source: vm_memory::GuestMemoryError,
     },
+    /// A kernel or initrd file got shorter between opening and loading it.
+    #[error(
+        "the {what} file is {now} bytes now, {len} when Aperture opened it: it changed while \
+         being loaded; run again once nothing writes to it"
+    )]
+    Shrank {
+        /// Which payload.
+        what: &'static str,
+        /// Its length when opened.
+        len: u64,
+        /// Its length now.
+        now: u64,
+    },
     /// A region's host address could not be found.
     #[error("guest RAM region at {0:#x} has no host mapping")]
     NoHostAddress(u64),
@@ -236,9 +249,13 @@ impl GuestRam {
             addr,
             source: vm_memory::GuestMemoryError::IOError(e),
         })?;
-        self.memory
-            .read_exact_volatile_from(GuestAddress(addr), file, count)
-            .map_err(|source| MemoryError::Write { what, addr, source })
+        self.memory.read_exact_volatile_from(GuestAddress(addr), file, count).map_err(|source| {
+            // A short read from a file that shrank says so; anything else is a write error.
+            match file.metadata() {
+                Ok(meta) if meta.len() < len => MemoryError::Shrank { what, len, now: meta.len() },
+                _ => MemoryError::Write { what, addr, source },
+            }
+        })
     }
 
     /// Copies `bytes` into guest RAM at `addr`.

@@ -1,16 +1,121 @@
 //! Emulated registers the guest reads from memory: a read-only guest mapping (KVM
 //! `KVM_MEM_READONLY`) holding what each register reads, so reads cost no exit while writes
 //! still exit as MMIO. Used by the PCI configuration mirror (`crate::pci::mirror`) and the
-//! PL011's register page (`crate::uart_page`); this holds what they share: creating the
-//! memory, storing changed words so a vCPU sees them, and the test VM.
+//! PL011's register page (`crate::uart_page`); this holds what they share: the memory and its
+//! slot for their whole life ([`ReadOnlyRegion`]), storing changed words so a vCPU sees them,
+//! and the test VM.
 
-use log::debug;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
 
+use log::{debug, warn};
+
+use crate::hypervisor::slots::MemoryKind;
+use crate::hypervisor::{HypervisorError, MemorySlot, Vm};
 use crate::memory::AlignedMapping;
+
+/// Read-only guest memory and its slot in the VM, mapped and unmapped as often as the user
+/// needs. The memory is freed only once no slot maps it: `Drop` removes the slot first, and
+/// keeps the memory (a leak) if the slot cannot be removed. So the one `unsafe` mapping call
+/// holds for every user.
+pub(crate) struct ReadOnlyRegion {
+    vm: Arc<dyn Vm>,
+    /// Guest physical address of the first byte.
+    guest_addr: u64,
+    /// What it is, for the log.
+    what: &'static str,
+    /// The slot while mapped.
+    slot: Option<MemorySlot>,
+    /// Freed only by `Drop`, after the slot is gone.
+    memory: ManuallyDrop<AlignedMapping>,
+}
+
+impl ReadOnlyRegion {
+    /// `bytes` bytes for guest address `guest_addr` of `vm`, every byte `fill`, not mapped
+    /// yet. `None` (and a debug line naming `what`) where the hypervisor has no read-only
+    /// memory or there is no memory for it.
+    pub(crate) fn new(
+        vm: &Arc<dyn Vm>,
+        guest_addr: u64,
+        bytes: usize,
+        fill: u8,
+        what: &'static str,
+    ) -> Option<Self> {
+        if !vm.readonly_memory() {
+            debug!("{what}: the hypervisor has no read-only memory");
+            return None;
+        }
+        let memory = new_image(what, bytes, fill)?;
+        Some(Self {
+            vm: vm.clone(),
+            guest_addr,
+            what,
+            slot: None,
+            memory: ManuallyDrop::new(memory),
+        })
+    }
+
+    /// Maps the memory read-only into the guest (nothing to do when mapped): from here guest
+    /// reads come from it.
+    pub(crate) fn map(&mut self) -> Result<(), HypervisorError> {
+        if self.slot.is_some() {
+            return Ok(());
+        }
+        // SAFETY: the memory is owned by `self` (a private field no method hands out) and is
+        // a mapping of its own, so it stays at this address while `self` moves; it is freed
+        // only in `Drop`, after the slot is removed, and never if removing it fails.
+        let slot = unsafe {
+            self.vm.map_kind(
+                self.guest_addr,
+                self.memory.len() as u64,
+                self.memory.as_ptr(),
+                MemoryKind::ReadOnly,
+            )
+        }?;
+        self.slot = Some(slot);
+        Ok(())
+    }
+
+    /// Removes the slot (nothing to do when not mapped): guest reads exit again. On an error
+    /// the slot stays (`is_mapped()` still true), for the caller to retry or live with; the
+    /// guest then goes on reading the memory.
+    pub(crate) fn unmap(&mut self) -> Result<(), HypervisorError> {
+        let Some(slot) = self.slot.take() else { return Ok(()) };
+        self.vm.unmap_memory(slot).inspect_err(|_| self.slot = Some(slot))
+    }
+
+    /// Whether the guest reads the memory now.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// Stores at byte `base` each of `words` that differs from `copy` (what the memory holds
+    /// there now, updated), visible to the guest before this returns (see [`store_words`]).
+    pub(crate) fn store_changed_words(
+        &self,
+        base: usize,
+        copy: &mut [u32],
+        words: impl IntoIterator<Item = u32>,
+    ) {
+        store_words(&self.memory, base, copy, words);
+    }
+}
+
+impl Drop for ReadOnlyRegion {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmap() {
+            // The guest may still read the memory: it must not go back to the host.
+            warn!("{}: could not remove its slot, its memory stays allocated: {e}", self.what);
+            return;
+        }
+        // SAFETY: dropped once, here, and no slot maps the memory any more.
+        unsafe { ManuallyDrop::drop(&mut self.memory) };
+    }
+}
 
 /// A fresh mapping of `bytes` bytes, every byte `fill`, for a read-only slot; `None` (and
 /// a debug line naming `what`) when there is no memory for it.
-pub(crate) fn new_image(what: &str, bytes: usize, fill: u8) -> Option<AlignedMapping> {
+fn new_image(what: &str, bytes: usize, fill: u8) -> Option<AlignedMapping> {
     let memory = match AlignedMapping::new(bytes) {
         Ok(memory) => memory.without_huge_pages(),
         Err(e) => {
@@ -29,7 +134,7 @@ pub(crate) fn new_image(what: &str, bytes: usize, fill: u8) -> Option<AlignedMap
 /// Stores into `memory` at byte `base` each of `words` that differs from `copy` (what the
 /// memory holds there now, updated), then makes the stored span visible to the guest.
 /// Words past the end of `copy` or of the memory are ignored.
-pub(crate) fn store_changed_words(
+fn store_words(
     memory: &AlignedMapping,
     base: usize,
     copy: &mut [u32],
@@ -110,6 +215,8 @@ pub(crate) mod testing {
         pub(crate) unmapped: Mutex<Vec<MemorySlot>>,
         /// Refuses new mappings (as KVM does on a host whose pages are larger).
         pub(crate) refuse: AtomicBool,
+        /// Refuses to remove slots.
+        pub(crate) refuse_unmap: AtomicBool,
     }
 
     impl SlotVm {
@@ -140,6 +247,12 @@ pub(crate) mod testing {
             true
         }
         fn unmap_memory(&self, slot: MemorySlot) -> Result<()> {
+            if self.refuse_unmap.load(Ordering::Relaxed) {
+                return Err(HypervisorError::call(
+                    "KVM_SET_USER_MEMORY_REGION",
+                    std::io::Error::from_raw_os_error(libc::EBUSY),
+                ));
+            }
             self.unmapped.lock().unwrap().push(slot);
             Ok(())
         }
@@ -166,3 +279,6 @@ pub(crate) mod testing {
         unsafe { std::slice::from_raw_parts((host + offset) as *const u8, len).to_vec() }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,15 +22,13 @@ use devices::pl011::{FRAME_BYTES, FRAME_WORDS};
 use devices::{MmioDevice, MmioTarget, Pl011};
 use log::{debug, warn};
 
-use crate::hypervisor::slots::MemoryKind;
-use crate::hypervisor::{MemorySlot, Vm};
-use crate::memory::AlignedMapping;
-use crate::readonly::{new_image, store_changed_words};
+use crate::hypervisor::Vm;
+use crate::readonly::ReadOnlyRegion;
 
 /// What the guest reads the UART's registers from while they read without exits.
 struct RegisterPage {
-    /// The read-only slot while mapped.
-    slot: Option<MemorySlot>,
+    /// The memory, mapped while reads are pure.
+    region: ReadOnlyRegion,
     /// What the memory holds, to store only the words that changed.
     copy: Vec<u32>,
     /// Times the page was mapped, and unmapped because input arrived or was looped back.
@@ -38,8 +36,6 @@ struct RegisterPage {
     unmaps: u64,
     /// Set once an unmapping failed, so that a retry on every access does not flood the log.
     unmap_failed: bool,
-    /// Dropped after `Drop` removed the slot.
-    memory: AlignedMapping,
 }
 
 /// What the lock protects.
@@ -51,36 +47,28 @@ struct UartState {
 
 /// The guest console: the PL011 model, and its register page where the hypervisor allows.
 pub struct ConsoleUart {
-    vm: Arc<dyn Vm>,
-    /// Guest physical address of the UART's frame.
-    base: u64,
     state: Mutex<UartState>,
 }
 
 impl ConsoleUart {
     /// `uart` at guest address `base`, its registers readable from memory when `vm` allows.
     pub fn new(vm: &Arc<dyn Vm>, base: u64, uart: Pl011) -> Self {
-        let page = if vm.readonly_memory() {
-            new_image("PL011 register page", FRAME_BYTES, 0).map(|memory| RegisterPage {
-                slot: None,
-                copy: vec![0; FRAME_WORDS],
-                maps: 0,
-                unmaps: 0,
-                unmap_failed: false,
-                memory,
-            })
-        } else {
-            debug!("PL011 register page: the hypervisor has no read-only memory");
-            None
-        };
-        let console = Self { vm: vm.clone(), base, state: Mutex::new(UartState { uart, page }) };
-        let mut state = console.lock();
-        console.sync(&mut state);
+        let page =
+            ReadOnlyRegion::new(vm, base, FRAME_BYTES, 0, "PL011 register page").map(|region| {
+                RegisterPage {
+                    region,
+                    copy: vec![0; FRAME_WORDS],
+                    maps: 0,
+                    unmaps: 0,
+                    unmap_failed: false,
+                }
+            });
+        let mut state = UartState { uart, page };
+        state.sync();
         if state.page.is_some() {
             debug!("PL011 register page: console reads without exits");
         }
-        drop(state);
-        console
+        Self { state: Mutex::new(state) }
     }
 
     fn lock(&self) -> MutexGuard<'_, UartState> {
@@ -96,10 +84,10 @@ impl ConsoleUart {
         // Before the model changes: a vCPU must not read FR's "nothing received" from the
         // page and then DR's 0, nor miss the RX interrupt's cause in MIS.
         if let Some(page) = &mut state.page {
-            self.unmap(page);
+            page.unmap();
         }
         state.uart.enqueue_input(bytes);
-        self.sync(&mut state);
+        state.sync();
     }
 
     /// How the page fared, for the `-vv` profile next to the exit counts.
@@ -111,54 +99,47 @@ impl ConsoleUart {
             None => "off: every access traps".into(),
         }
     }
+}
 
+impl UartState {
     /// Makes the page follow the model after it changed: the new image mapped while reads
     /// are pure, unmapped while they are not.
-    fn sync(&self, state: &mut UartState) {
-        let Some(page) = &mut state.page else { return };
-        if !state.uart.reads_are_pure() {
-            self.unmap(page);
+    fn sync(&mut self) {
+        let Some(page) = &mut self.page else { return };
+        if !self.uart.reads_are_pure() {
+            page.unmap();
             return;
         }
-        if page.slot.is_some() {
+        if page.region.is_mapped() {
             // Mapped, so the rest of the image is already there: only registers change.
-            store_changed_words(&page.memory, 0, &mut page.copy, state.uart.registers());
+            page.region.store_changed_words(0, &mut page.copy, self.uart.registers());
             return;
         }
-        store_changed_words(&page.memory, 0, &mut page.copy, state.uart.register_image());
-        // SAFETY: the memory lives in `state.page` until after the slot is removed: `Drop`
-        // removes it first, and the page is dropped below only when the mapping failed.
-        let slot = unsafe {
-            self.vm.map_kind(
-                self.base,
-                FRAME_BYTES as u64,
-                page.memory.as_ptr(),
-                MemoryKind::ReadOnly,
-            )
-        };
-        match slot {
-            Ok(slot) => {
-                page.slot = Some(slot);
-                page.maps += 1;
-            }
+        page.region.store_changed_words(0, &mut page.copy, self.uart.register_image());
+        match page.region.map() {
+            Ok(()) => page.maps += 1,
             Err(e) => {
                 debug!("PL011 register page off (every access traps): not mapped: {e}");
-                state.page = None;
+                self.page = None;
             }
         }
     }
+}
 
-    /// Removes the page's slot, if mapped: every access traps from here on.
-    fn unmap(&self, page: &mut RegisterPage) {
-        let Some(slot) = page.slot.take() else { return };
-        match self.vm.unmap_memory(slot) {
-            Ok(()) => page.unmaps += 1,
+impl RegisterPage {
+    /// Removes the page's slot, if mapped: every access traps from here on. One that cannot
+    /// be removed stays, and the next change of the model tries again.
+    fn unmap(&mut self) {
+        if !self.region.is_mapped() {
+            return;
+        }
+        match self.region.unmap() {
+            Ok(()) => self.unmaps += 1,
             Err(e) => {
-                if !page.unmap_failed {
+                if !self.unmap_failed {
                     warn!("PL011 register page: could not unmap it, console input is lost: {e}");
-                    page.unmap_failed = true;
+                    self.unmap_failed = true;
                 }
-                page.slot = Some(slot);
             }
         }
     }
@@ -169,22 +150,13 @@ impl MmioTarget for ConsoleUart {
         let mut state = self.lock();
         state.uart.read(offset, data);
         // A DR read that drained the receive side maps the page again.
-        self.sync(&mut state);
+        state.sync();
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
         let mut state = self.lock();
         state.uart.write(offset, data);
-        self.sync(&mut state);
-    }
-}
-
-impl Drop for ConsoleUart {
-    fn drop(&mut self) {
-        let slot = self.lock().page.as_mut().and_then(|page| page.slot.take());
-        if let Some(slot) = slot {
-            let _ = self.vm.unmap_memory(slot);
-        }
+        state.sync();
     }
 }
 

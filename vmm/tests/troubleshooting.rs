@@ -232,6 +232,7 @@ fn actual_messages(scratch: &Scratch) -> Vec<String> {
         vmm::memory::MemoryError::Allocate { mib: 65536, source: os_error(libc::ENOMEM) }
             .to_string(),
     );
+    out.push(vmm::memory::MemoryError::Shrank { what: "initrd", len: 4096, now: 0 }.to_string());
     // KVM.
     out.push(HypervisorError::KvmOpen { source: os_error(libc::ENOENT) }.to_string());
     out.push(HypervisorError::KvmOpen { source: os_error(libc::EACCES) }.to_string());

@@ -14,10 +14,8 @@ use std::sync::{Arc, Mutex};
 use devices::pci::ConfigMirror;
 use log::{debug, error};
 
-use crate::hypervisor::slots::MemoryKind;
-use crate::hypervisor::{MemorySlot, Vm};
-use crate::memory::AlignedMapping;
-use crate::readonly::{new_image, store_changed_words};
+use crate::hypervisor::Vm;
+use crate::readonly::ReadOnlyRegion;
 
 /// ECAM bytes per function.
 const FUNCTION_BYTES: usize = 4096;
@@ -28,8 +26,10 @@ const DEVICE_SHIFT: u32 = 15;
 
 /// What the mirror's lock protects.
 struct MirrorState {
-    /// The read-only slot; `None` once the mirror is off.
-    slot: Option<MemorySlot>,
+    /// Bus 0's memory and slot.
+    region: ReadOnlyRegion,
+    /// Set by `disable`: no more updates, even where the slot could not be removed.
+    off: bool,
     /// What each bus-0 device's function 0 reads now (all-ones when absent), as 32-bit words,
     /// to rewrite only the words that changed.
     copies: Vec<Vec<u32>>,
@@ -37,10 +37,7 @@ struct MirrorState {
 
 /// The mirror of bus 0 (see the module comment).
 pub(super) struct EcamMirror {
-    vm: Arc<dyn Vm>,
     state: Mutex<MirrorState>,
-    /// Dropped after `Drop` removed the slot.
-    memory: AlignedMapping,
 }
 
 impl EcamMirror {
@@ -48,28 +45,14 @@ impl EcamMirror {
     /// [`devices::pci::PciRoot::set_config_mirror`] copies the functions in. `None` where the
     /// hypervisor has no read-only memory or the mapping fails (reads then trap as before).
     pub(super) fn new(vm: &Arc<dyn Vm>, ecam_base: u64) -> Option<Self> {
-        if !vm.readonly_memory() {
-            debug!("PCI configuration mirror: the hypervisor has no read-only memory");
+        let mut region =
+            ReadOnlyRegion::new(vm, ecam_base, BUS_BYTES, 0xff, "PCI configuration mirror")?;
+        if let Err(e) = region.map() {
+            debug!("PCI configuration mirror: not mapped: {e}");
             return None;
         }
-        let memory = new_image("PCI configuration mirror", BUS_BYTES, 0xff)?;
-        // SAFETY: the mapping lives in `self` and outlives the slot, which Drop removes first.
-        let slot = unsafe {
-            vm.map_kind(ecam_base, BUS_BYTES as u64, memory.as_ptr(), MemoryKind::ReadOnly)
-        };
-        let slot = match slot {
-            Ok(slot) => slot,
-            Err(e) => {
-                debug!("PCI configuration mirror: not mapped: {e}");
-                return None;
-            }
-        };
         let copies = vec![vec![u32::MAX; FUNCTION_BYTES / 4]; 32];
-        Some(Self {
-            vm: vm.clone(),
-            state: Mutex::new(MirrorState { slot: Some(slot), copies }),
-            memory,
-        })
+        Some(Self { state: Mutex::new(MirrorState { region, off: false, copies }) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MirrorState> {
@@ -79,38 +62,38 @@ impl EcamMirror {
 
 impl ConfigMirror for EcamMirror {
     fn update(&self, device: u8, image: &[u8]) {
-        let mut state = self.lock();
-        if state.slot.is_none() {
+        let state = &mut *self.lock();
+        if state.off {
             return;
         }
         let Some(copy) = state.copies.get_mut(usize::from(device)) else { return };
         let words = image
             .chunks_exact(4)
             .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
-        store_changed_words(&self.memory, usize::from(device) << DEVICE_SHIFT, copy, words);
+        state.region.store_changed_words(usize::from(device) << DEVICE_SHIFT, copy, words);
     }
 
     fn disable(&self) {
         let mut state = self.lock();
-        let Some(slot) = state.slot.take() else { return };
-        match self.vm.unmap_memory(slot) {
+        if state.off {
+            return;
+        }
+        state.off = true;
+        // Off for good even if the slot stays: reads then see the last copy, and the region
+        // removes the slot when dropped.
+        match state.region.unmap() {
             Ok(()) => debug!("PCI configuration mirror off: bus 0 reads trap again"),
             Err(e) => error!("PCI configuration mirror: could not turn it off: {e}"),
         }
     }
 }
 
-impl Drop for EcamMirror {
-    fn drop(&mut self) {
-        if let Some(slot) = self.lock().slot.take() {
-            let _ = self.vm.unmap_memory(slot);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
+    use crate::hypervisor::slots::MemoryKind;
     use crate::readonly::testing::{guest_reads, SlotVm};
 
     #[test]
@@ -153,5 +136,24 @@ mod tests {
         )
         .unwrap();
         assert!(EcamMirror::new(&vm, 0x3000_0000).is_none());
+    }
+
+    #[test]
+    fn a_mirror_whose_slot_cannot_be_removed_stops_updating_and_removes_it_when_dropped() {
+        let slots = Arc::new(SlotVm::default());
+        let vm: Arc<dyn Vm> = slots.clone();
+        let mirror = EcamMirror::new(&vm, 0x3000_0000).unwrap();
+        let host = slots.mapped.lock().unwrap()[0].2;
+        slots.refuse_unmap.store(true, Ordering::Relaxed);
+        mirror.disable();
+        assert!(slots.is_mapped(), "reads go on to the memory");
+        // Off all the same: the memory keeps what it held, and no retry.
+        mirror.update(1, &[0u8; 4096]);
+        assert_eq!(guest_reads(host, 1 << 15, 4), [0xff; 4]);
+        slots.refuse_unmap.store(false, Ordering::Relaxed);
+        mirror.disable();
+        assert!(slots.is_mapped());
+        drop(mirror);
+        assert!(!slots.is_mapped(), "dropped: the slot goes before the memory");
     }
 }

@@ -3,6 +3,7 @@ use std::sync::atomic::Ordering;
 use devices::IrqLine;
 
 use super::*;
+use crate::hypervisor::slots::MemoryKind;
 use crate::readonly::testing::{guest_reads, SlotVm};
 
 const BASE: u64 = 0x0900_0000;
@@ -129,4 +130,23 @@ fn a_page_that_cannot_be_mapped_leaves_every_access_trapping() {
     let vm = crate::hypervisor::Hypervisor::create_vm(&fake, &spec).unwrap();
     let uart = ConsoleUart::new(&vm, BASE, Pl011::new(Arc::new(NoIrq), Box::new(std::io::sink())));
     assert_eq!(uart.page_summary(), "off: every access traps");
+}
+
+#[test]
+fn a_page_that_cannot_be_unmapped_stays_and_is_unmapped_at_the_next_change() {
+    let slots = Arc::new(SlotVm::default());
+    let uart = console(&slots);
+    slots.refuse_unmap.store(true, Ordering::Relaxed);
+    uart.enqueue_input(b"a");
+    assert!(slots.is_mapped(), "kept: the slot could not be removed");
+    // The page still shows an empty receive side, never the input as DR's 0.
+    assert_eq!(page_word(&slots, FR as usize), FR_IDLE);
+    assert_eq!(uart.page_summary(), "mapped 1 times, unmapped 0 times for input");
+    // The next trapped access tries again.
+    slots.refuse_unmap.store(false, Ordering::Relaxed);
+    assert_eq!(trapped_read(&uart, FR) & FR_RXFE, 0);
+    assert!(!slots.is_mapped());
+    assert_eq!(trapped_read(&uart, DR), u32::from(b'a'));
+    assert!(slots.is_mapped());
+    assert_eq!(uart.page_summary(), "mapped 2 times, unmapped 1 times for input");
 }

@@ -151,3 +151,115 @@ impl ImageLoad {
         result.map(|()| (kernel, initrd))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arch::layout::GuestRegion;
+
+    use super::*;
+    use crate::hypervisor::fake::FakeHypervisor;
+    use crate::hypervisor::{Hypervisor, VmSpec};
+    use crate::memory::MemoryError;
+
+    const RAM_BASE: u64 = 0x4000_0000;
+    const RAM_BYTES: u64 = 16 << 20;
+
+    /// A file in the temp directory holding `bytes`, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, bytes: &[u8]) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("aperture-images-{name}-{}", std::process::id()));
+            std::fs::write(&path, bytes).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A minimal raw arm64 Image: the 64-byte header and some padding.
+    fn kernel_file() -> TempFile {
+        let mut image = vec![0u8; 4096];
+        image[16..24].copy_from_slice(&(2u64 << 20).to_le_bytes()); // image_size
+        image[24..32].copy_from_slice(&0b1010u64.to_le_bytes()); // LE, 4K pages, anywhere
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        TempFile::new("kernel", &image)
+    }
+
+    fn ram() -> Arc<GuestRam> {
+        let vm = FakeHypervisor::default().create_vm(&VmSpec { ipa_bits: 40, tso: false }).unwrap();
+        Arc::new(GuestRam::new(vm.as_ref(), RAM_BASE, RAM_BYTES).unwrap())
+    }
+
+    /// The kernel at the start of RAM, the initrd (`initrd_size` bytes) at `initrd_base`.
+    fn plan(initrd_base: u64, initrd_size: u64) -> BootPlan {
+        BootPlan {
+            kernel_load: RAM_BASE,
+            kernel_end: RAM_BASE + (2 << 20),
+            initrd: Some(GuestRegion { base: initrd_base, size: initrd_size }),
+            fdt: GuestRegion { base: RAM_BASE + RAM_BYTES - (2 << 20), size: 2 << 20 },
+        }
+    }
+
+    /// Loads the kernel and an initrd of `initrd_bytes` that shrinks to `shrink_to` bytes
+    /// once opened, at `initrd_base` of `ram`, on the loader thread.
+    fn load(
+        ram: &Arc<GuestRam>,
+        initrd_bytes: usize,
+        shrink_to: usize,
+        initrd_base: u64,
+    ) -> Result<(), VmError> {
+        let kernel_path = kernel_file();
+        let kernel = KernelFile::open(&kernel_path.0).unwrap();
+        let initrd_path = TempFile::new("initrd", &vec![0x5a; initrd_bytes]);
+        let initrd = InitrdFile::open(&initrd_path.0).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&initrd_path.0)
+            .unwrap()
+            .set_len(shrink_to as u64)
+            .unwrap();
+        let plan = plan(initrd_base, initrd.len());
+        ImageLoad::start(ram.clone(), plan, kernel, Some(initrd)).unwrap().finish().map(|_| ())
+    }
+
+    #[test]
+    fn the_loader_thread_loads_the_kernel_and_initrd_and_hands_the_files_back() {
+        let ram = ram();
+        load(&ram, 300_000, 300_000, RAM_BASE + (4 << 20)).unwrap();
+        let read = |addr: u64, len: usize| {
+            let mut bytes = vec![0u8; len];
+            vm_memory::Bytes::read_slice(ram.memory(), &mut bytes, vm_memory::GuestAddress(addr))
+                .unwrap();
+            bytes
+        };
+        assert_eq!(read(RAM_BASE + 0x38, 4), b"ARM\x64");
+        assert_eq!(read(RAM_BASE + (4 << 20), 300_000), vec![0x5a; 300_000]);
+    }
+
+    #[test]
+    fn an_initrd_that_shrinks_after_it_was_opened_comes_back_as_an_error() {
+        let err = load(&ram(), 300_000, 1000, RAM_BASE + (4 << 20)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the initrd file is 1000 bytes now, 300000 when Aperture opened it: it changed while \
+             being loaded; run again once nothing writes to it"
+        );
+    }
+
+    #[test]
+    fn an_initrd_past_the_end_of_ram_comes_back_as_an_error() {
+        let err = load(&ram(), 300_000, 300_000, RAM_BASE + RAM_BYTES - 4096).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, VmError::Memory(MemoryError::Write { what: "initrd", .. })),
+            "{message}"
+        );
+        assert!(message.starts_with("could not write the initrd at guest address"), "{message}");
+    }
+}
