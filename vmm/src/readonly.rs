@@ -123,11 +123,15 @@ fn new_image(what: &str, bytes: usize, fill: u8) -> Option<AlignedMapping> {
             return None;
         }
     };
-    // SAFETY: `memory` is a fresh read/write mapping of `memory.len()` bytes that nothing
-    // else uses yet.
-    // No cache cleaning here: KVM cleans each page to the point of coherency as it first
-    // maps it into the guest; only later updates need it.
-    unsafe { std::ptr::write_bytes(memory.as_ptr(), fill, memory.len()) };
+    // A fresh anonymous mapping reads zero already: filling it with zeros would only make
+    // every page resident.
+    if fill != 0 {
+        // SAFETY: `memory` is a fresh read/write mapping of `memory.len()` bytes that nothing
+        // else uses yet.
+        // No cache cleaning here: KVM cleans each page to the point of coherency as it first
+        // maps it into the guest; only later updates need it.
+        unsafe { std::ptr::write_bytes(memory.as_ptr(), fill, memory.len()) };
+    }
     Some(memory)
 }
 

@@ -8,6 +8,14 @@
 //! behind root ports (passed-through and hot-plugged devices) are not mirrored, and a bus-0
 //! function that cannot be copied turns the mirror off for good (its pages unmapped: every
 //! read traps again).
+//!
+//! Only the 32 function-0 pages are filled (all-ones: no function, until a function is
+//! copied in); functions 1-7 read zero and are never made resident, which keeps the mirror
+//! at 128 KiB of memory instead of 1 MiB and its set-up short. Software finds functions 1-7
+//! only through a function 0 whose header type says multi-function (PCI spec; Linux's
+//! `pci_scan_slot` stops at an absent or single-function function 0), and every bus-0
+//! function here is single-function; a vendor ID of zero also reads as "no function" to
+//! Linux.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,17 +49,22 @@ pub(super) struct EcamMirror {
 }
 
 impl EcamMirror {
-    /// Maps bus 0 of the ECAM at `ecam_base` read-only, reading all-ones (no function) until
-    /// [`devices::pci::PciRoot::set_config_mirror`] copies the functions in. `None` where the
-    /// hypervisor has no read-only memory or the mapping fails (reads then trap as before).
+    /// Maps bus 0 of the ECAM at `ecam_base` read-only, every function 0 reading all-ones
+    /// (no function) until [`devices::pci::PciRoot::set_config_mirror`] copies the functions
+    /// in. `None` where the hypervisor has no read-only memory or the mapping fails (reads
+    /// then trap as before).
     pub(super) fn new(vm: &Arc<dyn Vm>, ecam_base: u64) -> Option<Self> {
         let mut region =
-            ReadOnlyRegion::new(vm, ecam_base, BUS_BYTES, 0xff, "PCI configuration mirror")?;
+            ReadOnlyRegion::new(vm, ecam_base, BUS_BYTES, 0, "PCI configuration mirror")?;
+        let mut copies = vec![vec![0; FUNCTION_BYTES / 4]; 32];
+        for (device, copy) in copies.iter_mut().enumerate() {
+            let all_ones = std::iter::repeat_n(u32::MAX, FUNCTION_BYTES / 4);
+            region.store_changed_words(device << DEVICE_SHIFT, copy, all_ones);
+        }
         if let Err(e) = region.map() {
             debug!("PCI configuration mirror: not mapped: {e}");
             return None;
         }
-        let copies = vec![vec![u32::MAX; FUNCTION_BYTES / 4]; 32];
         Some(Self { state: Mutex::new(MirrorState { region, off: false, copies }) })
     }
 
@@ -103,9 +116,11 @@ mod tests {
         let mirror = EcamMirror::new(&vm, 0x3000_0000).unwrap();
         let (guest, size, host, kind) = slots.mapped.lock().unwrap()[0];
         assert_eq!((guest, size, kind), (0x3000_0000, 1 << 20, MemoryKind::ReadOnly));
-        // No function yet: all-ones everywhere, function 0 and the others.
+        // No function yet: all-ones in every function 0; the other functions (never probed
+        // behind a single-function function 0) read zero.
         assert_eq!(guest_reads(host, 3 << 15, 4), [0xff; 4]);
-        assert_eq!(guest_reads(host, (3 << 15) | (5 << 12) | 0x100, 4), [0xff; 4]);
+        assert_eq!(guest_reads(host, (31 << 15) | 0xffc, 4), [0xff; 4]);
+        assert_eq!(guest_reads(host, (3 << 15) | (5 << 12) | 0x100, 4), [0; 4]);
         let mut image = vec![0u8; 4096];
         image[..4].copy_from_slice(&0x1044_1af4u32.to_le_bytes());
         image[0x40] = 0x11;
