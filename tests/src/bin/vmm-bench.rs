@@ -203,38 +203,23 @@ fn main() -> ExitCode {
             row("  with the kernel log on the console", &walls, "ms", 0);
         }
         row("VMM overhead (wall - guest uptime)", &pick(&|b| b.vmm_overhead() * 1000.0), "ms", 0);
-        // A sample lost to the guest's power-off reads 0: left out.
-        let exits: Vec<Option<f64>> = boot
-            .iter()
-            .map(|b| {
-                median(&b.iter().map(|x| x.vmm_exits).filter(|&e| e > 0.0).collect::<Vec<_>>())
-            })
-            .collect();
-        row("VMM exits per boot", &exits, "", 0);
-        let all: Vec<Option<f64>> = boot
-            .iter()
-            .map(|b| {
-                median(&b.iter().map(|x| x.all_exits).filter(|&e| e > 0.0).collect::<Vec<_>>())
-            })
-            .collect();
+        // The median of `f` over the runs that `keep` (a sample lost to the guest's power-off
+        // reads 0; a guest RAM sample lost when the VMM exited mid-read, too).
+        let pick_kept = |keep: &dyn Fn(&BootFigures) -> bool,
+                         f: &dyn Fn(&BootFigures) -> f64|
+         -> Vec<Option<f64>> {
+            boot.iter()
+                .map(|b| median(&b.iter().filter(|x| keep(x)).map(f).collect::<Vec<_>>()))
+                .collect()
+        };
+        row("VMM exits per boot", &pick_kept(&|x| x.vmm_exits > 0.0, &|x| x.vmm_exits), "", 0);
+        let all = pick_kept(&|x| x.all_exits > 0.0, &|x| x.all_exits);
         row("  all exits to KVM per boot", &all, "", 0);
         row("peak RSS (boot)", &pick(&|b| b.peak_rss_kib / 1024.0), "MiB", 1);
-        // Runs whose guest RAM sample was lost (the VMM exited mid-read) are left out.
-        let own: Vec<Option<f64>> = boot
-            .iter()
-            .map(|b| {
-                let own = b.iter().filter(|x| x.guest_rss_kib > 0.0).map(|x| x.vmm_rss_kib());
-                median(&own.map(|kib| kib / 1024.0).collect::<Vec<_>>())
-            })
-            .collect();
+        let sampled = |x: &BootFigures| x.guest_rss_kib > 0.0;
+        let own = pick_kept(&sampled, &|x| x.vmm_rss_kib() / 1024.0);
         row("RSS minus touched guest RAM", &own, "MiB", 1);
-        let file: Vec<Option<f64>> = boot
-            .iter()
-            .map(|b| {
-                let file = b.iter().filter(|x| x.guest_rss_kib > 0.0).map(|x| x.file_rss_kib);
-                median(&file.map(|kib| kib / 1024.0).collect::<Vec<_>>())
-            })
-            .collect();
+        let file = pick_kept(&sampled, &|x| x.file_rss_kib / 1024.0);
         row("  of it, mapped from files (binary)", &file, "MiB", 1);
         let read: Vec<Vec<ReadFigures>> = vmms.iter().map(|&v| reads(&run, v, guest)).collect();
         for block in ["1M", "4K"] {
