@@ -164,13 +164,16 @@ mod tests {
     const RAM_BASE: u64 = 0x4000_0000;
     const RAM_BYTES: u64 = 16 << 20;
 
-    /// A file in the temp directory holding `bytes`, removed when dropped.
+    /// A file in the temp directory holding `bytes`, removed when dropped; a name of its own
+    /// per call, as the tests run in parallel in one process (one shrinks its initrd).
     struct TempFile(std::path::PathBuf);
 
     impl TempFile {
         fn new(name: &str, bytes: &[u8]) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("aperture-images-{name}-{}", std::process::id()));
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("aperture-images-{name}-{}-{n}", std::process::id()));
             std::fs::write(&path, bytes).unwrap();
             Self(path)
         }
