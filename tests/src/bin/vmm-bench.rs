@@ -63,6 +63,18 @@ fn boots(run: &RigRun, vmm: Vmm, guest: Guest, kind: BenchRun, runs: usize) -> V
         .collect()
 }
 
+/// Per VMM, the median of `f` over its boots that `keep` (`None` where none is kept).
+fn medians(
+    per_vmm: &[Vec<BootFigures>],
+    keep: &dyn Fn(&BootFigures) -> bool,
+    f: &dyn Fn(&BootFigures) -> f64,
+) -> Vec<Option<f64>> {
+    per_vmm
+        .iter()
+        .map(|b| median(&b.iter().filter(|x| keep(x)).map(f).collect::<Vec<_>>()))
+        .collect()
+}
+
 fn reads(run: &RigRun, vmm: Vmm, guest: Guest) -> Vec<ReadFigures> {
     run.case(&read_case(vmm, guest)).map(read_figures).unwrap_or_default()
 }
@@ -188,38 +200,27 @@ fn main() -> ExitCode {
         println!("{:<34}{header}", format!("guest {} (L1 clock; median of {runs})", guest.name()));
         let boot: Vec<Vec<BootFigures>> =
             vmms.iter().map(|&v| boots(&run, v, guest, BenchRun::Boot, runs)).collect();
-        let pick = |f: &dyn Fn(&BootFigures) -> f64| -> Vec<Option<f64>> {
-            boot.iter().map(|b| median(&b.iter().map(f).collect::<Vec<_>>())).collect()
-        };
-        row("boot-to-poweroff", &pick(&|b| b.wall * 1000.0), "ms", 0);
+        let every = |_: &BootFigures| true;
+        row("boot-to-poweroff", &medians(&boot, &every, &|b| b.wall * 1000.0), "ms", 0);
         if verbose {
-            let walls: Vec<Option<f64>> = vmms
-                .iter()
-                .map(|&v| {
-                    let boots = boots(&run, v, guest, BenchRun::VerboseBoot, runs);
-                    median(&boots.iter().map(|b| b.wall * 1000.0).collect::<Vec<_>>())
-                })
-                .collect();
+            let verbose_boot: Vec<Vec<BootFigures>> =
+                vmms.iter().map(|&v| boots(&run, v, guest, BenchRun::VerboseBoot, runs)).collect();
+            let walls = medians(&verbose_boot, &every, &|b| b.wall * 1000.0);
             row("  with the kernel log on the console", &walls, "ms", 0);
         }
-        row("VMM overhead (wall - guest uptime)", &pick(&|b| b.vmm_overhead() * 1000.0), "ms", 0);
-        // The median of `f` over the runs that `keep` (a sample lost to the guest's power-off
-        // reads 0; a guest RAM sample lost when the VMM exited mid-read, too).
-        let pick_kept = |keep: &dyn Fn(&BootFigures) -> bool,
-                         f: &dyn Fn(&BootFigures) -> f64|
-         -> Vec<Option<f64>> {
-            boot.iter()
-                .map(|b| median(&b.iter().filter(|x| keep(x)).map(f).collect::<Vec<_>>()))
-                .collect()
-        };
-        row("VMM exits per boot", &pick_kept(&|x| x.vmm_exits > 0.0, &|x| x.vmm_exits), "", 0);
-        let all = pick_kept(&|x| x.all_exits > 0.0, &|x| x.all_exits);
+        let overhead = medians(&boot, &every, &|b| b.vmm_overhead() * 1000.0);
+        row("VMM overhead (wall - guest uptime)", &overhead, "ms", 0);
+        // A sample lost to the guest's power-off reads 0, and so does a guest RAM sample lost
+        // when the VMM exited mid-read: those runs are left out of their rows.
+        let exits = medians(&boot, &|x| x.vmm_exits > 0.0, &|x| x.vmm_exits);
+        row("VMM exits per boot", &exits, "", 0);
+        let all = medians(&boot, &|x| x.all_exits > 0.0, &|x| x.all_exits);
         row("  all exits to KVM per boot", &all, "", 0);
-        row("peak RSS (boot)", &pick(&|b| b.peak_rss_kib / 1024.0), "MiB", 1);
+        row("peak RSS (boot)", &medians(&boot, &every, &|b| b.peak_rss_kib / 1024.0), "MiB", 1);
         let sampled = |x: &BootFigures| x.guest_rss_kib > 0.0;
-        let own = pick_kept(&sampled, &|x| x.vmm_rss_kib() / 1024.0);
+        let own = medians(&boot, &sampled, &|x| x.vmm_rss_kib() / 1024.0);
         row("RSS minus touched guest RAM", &own, "MiB", 1);
-        let file = pick_kept(&sampled, &|x| x.file_rss_kib / 1024.0);
+        let file = medians(&boot, &sampled, &|x| x.file_rss_kib / 1024.0);
         row("  of it, mapped from files (binary)", &file, "MiB", 1);
         let read: Vec<Vec<ReadFigures>> = vmms.iter().map(|&v| reads(&run, v, guest)).collect();
         for block in ["1M", "4K"] {
